@@ -4,7 +4,8 @@
 pub fn saxpy(a: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "x and y must have the same length");
     for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi = a * xi + *yi;
+        // `y + a*x` and `a*x + y` round identically: IEEE addition is commutative.
+        *yi += a * xi;
     }
 }
 

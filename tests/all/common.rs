@@ -1,0 +1,156 @@
+//! Helpers shared by the integration tests: running the real `offload` binary and reading
+//! and writing buffer files (raw little-endian arrays, the CLI's format).
+
+use std::ffi::{OsStr, OsString};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Absolute path of a file in this repository, e.g. `repo_path("examples/saxpy/kernel.rs")`.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Runs the `offload` binary built for these tests with `args` and returns its output,
+/// whatever its exit status.
+pub fn offload<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args(&args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start offload {args:?}: {e}"))
+}
+
+/// Like [`offload`], but fails the test (showing the command, stdout and stderr) unless
+/// the command succeeded.
+pub fn offload_ok<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = offload(&args);
+    assert!(
+        out.status.success(),
+        "offload {args:?} failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    out
+}
+
+/// `offload package SOURCE --manifest MANIFEST -o DIR/NAME.okp`; returns the package path.
+pub fn package(source: &Path, manifest: &Path, dir: &Path, name: &str) -> PathBuf {
+    let pkg = dir.join(format!("{name}.okp"));
+    offload_ok([
+        OsStr::new("package"),
+        source.as_os_str(),
+        OsStr::new("--manifest"),
+        manifest.as_os_str(),
+        OsStr::new("-o"),
+        pkg.as_os_str(),
+    ]);
+    pkg
+}
+
+/// Command line of one `offload run`, built argument by argument.
+pub struct Run {
+    args: Vec<OsString>,
+}
+
+impl Run {
+    /// `offload run PKG --kernel KERNEL --items ITEMS`.
+    pub fn new(pkg: &Path, kernel: &str, items: u64) -> Self {
+        let args = vec![
+            "run".into(),
+            pkg.into(),
+            "--kernel".into(),
+            kernel.into(),
+            "--items".into(),
+            items.to_string().into(),
+        ];
+        Run { args }
+    }
+
+    /// `--arg NAME=VALUE`. Floats should be passed as Rust floats: their `Display` is the
+    /// shortest text that parses back to the same value, so the kernel sees exactly it.
+    pub fn arg(mut self, name: &str, value: impl Display) -> Self {
+        self.args.push("--arg".into());
+        self.args.push(format!("{name}={value}").into());
+        self
+    }
+
+    /// A buffer flag: `--ACCESS NAME=FILE` with `ACCESS` one of `in`, `inout`, `out`, `sum`.
+    pub fn buffer(mut self, access: &str, name: &str, file: &Path) -> Self {
+        let mut binding = OsString::from(format!("{name}="));
+        binding.push(file);
+        self.args.push(format!("--{access}").into());
+        self.args.push(binding);
+        self
+    }
+
+    /// Runs it and returns the output, whatever the exit status.
+    pub fn output(self) -> Output {
+        offload(&self.args)
+    }
+
+    /// Runs it and fails the test unless it succeeded.
+    pub fn ok(self) -> Output {
+        offload_ok(&self.args)
+    }
+}
+
+/// Element types of buffer files, converted from and to little-endian bytes.
+pub trait Le: Copy {
+    /// Size of one element in bytes.
+    const SIZE: usize;
+    /// Appends the element's little-endian bytes.
+    fn put(self, out: &mut Vec<u8>);
+    /// Reads one element from exactly `SIZE` little-endian bytes.
+    fn get(bytes: &[u8]) -> Self;
+}
+
+macro_rules! impl_le {
+    ($($t:ty),*) => {$(
+        impl Le for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(bytes: &[u8]) -> Self {
+                <$t>::from_le_bytes(bytes.try_into().expect("exactly SIZE bytes"))
+            }
+        }
+    )*};
+}
+impl_le!(u8, i32, u32, i64, u64, f32, f64);
+
+/// Writes `data` to `path` as a raw little-endian array.
+pub fn write_le<T: Le>(path: &Path, data: &[T]) {
+    let mut bytes = Vec::with_capacity(data.len() * T::SIZE);
+    for &v in data {
+        v.put(&mut bytes);
+    }
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// Reads a raw little-endian array from `path`, failing the test if the file is missing
+/// or its size is not a whole number of elements.
+pub fn read_le<T: Le>(path: &Path) -> Vec<T> {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert_eq!(
+        bytes.len() % T::SIZE,
+        0,
+        "{} holds {} bytes, not a whole number of {}-byte elements",
+        path.display(),
+        bytes.len(),
+        T::SIZE
+    );
+    bytes.chunks_exact(T::SIZE).map(T::get).collect()
+}
