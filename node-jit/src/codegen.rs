@@ -1,0 +1,349 @@
+//! From a validated package module to an object file: retarget, wrap, optimize, emit.
+
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{FileType, TargetMachine};
+use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FunctionValue};
+use inkwell::AddressSpace;
+use ir_packager::{ArgKind, KernelKind, KernelSpec, Package, ScalarType, PANIC_SYMBOL};
+
+use crate::host::HostTarget;
+use crate::{JitError, OptLevel, Tuning};
+
+/// Name of the generated per-packet entry point in JIT objects:
+/// `void __offload_entry(u64 start, u64 end, const u64 *args)`.
+pub const ENTRY_SYMBOL: &str = "__offload_entry";
+
+/// Name of the global holding the host's panic handler, `void (*)(i32)`.
+pub const PANIC_HOOK_SYMBOL: &str = "__offload_panic_hook";
+
+/// Compiles `kernel` of `package` for `target` into a relocatable object whose only
+/// export is [`ENTRY_SYMBOL`] (plus [`PANIC_HOOK_SYMBOL`]).
+pub(crate) fn compile_entry_object(
+    package: &Package,
+    kernel: &KernelSpec,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+) -> Result<Vec<u8>, JitError> {
+    let ctx = Context::create();
+    let module = ir_packager::load_module(&ctx, package)?;
+    let machine = target.machine(opt.llvm())?;
+    retarget(&module, &machine);
+    let kernel_fn = module
+        .get_function(&kernel.name)
+        .ok_or_else(|| JitError::NoSuchKernel {
+            kernel: kernel.name.clone(),
+            available: kernel_names(package),
+        })?;
+    define_panic_hook(&ctx, &module)?;
+    mark_buffers_noalias(kernel_fn, kernel);
+    let entry = build_entry(&ctx, &module, kernel_fn, kernel)?;
+    internalize_all_but(&module, &[entry]);
+    set_code_attributes(&module, tuning);
+    optimize(&module, &machine, opt, tuning)?;
+    emit(&module, &machine)
+}
+
+/// Compiles every kernel of `package` for `target`, exported under its own name with the
+/// C ABI of its signature (for ahead-of-time use on other machines).
+pub(crate) fn compile_kernels_object(
+    package: &Package,
+    target: &HostTarget,
+    opt: OptLevel,
+) -> Result<Vec<u8>, JitError> {
+    let ctx = Context::create();
+    let module = ir_packager::load_module(&ctx, package)?;
+    let machine = target.machine(opt.llvm())?;
+    retarget(&module, &machine);
+    let kernels: Vec<FunctionValue<'_>> = package
+        .manifest()
+        .kernels
+        .iter()
+        .filter_map(|k| module.get_function(&k.name))
+        .collect();
+    internalize_all_but(&module, &kernels);
+    set_code_attributes(&module, &Tuning::default());
+    optimize(&module, &machine, opt, &Tuning::default())?;
+    emit(&module, &machine)
+}
+
+fn kernel_names(package: &Package) -> String {
+    package
+        .manifest()
+        .kernels
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn retarget(module: &Module<'_>, machine: &TargetMachine) {
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+}
+
+/// Defines `offload_panic` as a call through [`PANIC_HOOK_SYMBOL`], which the loader
+/// points at the host's unwinding handler. Only JIT objects get this: AOT objects leave
+/// `offload_panic` for the embedding program to define.
+fn define_panic_hook<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>) -> Result<(), JitError> {
+    let ptr_type = ctx.ptr_type(AddressSpace::default());
+    // The hook is exported even without panic paths so the loader's lookup is uniform.
+    let hook = module.add_global(ptr_type, None, PANIC_HOOK_SYMBOL);
+    hook.set_initializer(&ptr_type.const_null());
+    hook.set_linkage(Linkage::External);
+    let Some(panic_fn) = module.get_function(PANIC_SYMBOL) else {
+        return Ok(());
+    };
+    let build = |e: inkwell::builder::BuilderError| JitError::Codegen(e.to_string());
+    let builder = ctx.create_builder();
+    let block = ctx.append_basic_block(panic_fn, "entry");
+    builder.position_at_end(block);
+    let handler = builder
+        .build_load(ptr_type, hook.as_pointer_value(), "handler")
+        .map_err(build)?;
+    let code = param(panic_fn, 0)?;
+    builder
+        .build_indirect_call(panic_fn.get_type(), handler.into_pointer_value(), &[code.into()], "")
+        .map_err(build)?;
+    builder.build_unreachable().map_err(build)?;
+    panic_fn.set_linkage(Linkage::Internal);
+    Ok(())
+}
+
+/// Buffers of one job are distinct allocations, so kernel pointers never alias; telling
+/// LLVM lets it vectorize without runtime overlap checks.
+fn mark_buffers_noalias(kernel_fn: FunctionValue<'_>, kernel: &KernelSpec) {
+    let ctx = kernel_fn.get_type().get_context();
+    let noalias = Attribute::get_named_enum_kind_id("noalias");
+    let offset = kernel.kind.index_params() as u32;
+    for (index, arg) in kernel.args.iter().enumerate() {
+        if matches!(arg.kind, ArgKind::Buffer { .. }) {
+            kernel_fn.add_attribute(
+                AttributeLoc::Param(offset + index as u32),
+                ctx.create_enum_attribute(noalias, 0),
+            );
+        }
+    }
+}
+
+/// Builds `__offload_entry(start, end, args)`: unpacks the argument block once, then
+/// calls the kernel for every item of the packet (item kernels: an `alwaysinline` call
+/// in a counted loop, so LLVM sees one loop to vectorize) or once (range kernels).
+fn build_entry<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    kernel_fn: FunctionValue<'ctx>,
+    kernel: &KernelSpec,
+) -> Result<FunctionValue<'ctx>, JitError> {
+    let i64_type = ctx.i64_type();
+    let ptr_type = ctx.ptr_type(AddressSpace::default());
+    let void = ctx.void_type();
+    let entry_type = void.fn_type(
+        &[i64_type.into(), i64_type.into(), ptr_type.into()],
+        false,
+    );
+    let entry = module.add_function(ENTRY_SYMBOL, entry_type, Some(Linkage::External));
+    let builder = ctx.create_builder();
+    let start_block = ctx.append_basic_block(entry, "unpack");
+    builder.position_at_end(start_block);
+    let build = |e: inkwell::builder::BuilderError| JitError::Codegen(e.to_string());
+
+    let (start, end, block) = (
+        param(entry, 0)?.into_int_value(),
+        param(entry, 1)?.into_int_value(),
+        param(entry, 2)?.into_pointer_value(),
+    );
+    let mut args: Vec<BasicMetadataValueEnum<'ctx>> = Vec::with_capacity(kernel.args.len());
+    for (slot, arg) in kernel.args.iter().enumerate() {
+        // SAFETY: the argument block has one 8-byte slot per argument (the loader's
+        // contract); the index is in range by construction.
+        let slot_ptr = unsafe {
+            builder.build_in_bounds_gep(
+                i64_type,
+                block,
+                &[i64_type.const_int(slot as u64, false)],
+                "slot",
+            )
+        }
+        .map_err(build)?;
+        let value: BasicValueEnum<'ctx> = match arg.kind {
+            ArgKind::Buffer { .. } => builder.build_load(ptr_type, slot_ptr, &arg.name).map_err(build)?,
+            ArgKind::Scalar(ty) => {
+                let bits = builder
+                    .build_load(i64_type, slot_ptr, "bits")
+                    .map_err(build)?
+                    .into_int_value();
+                scalar_from_bits(ctx, &builder, bits, ty, &arg.name)?
+            }
+        };
+        args.push(value.into());
+    }
+
+    match kernel.kind {
+        KernelKind::Range => {
+            let mut call_args: Vec<BasicMetadataValueEnum<'ctx>> = vec![start.into(), end.into()];
+            call_args.extend(args);
+            builder.build_call(kernel_fn, &call_args, "").map_err(build)?;
+            builder.build_return(None).map_err(build)?;
+        }
+        KernelKind::Item => {
+            let loop_block = ctx.append_basic_block(entry, "item");
+            let exit_block = ctx.append_basic_block(entry, "done");
+            let any = builder
+                .build_int_compare(inkwell::IntPredicate::ULT, start, end, "any")
+                .map_err(build)?;
+            builder
+                .build_conditional_branch(any, loop_block, exit_block)
+                .map_err(build)?;
+            builder.position_at_end(loop_block);
+            let i = builder.build_phi(i64_type, "i").map_err(build)?;
+            i.add_incoming(&[(&start, start_block)]);
+            let mut call_args: Vec<BasicMetadataValueEnum<'ctx>> =
+                vec![i.as_basic_value().into_int_value().into()];
+            call_args.extend(args);
+            builder.build_call(kernel_fn, &call_args, "").map_err(build)?;
+            let next = builder
+                .build_int_nuw_add(
+                    i.as_basic_value().into_int_value(),
+                    i64_type.const_int(1, false),
+                    "next",
+                )
+                .map_err(build)?;
+            i.add_incoming(&[(&next, loop_block)]);
+            let more = builder
+                .build_int_compare(inkwell::IntPredicate::ULT, next, end, "more")
+                .map_err(build)?;
+            builder
+                .build_conditional_branch(more, loop_block, exit_block)
+                .map_err(build)?;
+            builder.position_at_end(exit_block);
+            builder.build_return(None).map_err(build)?;
+            let alwaysinline = Attribute::get_named_enum_kind_id("alwaysinline");
+            let noinline = Attribute::get_named_enum_kind_id("noinline");
+            kernel_fn.remove_enum_attribute(AttributeLoc::Function, noinline);
+            kernel_fn.add_attribute(
+                AttributeLoc::Function,
+                ctx.create_enum_attribute(alwaysinline, 0),
+            );
+        }
+    }
+    Ok(entry)
+}
+
+fn param<'ctx>(f: FunctionValue<'ctx>, n: u32) -> Result<BasicValueEnum<'ctx>, JitError> {
+    f.get_nth_param(n)
+        .ok_or_else(|| JitError::Codegen(format!("entry point lacks parameter {n}")))
+}
+
+fn scalar_from_bits<'ctx>(
+    ctx: &'ctx Context,
+    builder: &inkwell::builder::Builder<'ctx>,
+    bits: inkwell::values::IntValue<'ctx>,
+    ty: ScalarType,
+    name: &str,
+) -> Result<BasicValueEnum<'ctx>, JitError> {
+    let build = |e: inkwell::builder::BuilderError| JitError::Codegen(e.to_string());
+    Ok(match ty {
+        ScalarType::I64 | ScalarType::U64 => bits.into(),
+        ScalarType::I32 | ScalarType::U32 | ScalarType::U8 => builder
+            .build_int_truncate(bits, ctx.i32_type(), name)
+            .map_err(build)?
+            .into(),
+        ScalarType::F64 => builder
+            .build_bit_cast(bits, ctx.f64_type(), name)
+            .map_err(build)?,
+        ScalarType::F32 => {
+            let low = builder
+                .build_int_truncate(bits, ctx.i32_type(), "low")
+                .map_err(build)?;
+            builder
+                .build_bit_cast(low, ctx.f32_type(), name)
+                .map_err(build)?
+        }
+    })
+}
+
+fn internalize_all_but(module: &Module<'_>, keep: &[FunctionValue<'_>]) {
+    for f in module.get_functions() {
+        if f.count_basic_blocks() > 0 && !keep.contains(&f) {
+            f.set_linkage(Linkage::Internal);
+        }
+    }
+}
+
+/// Every function gets unwind tables (so a kernel panic can unwind to the runner) and
+/// the tuning's vector width preference.
+fn set_code_attributes(module: &Module<'_>, tuning: &Tuning) {
+    let ctx = module.get_context();
+    let uwtable = Attribute::get_named_enum_kind_id("uwtable");
+    for f in module.get_functions() {
+        if f.count_basic_blocks() == 0 {
+            continue;
+        }
+        // 2 = asynchronous unwind tables, what Rust and C compilers emit on Linux.
+        f.add_attribute(AttributeLoc::Function, ctx.create_enum_attribute(uwtable, 2));
+        if let Some(width) = tuning.prefer_vector_width {
+            f.add_attribute(
+                AttributeLoc::Function,
+                ctx.create_string_attribute("prefer-vector-width", &width.to_string()),
+            );
+        }
+    }
+}
+
+fn optimize(
+    module: &Module<'_>,
+    machine: &TargetMachine,
+    opt: OptLevel,
+    tuning: &Tuning,
+) -> Result<(), JitError> {
+    let options = PassBuilderOptions::create();
+    let vectorize = opt != OptLevel::O0;
+    options.set_loop_vectorization(vectorize);
+    options.set_loop_slp_vectorization(vectorize);
+    options.set_loop_interleaving(vectorize);
+    options.set_loop_unrolling(tuning.unroll.unwrap_or(vectorize));
+    module
+        .run_passes(opt.pipeline(), machine, options)
+        .map_err(|e| JitError::Codegen(format!("optimization failed: {e}")))?;
+    module
+        .verify()
+        .map_err(|e| JitError::Codegen(format!("optimized module is invalid: {e}")))
+}
+
+fn emit(module: &Module<'_>, machine: &TargetMachine) -> Result<Vec<u8>, JitError> {
+    machine
+        .write_to_memory_buffer(module, FileType::Object)
+        .map(|buffer| buffer.as_slice().to_vec())
+        .map_err(|e| JitError::Codegen(format!("object emission failed: {e}")))
+}
+
+/// The C prototype of a kernel, for harnesses that link AOT objects.
+pub fn c_prototype(kernel: &KernelSpec) -> String {
+    let c_type = |t: ScalarType| match t {
+        ScalarType::U8 => "uint8_t",
+        ScalarType::I32 => "int32_t",
+        ScalarType::U32 => "uint32_t",
+        ScalarType::I64 => "int64_t",
+        ScalarType::U64 => "uint64_t",
+        ScalarType::F32 => "float",
+        ScalarType::F64 => "double",
+    };
+    let mut params: Vec<String> = match kernel.kind {
+        KernelKind::Item => vec!["uint64_t i".into()],
+        KernelKind::Range => vec!["uint64_t start".into(), "uint64_t end".into()],
+    };
+    for arg in &kernel.args {
+        params.push(match arg.kind {
+            ArgKind::Scalar(t) => format!("{} {}", c_type(t), arg.name),
+            ArgKind::Buffer { access, elem, .. } => {
+                let constness = if access.writes_output() { "" } else { "const " };
+                format!("{constness}{} *{}", c_type(elem), arg.name)
+            }
+        });
+    }
+    format!("void {}({});", kernel.name, params.join(", "))
+}

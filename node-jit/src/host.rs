@@ -1,0 +1,107 @@
+//! What this node's CPU is, as LLVM sees it, and target machines for it or others.
+
+use std::fmt;
+
+use inkwell::targets::{CodeModel, RelocMode, Target, TargetMachine, TargetTriple};
+use inkwell::OptimizationLevel;
+use ir_packager::LlvmVersion;
+
+use crate::JitError;
+
+/// The code generation target: triple, CPU name and feature string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostTarget {
+    /// The target triple, e.g. `x86_64-unknown-linux-gnu`.
+    pub triple: String,
+    /// LLVM's CPU name, e.g. `skylake-avx512`.
+    pub cpu: String,
+    /// LLVM's feature string, e.g. `+avx512f,+fma,...`.
+    pub features: String,
+    /// The LLVM this process is linked against.
+    pub llvm_version: LlvmVersion,
+}
+
+impl HostTarget {
+    /// Detects the machine this process runs on.
+    pub fn detect() -> HostTarget {
+        ir_packager::initialize_llvm();
+        HostTarget {
+            triple: target_lexicon::HOST.to_string(),
+            cpu: TargetMachine::get_host_cpu_name().to_string(),
+            features: TargetMachine::get_host_cpu_features().to_string(),
+            llvm_version: ir_packager::linked_llvm_version(),
+        }
+    }
+
+    /// A generic CPU of `triple`, for ahead-of-time objects. The triple is checked with
+    /// target-lexicon and LLVM.
+    pub fn generic(triple: &str) -> Result<HostTarget, JitError> {
+        let parsed: target_lexicon::Triple = triple
+            .parse()
+            .map_err(|e| JitError::UnknownTarget {
+                triple: triple.to_string(),
+                reason: format!("{e}"),
+            })?;
+        Ok(HostTarget {
+            triple: parsed.to_string(),
+            cpu: "generic".into(),
+            features: String::new(),
+            llvm_version: ir_packager::linked_llvm_version(),
+        })
+    }
+
+    /// The ISA extensions enabled on this target (`avx2`, `avx512f`, `neon`, ...).
+    pub fn enabled_features(&self) -> Vec<&str> {
+        self.features
+            .split(',')
+            .filter_map(|f| f.strip_prefix('+'))
+            .collect()
+    }
+
+    /// Creates an LLVM target machine for this target.
+    pub(crate) fn machine(&self, level: OptimizationLevel) -> Result<TargetMachine, JitError> {
+        ir_packager::initialize_llvm();
+        let triple = TargetTriple::create(&self.triple);
+        let target = Target::from_triple(&triple).map_err(|e| JitError::UnknownTarget {
+            triple: self.triple.clone(),
+            reason: e.to_string(),
+        })?;
+        target
+            .create_target_machine(
+                &triple,
+                &self.cpu,
+                &self.features,
+                level,
+                RelocMode::PIC,
+                CodeModel::Default,
+            )
+            .ok_or_else(|| JitError::UnknownTarget {
+                triple: self.triple.clone(),
+                reason: format!("LLVM has no target machine for CPU `{}`", self.cpu),
+            })
+    }
+}
+
+impl fmt::Display for HostTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let interesting: Vec<&str> = self
+            .enabled_features()
+            .into_iter()
+            .filter(|f| {
+                ["avx512f", "avx2", "fma", "sse4.2", "neon", "sve", "vsx", "v"].contains(f)
+            })
+            .collect();
+        write!(
+            f,
+            "{} cpu={} ({}) LLVM {}",
+            self.triple,
+            self.cpu,
+            if interesting.is_empty() {
+                "baseline".to_string()
+            } else {
+                interesting.join(" ")
+            },
+            self.llvm_version
+        )
+    }
+}

@@ -1,0 +1,628 @@
+//! JIT-compiles offload packages for the exact CPU of this node.
+//!
+//! An [`Engine`] (one per process, cheap to clone) knows the host target: triple, LLVM's
+//! name for the CPU and its ISA features (AVX-512 here, NEON elsewhere). [`Engine::compile`]
+//! turns one kernel of a [`Package`] into native code: it retargets the module to the
+//! host, wraps item kernels in a loop over the packet's range (so LLVM inlines and
+//! vectorizes the body), marks buffers `noalias`, runs LLVM's O3 pipeline, emits an
+//! object and links it into a shared library. That library *is* the disk cache entry:
+//! its name is a hash of everything that changes the code (package hash, kernel, CPU,
+//! features, optimization level, tuning, LLVM and offload versions), so a second process
+//! loads it with `dlopen` instead of compiling again.
+//!
+//! ```no_run
+//! use node_jit::{Config, Engine};
+//! use ir_packager::Package;
+//!
+//! let engine = Engine::new(Config::default())?;
+//! let package = Package::read(std::path::Path::new("saxpy.okp"))?;
+//! let kernel = engine.compile(&package, "saxpy")?;
+//! let (x, mut y) = (vec![1.0f32; 1024], vec![2.0f32; 1024]);
+//! let args = [3.0f32.to_bits() as u64, x.as_ptr() as u64, y.as_mut_ptr() as u64];
+//! // SAFETY: the block matches saxpy's manifest and both buffers hold 1024 items.
+//! unsafe { kernel.run_packet(0, 1024, &args)? };
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Trust: machine code is loaded from the cache directory, which offload creates with
+//! mode 0700; anyone who can write there can already run code as this user.
+
+mod codegen;
+mod host;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use inkwell::OptimizationLevel;
+use ir_packager::{KernelSpec, LoadError, Package};
+
+pub use codegen::{c_prototype, ENTRY_SYMBOL, PANIC_HOOK_SYMBOL};
+pub use host::HostTarget;
+
+/// Errors of compiling and loading kernels.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JitError {
+    /// The package cannot be loaded on this node.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The kernel is not in the package.
+    #[error("the package has no kernel `{kernel}` (it has: {available})")]
+    NoSuchKernel {
+        /// The requested name.
+        kernel: String,
+        /// The package's kernels.
+        available: String,
+    },
+    /// A target triple LLVM or target-lexicon does not know.
+    #[error("unknown target `{triple}`: {reason}")]
+    UnknownTarget {
+        /// The triple.
+        triple: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// LLVM failed to build, optimize or emit code.
+    #[error("code generation failed: {0}")]
+    Codegen(String),
+    /// The system linker failed to make a shared library.
+    #[error("linking the kernel library failed: {0}")]
+    Link(String),
+    /// The compiled library could not be loaded.
+    #[error("loading the compiled kernel {path} failed: {reason}")]
+    LoadLibrary {
+        /// The library.
+        path: String,
+        /// The loader's message.
+        reason: String,
+    },
+    /// The cache directory is unusable.
+    #[error("code cache {path}: {source}")]
+    Cache {
+        /// The directory or file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A kernel panicked (index out of bounds, `unwrap` on `None`, ...) while running a packet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kernel panicked: {reason}")]
+pub struct KernelPanic {
+    /// The code passed to `offload_panic`.
+    pub code: i32,
+    /// What the code means.
+    pub reason: &'static str,
+}
+
+/// LLVM optimization level for kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OptLevel {
+    /// No optimization (debugging the lowering).
+    O0,
+    /// `default<O1>`.
+    O1,
+    /// `default<O2>`.
+    O2,
+    /// `default<O3>`, the default.
+    O3,
+}
+
+impl OptLevel {
+    fn pipeline(self) -> &'static str {
+        match self {
+            OptLevel::O0 => "default<O0>",
+            OptLevel::O1 => "default<O1>",
+            OptLevel::O2 => "default<O2>",
+            OptLevel::O3 => "default<O3>",
+        }
+    }
+
+    fn llvm(self) -> OptimizationLevel {
+        match self {
+            OptLevel::O0 => OptimizationLevel::None,
+            OptLevel::O1 => OptimizationLevel::Less,
+            OptLevel::O2 => OptimizationLevel::Default,
+            OptLevel::O3 => OptimizationLevel::Aggressive,
+        }
+    }
+
+    /// Parses `0`..`3` or `O0`..`O3`.
+    pub fn parse(text: &str) -> Option<OptLevel> {
+        match text.trim_start_matches(['O', 'o']) {
+            "0" => Some(OptLevel::O0),
+            "1" => Some(OptLevel::O1),
+            "2" => Some(OptLevel::O2),
+            "3" => Some(OptLevel::O3),
+            _ => None,
+        }
+    }
+}
+
+/// Code-generation knobs chosen by per-node tuning. `None` leaves LLVM's own choice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuning {
+    /// Preferred vector width in bits (`prefer-vector-width`), e.g. 256 or 512.
+    pub prefer_vector_width: Option<u32>,
+    /// Whether loop unrolling is enabled (default: on at O1 and above).
+    pub unroll: Option<bool>,
+}
+
+/// Engine settings. Every setter documents its default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    opt_level: OptLevel,
+    cache_dir: PathBuf,
+    disk_cache: bool,
+    linker: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            opt_level: OptLevel::O3,
+            cache_dir: default_cache_dir(),
+            disk_cache: true,
+            linker: std::env::var_os("CC")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("cc")),
+        }
+    }
+}
+
+/// The default cache directory: `$OFFLOAD_CACHE_DIR`, else the user's cache directory
+/// (`$XDG_CACHE_HOME/offload` or `~/.cache/offload`), else a folder under the temp dir.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("OFFLOAD_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("offload");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("offload");
+    }
+    std::env::temp_dir().join("offload-cache")
+}
+
+impl Config {
+    /// Optimization level. Default: [`OptLevel::O3`].
+    pub fn opt_level(mut self, level: OptLevel) -> Config {
+        self.opt_level = level;
+        self
+    }
+
+    /// Root of the on-disk cache; compiled kernels go to `DIR/jit`. Default:
+    /// [`default_cache_dir`].
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Config {
+        self.cache_dir = dir.into();
+        self
+    }
+
+    /// Whether compiled kernels are kept on disk and reused by later processes.
+    /// Default: true. Without it libraries live in a temporary folder.
+    pub fn disk_cache(mut self, enabled: bool) -> Config {
+        self.disk_cache = enabled;
+        self
+    }
+
+    /// The C compiler driver used to link objects into shared libraries. Default: `$CC`,
+    /// else `cc`.
+    pub fn linker(mut self, linker: impl Into<PathBuf>) -> Config {
+        self.linker = linker.into();
+        self
+    }
+
+    /// The configured cache root.
+    pub fn cache_root(&self) -> &Path {
+        &self.cache_dir
+    }
+}
+
+/// Where a compiled kernel came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeOrigin {
+    /// Compiled now.
+    Compiled,
+    /// Loaded from the disk cache (compiled by an earlier process).
+    DiskCache,
+    /// Already loaded in this process.
+    MemoryCache,
+}
+
+impl CodeOrigin {
+    /// A word for logs: `compiled`, `disk cache`, `memory cache`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CodeOrigin::Compiled => "compiled",
+            CodeOrigin::DiskCache => "disk cache",
+            CodeOrigin::MemoryCache => "memory cache",
+        }
+    }
+}
+
+/// Cache counters since the engine was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Kernels compiled.
+    pub compiled: u64,
+    /// Kernels loaded from disk.
+    pub disk_hits: u64,
+    /// Kernels found already loaded.
+    pub memory_hits: u64,
+}
+
+/// Native code for one kernel, ready to run packets.
+pub struct CompiledKernel {
+    // Keeps the code mapped; `entry` points into it.
+    _library: libloading::Library,
+    entry: EntryFn,
+    spec: KernelSpec,
+    library_path: PathBuf,
+    key: String,
+}
+
+type EntryFn = unsafe extern "C-unwind" fn(u64, u64, *const u64);
+
+impl std::fmt::Debug for CompiledKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledKernel")
+            .field("kernel", &self.spec.name)
+            .field("library", &self.library_path)
+            .finish()
+    }
+}
+
+/// The payload a kernel panic unwinds with.
+struct PanicPayload(i32);
+
+extern "C-unwind" fn kernel_panic_handler(code: i32) {
+    // `resume_unwind` skips the panic hook: the runner reports the panic, not std.
+    std::panic::resume_unwind(Box::new(PanicPayload(code)))
+}
+
+impl CompiledKernel {
+    /// The kernel's manifest entry.
+    pub fn spec(&self) -> &KernelSpec {
+        &self.spec
+    }
+
+    /// The shared library holding the code.
+    pub fn library_path(&self) -> &Path {
+        &self.library_path
+    }
+
+    /// The cache key (hex) of this code.
+    pub fn cache_key(&self) -> &str {
+        &self.key
+    }
+
+    /// Runs items `start..end` (item kernel) or the packet `start..end` (range kernel).
+    /// `args` holds one 8-byte slot per manifest argument, in order: scalars as their
+    /// bits zero-extended ([`ir_packager::ScalarValue::to_bits`]), buffers as addresses.
+    /// A kernel panic is returned as [`KernelPanic`]; the process is unharmed.
+    ///
+    /// # Safety
+    /// Every buffer address must point to memory valid for the kernel's accesses with
+    /// global indices of this packet: element `k*i .. k*(i+1)` for `[k]` buffers of every
+    /// item `i` in `start..end`, the whole buffer for `[]`, the fixed length for `sum`.
+    /// Output regions of concurrently running packets must not overlap.
+    pub unsafe fn run_packet(&self, start: u64, end: u64, args: &[u64]) -> Result<(), KernelPanic> {
+        assert_eq!(
+            args.len(),
+            self.spec.args.len(),
+            "argument block does not match kernel `{}`",
+            self.spec.name
+        );
+        let entry = self.entry;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: upheld by the caller (buffer validity); the block length is checked.
+            unsafe { entry(start, end, args.as_ptr()) }
+        }));
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(payload) => match payload.downcast::<PanicPayload>() {
+                Ok(p) => Err(KernelPanic {
+                    code: p.0,
+                    reason: ir_packager::panic_reason(p.0),
+                }),
+                // Not ours: a bug in the host, keep unwinding.
+                Err(other) => std::panic::resume_unwind(other),
+            },
+        }
+    }
+}
+
+/// Result of [`Engine::compile`] with timing, for `-v` output and benchmarks.
+#[derive(Clone, Debug)]
+pub struct CompileReport {
+    /// The code.
+    pub kernel: Arc<CompiledKernel>,
+    /// Where it came from.
+    pub origin: CodeOrigin,
+    /// How long getting it took.
+    pub elapsed: Duration,
+}
+
+struct EngineInner {
+    config: Config,
+    host: HostTarget,
+    loaded: Mutex<HashMap<String, Arc<CompiledKernel>>>,
+    compiled: AtomicU64,
+    disk_hits: AtomicU64,
+    memory_hits: AtomicU64,
+    // Only used when the disk cache is off, to keep libraries until the engine drops.
+    scratch: Option<tempfile::TempDir>,
+}
+
+/// The JIT: host target, settings and the code cache. Cheap to clone; share one per
+/// process.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("host", &self.inner.host)
+            .field("cache", &self.inner.config.cache_dir)
+            .finish()
+    }
+}
+
+/// Bumped whenever the generated code changes for the same inputs (entry ABI, passes).
+const CODEGEN_REVISION: u32 = 1;
+
+impl Engine {
+    /// Creates an engine for this machine.
+    pub fn new(config: Config) -> Result<Engine, JitError> {
+        let scratch = if config.disk_cache {
+            None
+        } else {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("offload-jit-")
+                    .tempdir()
+                    .map_err(|source| JitError::Cache {
+                        path: std::env::temp_dir().display().to_string(),
+                        source,
+                    })?,
+            )
+        };
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                host: HostTarget::detect(),
+                config,
+                loaded: Mutex::new(HashMap::new()),
+                compiled: AtomicU64::new(0),
+                disk_hits: AtomicU64::new(0),
+                memory_hits: AtomicU64::new(0),
+                scratch,
+            }),
+        })
+    }
+
+    /// The target this engine compiles for.
+    pub fn host(&self) -> &HostTarget {
+        &self.inner.host
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Cache counters.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            compiled: self.inner.compiled.load(Ordering::Relaxed),
+            disk_hits: self.inner.disk_hits.load(Ordering::Relaxed),
+            memory_hits: self.inner.memory_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    fn library_dir(&self) -> PathBuf {
+        match &self.inner.scratch {
+            Some(dir) => dir.path().to_path_buf(),
+            None => self.inner.config.cache_dir.join("jit"),
+        }
+    }
+
+    /// The cache key of `kernel` of `package` with `tuning` on this engine: a blake3 hash
+    /// of everything that changes the machine code, and nothing else.
+    pub fn cache_key(&self, package: &Package, kernel: &str, tuning: &Tuning) -> String {
+        let host = &self.inner.host;
+        let mut h = blake3::Hasher::new();
+        let parts: [&str; 9] = [
+            "offload node-jit",
+            env!("CARGO_PKG_VERSION"),
+            &CODEGEN_REVISION.to_string(),
+            &package.hash().to_hex(),
+            kernel,
+            &host.triple,
+            &host.cpu,
+            &host.features,
+            &host.llvm_version.to_string(),
+        ];
+        for part in parts {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        h.update(format!("{:?}|{:?}", self.inner.config.opt_level, tuning).as_bytes());
+        h.finalize().to_hex().to_string()
+    }
+
+    /// Compiles `kernel` of `package` with default tuning, or returns cached code.
+    pub fn compile(&self, package: &Package, kernel: &str) -> Result<Arc<CompiledKernel>, JitError> {
+        self.compile_tuned(package, kernel, &Tuning::default())
+            .map(|r| r.kernel)
+    }
+
+    /// Compiles `kernel` with `tuning`, or returns cached code; reports where the code
+    /// came from and how long it took.
+    pub fn compile_tuned(
+        &self,
+        package: &Package,
+        kernel: &str,
+        tuning: &Tuning,
+    ) -> Result<CompileReport, JitError> {
+        let started = Instant::now();
+        let spec = package
+            .manifest()
+            .kernel(kernel)
+            .ok_or_else(|| JitError::NoSuchKernel {
+                kernel: kernel.to_string(),
+                available: package
+                    .manifest()
+                    .kernels
+                    .iter()
+                    .map(|k| k.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?
+            .clone();
+        let key = self.cache_key(package, kernel, tuning);
+        // One lock for lookup and compile: two threads asking for the same kernel must
+        // not both compile it, and compiles are rare.
+        let mut loaded = self
+            .inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(kernel) = loaded.get(&key) {
+            self.inner.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(CompileReport {
+                kernel: Arc::clone(kernel),
+                origin: CodeOrigin::MemoryCache,
+                elapsed: started.elapsed(),
+            });
+        }
+        let dir = self.library_dir();
+        let library_path = dir.join(format!("{key}.so"));
+        let origin = if library_path.is_file() {
+            self.inner.disk_hits.fetch_add(1, Ordering::Relaxed);
+            CodeOrigin::DiskCache
+        } else {
+            let object = codegen::compile_entry_object(
+                package,
+                &spec,
+                &self.inner.host,
+                self.inner.config.opt_level,
+                tuning,
+            )?;
+            self.link_library(&object, &dir, &library_path)?;
+            self.inner.compiled.fetch_add(1, Ordering::Relaxed);
+            CodeOrigin::Compiled
+        };
+        let kernel = Arc::new(load_library(&library_path, spec, key.clone())?);
+        loaded.insert(key, Arc::clone(&kernel));
+        tracing::debug!(kernel = %kernel.spec.name, origin = origin.describe(), "kernel ready");
+        Ok(CompileReport {
+            kernel,
+            origin,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn link_library(&self, object: &[u8], dir: &Path, library: &Path) -> Result<(), JitError> {
+        create_private_dir(dir)?;
+        let cache_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| JitError::Cache { path, source }
+        };
+        let work = tempfile::Builder::new()
+            .prefix(".link-")
+            .tempdir_in(dir)
+            .map_err(cache_err(dir))?;
+        let object_path = work.path().join("kernel.o");
+        std::fs::write(&object_path, object).map_err(cache_err(&object_path))?;
+        let staged = work.path().join("kernel.so");
+        let output = Command::new(&self.inner.config.linker)
+            .arg("-shared")
+            .arg("-o")
+            .arg(&staged)
+            .arg(&object_path)
+            .arg("-lm")
+            .output()
+            .map_err(|e| {
+                JitError::Link(format!(
+                    "cannot run `{}` ({e}); install gcc or set CC",
+                    self.inner.config.linker.display()
+                ))
+            })?;
+        if !output.status.success() {
+            return Err(JitError::Link(
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            ));
+        }
+        // Rename is atomic: a concurrent process sees either no library or a whole one.
+        std::fs::rename(&staged, library).map_err(cache_err(library))
+    }
+
+    /// Compiles every kernel of `package` ahead of time for `target` (a generic CPU of
+    /// that triple), returning a relocatable object in which each kernel is exported
+    /// under its own name with the C ABI of its signature ([`c_prototype`]). If the
+    /// package has panic paths the object calls `void offload_panic(int32_t code)`,
+    /// which the program linking it must define (and never return from).
+    pub fn compile_object_for(&self, package: &Package, target: &str) -> Result<Vec<u8>, JitError> {
+        let target = if target == "native" || target == self.inner.host.triple {
+            self.inner.host.clone()
+        } else {
+            HostTarget::generic(target)?
+        };
+        codegen::compile_kernels_object(package, &target, self.inner.config.opt_level)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), JitError> {
+    let err = |source| JitError::Cache {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn load_library(path: &Path, spec: KernelSpec, key: String) -> Result<CompiledKernel, JitError> {
+    let load_err = |reason: String| JitError::LoadLibrary {
+        path: path.display().to_string(),
+        reason,
+    };
+    // SAFETY: the library was produced by this engine (or an earlier process of it) under
+    // a key naming its inputs, in a directory only this user can write; it has no
+    // initializers (packages may not have global constructors).
+    let library = unsafe { libloading::Library::new(path) }.map_err(|e| load_err(e.to_string()))?;
+    // SAFETY: the symbol is the entry point generated by `codegen::build_entry` with
+    // exactly this signature.
+    let entry: EntryFn = unsafe {
+        *library
+            .get::<EntryFn>(ENTRY_SYMBOL.as_bytes())
+            .map_err(|e| load_err(e.to_string()))?
+    };
+    // SAFETY: the hook is a pointer-sized global generated by codegen; writing our
+    // handler there before any packet runs is the protocol.
+    unsafe {
+        let hook = library
+            .get::<*mut Option<extern "C-unwind" fn(i32)>>(PANIC_HOOK_SYMBOL.as_bytes())
+            .map_err(|e| load_err(e.to_string()))?;
+        (*hook).write(Some(kernel_panic_handler));
+    }
+    Ok(CompiledKernel {
+        _library: library,
+        entry,
+        spec,
+        library_path: path.to_path_buf(),
+        key,
+    })
+}

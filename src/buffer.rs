@@ -1,0 +1,119 @@
+//! Kernel buffers: byte storage aligned for every element type of the kernel model.
+
+use std::ops::Add;
+
+use ir_packager::ScalarType;
+
+/// A byte buffer whose storage is 8-byte aligned, so it can be handed to a kernel as
+/// `f64`, `u64` or any smaller element type. Contents are raw little-endian arrays, as
+/// on the command line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Buffer {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer({} bytes)", self.len)
+    }
+}
+
+impl Buffer {
+    /// A buffer of `len` zero bytes.
+    pub fn zeroed(len: usize) -> Buffer {
+        Buffer {
+            words: vec![0; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    /// A buffer holding a copy of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Buffer {
+        let mut buffer = Buffer::zeroed(bytes.len());
+        buffer.as_bytes_mut().copy_from_slice(bytes);
+        buffer
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The contents.
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `words` owns at least `len` initialized bytes; u8 has no alignment needs.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// The contents, writable.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_bytes`, and we hold the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// The address handed to kernels.
+    pub fn address(&mut self) -> u64 {
+        self.words.as_mut_ptr() as u64
+    }
+
+    /// Adds `other` element-wise into `self`, reading both as arrays of `elem`: how `sum`
+    /// buffers combine. Integers wrap, as they do in the kernels.
+    pub fn add_assign(&mut self, other: &Buffer, elem: ScalarType) {
+        let size = elem.size();
+        let (dst, src) = (self.as_bytes_mut(), other.as_bytes());
+        for (d, s) in dst.chunks_exact_mut(size).zip(src.chunks_exact(size)) {
+            add_element(d, s, elem);
+        }
+    }
+}
+
+fn add_element(d: &mut [u8], s: &[u8], elem: ScalarType) {
+    macro_rules! add_as {
+        ($t:ty, $op:ident) => {{
+            let mut a = [0u8; std::mem::size_of::<$t>()];
+            let mut b = a;
+            a.copy_from_slice(d);
+            b.copy_from_slice(s);
+            let sum = <$t>::from_le_bytes(a).$op(<$t>::from_le_bytes(b));
+            d.copy_from_slice(&sum.to_le_bytes());
+        }};
+    }
+    match elem {
+        ScalarType::U8 => d[0] = d[0].wrapping_add(s[0]),
+        ScalarType::I32 => add_as!(i32, wrapping_add),
+        ScalarType::U32 => add_as!(u32, wrapping_add),
+        ScalarType::I64 => add_as!(i64, wrapping_add),
+        ScalarType::U64 => add_as!(u64, wrapping_add),
+        ScalarType::F32 => add_as!(f32, add),
+        ScalarType::F64 => add_as!(f64, add),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_buffers_add_by_element_type() {
+        let mut a = Buffer::from_bytes(&[1u64.to_le_bytes(), u64::MAX.to_le_bytes()].concat());
+        let b = Buffer::from_bytes(&[2u64.to_le_bytes(), 2u64.to_le_bytes()].concat());
+        a.add_assign(&b, ScalarType::U64);
+        assert_eq!(a.as_bytes(), [3u64.to_le_bytes(), 1u64.to_le_bytes()].concat());
+        let mut f = Buffer::from_bytes(&1.5f32.to_le_bytes());
+        f.add_assign(&Buffer::from_bytes(&2.25f32.to_le_bytes()), ScalarType::F32);
+        assert_eq!(f.as_bytes(), 3.75f32.to_le_bytes());
+    }
+
+    #[test]
+    fn storage_is_aligned_for_f64() {
+        let mut b = Buffer::zeroed(13);
+        assert_eq!(b.address() % 8, 0);
+        assert_eq!(b.len(), 13);
+    }
+}

@@ -1,0 +1,109 @@
+//! `offload demo`: the main job. Renders the Mandelbrot set through the whole engine
+//! (package, JIT, scheduler, local node) and writes a PNG.
+
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use offload::{run_local, ArgValue, Buffer, LocalOptions, Manifest, ScalarValue};
+
+use super::Cli;
+
+/// The demo kernel, the same file as `examples/mandelbrot`, built into the binary.
+const KERNEL_SOURCE: &str = include_str!("../../examples/mandelbrot/kernel.rs");
+const KERNEL_MANIFEST: &str = include_str!("../../examples/mandelbrot/manifest.toml");
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where to write the image.
+    #[arg(short, long, default_value = "mandelbrot.png")]
+    output: PathBuf,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1920)]
+    width: u32,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 1080)]
+    height: u32,
+    /// Iteration limit per pixel.
+    #[arg(long, default_value_t = 2000)]
+    max_iter: u32,
+}
+
+pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.width > 0 && args.height > 0, "the image needs a width and height of at least 1 pixel");
+    let engine = cli.engine()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("offload demo: Mandelbrot {}x{}, {} iterations max", args.width, args.height, args.max_iter);
+    println!("devices: local node, cpu {} with {cores} cores", engine.host());
+
+    let started = Instant::now();
+    let scratch = tempfile::Builder::new().prefix("offload-demo-").tempdir().context("cannot create a temporary folder")?;
+    let source = scratch.path().join("mandelbrot.rs");
+    std::fs::write(&source, KERNEL_SOURCE).context("cannot write the demo kernel")?;
+    let manifest = Manifest::parse(KERNEL_MANIFEST).context("demo manifest")?;
+    let package = offload::package_source(&source, &manifest)?;
+    println!(
+        "package: {} ({} bytes of bitcode) in {:.0} ms",
+        &package.hash().to_hex()[..16],
+        package.bitcode().len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+
+    let items = u64::from(args.width) * u64::from(args.height);
+    // Frame the classic view: the whole set, centred, with square pixels.
+    let step = 3.2 / f64::from(args.width.min(args.height * 16 / 9).max(1));
+    let x0 = -2.2;
+    let y0 = -step * f64::from(args.height) / 2.0;
+    let mut values = vec![
+        ArgValue::Scalar(ScalarValue::U32(args.width)),
+        ArgValue::Scalar(ScalarValue::U32(args.max_iter)),
+        ArgValue::Scalar(ScalarValue::F64(x0)),
+        ArgValue::Scalar(ScalarValue::F64(y0)),
+        ArgValue::Scalar(ScalarValue::F64(step)),
+        ArgValue::Buffer(Buffer::zeroed(items as usize * 4)),
+    ];
+    let report = run_local(&engine, &package, "mandelbrot", items, &mut values, &LocalOptions::default())?;
+    println!(
+        "compile: {:.2} ms ({})",
+        report.compile_time.as_secs_f64() * 1e3,
+        report.code_origin.describe()
+    );
+    println!(
+        "run: {} pixels in {} packets on {} threads, {:.1} ms ({:.1} Mpixel/s)",
+        items,
+        report.packets,
+        report.threads,
+        report.run_time.as_secs_f64() * 1e3,
+        items as f64 / report.run_time.as_secs_f64() / 1e6
+    );
+    let ArgValue::Buffer(iters) = &values[5] else {
+        anyhow::bail!("the kernel's output buffer is missing");
+    };
+    write_png(&args.output, args.width, args.height, args.max_iter, iters.as_bytes())?;
+    println!("wrote {}", args.output.display());
+    Ok(())
+}
+
+/// Colours escape counts with a smooth palette; points inside the set are black.
+fn write_png(path: &PathBuf, width: u32, height: u32, max_iter: u32, iters: &[u8]) -> anyhow::Result<()> {
+    let mut rgb = Vec::with_capacity(iters.len() / 4 * 3);
+    for chunk in iters.chunks_exact(4) {
+        let n = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        if n >= max_iter {
+            rgb.extend_from_slice(&[0, 0, 0]);
+            continue;
+        }
+        let t = (f64::from(n) / 64.0).fract();
+        let channel = |phase: f64| (127.5 * (1.0 + (std::f64::consts::TAU * (t + phase)).cos())) as u8;
+        rgb.extend_from_slice(&[channel(0.0), channel(0.33), channel(0.67)]);
+    }
+    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut encoder = png::Encoder::new(BufWriter::new(file), width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().with_context(|| format!("cannot write {}", path.display()))?;
+    writer.write_image_data(&rgb).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! Running a job on this machine's cores: the embedded local node.
+//!
+//! The scheduler core decides packet sizes and which worker thread runs what; this module
+//! is the thin shell that executes its decisions with real threads and a real clock.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ir_packager::{Access, Arg, ArgKind, KernelSpec, Package, ScalarType, ScalarValue, Shape};
+use node_jit::{CodeOrigin, CompiledKernel, Engine, KernelPanic, Tuning};
+use scheduler::{Decision, DeviceId, DeviceSpec, Event, JobSpec, Packet, Scheduler};
+
+use crate::buffer::Buffer;
+
+/// One argument's value for a job, in manifest order.
+#[derive(Debug, Clone)]
+pub enum ArgValue {
+    /// A scalar.
+    Scalar(ScalarValue),
+    /// A buffer: inputs hold data; `out`/`inout`/`sum` buffers receive the results.
+    Buffer(Buffer),
+}
+
+/// A job that cannot run or did not finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The kernel could not be compiled or loaded.
+    #[error(transparent)]
+    Jit(#[from] node_jit::JitError),
+    /// Wrong number of arguments.
+    #[error("kernel `{kernel}` takes {expected} arguments ({signature}) but {given} were given")]
+    ArgCount {
+        /// The kernel.
+        kernel: String,
+        /// Its signature.
+        signature: String,
+        /// Arguments it takes.
+        expected: usize,
+        /// Arguments given.
+        given: usize,
+    },
+    /// A scalar where a buffer belongs, or the reverse, or a scalar of another type.
+    #[error("argument `{arg}` of kernel `{kernel}` is `{spec}`, but {given} was given")]
+    ArgType {
+        /// The kernel.
+        kernel: String,
+        /// The argument.
+        arg: String,
+        /// Its manifest spelling.
+        spec: String,
+        /// What was given.
+        given: String,
+    },
+    /// A buffer of the wrong size.
+    #[error("buffer `{arg}` (`{spec}`) must be {expected} for {items} items, but it has {actual} bytes")]
+    BufferSize {
+        /// The argument.
+        arg: String,
+        /// Its manifest spelling.
+        spec: String,
+        /// Items of the job.
+        items: u64,
+        /// What it must be, in words.
+        expected: String,
+        /// Its length.
+        actual: usize,
+    },
+    /// The kernel panicked on some packet.
+    #[error("kernel `{kernel}` panicked on items {start}..{end}: {reason}")]
+    KernelPanicked {
+        /// The kernel.
+        kernel: String,
+        /// First item of the packet.
+        start: u64,
+        /// End of the packet.
+        end: u64,
+        /// What went wrong.
+        reason: &'static str,
+    },
+    /// A worker thread died.
+    #[error("a worker thread stopped unexpectedly")]
+    WorkerLost,
+}
+
+/// Settings of a local run. Every setter documents its default.
+#[derive(Default)]
+pub struct LocalOptions {
+    threads: Option<usize>,
+    tuning: Tuning,
+    progress: Option<Box<ProgressFn>>,
+}
+
+/// Called with `(items done, items total)` as packets complete.
+pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
+
+impl LocalOptions {
+    /// Worker threads. Default: every core (`std::thread::available_parallelism`).
+    pub fn threads(mut self, threads: usize) -> LocalOptions {
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    /// Code-generation tuning. Default: LLVM's own choices.
+    pub fn tuning(mut self, tuning: Tuning) -> LocalOptions {
+        self.tuning = tuning;
+        self
+    }
+
+    /// A progress callback. Default: none.
+    pub fn progress(mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) -> LocalOptions {
+        self.progress = Some(Box::new(progress));
+        self
+    }
+}
+
+/// What a finished local run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Items run.
+    pub items: u64,
+    /// Packets committed.
+    pub packets: u64,
+    /// Worker threads used.
+    pub threads: usize,
+    /// Where the kernel's code came from.
+    pub code_origin: CodeOrigin,
+    /// Time to compile or load the kernel.
+    pub compile_time: Duration,
+    /// Time running packets.
+    pub run_time: Duration,
+    /// The compiled kernel's cache key.
+    pub cache_key: String,
+}
+
+/// The bytes buffer `arg` must hold for a job of `items` items, or `None` for whole
+/// buffers (any whole number of elements).
+pub fn required_bytes(arg: &Arg, items: u64) -> Option<u64> {
+    match arg.kind {
+        ArgKind::Buffer {
+            elem,
+            shape: Shape::PerItem(k),
+            ..
+        } => items
+            .checked_mul(k)
+            .and_then(|n| n.checked_mul(elem.size() as u64)),
+        ArgKind::Buffer {
+            elem,
+            shape: Shape::Fixed(n),
+            ..
+        } => n.checked_mul(elem.size() as u64),
+        _ => None,
+    }
+}
+
+/// Checks `args` against the kernel's manifest before anything runs.
+pub fn check_args(spec: &KernelSpec, items: u64, args: &[ArgValue]) -> Result<(), RunError> {
+    if args.len() != spec.args.len() {
+        return Err(RunError::ArgCount {
+            kernel: spec.name.clone(),
+            signature: spec.signature(),
+            expected: spec.args.len(),
+            given: args.len(),
+        });
+    }
+    for (arg, value) in spec.args.iter().zip(args) {
+        let type_error = |given: String| RunError::ArgType {
+            kernel: spec.name.clone(),
+            arg: arg.name.clone(),
+            spec: arg.to_string(),
+            given,
+        };
+        match (arg.kind, value) {
+            (ArgKind::Scalar(ty), ArgValue::Scalar(v)) if v.scalar_type() == ty => {}
+            (ArgKind::Scalar(_), ArgValue::Scalar(v)) => {
+                return Err(type_error(format!("a {} scalar", v.scalar_type())))
+            }
+            (ArgKind::Scalar(_), ArgValue::Buffer(_)) => return Err(type_error("a buffer".into())),
+            (ArgKind::Buffer { .. }, ArgValue::Scalar(v)) => {
+                return Err(type_error(format!("the scalar {v}")))
+            }
+            (ArgKind::Buffer { elem, .. }, ArgValue::Buffer(b)) => {
+                check_buffer_size(arg, elem, items, b.len())?
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_buffer_size(arg: &Arg, elem: ScalarType, items: u64, actual: usize) -> Result<(), RunError> {
+    let size_error = |expected: String| RunError::BufferSize {
+        arg: arg.name.clone(),
+        spec: arg.to_string(),
+        items,
+        expected,
+        actual,
+    };
+    let whole = matches!(
+        arg.kind,
+        ArgKind::Buffer {
+            shape: Shape::Whole,
+            ..
+        }
+    );
+    if whole {
+        return if actual % elem.size() == 0 {
+            Ok(())
+        } else {
+            Err(size_error(format!(
+                "a whole number of {}-byte {} elements",
+                elem.size(),
+                elem
+            )))
+        };
+    }
+    match required_bytes(arg, items) {
+        Some(bytes) if bytes == actual as u64 => Ok(()),
+        Some(bytes) => Err(size_error(format!("{bytes} bytes"))),
+        None => Err(size_error("more bytes than a 64-bit count holds".into())),
+    }
+}
+
+struct Finished {
+    device: DeviceId,
+    packet: Packet,
+    compute_us: u64,
+    outcome: Result<Vec<Buffer>, KernelPanic>,
+}
+
+/// Runs `kernel` of `package` over items `0..items` on this machine's cores. Buffers in
+/// `args` are checked against the manifest first; on success `out`, `inout` and `sum`
+/// buffers hold the results.
+pub fn run_local(
+    engine: &Engine,
+    package: &Package,
+    kernel: &str,
+    items: u64,
+    args: &mut [ArgValue],
+    options: &LocalOptions,
+) -> Result<RunReport, RunError> {
+    let spec = package
+        .manifest()
+        .kernel(kernel)
+        .ok_or_else(|| node_jit::JitError::NoSuchKernel {
+            kernel: kernel.to_string(),
+            available: package
+                .manifest()
+                .kernels
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?
+        .clone();
+    check_args(&spec, items, args)?;
+    let compiled = engine.compile_tuned(package, kernel, &options.tuning)?;
+    let threads = options
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, items.max(1) as usize);
+    let started = Instant::now();
+    let packets = if items == 0 {
+        0
+    } else {
+        execute(&compiled.kernel, &spec, items, args, threads, options)?
+    };
+    Ok(RunReport {
+        items,
+        packets,
+        threads,
+        code_origin: compiled.origin,
+        compile_time: compiled.elapsed,
+        run_time: started.elapsed(),
+        cache_key: compiled.kernel.cache_key().to_string(),
+    })
+}
+
+/// Sum-buffer positions and element types of a kernel's arguments.
+fn sum_slots(spec: &KernelSpec) -> Vec<(usize, ScalarType, usize)> {
+    spec.args
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, arg)| match arg.kind {
+            ArgKind::Buffer {
+                access: Access::Sum,
+                elem,
+                shape: Shape::Fixed(n),
+            } => Some((slot, elem, n as usize * elem.size())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn execute(
+    kernel: &CompiledKernel,
+    spec: &KernelSpec,
+    items: u64,
+    args: &mut [ArgValue],
+    threads: usize,
+    options: &LocalOptions,
+) -> Result<u64, RunError> {
+    let block: Vec<u64> = args
+        .iter_mut()
+        .map(|a| match a {
+            ArgValue::Scalar(v) => v.to_bits(),
+            ArgValue::Buffer(b) => b.address(),
+        })
+        .collect();
+    let sums = sum_slots(spec);
+    // The job's buffers are shared by the workers: packets write disjoint slices of
+    // split buffers and private copies of sum buffers.
+    let mut sched = Scheduler::new(JobSpec::new(items).speculation(false));
+    let clock = Instant::now();
+    let now = || clock.elapsed().as_micros() as u64;
+    for w in 0..threads {
+        sched.handle(
+            now(),
+            Event::DeviceJoined {
+                device: DeviceId(w as u32),
+                spec: DeviceSpec::local_cpu(format!("cpu{w}")),
+            },
+        );
+    }
+    let (done_tx, done_rx) = mpsc::channel::<Finished>();
+    let mut totals: Vec<Buffer> = sums.iter().map(|&(_, _, len)| Buffer::zeroed(len)).collect();
+    let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
+    let mut committed_packets = 0u64;
+    let result = std::thread::scope(|scope| -> Result<(), RunError> {
+        let mut workers = Vec::with_capacity(threads);
+        for w in 0..threads {
+            let (tx, rx) = mpsc::channel::<Packet>();
+            let done = done_tx.clone();
+            let (block, sums) = (block.clone(), &sums);
+            scope.spawn(move || {
+                worker(kernel, DeviceId(w as u32), block, sums, rx, done)
+            });
+            workers.push(tx);
+        }
+        drop(done_tx);
+        loop {
+            while let Some(decision) = sched.poll(now()) {
+                match decision {
+                    Decision::Run { device, packet } => workers[device.0 as usize]
+                        .send(packet)
+                        .map_err(|_| RunError::WorkerLost)?,
+                    Decision::Commit { device, packet } => {
+                        committed_packets += 1;
+                        if let Some(partials) = pending.remove(&(device, packet.id.0)) {
+                            for (total, (partial, &(_, elem, _))) in
+                                totals.iter_mut().zip(partials.iter().zip(&sums))
+                            {
+                                total.add_assign(partial, elem);
+                            }
+                        }
+                        if let Some(progress) = &options.progress {
+                            progress(sched.progress().items_committed, items);
+                        }
+                    }
+                    Decision::Discard { device, packet } => {
+                        pending.remove(&(device, packet.id.0));
+                    }
+                    Decision::Cancel { .. } => {}
+                }
+            }
+            if sched.is_done() || sched.failed().is_some() || sched.stalled() {
+                break;
+            }
+            let finished = done_rx.recv().map_err(|_| RunError::WorkerLost)?;
+            match finished.outcome {
+                Ok(partials) => {
+                    pending.insert((finished.device, finished.packet.id.0), partials);
+                    sched.handle(
+                        now(),
+                        Event::PacketFinished {
+                            device: finished.device,
+                            packet: finished.packet.id,
+                            compute_us: finished.compute_us,
+                            digest: None,
+                        },
+                    );
+                }
+                Err(panic) => {
+                    return Err(RunError::KernelPanicked {
+                        kernel: spec.name.clone(),
+                        start: finished.packet.start,
+                        end: finished.packet.end,
+                        reason: panic.reason,
+                    });
+                }
+            }
+        }
+        // Dropping the senders ends the workers.
+        drop(workers);
+        if sched.is_done() {
+            Ok(())
+        } else {
+            Err(RunError::WorkerLost)
+        }
+    });
+    result?;
+    for ((slot, _, _), total) in sums.iter().zip(totals) {
+        args[*slot] = ArgValue::Buffer(total);
+    }
+    Ok(committed_packets)
+}
+
+fn worker(
+    kernel: &CompiledKernel,
+    device: DeviceId,
+    mut block: Vec<u64>,
+    sums: &[(usize, ScalarType, usize)],
+    packets: mpsc::Receiver<Packet>,
+    done: mpsc::Sender<Finished>,
+) {
+    for packet in packets {
+        let mut partials: Vec<Buffer> = sums.iter().map(|&(_, _, len)| Buffer::zeroed(len)).collect();
+        for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
+            block[slot] = partial.address();
+        }
+        let started = Instant::now();
+        // SAFETY: `check_args` verified every buffer against the manifest for the whole
+        // job, packets of one job cover disjoint item ranges, and sum buffers are private
+        // to this packet.
+        let outcome = unsafe { kernel.run_packet(packet.start, packet.end, &block) };
+        let compute_us = started.elapsed().as_micros() as u64;
+        let finished = Finished {
+            device,
+            packet,
+            compute_us,
+            outcome: outcome.map(|()| partials),
+        };
+        if done.send(finished).is_err() {
+            return;
+        }
+    }
+}
