@@ -232,3 +232,56 @@ pub fn load_module<'ctx>(ctx: &'ctx Context, package: &Package) -> Result<Module
 pub fn triple(text: &str) -> TargetTriple {
     TargetTriple::create(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_manifest() -> Manifest {
+        Manifest::parse("[[kernel]]\nname = \"k\"\nkind = \"item\"\nargs = []\n").expect("manifest")
+    }
+
+    #[test]
+    fn packages_from_a_newer_llvm_are_refused_with_both_versions() {
+        let mut provenance = Provenance {
+            source_name: "k.ll".into(),
+            source_kind: SourceKind::LlvmIr,
+            front_end: "test".into(),
+            llvm_version: linked_llvm_version(),
+            packager: "test".into(),
+            origin_triple: "x86_64-unknown-linux-gnu".into(),
+        };
+        provenance.llvm_version.major += 1;
+        let package = Package::assemble(provenance, tiny_manifest(), Vec::new()).expect("assemble");
+        let ctx = Context::create();
+        let err = load_module(&ctx, &package).expect_err("must be refused");
+        let message = err.to_string();
+        assert!(matches!(err, LoadError::LlvmTooOld { .. }), "{message}");
+        assert!(message.contains(&package.provenance().llvm_version.to_string()), "{message}");
+        assert!(message.contains(&linked_llvm_version().to_string()), "{message}");
+    }
+
+    #[test]
+    fn package_bytes_round_trip_and_corruption_is_refused() {
+        let provenance = Provenance {
+            source_name: "k.ll".into(),
+            source_kind: SourceKind::LlvmIr,
+            front_end: "test".into(),
+            llvm_version: linked_llvm_version(),
+            packager: "test".into(),
+            origin_triple: "x86_64-unknown-linux-gnu".into(),
+        };
+        let package = Package::assemble(provenance, tiny_manifest(), vec![1, 2, 3]).expect("assemble");
+        let decoded = Package::from_bytes(package.as_bytes()).expect("decode");
+        assert_eq!(decoded.hash(), package.hash());
+        let mut bytes = package.as_bytes().to_vec();
+        bytes[6] = 99;
+        assert!(matches!(
+            Package::from_bytes(&bytes),
+            Err(FormatError::UnsupportedVersion { found: 99, .. })
+        ));
+        let truncated = &package.as_bytes()[..package.as_bytes().len() - 2];
+        assert!(matches!(Package::from_bytes(truncated), Err(FormatError::Corrupt(_))));
+        assert!(matches!(Package::from_bytes(b"nope"), Err(FormatError::NotAPackage)));
+    }
+}
