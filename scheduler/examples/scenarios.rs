@@ -1,0 +1,38 @@
+//! Runs every named scenario with the scheduler and the two baselines and prints makespan
+//! over lower bound: `cargo run --release -p scheduler --example scenarios [name...]`.
+
+use scheduler::sim::{run_equal_split, run_fixed_chunks, run_scheduler, scenario, SCENARIOS};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let names: Vec<&str> = if args.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        args.iter().map(String::as_str).collect()
+    };
+    println!(
+        "{:<13} {:>7} {:>12} {:>9} {:>8} {:>6} {:>9} {:>9}",
+        "scenario", "devices", "lower bound", "offload", "packets", "dups", "equal", "chunks16"
+    );
+    for name in names {
+        let Some(s) = scenario(name) else {
+            eprintln!("unknown scenario {name}; known: {}", SCENARIOS.join(", "));
+            std::process::exit(2);
+        };
+        let ours = run_scheduler(&s);
+        let equal = run_equal_split(&s);
+        let chunks = run_fixed_chunks(&s, 16);
+        println!(
+            "{:<13} {:>7} {:>10.1}ms {:>9.3} {:>8} {:>6} {:>9.3} {:>9.3}{}",
+            name,
+            s.devices(),
+            ours.lower_bound_us as f64 / 1e3,
+            ours.ratio(),
+            ours.packets,
+            ours.duplicates,
+            equal.ratio(),
+            chunks.ratio(),
+            if ours.complete && ours.exactly_once() { "" } else { "  INCOMPLETE" }
+        );
+    }
+}

@@ -1,0 +1,1262 @@
+//! The [`Scheduler`] state machine.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use thiserror::Error;
+
+use crate::job::{JobSpec, JobSpecError};
+use crate::model::RobustLine;
+use crate::types::{Decision, DeviceId, DeviceSpec, Event, NodeId, Packet, PacketId};
+
+/// Fastest devices compared against when a device considers taking tail work.
+const FASTEST_CHECKED: usize = 4;
+/// Packets of the `needs_copy` queue looked at per decision (redundancy).
+const COPY_SCAN: usize = 32;
+/// Retryable failures in a row after which a device gets no more work.
+const MAX_CONSECUTIVE_FAILURES: u32 = 3;
+/// A speculative copy must be predicted to finish before this fraction of the time the
+/// straggler still needs.
+const SPECULATION_GAIN: f64 = 0.7;
+
+/// Why an event was not applied by [`Scheduler::try_handle`]. The scheduler's state is
+/// unchanged by a refused event.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// The event names a device that never joined.
+    #[error("{0} is unknown to this job")]
+    UnknownDevice(DeviceId),
+    /// `DeviceJoined` for a device that is already active.
+    #[error("{0} joined twice")]
+    AlreadyJoined(DeviceId),
+    /// `DeviceJoined` for a device that was excluded (disagreeing results or failures).
+    #[error("{0} was excluded from this job and cannot join again")]
+    Excluded(DeviceId),
+    /// A result or failure for a packet the device is not running (e.g. after it was lost).
+    #[error("{device} is not running {packet}")]
+    NotRunning {
+        /// The device.
+        device: DeviceId,
+        /// The packet.
+        packet: PacketId,
+    },
+}
+
+/// The job failed: a kernel failed in a way that retrying cannot fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The device that reported the failure.
+    pub device: DeviceId,
+    /// Its node.
+    pub node: NodeId,
+    /// The packet it was running.
+    pub packet: Packet,
+}
+
+/// A device whose result disagreed with the majority of a packet's copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The device (excluded from the rest of the job).
+    pub device: DeviceId,
+    /// Its node.
+    pub node: NodeId,
+    /// The packet.
+    pub packet: Packet,
+    /// The device's digest.
+    pub digest: Option<[u8; 32]>,
+    /// The majority's digest.
+    pub majority: Option<[u8; 32]>,
+}
+
+/// A snapshot of the job's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Progress {
+    /// Items of the job.
+    pub items_total: u64,
+    /// Items whose result was committed.
+    pub items_committed: u64,
+    /// Items not yet given to any device.
+    pub items_unassigned: u64,
+    /// Packets committed.
+    pub packets_committed: u64,
+    /// Packet copies running on devices now.
+    pub packets_in_flight: u64,
+    /// `Run` decisions made so far (all copies).
+    pub runs_issued: u64,
+    /// `Run` decisions that were a second or later copy of a packet.
+    pub duplicates_issued: u64,
+    /// Results dropped (`Discard`).
+    pub results_discarded: u64,
+    /// Devices that may receive work.
+    pub devices_active: u32,
+    /// Estimated time at which the work still to do would be done, in the caller's µs.
+    pub projected_finish_us: Option<u64>,
+}
+
+/// What the scheduler has learned about a device, for persisting in a tuning profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceEstimate {
+    /// The device.
+    pub device: DeviceId,
+    /// Its name from its [`DeviceSpec`].
+    pub name: String,
+    /// Its node.
+    pub node: NodeId,
+    /// Estimated compute rate in items per second (`None` before the first result of a
+    /// device that joined without one).
+    pub rate_items_per_s: Option<f64>,
+    /// Estimated fixed cost per packet, µs.
+    pub startup_us: f64,
+    /// Finished packets the estimate rests on (the spec's estimate alone: 0).
+    pub samples: u64,
+    /// Estimated one-way link latency of the node, µs.
+    pub link_latency_us: Option<f64>,
+    /// Estimated link bandwidth of the node, bytes per µs.
+    pub link_bytes_per_us: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Active,
+    Lost,
+    Excluded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Nowhere,
+    Free,
+    Parked,
+}
+
+#[derive(Debug, Clone)]
+struct Device {
+    id: DeviceId,
+    spec: DeviceSpec,
+    node: usize,
+    model: RobustLine,
+    calibrated: bool,
+    status: Status,
+    in_flight: Vec<PacketId>,
+    /// Predicted time at which the device's queue of packets is computed.
+    avail: f64,
+    /// Contribution to `total_rate` (effective items/µs; 0 when not counted).
+    rate: f64,
+    /// Contribution `(rate, avail)` to the in-flight work sums.
+    load: Option<(f64, f64)>,
+    key: u64,
+    place: Place,
+    in_speed_index: bool,
+    failures_in_a_row: u32,
+    largest_done: u64,
+}
+
+impl Device {
+    fn has_free_slot(&self) -> bool {
+        self.status == Status::Active && (self.in_flight.len() as u32) < self.spec.slots.max(1)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    id: NodeId,
+    link: Option<RobustLine>,
+    link_free: f64,
+    broadcast_sent: bool,
+    devices: Vec<usize>,
+    active: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AttemptState {
+    Running,
+    Finished(Option<[u8; 32]>),
+    Dropped,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    device: usize,
+    state: AttemptState,
+    issued: f64,
+    result_at: f64,
+    compute_est: f64,
+}
+
+#[derive(Debug, Clone)]
+struct PacketState {
+    packet: Packet,
+    attempts: Vec<Attempt>,
+    wanted: u32,
+    straggler: Option<(u64, PacketId)>,
+}
+
+impl PacketState {
+    fn running(&self) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| a.state == AttemptState::Running)
+            .count()
+    }
+
+    fn finished(&self) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(a.state, AttemptState::Finished(_)))
+            .count()
+    }
+}
+
+/// Predicted timeline of a packet on a device.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    link_free: f64,
+    compute_end: f64,
+    result_at: f64,
+    compute_est: f64,
+}
+
+/// The scheduler of one job: feed it [`Event`]s with [`Scheduler::handle`], execute the
+/// [`Decision`]s that [`Scheduler::poll`] returns. It owns no clock and does no I/O:
+/// every call takes the caller's `now` in µs, and identical call sequences give identical
+/// decisions.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    job: JobSpec,
+    devices: Vec<Device>,
+    device_index: BTreeMap<DeviceId, usize>,
+    nodes: Vec<Node>,
+    node_index: BTreeMap<NodeId, usize>,
+    active_nodes: u32,
+    packets: BTreeMap<PacketId, PacketState>,
+    next_packet: u64,
+    pool: BTreeMap<u64, u64>,
+    unassigned: u64,
+    out: VecDeque<Decision>,
+    free: BTreeSet<(Reverse<u64>, usize)>,
+    parked: BTreeSet<(Reverse<u64>, usize)>,
+    by_speed: BTreeSet<(Reverse<u64>, usize)>,
+    retry_parked: bool,
+    stragglers: BTreeSet<(u64, PacketId)>,
+    needs_copy: BTreeSet<PacketId>,
+    canceled: BTreeMap<(PacketId, usize), Packet>,
+    total_rate: f64,
+    load_rate: f64,
+    load_weighted: f64,
+    running: u64,
+    now: f64,
+    progress: Progress,
+    failed: Option<Failure>,
+    disagreements: Vec<Disagreement>,
+    stalled: bool,
+}
+
+impl Scheduler {
+    /// A scheduler for `job`. Inconsistent tunables are replaced by the nearest valid
+    /// values (redundancy 0 becomes 1, a minimum packet above the maximum is lowered);
+    /// use [`Scheduler::try_new`] to have them refused instead.
+    pub fn new(job: JobSpec) -> Self {
+        let job = job.normalized();
+        let mut pool = BTreeMap::new();
+        if job.items > 0 {
+            pool.insert(0, job.items);
+        }
+        Scheduler {
+            devices: Vec::new(),
+            device_index: BTreeMap::new(),
+            nodes: Vec::new(),
+            node_index: BTreeMap::new(),
+            active_nodes: 0,
+            packets: BTreeMap::new(),
+            next_packet: 0,
+            pool,
+            unassigned: job.items,
+            out: VecDeque::new(),
+            free: BTreeSet::new(),
+            parked: BTreeSet::new(),
+            by_speed: BTreeSet::new(),
+            retry_parked: false,
+            stragglers: BTreeSet::new(),
+            needs_copy: BTreeSet::new(),
+            canceled: BTreeMap::new(),
+            total_rate: 0.0,
+            load_rate: 0.0,
+            load_weighted: 0.0,
+            running: 0,
+            now: 0.0,
+            progress: Progress {
+                items_total: job.items,
+                ..Progress::default()
+            },
+            failed: None,
+            disagreements: Vec::new(),
+            stalled: false,
+            job,
+        }
+    }
+
+    /// A scheduler for `job`, or the reason its tunables are inconsistent.
+    pub fn try_new(job: JobSpec) -> Result<Self, JobSpecError> {
+        job.validate()?;
+        Ok(Scheduler::new(job))
+    }
+
+    /// The job being scheduled.
+    pub fn job(&self) -> &JobSpec {
+        &self.job
+    }
+
+    /// Applies an event that happened at `now_us`; events that do not fit the state (a
+    /// result from a device that was declared lost, say) are ignored. See
+    /// [`Scheduler::try_handle`] to learn why.
+    pub fn handle(&mut self, now_us: u64, event: Event) {
+        // Ignoring is the documented behaviour for stale events: a runner cannot avoid
+        // races such as a result that crosses a `DeviceLost`.
+        let _ignored = self.try_handle(now_us, event);
+    }
+
+    /// Applies an event that happened at `now_us`, or says why it does not fit.
+    pub fn try_handle(&mut self, now_us: u64, event: Event) -> Result<(), EventError> {
+        self.now = self.now.max(now_us as f64);
+        self.stalled = false;
+        self.retry_parked = true;
+        match event {
+            Event::DeviceJoined { device, spec } => self.joined(device, spec),
+            Event::PacketFinished {
+                device,
+                packet,
+                compute_us,
+                digest,
+            } => {
+                let d = self.device(device)?;
+                self.finished(d, packet, compute_us, digest)
+            }
+            Event::PacketFailed {
+                device,
+                packet,
+                retryable,
+            } => {
+                let d = self.device(device)?;
+                self.packet_failed(d, packet, retryable)
+            }
+            Event::DeviceLost { device } => {
+                let d = self.device(device)?;
+                self.remove_device(d, Status::Lost);
+                Ok(())
+            }
+            Event::TransferMeasured {
+                device,
+                bytes,
+                micros,
+            } => {
+                let d = self.device(device)?;
+                let n = self.devices[d].node;
+                if let Some(link) = self.nodes[n].link.as_mut() {
+                    link.add(bytes as f64, micros as f64);
+                    for k in 0..self.nodes[n].devices.len() {
+                        let dev = self.nodes[n].devices[k];
+                        self.sync(dev);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The next decision at `now_us`, or `None` when there is nothing to do until the next
+    /// event. Call it until it returns `None` after every [`Scheduler::handle`].
+    pub fn poll(&mut self, now_us: u64) -> Option<Decision> {
+        self.now = self.now.max(now_us as f64);
+        if let Some(d) = self.out.pop_front() {
+            return Some(d);
+        }
+        if self.failed.is_some() || self.is_complete() {
+            return None;
+        }
+        loop {
+            let (d, from_parked) = if let Some(&(_, d)) = self.free.first() {
+                (d, false)
+            } else if self.retry_parked {
+                match self.parked.first() {
+                    Some(&(_, d)) => (d, true),
+                    None => break,
+                }
+            } else {
+                break;
+            };
+            if let Some(decision) = self.try_assign(d) {
+                if !self.devices[d].has_free_slot() {
+                    self.place(d, Place::Nowhere);
+                }
+                return Some(decision);
+            }
+            self.place(d, Place::Parked);
+            if from_parked {
+                self.retry_parked = false;
+            }
+        }
+        self.retry_parked = false;
+        self.stalled = self.running == 0 && self.out.is_empty();
+        None
+    }
+
+    /// `true` once every item is committed or the job failed.
+    pub fn is_done(&self) -> bool {
+        self.is_complete() || self.failed.is_some()
+    }
+
+    /// `true` once every item is committed.
+    pub fn is_complete(&self) -> bool {
+        self.progress.items_committed == self.job.items && self.out.is_empty()
+    }
+
+    /// The failure that ended the job, if a packet failed with `retryable: false`.
+    pub fn failed(&self) -> Option<Failure> {
+        self.failed
+    }
+
+    /// `true` when the last [`Scheduler::poll`] found work remaining, nothing running, and
+    /// no device able to take it (all devices lost or excluded, or too few nodes for the
+    /// redundancy): a runner should report this instead of waiting. A later
+    /// `DeviceJoined` can resume the job.
+    pub fn stalled(&self) -> bool {
+        self.stalled && !self.is_done()
+    }
+
+    /// Devices whose results disagreed with the majority, in the order found.
+    pub fn disagreements(&self) -> &[Disagreement] {
+        &self.disagreements
+    }
+
+    /// The job's progress.
+    pub fn progress(&self) -> Progress {
+        let mut p = self.progress;
+        p.items_unassigned = self.unassigned;
+        p.packets_in_flight = self.running;
+        p.devices_active = self
+            .devices
+            .iter()
+            .filter(|d| d.status == Status::Active)
+            .count() as u32;
+        let t = self.projected_finish();
+        p.projected_finish_us = t.is_finite().then_some(t.max(0.0) as u64);
+        p
+    }
+
+    /// What the scheduler has learned about every device that joined, in join order.
+    pub fn estimates(&self) -> Vec<DeviceEstimate> {
+        self.devices
+            .iter()
+            .map(|d| {
+                let link = self.nodes[d.node].link.as_ref();
+                DeviceEstimate {
+                    device: d.id,
+                    name: d.spec.name.clone(),
+                    node: self.nodes[d.node].id,
+                    rate_items_per_s: (d.calibrated && d.model.slope() > 0.0)
+                        .then(|| 1e6 / d.model.slope()),
+                    startup_us: d.model.intercept(),
+                    samples: d.model.samples(),
+                    link_latency_us: link.map(|l| l.intercept()),
+                    link_bytes_per_us: link
+                        .and_then(|l| (l.slope() > 0.0).then(|| 1.0 / l.slope())),
+                }
+            })
+            .collect()
+    }
+
+    // ----- events -------------------------------------------------------------------
+
+    fn device(&self, id: DeviceId) -> Result<usize, EventError> {
+        self.device_index
+            .get(&id)
+            .copied()
+            .ok_or(EventError::UnknownDevice(id))
+    }
+
+    fn joined(&mut self, id: DeviceId, spec: DeviceSpec) -> Result<(), EventError> {
+        let existing = self.device_index.get(&id).copied();
+        if let Some(d) = existing {
+            match self.devices[d].status {
+                Status::Active => return Err(EventError::AlreadyJoined(id)),
+                Status::Excluded => return Err(EventError::Excluded(id)),
+                Status::Lost => {}
+            }
+        }
+        let node = match self.node_index.get(&spec.node) {
+            Some(&n) => n,
+            None => {
+                self.nodes.push(Node {
+                    id: spec.node,
+                    link: spec.link.map(|l| {
+                        RobustLine::new(l.latency_us, 1.0 / l.bytes_per_us.max(1e-9))
+                    }),
+                    link_free: 0.0,
+                    broadcast_sent: false,
+                    devices: Vec::new(),
+                    active: 0,
+                });
+                self.node_index.insert(spec.node, self.nodes.len() - 1);
+                self.nodes.len() - 1
+            }
+        };
+        let calibrated = spec.rate_items_per_s.is_some_and(|r| r > 0.0);
+        let slope = spec
+            .rate_items_per_s
+            .filter(|r| *r > 0.0)
+            .map_or(0.0, |r| 1e6 / r);
+        let device = Device {
+            id,
+            node,
+            model: RobustLine::new(spec.startup_us, slope),
+            calibrated,
+            status: Status::Active,
+            in_flight: Vec::new(),
+            avail: self.now,
+            rate: 0.0,
+            load: None,
+            key: 0,
+            place: Place::Nowhere,
+            in_speed_index: false,
+            failures_in_a_row: 0,
+            largest_done: 0,
+            spec,
+        };
+        let d = match existing {
+            Some(d) => {
+                // A lost device joining again: it may have moved to another node.
+                let old = self.devices[d].node;
+                self.nodes[old].devices.retain(|&x| x != d);
+                self.devices[d] = device;
+                d
+            }
+            None => {
+                self.devices.push(device);
+                self.device_index.insert(id, self.devices.len() - 1);
+                self.devices.len() - 1
+            }
+        };
+        self.nodes[node].devices.push(d);
+        self.nodes[node].active += 1;
+        if self.nodes[node].active == 1 {
+            self.active_nodes += 1;
+        }
+        for k in 0..self.nodes[node].devices.len() {
+            let dev = self.nodes[node].devices[k];
+            self.sync(dev);
+        }
+        self.place(d, Place::Free);
+        Ok(())
+    }
+
+    fn attempt_of(&self, d: usize, pid: PacketId) -> Option<usize> {
+        self.packets.get(&pid)?.attempts.iter().position(|a| {
+            a.device == d && a.state == AttemptState::Running
+        })
+    }
+
+    fn finished(
+        &mut self,
+        d: usize,
+        pid: PacketId,
+        compute_us: u64,
+        digest: Option<[u8; 32]>,
+    ) -> Result<(), EventError> {
+        let Some(a) = self.attempt_of(d, pid) else {
+            if let Some(packet) = self.canceled.remove(&(pid, d)) {
+                self.discard(d, packet);
+                return Ok(());
+            }
+            return Err(EventError::NotRunning {
+                device: self.devices[d].id,
+                packet: pid,
+            });
+        };
+        let (items, attempt) = match self.packets.get_mut(&pid) {
+            Some(ps) => {
+                ps.attempts[a].state = AttemptState::Finished(digest);
+                (ps.packet.items(), ps.attempts[a])
+            }
+            None => return Ok(()),
+        };
+        let now = self.now;
+        let dev = &mut self.devices[d];
+        dev.in_flight.retain(|&p| p != pid);
+        self.running -= 1;
+        dev.model.add(items as f64, compute_us as f64);
+        dev.calibrated = true;
+        dev.largest_done = dev.largest_done.max(items);
+        dev.failures_in_a_row = 0;
+        dev.avail = if dev.in_flight.is_empty() {
+            now
+        } else {
+            (dev.avail + (now - attempt.result_at)).max(now)
+        };
+        self.sync(d);
+        if self.devices[d].has_free_slot() && self.devices[d].place != Place::Free {
+            self.place(d, Place::Free);
+        }
+        self.resolve(pid);
+        Ok(())
+    }
+
+    fn packet_failed(&mut self, d: usize, pid: PacketId, retryable: bool) -> Result<(), EventError> {
+        let Some(a) = self.attempt_of(d, pid) else {
+            if self.canceled.remove(&(pid, d)).is_some() {
+                return Ok(());
+            }
+            return Err(EventError::NotRunning {
+                device: self.devices[d].id,
+                packet: pid,
+            });
+        };
+        if !retryable {
+            let packet = self.packets.get(&pid).map(|p| p.packet);
+            if let Some(packet) = packet {
+                self.failed = Some(Failure {
+                    device: self.devices[d].id,
+                    node: self.nodes[self.devices[d].node].id,
+                    packet,
+                });
+            }
+            self.drop_attempt(pid, a);
+            self.cancel_everything();
+            return Ok(());
+        }
+        self.drop_attempt(pid, a);
+        let dev = &mut self.devices[d];
+        dev.failures_in_a_row += 1;
+        if dev.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
+            self.remove_device(d, Status::Excluded);
+        } else if dev.has_free_slot() && dev.place != Place::Free {
+            self.place(d, Place::Free);
+        }
+        Ok(())
+    }
+
+    /// Takes a device out of the job; its running packets go back to work.
+    fn remove_device(&mut self, d: usize, status: Status) {
+        if self.devices[d].status != Status::Active {
+            return;
+        }
+        let announce = status == Status::Excluded;
+        for pid in self.devices[d].in_flight.clone() {
+            if let Some(a) = self.attempt_of(d, pid) {
+                if announce {
+                    if let Some(ps) = self.packets.get(&pid) {
+                        self.out.push_back(Decision::Cancel {
+                            device: self.devices[d].id,
+                            packet: ps.packet,
+                        });
+                        self.canceled.insert((pid, d), ps.packet);
+                    }
+                }
+                self.drop_attempt(pid, a);
+            }
+        }
+        self.place(d, Place::Nowhere);
+        self.devices[d].status = status;
+        let n = self.devices[d].node;
+        self.nodes[n].active -= 1;
+        if self.nodes[n].active == 0 {
+            self.active_nodes -= 1;
+        }
+        for k in 0..self.nodes[n].devices.len() {
+            let dev = self.nodes[n].devices[k];
+            self.sync(dev);
+        }
+    }
+
+    /// Ends a running attempt without a result; its packet is re-queued if no other copy
+    /// runs (or, under redundancy, asks for another copy).
+    fn drop_attempt(&mut self, pid: PacketId, a: usize) {
+        let Some(ps) = self.packets.get_mut(&pid) else {
+            return;
+        };
+        let attempt = ps.attempts[a];
+        ps.attempts[a].state = AttemptState::Dropped;
+        let d = attempt.device;
+        self.running -= 1;
+        let now = self.now;
+        let dev = &mut self.devices[d];
+        dev.in_flight.retain(|&p| p != pid);
+        dev.avail = if dev.in_flight.is_empty() {
+            now
+        } else {
+            (dev.avail - attempt.compute_est).max(now)
+        };
+        self.sync(d);
+        let ps = &self.packets[&pid];
+        if self.job.redundancy == 1 {
+            if ps.running() == 0 {
+                let packet = ps.packet;
+                self.unlink_straggler(pid);
+                self.packets.remove(&pid);
+                self.release(packet.start, packet.end);
+            } else {
+                self.update_straggler(pid);
+            }
+        } else if (ps.running() + ps.finished()) < ps.wanted as usize {
+            self.needs_copy.insert(pid);
+        }
+    }
+
+    /// Emits `Cancel` for every running copy after the job failed.
+    fn cancel_everything(&mut self) {
+        let pids: Vec<PacketId> = self.packets.keys().copied().collect();
+        for pid in pids {
+            let Some(ps) = self.packets.get(&pid) else {
+                continue;
+            };
+            let running: Vec<(usize, usize)> = ps
+                .attempts
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.state == AttemptState::Running)
+                .map(|(i, a)| (i, a.device))
+                .collect();
+            let packet = ps.packet;
+            for (i, d) in running {
+                self.out.push_back(Decision::Cancel {
+                    device: self.devices[d].id,
+                    packet,
+                });
+                self.canceled.insert((pid, d), packet);
+                if let Some(ps) = self.packets.get_mut(&pid) {
+                    ps.attempts[i].state = AttemptState::Dropped;
+                }
+                self.devices[d].in_flight.retain(|&p| p != pid);
+                self.running -= 1;
+                self.sync(d);
+            }
+        }
+    }
+
+    fn discard(&mut self, d: usize, packet: Packet) {
+        self.progress.results_discarded += 1;
+        self.out.push_back(Decision::Discard {
+            device: self.devices[d].id,
+            packet,
+        });
+    }
+
+    /// Decides a packet once enough copies finished: commits the winner, cancels the
+    /// other running copies, reports and excludes disagreeing devices.
+    fn resolve(&mut self, pid: PacketId) {
+        let Some(ps) = self.packets.get(&pid) else {
+            return;
+        };
+        let winner = if self.job.redundancy == 1 {
+            ps.attempts
+                .iter()
+                .position(|a| matches!(a.state, AttemptState::Finished(_)))
+        } else {
+            let needed = self.job.redundancy as usize / 2 + 1;
+            let digests: Vec<(usize, Option<[u8; 32]>)> = ps
+                .attempts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| match a.state {
+                    AttemptState::Finished(g) => Some((i, g)),
+                    _ => None,
+                })
+                .collect();
+            digests
+                .iter()
+                .find(|(_, g)| digests.iter().filter(|(_, h)| h == g).count() >= needed)
+                .map(|&(i, _)| i)
+        };
+        let Some(w) = winner else {
+            // Undecided: ask for another copy when all wanted copies are in and disagree.
+            let (running, finished, wanted) = (ps.running(), ps.finished(), ps.wanted as usize);
+            if running + finished >= wanted && running == 0 {
+                if let Some(ps) = self.packets.get_mut(&pid) {
+                    ps.wanted += 1;
+                }
+                self.needs_copy.insert(pid);
+            } else if running + finished < wanted {
+                self.needs_copy.insert(pid);
+            }
+            return;
+        };
+        self.unlink_straggler(pid);
+        self.needs_copy.remove(&pid);
+        let Some(ps) = self.packets.remove(&pid) else {
+            return;
+        };
+        let packet = ps.packet;
+        let winner = ps.attempts[w];
+        let majority = match winner.state {
+            AttemptState::Finished(g) => g,
+            _ => None,
+        };
+        self.out.push_back(Decision::Commit {
+            device: self.devices[winner.device].id,
+            packet,
+        });
+        self.progress.items_committed += packet.items();
+        self.progress.packets_committed += 1;
+        let mut liars = Vec::new();
+        for (i, a) in ps.attempts.iter().enumerate() {
+            match a.state {
+                AttemptState::Running => {
+                    let d = a.device;
+                    self.out.push_back(Decision::Cancel {
+                        device: self.devices[d].id,
+                        packet,
+                    });
+                    self.canceled.insert((pid, d), packet);
+                    self.running -= 1;
+                    let now = self.now;
+                    let dev = &mut self.devices[d];
+                    dev.in_flight.retain(|&p| p != pid);
+                    dev.avail = if dev.in_flight.is_empty() {
+                        now
+                    } else {
+                        (dev.avail - a.compute_est).max(now)
+                    };
+                    self.sync(d);
+                    if self.devices[d].has_free_slot() && self.devices[d].place != Place::Free {
+                        self.place(d, Place::Free);
+                    }
+                }
+                AttemptState::Finished(g) if i != w => {
+                    if self.job.redundancy > 1 && g != majority {
+                        liars.push((a.device, g));
+                    } else {
+                        self.discard(a.device, packet);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (d, digest) in liars {
+            self.discard(d, packet);
+            self.disagreements.push(Disagreement {
+                device: self.devices[d].id,
+                node: self.nodes[self.devices[d].node].id,
+                packet,
+                digest,
+                majority,
+            });
+            self.remove_device(d, Status::Excluded);
+        }
+    }
+
+    // ----- policy -------------------------------------------------------------------
+
+    /// A decision for device `d`, which has a free slot, or `None` if it should wait.
+    fn try_assign(&mut self, d: usize) -> Option<Decision> {
+        if self.job.redundancy > 1 {
+            if let Some(decision) = self.assign_copy(d) {
+                return Some(decision);
+            }
+            if self.active_nodes < self.job.redundancy {
+                return None;
+            }
+        }
+        if self.unassigned > 0 {
+            let size = self.packet_size(d)?;
+            let (start, end) = self.cut(size)?;
+            let pid = PacketId(self.next_packet);
+            self.next_packet += 1;
+            let packet = Packet { id: pid, start, end };
+            self.packets.insert(
+                pid,
+                PacketState {
+                    packet,
+                    attempts: Vec::new(),
+                    wanted: self.job.redundancy,
+                    straggler: None,
+                },
+            );
+            if self.job.redundancy > 1 {
+                self.needs_copy.insert(pid);
+            }
+            return self.issue(d, pid);
+        }
+        if self.job.speculation && self.job.redundancy == 1 {
+            return self.speculate(d);
+        }
+        None
+    }
+
+    fn assign_copy(&mut self, d: usize) -> Option<Decision> {
+        let node = self.devices[d].node;
+        let pid = self
+            .needs_copy
+            .iter()
+            .take(COPY_SCAN)
+            .copied()
+            .find(|pid| {
+                self.packets.get(pid).is_some_and(|ps| {
+                    !ps.attempts.iter().any(|a| {
+                        a.state != AttemptState::Dropped && self.devices[a.device].node == node
+                    })
+                })
+            })?;
+        self.issue(d, pid)
+    }
+
+    /// Duplicates the straggler predicted to finish last, if `d` would finish it clearly
+    /// sooner.
+    fn speculate(&mut self, d: usize) -> Option<Decision> {
+        let &(_, pid) = self.stragglers.last()?;
+        let ps = self.packets.get(&pid)?;
+        let a = ps.attempts.iter().find(|a| a.state == AttemptState::Running)?;
+        if a.device == d {
+            return None;
+        }
+        let now = self.now;
+        let expected = if a.result_at > now {
+            a.result_at
+        } else {
+            // Overdue, so the model was wrong about it: assume it needs as long again as
+            // it has run so far.
+            now + (now - a.issued)
+        };
+        let plan = self.plan(d, ps.packet.items());
+        if plan.result_at < now + SPECULATION_GAIN * (expected - now) {
+            self.issue(d, pid)
+        } else {
+            None
+        }
+    }
+
+    fn min_packet_us(&self, d: usize) -> f64 {
+        if let Some(us) = self.job.min_packet_us {
+            return us;
+        }
+        // From the spec's start-up cost, not the fitted one: the fitted intercept of
+        // large noisy packets is too uncertain to size the smallest packets with.
+        let dev = &self.devices[d];
+        let hidden = dev.spec.slots > 1;
+        let latency = match &dev.spec.link {
+            Some(l) if !hidden => 2.0 * l.latency_us,
+            _ => 0.0,
+        };
+        (20.0 * (dev.spec.startup_us.max(0.0) + latency)).max(50.0)
+    }
+
+    /// Guided self-scheduling scaled by the device's share of the total speed, shrunk (or
+    /// refused) near the end so that the device finishes with the others.
+    fn packet_size(&self, d: usize) -> Option<u64> {
+        let w = self.unassigned;
+        let dev = &self.devices[d];
+        let job = &self.job;
+        if !dev.calibrated {
+            let size = if dev.largest_done == 0 {
+                job.calibration_packet()
+            } else {
+                dev.largest_done.saturating_mul(8).min(job.max_packet)
+            };
+            return Some(size.min(w).max(1));
+        }
+        let r = dev.rate.max(1e-12);
+        let total = self.total_rate.max(r);
+        let slope = dev.model.slope().max(1e-12);
+        let s_min = job
+            .min_packet
+            .max((self.min_packet_us(d) / slope).ceil() as u64)
+            .min(job.max_packet);
+        // Guided self-scheduling in time: the device's queue should hold 1/k of the
+        // projected remaining time (plus a round trip where slots pipeline), so packets
+        // are large while much work remains and shrink toward the end. What the device
+        // already has queued counts, so a second slot only covers the round trip.
+        let now = self.now;
+        let horizon = (w as f64 + (self.load_weighted - now * self.load_rate).max(0.0)) / total;
+        let backlog = (dev.avail - now).max(0.0);
+        let base = horizon / job.packets_per_device;
+        let target_us = if dev.in_flight.is_empty() {
+            base
+        } else {
+            // A second slot (pipelining): enough work to cover the packet ahead's results
+            // going back and this packet's inputs coming in (twice: the node's devices
+            // share the link) plus a round trip, so the device never waits for data.
+            let pipeline = match &self.nodes[dev.node].link {
+                Some(l) => {
+                    let bytes = (job.bytes_in_per_item + job.bytes_out_per_item) as f64;
+                    2.0 * l.intercept()
+                        + dev.model.intercept()
+                        + 2.0 * l.slope() * bytes * r * backlog
+                }
+                None => 0.0,
+            };
+            (base - backlog).max(0.0) + pipeline
+        };
+        let gss = (target_us.max(0.0) * r).ceil().min(u64::MAX as f64) as u64;
+        let mut size = gss.max(s_min).min(job.max_packet);
+        if dev.spec.rate_items_per_s.is_none() && dev.model.samples() < 3 {
+            size = size.min(dev.largest_done.saturating_mul(8).max(s_min));
+        }
+        if w.saturating_sub(size) < job.min_packet {
+            size = w;
+        }
+        size = size.min(w);
+        if self.running == 0 {
+            return Some(size);
+        }
+        // Tail: will this packet end after the projected common finish?
+        let t_star = self.projected_finish();
+        let plan = self.plan(d, size);
+        if plan.result_at <= t_star {
+            return Some(size);
+        }
+        // Shrink it to end by then; if even a minimal packet cannot, let a device that
+        // would finish that sooner take it (earliest finish time wins).
+        let fixed = self.plan(d, 0).result_at;
+        let per_item = (plan.result_at - fixed) / size as f64;
+        if per_item > 0.0 {
+            let fit = ((t_star - fixed) / per_item).floor();
+            if fit >= s_min.min(w) as f64 {
+                return Some((fit as u64).min(size));
+            }
+        }
+        let small = s_min.min(w);
+        if self.best_other_finish(d, small) < self.plan(d, small).result_at {
+            None
+        } else {
+            Some(small)
+        }
+    }
+
+    /// Earliest predicted result time of a packet of `size` items among the fastest
+    /// devices other than `d`.
+    fn best_other_finish(&self, d: usize, size: u64) -> f64 {
+        self.by_speed
+            .iter()
+            .filter(|&&(_, e)| e != d)
+            .take(FASTEST_CHECKED)
+            .map(|&(_, e)| self.plan(e, size).result_at)
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Time at which the remaining work would be done if every device kept busy:
+    /// `now + (unassigned + in-flight work) / total rate`.
+    fn projected_finish(&self) -> f64 {
+        if self.total_rate <= 0.0 {
+            return f64::INFINITY;
+        }
+        let in_flight = (self.load_weighted - self.now * self.load_rate).max(0.0);
+        self.now + (self.unassigned as f64 + in_flight) / self.total_rate
+    }
+
+    /// Predicted timeline of `size` items on device `d` if issued now.
+    fn plan(&self, d: usize, size: u64) -> Plan {
+        let dev = &self.devices[d];
+        let node = &self.nodes[dev.node];
+        let now = self.now;
+        let compute_est = dev.model.predict(size as f64);
+        let (arrive, link_free, back) = match &node.link {
+            Some(l) => {
+                let broadcast = if node.broadcast_sent {
+                    0
+                } else {
+                    self.job.broadcast_bytes
+                };
+                let bytes = size * self.job.bytes_in_per_item + broadcast;
+                let start = now.max(node.link_free);
+                let busy = l.slope() * bytes as f64;
+                let back = l.intercept() + l.slope() * (size * self.job.bytes_out_per_item) as f64;
+                (start + busy + l.intercept(), start + busy, back)
+            }
+            None => (now, node.link_free, 0.0),
+        };
+        let compute_end = arrive.max(dev.avail).max(now) + compute_est;
+        Plan {
+            link_free,
+            compute_end,
+            result_at: compute_end + back,
+            compute_est,
+        }
+    }
+
+    fn issue(&mut self, d: usize, pid: PacketId) -> Option<Decision> {
+        let packet = self.packets.get(&pid)?.packet;
+        let plan = self.plan(d, packet.items());
+        let now = self.now;
+        let node = self.devices[d].node;
+        if self.nodes[node].link.is_some() {
+            self.nodes[node].link_free = plan.link_free;
+            self.nodes[node].broadcast_sent = true;
+        }
+        let dev = &mut self.devices[d];
+        dev.avail = plan.compute_end;
+        dev.in_flight.push(pid);
+        self.running += 1;
+        self.progress.runs_issued += 1;
+        if let Some(ps) = self.packets.get_mut(&pid) {
+            if !ps.attempts.is_empty() {
+                self.progress.duplicates_issued += 1;
+            }
+            ps.attempts.push(Attempt {
+                device: d,
+                state: AttemptState::Running,
+                issued: now,
+                result_at: plan.result_at,
+                compute_est: plan.compute_est,
+            });
+            if (ps.running() + ps.finished()) >= ps.wanted as usize {
+                self.needs_copy.remove(&pid);
+            }
+        }
+        self.update_straggler(pid);
+        self.sync(d);
+        Some(Decision::Run {
+            device: self.devices[d].id,
+            packet,
+        })
+    }
+
+    // ----- bookkeeping ------------------------------------------------------------
+
+    /// Cuts `size` items from the lowest free range.
+    fn cut(&mut self, size: u64) -> Option<(u64, u64)> {
+        let (&start, &end) = self.pool.iter().next()?;
+        let take = size.min(end - start);
+        self.pool.remove(&start);
+        if start + take < end {
+            self.pool.insert(start + take, end);
+        }
+        self.unassigned -= take;
+        Some((start, start + take))
+    }
+
+    /// Returns `start..end` to the free ranges.
+    fn release(&mut self, start: u64, end: u64) {
+        if start < end {
+            self.pool.insert(start, end);
+            self.unassigned += end - start;
+        }
+    }
+
+    fn update_straggler(&mut self, pid: PacketId) {
+        let Some(ps) = self.packets.get(&pid) else {
+            return;
+        };
+        let want = if self.job.speculation && self.job.redundancy == 1 && ps.running() == 1 {
+            ps.attempts
+                .iter()
+                .find(|a| a.state == AttemptState::Running)
+                .map(|a| (a.result_at.max(0.0) as u64, pid))
+        } else {
+            None
+        };
+        if want != ps.straggler {
+            if let Some(old) = ps.straggler {
+                self.stragglers.remove(&old);
+            }
+            if let Some(new) = want {
+                self.stragglers.insert(new);
+            }
+            if let Some(ps) = self.packets.get_mut(&pid) {
+                ps.straggler = want;
+            }
+        }
+    }
+
+    fn unlink_straggler(&mut self, pid: PacketId) {
+        if let Some(ps) = self.packets.get_mut(&pid) {
+            if let Some(old) = ps.straggler.take() {
+                self.stragglers.remove(&old);
+            }
+        }
+    }
+
+    /// Effective rate of a device in items/µs: its compute rate, capped by its share of
+    /// its node's link when items carry bytes.
+    fn effective_rate(&self, d: usize) -> f64 {
+        let dev = &self.devices[d];
+        if dev.status != Status::Active || !dev.calibrated {
+            return 0.0;
+        }
+        // A slope of 0 (results reported as 0 µs) means "very fast", not "no rate".
+        let mut r = 1.0 / dev.model.slope().max(1e-9);
+        let node = &self.nodes[dev.node];
+        // Links are full duplex: inputs and results do not compete.
+        let bytes = self.job.bytes_in_per_item.max(self.job.bytes_out_per_item);
+        if let (Some(l), true) = (&node.link, bytes > 0) {
+            if l.slope() > 0.0 {
+                let share = 1.0 / (l.slope() * bytes as f64 * node.active.max(1) as f64);
+                r = r.min(share);
+            }
+        }
+        r
+    }
+
+    /// Re-derives a device's contributions to the rate sums and its place in the speed
+    /// index after any change to it.
+    fn sync(&mut self, d: usize) {
+        let rate = self.effective_rate(d);
+        let old_rate = self.devices[d].rate;
+        self.total_rate += rate - old_rate;
+        if self.total_rate < 1e-12 {
+            self.total_rate = 0.0;
+        }
+        self.devices[d].rate = rate;
+        if let Some((r, a)) = self.devices[d].load.take() {
+            self.load_rate -= r;
+            self.load_weighted -= r * a;
+        }
+        if !self.devices[d].in_flight.is_empty() && rate > 0.0 {
+            let a = self.devices[d].avail;
+            self.load_rate += rate;
+            self.load_weighted += rate * a;
+            self.devices[d].load = Some((rate, a));
+        }
+        let key = if self.devices[d].calibrated {
+            rate.to_bits()
+        } else {
+            f64::INFINITY.to_bits()
+        };
+        if key != self.devices[d].key || !self.devices[d].in_speed_index {
+            let place = self.devices[d].place;
+            self.place(d, Place::Nowhere);
+            if self.devices[d].in_speed_index {
+                self.by_speed.remove(&(Reverse(self.devices[d].key), d));
+                self.devices[d].in_speed_index = false;
+            }
+            self.devices[d].key = key;
+            if self.devices[d].status == Status::Active && rate > 0.0 {
+                self.by_speed.insert((Reverse(key), d));
+                self.devices[d].in_speed_index = true;
+            }
+            if self.devices[d].status == Status::Active {
+                self.place(d, place);
+            }
+        } else if self.devices[d].status != Status::Active && self.devices[d].in_speed_index {
+            self.by_speed.remove(&(Reverse(key), d));
+            self.devices[d].in_speed_index = false;
+        }
+    }
+
+    /// Moves a device between the free and parked sets.
+    fn place(&mut self, d: usize, to: Place) {
+        let entry = (Reverse(self.devices[d].key), d);
+        match self.devices[d].place {
+            Place::Free => {
+                self.free.remove(&entry);
+            }
+            Place::Parked => {
+                self.parked.remove(&entry);
+            }
+            Place::Nowhere => {}
+        }
+        let to = if self.devices[d].has_free_slot() {
+            to
+        } else {
+            Place::Nowhere
+        };
+        match to {
+            Place::Free => {
+                self.free.insert(entry);
+            }
+            Place::Parked => {
+                self.parked.insert(entry);
+            }
+            Place::Nowhere => {}
+        }
+        self.devices[d].place = to;
+    }
+}
