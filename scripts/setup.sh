@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages offload needs, only those missing (Debian bookworm, root
+# or sudo). Idempotent: a second run installs nothing and takes a moment.
+#   llvm-22-dev, clang-22      LLVM 22, which reads rustc 1.95's bitcode; clang for C kernels
+#   gcc                        links JIT objects into cached shared libraries
+#   pocl-opencl-icd, ocl-icd-* an OpenCL platform (PoCL's CPU device) and the ICD loader
+#   qemu-user-static, gcc-*-linux-gnu, libc6-dev-*-cross   cross-architecture tests
+set -euo pipefail
+
+packages=(
+  llvm-22-dev clang-22 gcc libc6-dev
+  pocl-opencl-icd ocl-icd-opencl-dev ocl-icd-libopencl1 clinfo
+  qemu-user-static
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+  gcc-s390x-linux-gnu libc6-dev-s390x-cross
+  iproute2
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "offload setup: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "offload setup: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
