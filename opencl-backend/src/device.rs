@@ -1,0 +1,792 @@
+//! OpenCL devices through `ocl`'s core API: discovery, program cache, packet execution.
+//!
+//! Everything `ocl` is confined to this module, so the rest of offload sees only
+//! [`DeviceInfo`], [`Device`], [`Program`] and [`PreparedKernel`].
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ir_packager::{Access, ArgKind, ScalarType, Shape};
+use ocl::core::{self, ArgVal, DeviceInfo as Query, DeviceInfoResult as Answer};
+
+use crate::lower::Lowered;
+
+/// An OpenCL operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The OpenCL runtime refused a call.
+    #[error("OpenCL device `{device}`: {operation} failed: {message}")]
+    Runtime {
+        /// The device.
+        device: String,
+        /// What was attempted.
+        operation: &'static str,
+        /// The runtime's message.
+        message: String,
+    },
+    /// The device's compiler rejected the generated program.
+    #[error("OpenCL device `{device}` could not build the program for kernel `{kernel}`:\n{log}")]
+    Build {
+        /// The device.
+        device: String,
+        /// The kernel.
+        kernel: String,
+        /// The compiler's build log.
+        log: String,
+    },
+    /// The kernel uses `double` and the device lacks `cl_khr_fp64`.
+    #[error("kernel `{kernel}` uses f64 but OpenCL device `{device}` has no cl_khr_fp64 support")]
+    NoFp64 {
+        /// The device.
+        device: String,
+        /// The kernel.
+        kernel: String,
+    },
+    /// The device is big-endian; buffers are little-endian arrays.
+    #[error("OpenCL device `{device}` is big-endian; offload buffers are little-endian")]
+    BigEndian {
+        /// The device.
+        device: String,
+    },
+    /// The kernel called `offload_panic`.
+    #[error("kernel `{kernel}` panicked on items {start}..{end}: {reason}")]
+    Panicked {
+        /// The kernel.
+        kernel: String,
+        /// First item of the packet.
+        start: u64,
+        /// End of the packet.
+        end: u64,
+        /// The panic code passed to `offload_panic`.
+        code: i32,
+        /// What it means (`ir_packager::panic_reason`).
+        reason: &'static str,
+    },
+    /// Arguments do not match the kernel.
+    #[error("kernel `{kernel}`: {detail}")]
+    Arguments {
+        /// The kernel.
+        kernel: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// What kind of processor a device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A graphics processor.
+    Gpu,
+    /// A CPU exposed through OpenCL (PoCL, for instance).
+    Cpu,
+    /// An accelerator card.
+    Accelerator,
+    /// Anything else.
+    Other,
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Gpu => "gpu",
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Accelerator => "accelerator",
+            DeviceKind::Other => "other",
+        })
+    }
+}
+
+/// The facts about one OpenCL device that users and the scheduler need.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// Platform name (e.g. "Portable Computing Language").
+    pub platform: String,
+    /// Device name.
+    pub name: String,
+    /// Vendor.
+    pub vendor: String,
+    /// GPU, CPU, ...
+    pub kind: DeviceKind,
+    /// Compute units.
+    pub compute_units: u32,
+    /// Global memory in bytes.
+    pub global_mem_bytes: u64,
+    /// Largest work-group.
+    pub max_work_group_size: usize,
+    /// Whether `cl_khr_fp64` is supported.
+    pub fp64: bool,
+    /// OpenCL C version string.
+    pub opencl_c: String,
+    /// Whether the device stores little-endian.
+    pub little_endian: bool,
+    /// Whether f32 division and sqrt can be correctly rounded.
+    pub correctly_rounded_sqrt: bool,
+    id: core::DeviceId,
+}
+
+impl fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}, {}): {} compute units, {} MiB global memory, work-groups up to {}, fp64 {}, {}",
+            self.name,
+            self.kind,
+            self.platform,
+            self.compute_units,
+            self.global_mem_bytes >> 20,
+            self.max_work_group_size,
+            if self.fp64 { "yes" } else { "no" },
+            self.opencl_c
+        )
+    }
+}
+
+/// The OpenCL devices of this machine, or why there are none.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    /// Every device of every platform.
+    pub devices: Vec<DeviceInfo>,
+    /// Why no device was found, or a platform that failed, in one line.
+    pub note: Option<String>,
+}
+
+/// Finds every device of every platform the ICD loader knows. Never fails: a machine
+/// without OpenCL gets an empty list and a note saying so.
+pub fn discover() -> Discovery {
+    let platforms = match core::get_platform_ids() {
+        Ok(p) => p,
+        Err(e) => {
+            return Discovery {
+                devices: Vec::new(),
+                note: Some(format!(
+                    "no OpenCL platform found ({})",
+                    first_line(&e.to_string())
+                )),
+            }
+        }
+    };
+    let mut devices = Vec::new();
+    let mut notes = Vec::new();
+    for platform in platforms {
+        let platform_name = core::get_platform_info(platform, core::PlatformInfo::Name)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "unknown platform".into());
+        match core::get_device_ids(platform, Some(core::DeviceType::ALL), None) {
+            Ok(ids) => {
+                for id in ids {
+                    match describe(id, &platform_name) {
+                        Ok(info) => devices.push(info),
+                        Err(e) => notes.push(format!("{platform_name}: {e}")),
+                    }
+                }
+            }
+            Err(e) => notes.push(format!(
+                "{platform_name}: no devices ({})",
+                first_line(&e.to_string())
+            )),
+        }
+    }
+    if devices.is_empty() && notes.is_empty() {
+        notes.push("OpenCL platforms present but no devices".into());
+    }
+    Discovery {
+        devices,
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error")
+        .to_string()
+}
+
+fn describe(id: core::DeviceId, platform: &str) -> Result<DeviceInfo, String> {
+    let ask = |q: Query| core::get_device_info(id, q).map_err(|e| first_line(&e.to_string()));
+    let name = ask(Query::Name)?.to_string();
+    let kind = match ask(Query::Type)? {
+        Answer::Type(t) if t.contains(core::DeviceType::GPU) => DeviceKind::Gpu,
+        Answer::Type(t) if t.contains(core::DeviceType::CPU) => DeviceKind::Cpu,
+        Answer::Type(t) if t.contains(core::DeviceType::ACCELERATOR) => DeviceKind::Accelerator,
+        _ => DeviceKind::Other,
+    };
+    let compute_units = match ask(Query::MaxComputeUnits)? {
+        Answer::MaxComputeUnits(n) => n,
+        _ => 1,
+    };
+    let global_mem_bytes = match ask(Query::GlobalMemSize)? {
+        Answer::GlobalMemSize(n) => n,
+        _ => 0,
+    };
+    let max_work_group_size = match ask(Query::MaxWorkGroupSize)? {
+        Answer::MaxWorkGroupSize(n) => n,
+        _ => 1,
+    };
+    let extensions = ask(Query::Extensions)?.to_string();
+    let little_endian = !matches!(ask(Query::EndianLittle)?, Answer::EndianLittle(false));
+    let correctly_rounded_sqrt = match ask(Query::SingleFpConfig)? {
+        Answer::SingleFpConfig(c) => {
+            c.contains(core::DeviceFpConfig::CORRECTLY_ROUNDED_DIVIDE_SQRT)
+        }
+        _ => false,
+    };
+    Ok(DeviceInfo {
+        platform: platform.to_string(),
+        vendor: ask(Query::Vendor)?.to_string(),
+        opencl_c: ask(Query::OpenclCVersion)?.to_string(),
+        fp64: extensions.split_whitespace().any(|e| e == "cl_khr_fp64"),
+        name,
+        kind,
+        compute_units,
+        global_mem_bytes,
+        max_work_group_size,
+        little_endian,
+        correctly_rounded_sqrt,
+        id,
+    })
+}
+
+/// A program built for one device.
+pub struct Program {
+    program: core::Program,
+    /// Time the device's compiler took.
+    pub build_time: Duration,
+}
+
+/// An opened device: a context, an in-order queue and a cache of built programs.
+pub struct Device {
+    info: DeviceInfo,
+    context: core::Context,
+    queue: core::CommandQueue,
+    programs: Mutex<HashMap<[u8; 32], Arc<Program>>>,
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Device").field("info", &self.info).finish()
+    }
+}
+
+impl Device {
+    /// Opens `info`'s device.
+    pub fn open(info: &DeviceInfo) -> Result<Device, DeviceError> {
+        let fail = |operation: &'static str| {
+            let device = info.name.clone();
+            move |e: core::Error| DeviceError::Runtime {
+                device,
+                operation,
+                message: first_line(&e.to_string()),
+            }
+        };
+        if !info.little_endian {
+            return Err(DeviceError::BigEndian {
+                device: info.name.clone(),
+            });
+        }
+        let context = core::create_context(None, &[info.id], None, None)
+            .map_err(fail("creating a context"))?;
+        let queue = core::create_command_queue(&context, info.id, None)
+            .map_err(fail("creating a command queue"))?;
+        Ok(Device {
+            info: info.clone(),
+            context,
+            queue,
+            programs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The device's description.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn runtime(&self, operation: &'static str) -> impl Fn(core::Error) -> DeviceError + '_ {
+        move |e| DeviceError::Runtime {
+            device: self.info.name.clone(),
+            operation,
+            message: first_line(&e.to_string()),
+        }
+    }
+
+    /// The program for `lowered`, built on first use and cached by source hash. The flag
+    /// says whether it came from the cache.
+    pub fn program(&self, lowered: &Lowered) -> Result<(Arc<Program>, bool), DeviceError> {
+        if lowered.fp64 && !self.info.fp64 {
+            return Err(DeviceError::NoFp64 {
+                device: self.info.name.clone(),
+                kernel: lowered.spec.name.clone(),
+            });
+        }
+        let mut cache = self.programs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&lowered.source_hash) {
+            return Ok((Arc::clone(p), true));
+        }
+        let started = Instant::now();
+        let source = CString::new(lowered.source.as_str()).map_err(|_| DeviceError::Build {
+            device: self.info.name.clone(),
+            kernel: lowered.spec.name.clone(),
+            log: "generated source contains a NUL byte".into(),
+        })?;
+        let program = core::create_program_with_source(&self.context, &[source])
+            .map_err(self.runtime("creating a program"))?;
+        let mut options = String::from("-cl-std=CL1.2");
+        if self.info.correctly_rounded_sqrt {
+            // Without it f32 division and sqrt may be off by up to 3 ULP.
+            options.push_str(" -cl-fp32-correctly-rounded-divide-sqrt");
+        }
+        let options = CString::new(options).unwrap_or_default();
+        if let Err(e) = core::build_program(&program, Some(&[self.info.id]), &options, None, None) {
+            let log = match core::get_program_build_info(
+                &program,
+                self.info.id,
+                core::ProgramBuildInfo::BuildLog,
+            ) {
+                Ok(core::ProgramBuildInfoResult::BuildLog(log)) if !log.trim().is_empty() => log,
+                _ => e.to_string(),
+            };
+            return Err(DeviceError::Build {
+                device: self.info.name.clone(),
+                kernel: lowered.spec.name.clone(),
+                log,
+            });
+        }
+        let built = Arc::new(Program {
+            program,
+            build_time: started.elapsed(),
+        });
+        cache.insert(lowered.source_hash, Arc::clone(&built));
+        Ok((built, false))
+    }
+
+    /// Drops every cached program (for measuring cold builds).
+    pub fn clear_programs(&self) {
+        self.programs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Prepares `lowered` for one job: builds (or reuses) its program, creates the
+    /// kernel and uploads the job's whole `in` buffers.
+    ///
+    /// `block` has one slot per manifest argument, as for node-jit's `run_packet`:
+    /// scalar bits or a buffer's address; `lens` the byte length of each buffer slot.
+    ///
+    /// # Safety
+    /// Every buffer address in `block` must be valid for reads of `lens[slot]` bytes
+    /// for the duration of this call.
+    pub unsafe fn prepare(
+        self: &Arc<Self>,
+        lowered: Arc<Lowered>,
+        block: &[u64],
+        lens: &[usize],
+    ) -> Result<PreparedKernel, DeviceError> {
+        let kernel_name = lowered.spec.name.clone();
+        let arg_error = |detail: String| DeviceError::Arguments {
+            kernel: kernel_name.clone(),
+            detail,
+        };
+        if block.len() != lowered.spec.args.len() || lens.len() != block.len() {
+            return Err(arg_error(format!(
+                "{} argument slots given for {} arguments",
+                block.len(),
+                lowered.spec.args.len()
+            )));
+        }
+        let (program, _) = self.program(&lowered)?;
+        let kernel = core::create_kernel(&program.program, &lowered.entry)
+            .map_err(self.runtime("creating the kernel"))?;
+        let mut slots = Vec::with_capacity(block.len());
+        for (slot, arg) in lowered.spec.args.iter().enumerate() {
+            let plan = match arg.kind {
+                ArgKind::Scalar(t) => Slot::Scalar(t),
+                ArgKind::Buffer {
+                    access,
+                    elem,
+                    shape: Shape::PerItem(k),
+                } => Slot::Split {
+                    per_item: k as usize * elem.size(),
+                    // `out` slices are uploaded too: elements a kernel leaves unwritten
+                    // then keep their value, exactly as on the CPU.
+                    download: access != Access::In,
+                    mem: None,
+                },
+                ArgKind::Buffer {
+                    shape: Shape::Whole,
+                    ..
+                } => {
+                    // SAFETY: the caller guarantees the address is valid for `lens` bytes.
+                    let data =
+                        unsafe { std::slice::from_raw_parts(block[slot] as *const u8, lens[slot]) };
+                    Slot::Whole(self.upload(data)?)
+                }
+                ArgKind::Buffer {
+                    elem,
+                    shape: Shape::Fixed(n),
+                    ..
+                } => Slot::Sum {
+                    elem,
+                    bytes: n as usize * elem.size(),
+                    mem: None,
+                },
+            };
+            slots.push(plan);
+        }
+        // SAFETY: a fresh 4-byte buffer; no host pointer is kept.
+        let status = unsafe {
+            core::create_buffer::<_, u8>(&self.context, core::MemFlags::READ_WRITE, 4, None)
+        }
+        .map_err(self.runtime("creating the status buffer"))?;
+        let groups = (self.info.compute_units.max(1) as usize * 64).max(64);
+        Ok(PreparedKernel {
+            device: Arc::clone(self),
+            lowered,
+            kernel,
+            slots,
+            status,
+            sum_work_items: groups,
+        })
+    }
+
+    fn upload(&self, data: &[u8]) -> Result<core::Mem, DeviceError> {
+        // A zero-sized buffer is invalid in OpenCL; one byte stands in for it.
+        let len = data.len().max(1);
+        // SAFETY: a fresh buffer of `len` bytes; the data is copied before returning.
+        let mem = unsafe {
+            core::create_buffer::<_, u8>(&self.context, core::MemFlags::READ_WRITE, len, None)
+        }
+        .map_err(self.runtime("creating a buffer"))?;
+        if !data.is_empty() {
+            // SAFETY: blocking write of `data`, which outlives the call.
+            unsafe {
+                core::enqueue_write_buffer(
+                    &self.queue,
+                    &mem,
+                    true,
+                    0,
+                    data,
+                    None::<core::Event>,
+                    None::<&mut core::Event>,
+                )
+            }
+            .map_err(self.runtime("writing a buffer"))?;
+        }
+        Ok(mem)
+    }
+
+    fn buffer(&self, len: usize) -> Result<core::Mem, DeviceError> {
+        // SAFETY: a fresh buffer; no host pointer is kept.
+        unsafe {
+            core::create_buffer::<_, u8>(
+                &self.context,
+                core::MemFlags::READ_WRITE,
+                len.max(1),
+                None,
+            )
+        }
+        .map_err(self.runtime("creating a buffer"))
+    }
+}
+
+enum Slot {
+    Scalar(ScalarType),
+    Split {
+        per_item: usize,
+        download: bool,
+        mem: Option<(core::Mem, usize)>,
+    },
+    Whole(core::Mem),
+    Sum {
+        elem: ScalarType,
+        bytes: usize,
+        mem: Option<(core::Mem, usize)>,
+    },
+}
+
+/// A kernel ready to run packets of one job on one device. Not shared between threads.
+pub struct PreparedKernel {
+    device: Arc<Device>,
+    lowered: Arc<Lowered>,
+    kernel: core::Kernel,
+    slots: Vec<Slot>,
+    status: core::Mem,
+    sum_work_items: usize,
+}
+
+// SAFETY: an OpenCL kernel object may be used from any thread as long as one thread at a
+// time sets its arguments and enqueues it (OpenCL 1.2 §A.2); `PreparedKernel` is only
+// used through `&mut self`, so moving it to another thread is sound.
+unsafe impl Send for PreparedKernel {}
+
+impl PreparedKernel {
+    /// The device this kernel runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs items `start..end` and copies the results back into the host buffers.
+    ///
+    /// # Safety
+    /// `block` follows [`Device::prepare`]'s layout: split buffers valid for the job's
+    /// items (the packet's slice is read and, for `out`/`inout`, written), sum buffers
+    /// pointing at a zeroed packet-private array of the manifest length (the packet's
+    /// total is added into it). No other thread may touch the packet's slices meanwhile.
+    pub unsafe fn run_packet(
+        &mut self,
+        start: u64,
+        end: u64,
+        block: &[u64],
+    ) -> Result<(), DeviceError> {
+        if end <= start {
+            return Ok(());
+        }
+        let device = Arc::clone(&self.device);
+        let queue = &device.queue;
+        let items = (end - start) as usize;
+        let set = |k: &core::Kernel, idx: u32, v: ArgVal<'_>| {
+            core::set_kernel_arg(k, idx, v).map_err(device.runtime("setting a kernel argument"))
+        };
+        let zero = [0u8; 4];
+        // SAFETY: blocking write of a local array.
+        unsafe {
+            core::enqueue_write_buffer(
+                queue,
+                &self.status,
+                true,
+                0,
+                &zero,
+                None::<core::Event>,
+                None::<&mut core::Event>,
+            )
+        }
+        .map_err(device.runtime("clearing the status"))?;
+        set(&self.kernel, 0, ArgVal::scalar(&start))?;
+        set(&self.kernel, 1, ArgVal::scalar(&end))?;
+        set(&self.kernel, 2, ArgVal::mem(&self.status))?;
+        let work_items = if self.lowered.has_sums {
+            items.min(self.sum_work_items)
+        } else {
+            items
+        };
+        for (slot, plan) in self.slots.iter_mut().enumerate() {
+            let idx = 3 + slot as u32;
+            let bits = block[slot];
+            match plan {
+                Slot::Scalar(t) => match t {
+                    ScalarType::I32 | ScalarType::U32 | ScalarType::U8 => {
+                        set(&self.kernel, idx, ArgVal::scalar(&(bits as u32)))?
+                    }
+                    ScalarType::I64 | ScalarType::U64 => {
+                        set(&self.kernel, idx, ArgVal::scalar(&bits))?
+                    }
+                    ScalarType::F32 => set(
+                        &self.kernel,
+                        idx,
+                        ArgVal::scalar(&f32::from_bits(bits as u32)),
+                    )?,
+                    ScalarType::F64 => {
+                        set(&self.kernel, idx, ArgVal::scalar(&f64::from_bits(bits)))?
+                    }
+                },
+                Slot::Split { per_item, mem, .. } => {
+                    let len = *per_item * items;
+                    let m = ensure(&device, mem, len)?;
+                    // SAFETY: the caller guarantees the packet's slice is valid.
+                    let data = unsafe {
+                        std::slice::from_raw_parts(
+                            (bits as *const u8).add(*per_item * start as usize),
+                            len,
+                        )
+                    };
+                    // SAFETY: blocking write of host memory valid for the call.
+                    unsafe {
+                        core::enqueue_write_buffer(
+                            queue,
+                            m,
+                            true,
+                            0,
+                            data,
+                            None::<core::Event>,
+                            None::<&mut core::Event>,
+                        )
+                    }
+                    .map_err(device.runtime("uploading a buffer slice"))?;
+                    set(&self.kernel, idx, ArgVal::mem(m))?;
+                }
+                Slot::Whole(m) => set(&self.kernel, idx, ArgVal::mem(m))?,
+                Slot::Sum { bytes, mem, .. } => {
+                    let len = *bytes * work_items;
+                    let m = ensure(&device, mem, len)?;
+                    let zeros = vec![0u8; len];
+                    // SAFETY: blocking write of a local vector.
+                    unsafe {
+                        core::enqueue_write_buffer(
+                            queue,
+                            m,
+                            true,
+                            0,
+                            &zeros,
+                            None::<core::Event>,
+                            None::<&mut core::Event>,
+                        )
+                    }
+                    .map_err(device.runtime("clearing partial sums"))?;
+                    set(&self.kernel, idx, ArgVal::mem(m))?;
+                }
+            }
+        }
+        // SAFETY: every argument is set to a live buffer or scalar above.
+        unsafe {
+            core::enqueue_kernel(
+                queue,
+                &self.kernel,
+                1,
+                None,
+                &[work_items, 1, 1],
+                None,
+                None::<core::Event>,
+                None::<&mut core::Event>,
+            )
+        }
+        .map_err(device.runtime("running the kernel"))?;
+        let mut status = [0u8; 4];
+        // SAFETY: blocking read into a local array.
+        unsafe {
+            core::enqueue_read_buffer(
+                queue,
+                &self.status,
+                true,
+                0,
+                &mut status,
+                None::<core::Event>,
+                None::<&mut core::Event>,
+            )
+        }
+        .map_err(device.runtime("reading the status"))?;
+        let status = i32::from_le_bytes(status);
+        if status != 0 {
+            let code = status - 1;
+            return Err(DeviceError::Panicked {
+                kernel: self.lowered.spec.name.clone(),
+                start,
+                end,
+                code,
+                reason: ir_packager::panic_reason(code),
+            });
+        }
+        for (slot, plan) in self.slots.iter().enumerate() {
+            let bits = block[slot];
+            match plan {
+                Slot::Split {
+                    per_item,
+                    download: true,
+                    mem: Some((m, _)),
+                } => {
+                    let len = *per_item * items;
+                    // SAFETY: the caller guarantees the packet's slice is valid and ours.
+                    let data = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (bits as *mut u8).add(*per_item * start as usize),
+                            len,
+                        )
+                    };
+                    // SAFETY: blocking read into that slice.
+                    unsafe {
+                        core::enqueue_read_buffer(
+                            queue,
+                            m,
+                            true,
+                            0,
+                            data,
+                            None::<core::Event>,
+                            None::<&mut core::Event>,
+                        )
+                    }
+                    .map_err(device.runtime("downloading a buffer slice"))?;
+                }
+                Slot::Sum {
+                    elem,
+                    bytes,
+                    mem: Some((m, _)),
+                } => {
+                    let mut partials = vec![0u8; *bytes * work_items];
+                    // SAFETY: blocking read into a local vector.
+                    unsafe {
+                        core::enqueue_read_buffer(
+                            queue,
+                            m,
+                            true,
+                            0,
+                            &mut partials,
+                            None::<core::Event>,
+                            None::<&mut core::Event>,
+                        )
+                    }
+                    .map_err(device.runtime("reading partial sums"))?;
+                    // SAFETY: the caller guarantees a packet-private array of `bytes`.
+                    let total = unsafe { std::slice::from_raw_parts_mut(bits as *mut u8, *bytes) };
+                    for part in partials.chunks_exact(*bytes) {
+                        add_into(total, part, *elem);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure `mem` holds a device buffer of at least `len` bytes, reusing it if so.
+fn ensure<'m>(
+    device: &Device,
+    mem: &'m mut Option<(core::Mem, usize)>,
+    len: usize,
+) -> Result<&'m core::Mem, DeviceError> {
+    if !mem.as_ref().is_some_and(|(_, cap)| *cap >= len) {
+        *mem = Some((device.buffer(len)?, len.max(1)));
+    }
+    Ok(&mem.get_or_insert_with(|| unreachable!("just filled")).0)
+}
+
+/// Element-wise `total += part` with the manifest's semantics (integers wrap).
+pub fn add_into(total: &mut [u8], part: &[u8], elem: ScalarType) {
+    let size = elem.size();
+    for (d, s) in total.chunks_exact_mut(size).zip(part.chunks_exact(size)) {
+        macro_rules! add {
+            ($t:ty, $op:ident) => {{
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                let mut b = a;
+                a.copy_from_slice(d);
+                b.copy_from_slice(s);
+                d.copy_from_slice(
+                    &<$t>::from_le_bytes(a)
+                        .$op(<$t>::from_le_bytes(b))
+                        .to_le_bytes(),
+                );
+            }};
+        }
+        match elem {
+            ScalarType::U8 => d[0] = d[0].wrapping_add(s[0]),
+            ScalarType::I32 | ScalarType::U32 => add!(u32, wrapping_add),
+            ScalarType::I64 | ScalarType::U64 => add!(u64, wrapping_add),
+            ScalarType::F32 => {
+                let a = f32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+                let b = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                d.copy_from_slice(&(a + b).to_le_bytes());
+            }
+            ScalarType::F64 => {
+                let mut a = [0u8; 8];
+                let mut b = [0u8; 8];
+                a.copy_from_slice(d);
+                b.copy_from_slice(s);
+                d.copy_from_slice(&(f64::from_le_bytes(a) + f64::from_le_bytes(b)).to_le_bytes());
+            }
+        }
+    }
+}
