@@ -2,13 +2,19 @@
 //!
 //! The scheduler core decides packet sizes and which worker thread runs what; this module
 //! is the thin shell that executes its decisions with real threads and a real clock.
+//!
+//! A packet runs on a *device*: one of the CPU worker threads (the JIT-compiled kernel)
+//! or an OpenCL device (the kernel lowered to OpenCL C, see `opencl-backend`), each
+//! driven by its own thread. [`LocalOptions::device`] picks which kinds take part; with
+//! [`DeviceChoice::Auto`] the scheduler splits packets between them by measured speed.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ir_packager::{Access, Arg, ArgKind, KernelSpec, Package, ScalarType, ScalarValue, Shape};
-use node_jit::{CodeOrigin, CompiledKernel, Engine, KernelPanic, Tuning};
+use node_jit::{CodeOrigin, CompiledKernel, Engine, Tuning};
+use opencl_backend::{DeviceError, LowerError, OpenCl, PreparedKernel};
 use scheduler::{Decision, DeviceId, DeviceSpec, Event, JobSpec, Packet, Scheduler};
 
 use crate::buffer::Buffer;
@@ -82,6 +88,31 @@ pub enum RunError {
     /// A worker thread died.
     #[error("a worker thread stopped unexpectedly")]
     WorkerLost,
+    /// `--device opencl` on a machine without a usable OpenCL device.
+    #[error("no OpenCL device is available: {note}")]
+    NoOpenClDevice {
+        /// Why (no platform, no device, ...).
+        note: String,
+    },
+    /// The kernel cannot be lowered to OpenCL C (it still runs on the CPU).
+    #[error(transparent)]
+    Lower(#[from] LowerError),
+    /// An OpenCL device failed.
+    #[error(transparent)]
+    OpenCl(#[from] DeviceError),
+}
+
+/// Which devices of this machine run a job's packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The CPU cores only (the JIT-compiled kernel). The default.
+    #[default]
+    Cpu,
+    /// The OpenCL devices only.
+    OpenCl,
+    /// CPU cores and OpenCL devices together, packets split by measured speed; a kernel
+    /// that cannot be lowered, or a machine without OpenCL, runs on the CPU alone.
+    Auto,
 }
 
 /// Settings of a local run. Every setter documents its default.
@@ -90,6 +121,8 @@ pub struct LocalOptions {
     threads: Option<usize>,
     tuning: Tuning,
     progress: Option<Box<ProgressFn>>,
+    device: DeviceChoice,
+    opencl: Option<Arc<OpenCl>>,
 }
 
 /// Called with `(items done, items total)` as packets complete.
@@ -105,6 +138,19 @@ impl LocalOptions {
     /// Code-generation tuning. Default: LLVM's own choices.
     pub fn tuning(mut self, tuning: Tuning) -> LocalOptions {
         self.tuning = tuning;
+        self
+    }
+
+    /// Which devices run packets. Default: [`DeviceChoice::Cpu`].
+    pub fn device(mut self, device: DeviceChoice) -> LocalOptions {
+        self.device = device;
+        self
+    }
+
+    /// The OpenCL devices to use (opened once, shared between runs so that built
+    /// programs stay cached). Default: discovered on each run that needs them.
+    pub fn opencl(mut self, opencl: Arc<OpenCl>) -> LocalOptions {
+        self.opencl = Some(opencl);
         self
     }
 
@@ -132,6 +178,14 @@ pub struct RunReport {
     pub run_time: Duration,
     /// The compiled kernel's cache key.
     pub cache_key: String,
+    /// Packets committed from CPU worker threads.
+    pub cpu_packets: u64,
+    /// Packets committed from OpenCL devices.
+    pub opencl_packets: u64,
+    /// The OpenCL devices that took part.
+    pub opencl_devices: Vec<String>,
+    /// Why OpenCL did not take part in an `Auto` run, if it did not.
+    pub opencl_note: Option<String>,
 }
 
 /// The bytes buffer `arg` must hold for a job of `items` items, or `None` for whole
@@ -225,7 +279,80 @@ struct Finished {
     device: DeviceId,
     packet: Packet,
     compute_us: u64,
-    outcome: Result<Vec<Buffer>, KernelPanic>,
+    outcome: Result<Vec<Buffer>, Failure>,
+}
+
+/// Why a packet did not finish.
+enum Failure {
+    /// The kernel panicked (on any device): the job fails.
+    Panic(&'static str),
+    /// An OpenCL device failed: it leaves the job and its packets go elsewhere.
+    Device(DeviceError),
+}
+
+/// The OpenCL side of a run: devices prepared for this job, or why there are none.
+struct OpenClPlan {
+    kernels: Vec<PreparedKernel>,
+    note: Option<String>,
+}
+
+/// Opens (if needed), lowers and prepares the OpenCL devices for `choice`.
+fn plan_opencl(
+    package: &Package,
+    spec: &KernelSpec,
+    args: &mut [ArgValue],
+    options: &LocalOptions,
+) -> Result<OpenClPlan, RunError> {
+    if options.device == DeviceChoice::Cpu {
+        return Ok(OpenClPlan {
+            kernels: Vec::new(),
+            note: None,
+        });
+    }
+    let strict = options.device == DeviceChoice::OpenCl;
+    let opencl = options.opencl.clone().unwrap_or_else(|| Arc::new(OpenCl::new()));
+    if opencl.devices().is_empty() {
+        let note = opencl.note().unwrap_or("no OpenCL device found").to_string();
+        return if strict {
+            Err(RunError::NoOpenClDevice { note })
+        } else {
+            Ok(OpenClPlan {
+                kernels: Vec::new(),
+                note: Some(note),
+            })
+        };
+    }
+    let lowered = match opencl.lower(package, &spec.name) {
+        Ok(l) => l,
+        Err(e) if !strict => {
+            return Ok(OpenClPlan {
+                kernels: Vec::new(),
+                note: Some(e.to_string()),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (block, lens): (Vec<u64>, Vec<usize>) = args
+        .iter_mut()
+        .map(|a| match a {
+            ArgValue::Scalar(v) => (v.to_bits(), 0),
+            ArgValue::Buffer(b) => (b.address(), b.len()),
+        })
+        .unzip();
+    let mut kernels = Vec::new();
+    let mut notes = Vec::new();
+    for device in opencl.devices() {
+        // SAFETY: `check_args` verified every buffer; they outlive the call.
+        match unsafe { device.prepare(Arc::clone(&lowered), &block, &lens) } {
+            Ok(k) => kernels.push(k),
+            Err(e) if !strict => notes.push(e.to_string()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(OpenClPlan {
+        kernels,
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+    })
 }
 
 /// Runs `kernel` of `package` over items `0..items` on this machine's cores. Buffers in
@@ -255,24 +382,38 @@ pub fn run_local(
         .clone();
     check_args(&spec, items, args)?;
     let compiled = engine.compile_tuned(package, kernel, &options.tuning)?;
-    let threads = options
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, items.max(1) as usize);
-    let started = Instant::now();
-    let packets = if items == 0 {
+    let plan = plan_opencl(package, &spec, args, options)?;
+    let opencl_devices: Vec<String> = plan
+        .kernels
+        .iter()
+        .map(|k| k.device().info().name.clone())
+        .collect();
+    let threads = if options.device == DeviceChoice::OpenCl {
         0
     } else {
-        execute(&compiled.kernel, &spec, items, args, threads, options)?
+        options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, items.max(1) as usize)
+    };
+    let started = Instant::now();
+    let counts = if items == 0 {
+        Counts::default()
+    } else {
+        execute(&compiled.kernel, plan.kernels, &spec, items, args, threads, options)?
     };
     Ok(RunReport {
         items,
-        packets,
+        packets: counts.cpu + counts.opencl,
         threads,
         code_origin: compiled.origin,
         compile_time: compiled.elapsed,
         run_time: started.elapsed(),
         cache_key: compiled.kernel.cache_key().to_string(),
+        cpu_packets: counts.cpu,
+        opencl_packets: counts.opencl,
+        opencl_devices,
+        opencl_note: plan.note,
     })
 }
 
@@ -292,14 +433,22 @@ fn sum_slots(spec: &KernelSpec) -> Vec<(usize, ScalarType, usize)> {
         .collect()
 }
 
+/// Committed packets per device kind.
+#[derive(Default)]
+struct Counts {
+    cpu: u64,
+    opencl: u64,
+}
+
 fn execute(
     kernel: &CompiledKernel,
+    opencl: Vec<PreparedKernel>,
     spec: &KernelSpec,
     items: u64,
     args: &mut [ArgValue],
     threads: usize,
     options: &LocalOptions,
-) -> Result<u64, RunError> {
+) -> Result<Counts, RunError> {
     let block: Vec<u64> = args
         .iter_mut()
         .map(|a| match a {
@@ -322,10 +471,20 @@ fn execute(
             },
         );
     }
+    for (k, prepared) in opencl.iter().enumerate() {
+        sched.handle(
+            now(),
+            Event::DeviceJoined {
+                device: DeviceId((threads + k) as u32),
+                spec: DeviceSpec::local_opencl(prepared.device().info().name.clone()),
+            },
+        );
+    }
+    let mut last_device_error: Option<DeviceError> = None;
     let (done_tx, done_rx) = mpsc::channel::<Finished>();
     let mut totals: Vec<Buffer> = sums.iter().map(|&(_, _, len)| Buffer::zeroed(len)).collect();
     let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
-    let mut committed_packets = 0u64;
+    let mut counts = Counts::default();
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
         let mut workers = Vec::with_capacity(threads);
         for w in 0..threads {
@@ -337,6 +496,14 @@ fn execute(
             });
             workers.push(tx);
         }
+        for (k, prepared) in opencl.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<Packet>();
+            let done = done_tx.clone();
+            let (block, sums) = (block.clone(), &sums);
+            let device = DeviceId((threads + k) as u32);
+            scope.spawn(move || opencl_worker(prepared, device, block, sums, rx, done));
+            workers.push(tx);
+        }
         drop(done_tx);
         loop {
             while let Some(decision) = sched.poll(now()) {
@@ -345,7 +512,11 @@ fn execute(
                         .send(packet)
                         .map_err(|_| RunError::WorkerLost)?,
                     Decision::Commit { device, packet } => {
-                        committed_packets += 1;
+                        if (device.0 as usize) < threads {
+                            counts.cpu += 1;
+                        } else {
+                            counts.opencl += 1;
+                        }
                         if let Some(partials) = pending.remove(&(device, packet.id.0)) {
                             for (total, (partial, &(_, elem, _))) in
                                 totals.iter_mut().zip(partials.iter().zip(&sums))
@@ -380,13 +551,19 @@ fn execute(
                         },
                     );
                 }
-                Err(panic) => {
+                Err(Failure::Panic(reason)) => {
                     return Err(RunError::KernelPanicked {
                         kernel: spec.name.clone(),
                         start: finished.packet.start,
                         end: finished.packet.end,
-                        reason: panic.reason,
+                        reason,
                     });
+                }
+                Err(Failure::Device(error)) => {
+                    tracing::warn!("{error}; its packets go to the other devices");
+                    pending.retain(|(d, _), _| *d != finished.device);
+                    sched.handle(now(), Event::DeviceLost { device: finished.device });
+                    last_device_error = Some(error);
                 }
             }
         }
@@ -394,6 +571,8 @@ fn execute(
         drop(workers);
         if sched.is_done() {
             Ok(())
+        } else if let Some(error) = last_device_error.take() {
+            Err(RunError::OpenCl(error))
         } else {
             Err(RunError::WorkerLost)
         }
@@ -402,7 +581,44 @@ fn execute(
     for ((slot, _, _), total) in sums.iter().zip(totals) {
         args[*slot] = ArgValue::Buffer(total);
     }
-    Ok(committed_packets)
+    Ok(counts)
+}
+
+/// Runs the packets sent to one OpenCL device.
+fn opencl_worker(
+    mut kernel: PreparedKernel,
+    device: DeviceId,
+    mut block: Vec<u64>,
+    sums: &[(usize, ScalarType, usize)],
+    packets: mpsc::Receiver<Packet>,
+    done: mpsc::Sender<Finished>,
+) {
+    for packet in packets {
+        let mut partials: Vec<Buffer> = sums.iter().map(|&(_, _, len)| Buffer::zeroed(len)).collect();
+        for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
+            block[slot] = partial.address();
+        }
+        let started = Instant::now();
+        // SAFETY: as for the CPU workers: buffers checked against the manifest, packets
+        // disjoint, sum buffers private to this packet.
+        let outcome = unsafe { kernel.run_packet(packet.start, packet.end, &block) };
+        let compute_us = started.elapsed().as_micros() as u64;
+        let outcome = match outcome {
+            Ok(()) => Ok(partials),
+            Err(DeviceError::Panicked { reason, .. }) => Err(Failure::Panic(reason)),
+            Err(e) => Err(Failure::Device(e)),
+        };
+        let failed = outcome.is_err();
+        let finished = Finished {
+            device,
+            packet,
+            compute_us,
+            outcome,
+        };
+        if done.send(finished).is_err() || failed {
+            return;
+        }
+    }
 }
 
 fn worker(
@@ -428,7 +644,9 @@ fn worker(
             device,
             packet,
             compute_us,
-            outcome: outcome.map(|()| partials),
+            outcome: outcome
+                .map(|()| partials)
+                .map_err(|panic| Failure::Panic(panic.reason)),
         };
         if done.send(finished).is_err() {
             return;

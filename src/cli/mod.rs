@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands. Every error ends here as one readable message.
 
 mod demo;
+mod opencl;
 mod package;
 mod run;
 
@@ -39,8 +40,10 @@ enum Command {
     Run(run::RunArgs),
     /// Render a Mandelbrot image through the engine and write a PNG.
     Demo(demo::DemoArgs),
-    /// Show this node's CPU as the JIT sees it.
+    /// Show this node's devices: the CPU as the JIT sees it and every OpenCL device.
     Devices,
+    /// Print the OpenCL C that a kernel lowers to.
+    Lower(opencl::LowerArgs),
 }
 
 fn parse_opt_level(text: &str) -> Result<OptLevel, String> {
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(&cli, args),
         Command::Demo(args) => demo::demo(&cli, args),
         Command::Devices => devices(&cli),
+        Command::Lower(args) => opencl::lower(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +113,6 @@ fn devices(cli: &Cli) -> anyhow::Result<()> {
     println!("cpu: {host}");
     println!("  cores: {cores}");
     println!("  features: {}", host.enabled_features().join(" "));
-    println!("opencl: not available in this build (the OpenCL back end is not part of it yet)");
+    opencl::print_devices();
     Ok(())
 }

@@ -43,6 +43,9 @@ pub struct RunArgs {
     /// Worker threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Which devices run packets: the CPU, the OpenCL devices, or both (auto).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: super::opencl::DeviceFlag,
 }
 
 struct Binding {
@@ -196,6 +199,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         options = options.threads(threads);
     }
+    options = options.device(args.device.into());
     let result = run_local(&engine, &package, &args.kernel, args.items, &mut values, &options);
     if let Some(bar) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
         bar.finish_and_clear();
@@ -209,6 +213,16 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     }
     if cli.verbose > 0 {
         eprintln!("device: cpu {} ({} threads)", engine.host(), report.threads);
+        for device in &report.opencl_devices {
+            eprintln!("device: opencl {device}");
+        }
+        if let Some(note) = &report.opencl_note {
+            eprintln!("opencl not used: {note}");
+        }
+        eprintln!(
+            "packets: {} on the cpu, {} on opencl",
+            report.cpu_packets, report.opencl_packets
+        );
         eprintln!(
             "kernel {}: code from {} in {:.3} ms (key {})",
             args.kernel,
