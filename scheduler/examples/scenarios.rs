@@ -32,7 +32,11 @@ fn main() {
             ours.duplicates,
             equal.ratio(),
             chunks.ratio(),
-            if ours.complete && ours.exactly_once() { "" } else { "  INCOMPLETE" }
+            if ours.complete && ours.exactly_once() {
+                ""
+            } else {
+                "  INCOMPLETE"
+            }
         );
     }
 }

@@ -241,6 +241,10 @@ pub struct Scheduler {
     stragglers: BTreeSet<(u64, PacketId)>,
     needs_copy: BTreeSet<PacketId>,
     canceled: BTreeMap<(PacketId, usize), Packet>,
+    /// Copies still running after their packet was decided by majority (redundancy):
+    /// their digests are still checked. Value: the packet, the majority's digest, the
+    /// copy's predicted compute time.
+    verify: BTreeMap<(PacketId, usize), (Packet, Option<[u8; 32]>, f64)>,
     total_rate: f64,
     load_rate: f64,
     load_weighted: f64,
@@ -250,6 +254,8 @@ pub struct Scheduler {
     failed: Option<Failure>,
     disagreements: Vec<Disagreement>,
     stalled: bool,
+    /// Time at which parked devices should look at the stragglers again.
+    wakeup: Option<f64>,
 }
 
 impl Scheduler {
@@ -280,6 +286,7 @@ impl Scheduler {
             stragglers: BTreeSet::new(),
             needs_copy: BTreeSet::new(),
             canceled: BTreeMap::new(),
+            verify: BTreeMap::new(),
             total_rate: 0.0,
             load_rate: 0.0,
             load_weighted: 0.0,
@@ -292,6 +299,7 @@ impl Scheduler {
             failed: None,
             disagreements: Vec::new(),
             stalled: false,
+            wakeup: None,
             job,
         }
     }
@@ -371,6 +379,10 @@ impl Scheduler {
         if let Some(d) = self.out.pop_front() {
             return Some(d);
         }
+        if self.wakeup.is_some_and(|t| self.now >= t) {
+            self.wakeup = None;
+            self.retry_parked = true;
+        }
         if self.failed.is_some() || self.is_complete() {
             return None;
         }
@@ -393,12 +405,44 @@ impl Scheduler {
             }
             self.place(d, Place::Parked);
             if from_parked {
+                if self.job.redundancy > 1 {
+                    // A copy needs a device of another node, not a faster one: try them
+                    // all (redundant clusters are small), in order, once.
+                    return self.retry_all_parked();
+                }
                 self.retry_parked = false;
             }
         }
         self.retry_parked = false;
         self.stalled = self.running == 0 && self.out.is_empty();
         None
+    }
+
+    fn retry_all_parked(&mut self) -> Option<Decision> {
+        self.retry_parked = false;
+        let parked: Vec<usize> = self.parked.iter().map(|&(_, d)| d).collect();
+        for d in parked {
+            if let Some(decision) = self.try_assign(d) {
+                if !self.devices[d].has_free_slot() {
+                    self.place(d, Place::Nowhere);
+                }
+                self.retry_parked = true;
+                return Some(decision);
+            }
+        }
+        self.stalled = self.running == 0 && self.out.is_empty();
+        None
+    }
+
+    /// When the scheduler wants [`Scheduler::poll`] to be called again even if no event
+    /// arrives (in the caller's µs), like quinn-proto's `poll_timeout`: near the end of a
+    /// job, idle devices wait for a straggler's predicted finish before duplicating it.
+    /// Runners should bound their wait for worker results by it.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.is_done() {
+            return None;
+        }
+        self.wakeup.map(|t| t.ceil().max(0.0) as u64)
     }
 
     /// `true` once every item is committed or the job failed.
@@ -489,9 +533,9 @@ impl Scheduler {
             None => {
                 self.nodes.push(Node {
                     id: spec.node,
-                    link: spec.link.map(|l| {
-                        RobustLine::new(l.latency_us, 1.0 / l.bytes_per_us.max(1e-9))
-                    }),
+                    link: spec
+                        .link
+                        .map(|l| RobustLine::new(l.latency_us, 1.0 / l.bytes_per_us.max(1e-9))),
                     link_free: 0.0,
                     broadcast_sent: false,
                     devices: Vec::new(),
@@ -551,9 +595,11 @@ impl Scheduler {
     }
 
     fn attempt_of(&self, d: usize, pid: PacketId) -> Option<usize> {
-        self.packets.get(&pid)?.attempts.iter().position(|a| {
-            a.device == d && a.state == AttemptState::Running
-        })
+        self.packets
+            .get(&pid)?
+            .attempts
+            .iter()
+            .position(|a| a.device == d && a.state == AttemptState::Running)
     }
 
     fn finished(
@@ -566,6 +612,16 @@ impl Scheduler {
         let Some(a) = self.attempt_of(d, pid) else {
             if let Some(packet) = self.canceled.remove(&(pid, d)) {
                 self.discard(d, packet);
+                return Ok(());
+            }
+            if let Some((packet, majority)) = self.end_verify(d, pid) {
+                self.devices[d]
+                    .model
+                    .add(packet.items() as f64, compute_us as f64);
+                self.discard(d, packet);
+                if digest != majority {
+                    self.disagree(d, packet, digest, majority);
+                }
                 return Ok(());
             }
             return Err(EventError::NotRunning {
@@ -601,9 +657,14 @@ impl Scheduler {
         Ok(())
     }
 
-    fn packet_failed(&mut self, d: usize, pid: PacketId, retryable: bool) -> Result<(), EventError> {
+    fn packet_failed(
+        &mut self,
+        d: usize,
+        pid: PacketId,
+        retryable: bool,
+    ) -> Result<(), EventError> {
         let Some(a) = self.attempt_of(d, pid) else {
-            if self.canceled.remove(&(pid, d)).is_some() {
+            if self.canceled.remove(&(pid, d)).is_some() || self.end_verify(d, pid).is_some() {
                 return Ok(());
             }
             return Err(EventError::NotRunning {
@@ -642,6 +703,9 @@ impl Scheduler {
         }
         let announce = status == Status::Excluded;
         for pid in self.devices[d].in_flight.clone() {
+            if self.end_verify(d, pid).is_some() {
+                continue;
+            }
             if let Some(a) = self.attempt_of(d, pid) {
                 if announce {
                     if let Some(ps) = self.packets.get(&pid) {
@@ -800,6 +864,11 @@ impl Scheduler {
         let mut liars = Vec::new();
         for (i, a) in ps.attempts.iter().enumerate() {
             match a.state {
+                AttemptState::Running if self.job.redundancy > 1 => {
+                    // Let it finish: its digest is still checked against the majority.
+                    self.verify
+                        .insert((pid, a.device), (packet, majority, a.compute_est));
+                }
                 AttemptState::Running => {
                     let d = a.device;
                     self.out.push_back(Decision::Cancel {
@@ -833,15 +902,49 @@ impl Scheduler {
         }
         for (d, digest) in liars {
             self.discard(d, packet);
-            self.disagreements.push(Disagreement {
-                device: self.devices[d].id,
-                node: self.nodes[self.devices[d].node].id,
-                packet,
-                digest,
-                majority,
-            });
-            self.remove_device(d, Status::Excluded);
+            self.disagree(d, packet, digest, majority);
         }
+    }
+
+    /// Reports a device whose result disagreed with the majority (once) and excludes it.
+    fn disagree(
+        &mut self,
+        d: usize,
+        packet: Packet,
+        digest: Option<[u8; 32]>,
+        majority: Option<[u8; 32]>,
+    ) {
+        if self.devices[d].status == Status::Excluded {
+            return;
+        }
+        self.disagreements.push(Disagreement {
+            device: self.devices[d].id,
+            node: self.nodes[self.devices[d].node].id,
+            packet,
+            digest,
+            majority,
+        });
+        self.remove_device(d, Status::Excluded);
+    }
+
+    /// Ends a copy that was running for verification only; returns its packet and the
+    /// majority's digest.
+    fn end_verify(&mut self, d: usize, pid: PacketId) -> Option<(Packet, Option<[u8; 32]>)> {
+        let (packet, majority, compute_est) = self.verify.remove(&(pid, d))?;
+        self.running -= 1;
+        let now = self.now;
+        let dev = &mut self.devices[d];
+        dev.in_flight.retain(|&p| p != pid);
+        dev.avail = if dev.in_flight.is_empty() {
+            now
+        } else {
+            (dev.avail - compute_est).max(now)
+        };
+        self.sync(d);
+        if self.devices[d].has_free_slot() && self.devices[d].place != Place::Free {
+            self.place(d, Place::Free);
+        }
+        Some((packet, majority))
     }
 
     // ----- policy -------------------------------------------------------------------
@@ -861,7 +964,11 @@ impl Scheduler {
             let (start, end) = self.cut(size)?;
             let pid = PacketId(self.next_packet);
             self.next_packet += 1;
-            let packet = Packet { id: pid, start, end };
+            let packet = Packet {
+                id: pid,
+                start,
+                end,
+            };
             self.packets.insert(
                 pid,
                 PacketState {
@@ -904,7 +1011,10 @@ impl Scheduler {
     fn speculate(&mut self, d: usize) -> Option<Decision> {
         let &(_, pid) = self.stragglers.last()?;
         let ps = self.packets.get(&pid)?;
-        let a = ps.attempts.iter().find(|a| a.state == AttemptState::Running)?;
+        let a = ps
+            .attempts
+            .iter()
+            .find(|a| a.state == AttemptState::Running)?;
         if a.device == d {
             return None;
         }
@@ -916,8 +1026,15 @@ impl Scheduler {
             // it has run so far.
             now + (now - a.issued)
         };
-        let plan = self.plan(d, ps.packet.items());
-        if plan.result_at < now + SPECULATION_GAIN * (expected - now) {
+        let items = ps.packet.items();
+        let plan = self.plan(d, items);
+        // Look again once the straggler is late by a quarter of its predicted time.
+        let again = a.result_at.max(now) + 0.25 * (a.result_at - a.issued).max(1.0);
+        self.wakeup = Some(self.wakeup.map_or(again, |t| t.min(again)));
+        // Worth a copy, and no faster device (busy now) would finish that copy sooner.
+        if plan.result_at < now + SPECULATION_GAIN * (expected - now)
+            && plan.result_at <= self.best_other_finish(&[d, a.device], items)
+        {
             self.issue(d, pid)
         } else {
             None
@@ -1014,7 +1131,7 @@ impl Scheduler {
             }
         }
         let small = s_min.min(w);
-        if self.best_other_finish(d, small) < self.plan(d, small).result_at {
+        if self.best_other_finish(&[d], small) < self.plan(d, small).result_at {
             None
         } else {
             Some(small)
@@ -1022,11 +1139,13 @@ impl Scheduler {
     }
 
     /// Earliest predicted result time of a packet of `size` items among the fastest
-    /// devices other than `d`.
-    fn best_other_finish(&self, d: usize, size: u64) -> f64 {
+    /// busy devices not in `skip`.
+    fn best_other_finish(&self, skip: &[usize], size: u64) -> f64 {
+        // Idle devices are not counted: they are offered the same work themselves, fastest
+        // first. The question is whether to wait for a fast device that is busy.
         self.by_speed
             .iter()
-            .filter(|&&(_, e)| e != d)
+            .filter(|&&(_, e)| !skip.contains(&e) && !self.devices[e].in_flight.is_empty())
             .take(FASTEST_CHECKED)
             .map(|&(_, e)| self.plan(e, size).result_at)
             .fold(f64::INFINITY, f64::min)

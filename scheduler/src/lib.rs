@@ -63,9 +63,7 @@ mod model;
 pub mod sim;
 mod types;
 
-pub use crate::core::{
-    DeviceEstimate, Disagreement, EventError, Failure, Progress, Scheduler,
-};
+pub use crate::core::{DeviceEstimate, Disagreement, EventError, Failure, Progress, Scheduler};
 pub use crate::job::{JobSpec, JobSpecError};
 pub use crate::types::{
     Decision, DeviceId, DeviceKind, DeviceSpec, Event, Link, NodeId, Packet, PacketId,

@@ -39,6 +39,10 @@ pub trait Policy {
     fn is_done(&self) -> bool;
     /// `true` when work remains that no device can take.
     fn stalled(&self) -> bool;
+    /// When to poll again without an event.
+    fn poll_timeout(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Policy for Scheduler {
@@ -53,6 +57,9 @@ impl Policy for Scheduler {
     }
     fn stalled(&self) -> bool {
         Scheduler::stalled(self)
+    }
+    fn poll_timeout(&self) -> Option<u64> {
+        Scheduler::poll_timeout(self)
     }
 }
 
@@ -198,7 +205,11 @@ impl Scenario {
                 };
                 let start = n.joins_at_us as f64 + delay + startup;
                 let end = n.fails_at_us.map_or(f64::INFINITY, |t| t as f64);
-                let devices = n.devices.iter().map(|d| (d.items_per_us, d.slowdown)).collect();
+                let devices = n
+                    .devices
+                    .iter()
+                    .map(|d| (d.items_per_us, d.slowdown))
+                    .collect();
                 (fed, devices, start, end, back)
             })
             .collect();
@@ -279,7 +290,8 @@ impl SimReport {
 
     /// `true` when the commits cover `0..items` exactly once.
     pub fn exactly_once(&self) -> bool {
-        let mut ranges: Vec<(u64, u64)> = self.commits.iter().map(|(_, p)| (p.start, p.end)).collect();
+        let mut ranges: Vec<(u64, u64)> =
+            self.commits.iter().map(|(_, p)| (p.start, p.end)).collect();
         ranges.sort_unstable();
         let mut next = 0;
         for (start, end) in ranges {
@@ -300,7 +312,10 @@ pub fn run_scheduler(scenario: &Scenario) -> SimReport {
 
 /// Runs the scenario with the static equal split.
 pub fn run_equal_split(scenario: &Scenario) -> SimReport {
-    simulate(scenario, &mut Baseline::equal_split(scenario.workload.items))
+    simulate(
+        scenario,
+        &mut Baseline::equal_split(scenario.workload.items),
+    )
 }
 
 /// Runs the scenario with fixed-chunk self-scheduling.
@@ -313,6 +328,7 @@ pub fn run_fixed_chunks(scenario: &Scenario, chunks_per_device: u64) -> SimRepor
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
+    Wake,
     Join(usize),
     Fail(usize),
     Arrive(usize),
@@ -360,6 +376,7 @@ struct Sim<'a> {
     now: u64,
     report: SimReport,
     seen: std::collections::BTreeSet<u64>,
+    wake: Option<u64>,
 }
 
 /// Runs `scenario` with `policy` until the policy is done, stalls, or nothing is left to
@@ -409,6 +426,7 @@ pub fn simulate(scenario: &Scenario, policy: &mut dyn Policy) -> SimReport {
             stalled: false,
         },
         seen: Default::default(),
+        wake: None,
     };
     for (n, node) in scenario.nodes.iter().enumerate() {
         sim.push(node.joins_at_us, Ev::Join(n));
@@ -420,14 +438,29 @@ pub fn simulate(scenario: &Scenario, policy: &mut dyn Policy) -> SimReport {
         sim.now = t;
         sim.apply(ev, policy);
         // Simultaneous events (the nodes present at time 0) are applied before polling.
-        if sim.heap.peek().is_some_and(|Reverse((next, _, _))| *next == t) {
+        if sim
+            .heap
+            .peek()
+            .is_some_and(|Reverse((next, _, _))| *next == t)
+        {
             continue;
         }
         while let Some(d) = policy.poll(sim.now) {
             sim.decide(d);
         }
+        if let Some(t) = policy.poll_timeout() {
+            if sim.wake.is_none_or(|w| t < w || w <= sim.now) && t > sim.now {
+                sim.wake = Some(t);
+                sim.push(t, Ev::Wake);
+            }
+        }
         if policy.is_done() {
-            sim.report.complete = sim.report.commits.iter().map(|(_, p)| p.items()).sum::<u64>()
+            sim.report.complete = sim
+                .report
+                .commits
+                .iter()
+                .map(|(_, p)| p.items())
+                .sum::<u64>()
                 == scenario.workload.items;
             break;
         }
@@ -461,6 +494,7 @@ impl Sim<'_> {
     fn apply(&mut self, ev: Ev, policy: &mut dyn Policy) {
         let now = self.now;
         match ev {
+            Ev::Wake => {}
             Ev::Join(n) => {
                 let node = &self.scenario.nodes[n];
                 for d in 0..self.devs.len() {
@@ -540,7 +574,8 @@ impl Sim<'_> {
                 }
                 self.devs[d].computing = None;
                 self.start_next(d);
-                let bytes = self.attempts[a].packet.items() * self.scenario.workload.bytes_out_per_item;
+                let bytes =
+                    self.attempts[a].packet.items() * self.scenario.workload.bytes_out_per_item;
                 let n = self.devs[d].node;
                 match self.scenario.nodes[n].link {
                     Some(l) => {

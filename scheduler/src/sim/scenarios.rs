@@ -245,12 +245,9 @@ impl DecisionLoop {
         for d in 0..devices {
             let speed = rng.range(1.0, 16.0);
             speeds.push(speed);
-            let spec = DeviceSpec::remote(
-                format!("d{d}"),
-                NodeId(d as u32 / 4),
-                Link::ten_gigabit(),
-            )
-            .rate(speed * 1e6);
+            let spec =
+                DeviceSpec::remote(format!("d{d}"), NodeId(d as u32 / 4), Link::ten_gigabit())
+                    .rate(speed * 1e6);
             sched.handle(
                 0,
                 Event::DeviceJoined {

@@ -1,0 +1,79 @@
+//! Makespans on simulated clusters against the lower bound and the baselines. These are
+//! deterministic simulated numbers (seeded noise), so the bounds are exact assertions.
+
+use scheduler::sim::{run_equal_split, run_fixed_chunks, run_scheduler, scenario, SimReport};
+
+fn run(name: &str) -> (SimReport, SimReport, SimReport) {
+    let s = scenario(name).expect("scenario");
+    let ours = run_scheduler(&s);
+    assert!(ours.complete, "{name}: incomplete");
+    assert!(
+        ours.exactly_once(),
+        "{name}: items not committed exactly once"
+    );
+    (ours, run_equal_split(&s), run_fixed_chunks(&s, 16))
+}
+
+fn within_5_percent_and_far_ahead(name: &str) {
+    let (ours, equal, chunks) = run(name);
+    assert!(
+        ours.ratio() <= 1.05,
+        "{name}: {:.3} of the lower bound",
+        ours.ratio()
+    );
+    assert!(
+        equal.ratio() > 3.0 * ours.ratio(),
+        "{name}: equal split {:.3} vs {:.3}",
+        equal.ratio(),
+        ours.ratio()
+    );
+    assert!(
+        chunks.ratio() > ours.ratio(),
+        "{name}: fixed chunks {:.3} vs {:.3}",
+        chunks.ratio(),
+        ours.ratio()
+    );
+}
+
+#[test]
+fn hetero_4_is_within_5_percent_of_the_lower_bound() {
+    within_5_percent_and_far_ahead("hetero-4");
+}
+
+#[test]
+fn hetero_16_is_within_5_percent_of_the_lower_bound() {
+    within_5_percent_and_far_ahead("hetero-16");
+}
+
+#[test]
+fn hetero_1000_is_within_5_percent_of_the_lower_bound() {
+    within_5_percent_and_far_ahead("hetero-1000");
+}
+
+#[test]
+fn uniform_4_is_within_5_percent_of_the_lower_bound() {
+    let (ours, _, _) = run("uniform-4");
+    assert!(ours.ratio() <= 1.05, "{:.3}", ours.ratio());
+}
+
+#[test]
+fn spikes_cost_little() {
+    let (ours, _, chunks) = run("spiky-16");
+    assert!(ours.ratio() <= 1.06, "{:.3}", ours.ratio());
+    assert!(ours.ratio() < chunks.ratio());
+}
+
+#[test]
+fn failures_joins_and_slowdowns_beat_the_baselines() {
+    for name in ["failures-16", "join-16", "slowdown-16"] {
+        let (ours, equal, chunks) = run(name);
+        assert!(ours.ratio() < 1.25, "{name}: {:.3}", ours.ratio());
+        assert!(
+            ours.ratio() < chunks.ratio(),
+            "{name}: {:.3} vs {:.3}",
+            ours.ratio(),
+            chunks.ratio()
+        );
+        assert!(ours.ratio() < equal.ratio());
+    }
+}
