@@ -28,15 +28,41 @@
 //! Crates: `ir-packager` (sources to packages), `node-jit` (packages to native code),
 //! `scheduler` (the pure packet scheduler).
 
+pub mod api;
 pub mod buffer;
 pub mod local;
 
+pub use api::{
+    Cluster, Element, EmbeddedPackage, Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport,
+    Scalar,
+};
 pub use buffer::Buffer;
+/// `#[offload::kernel]`: marks a plain Rust function as a kernel and generates a typed
+/// launcher module of the same name. See `docs/macros.md` and [`api`].
+///
+/// ```no_run
+/// #[offload::kernel]
+/// pub fn saxpy(i: usize, a: f32, x: &[f32], #[split(1)] y: &mut [f32]) {
+///     y[0] += a * x[i];
+/// }
+///
+/// let (x, mut y) = (vec![1.0f32; 4], vec![1.0f32; 4]);
+/// saxpy(0, 2.0, &x, &mut y[0..1]); // still a Rust function
+/// let cluster = offload::Cluster::local()?;
+/// // Needs the package that `offload_build::package` embeds from build.rs.
+/// saxpy::launch(&cluster, 4, 2.0, &x, &mut y)?;
+/// # Ok::<(), offload::LaunchError>(())
+/// ```
+pub use offload_macros::kernel;
 pub use ir_packager::{
     package_source, Access, Arg, ArgKind, FormatError, KernelKind, KernelSpec, Manifest,
     ManifestError, Package, PackageError, PackageHash, ScalarType, ScalarValue, Shape,
 };
-pub use local::{check_args, required_bytes, run_local, ArgValue, LocalOptions, RunError, RunReport};
+pub use local::{
+    check_args, required_bytes, run_local, ArgValue, DeviceChoice, LocalOptions, RunError,
+    RunReport,
+};
+pub use opencl_backend::{self, OpenCl};
 pub use node_jit::{c_prototype, CodeOrigin, Config, Engine, HostTarget, JitError, OptLevel, Tuning};
 
 /// The package format version this build reads and writes.

@@ -1,0 +1,686 @@
+//! The Rust API: a [`Cluster`] handle, [`Kernel`]s, typed arguments and launches whose
+//! results land in the caller's slices.
+//!
+//! A launch takes a kernel, a number of items and one [`KernelArg`] per manifest argument:
+//! scalars by value, input slices by shared reference, output, read-write and sum slices by
+//! `&mut`. Types and lengths are checked against the kernel's manifest before anything
+//! runs; on success the `out`/`inout` slices hold the kernel's results and `sum` slices
+//! have the job's totals added to them. Errors are one enum, [`LaunchError`]. Launches are
+//! blocking ([`Cluster::launch`]) or async ([`Cluster::launch_async`], on tokio's blocking
+//! pool); [`LaunchOptions::progress`] reports items done as packets complete.
+//!
+//! `#[offload::kernel]` generates a typed launcher on top of this (`saxpy::launch(&cluster,
+//! n, a, &x, &mut y)`); see `docs/macros.md`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use offload::{package_source, Cluster, Kernel, KernelArg, LaunchOptions, Manifest};
+//!
+//! let manifest = Manifest::parse(&std::fs::read_to_string("examples/saxpy/manifest.toml")?)?;
+//! let package = Arc::new(package_source("examples/saxpy/kernel.rs".as_ref(), &manifest)?);
+//! let saxpy = Kernel::new(package, "saxpy")?;
+//! let cluster = Cluster::local()?;
+//! let x = vec![1.0f32; 1000];
+//! let mut y = vec![2.0f32; 1000];
+//! let options = LaunchOptions::default().progress(|done, total| eprintln!("{done}/{total}"));
+//! let args = &mut [KernelArg::scalar(3.0f32), KernelArg::input(&x), KernelArg::inout(&mut y)];
+//! cluster.launch(&saxpy, 1000, args, options)?;
+//! assert_eq!(y[0], 5.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Only the local node exists as a back end in this version: [`Cluster::local`] runs jobs
+//! on this machine's cores with `run_local` and a node-jit [`Engine`]. Clusters from
+//! discovery or explicit peers will be further variants of the same handle once the
+//! cluster crate provides a job client; they are not offered until then.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ir_packager::{
+    Access, ArgKind, FormatError, KernelSpec, Package, ScalarType, ScalarValue, Shape,
+};
+use node_jit::{CodeOrigin, Config, Engine, JitError, Tuning};
+
+use crate::buffer::Buffer;
+use crate::local::{run_local, ArgValue, LocalOptions, RunError};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// An element type of kernel buffers: `u8 i32 u32 i64 u64 f32 f64`. Sealed: these are
+/// plain old data, every bit pattern valid, which makes the byte views below sound.
+pub trait Element: sealed::Sealed + Copy + Send + Sync + 'static {
+    /// The kernel-model type.
+    const TYPE: ScalarType;
+}
+
+/// A scalar argument type: `i32 u32 i64 u64 f32 f64`.
+pub trait Scalar: sealed::Sealed + Copy {
+    /// The value as the kernel model holds it.
+    fn value(self) -> ScalarValue;
+}
+
+macro_rules! elements {
+    ($($t:ty => $st:ident),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Element for $t {
+            const TYPE: ScalarType = ScalarType::$st;
+        }
+    )*};
+}
+elements!(u8 => U8, i32 => I32, u32 => U32, i64 => I64, u64 => U64, f32 => F32, f64 => F64);
+
+macro_rules! scalars {
+    ($($t:ty => $sv:ident),*) => {$(
+        impl Scalar for $t {
+            fn value(self) -> ScalarValue {
+                ScalarValue::$sv(self)
+            }
+        }
+    )*};
+}
+scalars!(i32 => I32, u32 => U32, i64 => I64, u64 => U64, f32 => F32, f64 => F64);
+
+fn bytes_of<T: Element>(slice: &[T]) -> &[u8] {
+    // SAFETY: `Element` types have no padding and no invalid bit patterns; u8 has no
+    // alignment requirement; the length is the slice's size in bytes.
+    unsafe { std::slice::from_raw_parts(slice.as_ptr().cast::<u8>(), std::mem::size_of_val(slice)) }
+}
+
+fn bytes_of_mut<T: Element>(slice: &mut [T]) -> &mut [u8] {
+    // SAFETY: as in `bytes_of`; any bytes written are a valid `T`, and the borrow is
+    // exclusive.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            slice.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(slice),
+        )
+    }
+}
+
+/// One argument of a launch, in manifest order.
+#[derive(Debug)]
+pub struct KernelArg<'a>(ArgInner<'a>);
+
+#[derive(Debug)]
+enum ArgInner<'a> {
+    Scalar(ScalarValue),
+    Input {
+        elem: ScalarType,
+        bytes: &'a [u8],
+    },
+    Output {
+        access: Access,
+        elem: ScalarType,
+        bytes: &'a mut [u8],
+    },
+}
+
+impl<'a> KernelArg<'a> {
+    /// A scalar (`i32 u32 i64 u64 f32 f64`).
+    pub fn scalar(value: impl Scalar) -> KernelArg<'a> {
+        KernelArg(ArgInner::Scalar(value.value()))
+    }
+
+    /// An `in` buffer (whole or split).
+    pub fn input<T: Element>(slice: &'a [T]) -> KernelArg<'a> {
+        KernelArg(ArgInner::Input {
+            elem: T::TYPE,
+            bytes: bytes_of(slice),
+        })
+    }
+
+    /// An `inout` buffer: read by the kernel and overwritten with its results.
+    pub fn inout<T: Element>(slice: &'a mut [T]) -> KernelArg<'a> {
+        Self::writable(Access::InOut, slice)
+    }
+
+    /// An `out` buffer: overwritten with the kernel's results; its contents are not read.
+    pub fn output<T: Element>(slice: &'a mut [T]) -> KernelArg<'a> {
+        Self::writable(Access::Out, slice)
+    }
+
+    /// A `sum` buffer: the job's element-wise totals are added to it (integers wrap).
+    pub fn sum<T: Element>(slice: &'a mut [T]) -> KernelArg<'a> {
+        Self::writable(Access::Sum, slice)
+    }
+
+    fn writable<T: Element>(access: Access, slice: &'a mut [T]) -> KernelArg<'a> {
+        KernelArg(ArgInner::Output {
+            access,
+            elem: T::TYPE,
+            bytes: bytes_of_mut(slice),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match &self.0 {
+            ArgInner::Scalar(v) => format!("the {} scalar {v}", v.scalar_type()),
+            ArgInner::Input { elem, .. } => format!("an input slice of {elem}"),
+            ArgInner::Output { access, elem, .. } => {
+                format!("an `{}` slice of {elem}", access.name())
+            }
+        }
+    }
+}
+
+/// A launch that cannot run or did not finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    /// The local node's JIT engine could not be created.
+    #[error("cannot start the local node: {0}")]
+    Engine(#[source] JitError),
+    /// The kernel's crate has no embedded package.
+    #[error("kernel `{kernel}` has no embedded package: add a build script that calls `offload_build::package(\"src/<your kernel file>.rs\")` (build-dependency `offload-build`), or load the package yourself and use `{kernel}::launch_with`")]
+    NotEmbedded {
+        /// The kernel.
+        kernel: String,
+    },
+    /// The embedded package's bytes do not decode.
+    #[error("the package embedded for kernel `{kernel}` is unreadable: {source}")]
+    Package {
+        /// The kernel.
+        kernel: String,
+        /// Why.
+        source: FormatError,
+    },
+    /// The package has no such kernel.
+    #[error("the package has no kernel `{kernel}` (it has: {available})")]
+    NoSuchKernel {
+        /// The kernel asked for.
+        kernel: String,
+        /// The package's kernels.
+        available: String,
+    },
+    /// The package's kernel has another signature than the launcher expects.
+    #[error("kernel `{kernel}` in the package is `{found}` but the launcher was generated for `{expected}`: the package was built from other source; rebuild the crate")]
+    SignatureMismatch {
+        /// The kernel.
+        kernel: String,
+        /// The launcher's signature.
+        expected: String,
+        /// The package's signature.
+        found: String,
+    },
+    /// Wrong number of arguments.
+    #[error("kernel `{kernel}` takes {expected} arguments ({signature}) but {given} were given")]
+    ArgCount {
+        /// The kernel.
+        kernel: String,
+        /// Its signature.
+        signature: String,
+        /// How many it takes.
+        expected: usize,
+        /// How many were given.
+        given: usize,
+    },
+    /// An argument of the wrong kind or type.
+    #[error("argument `{arg}` of kernel `{kernel}` is `{spec}`, but {given} was given")]
+    ArgType {
+        /// The kernel.
+        kernel: String,
+        /// The argument.
+        arg: String,
+        /// Its manifest spelling.
+        spec: String,
+        /// What was given.
+        given: String,
+    },
+    /// A slice of the wrong length.
+    #[error("slice `{arg}` (`{spec}`) must hold {expected} elements for {items} items, but it holds {actual}")]
+    SliceLength {
+        /// The argument.
+        arg: String,
+        /// Its manifest spelling.
+        spec: String,
+        /// Items of the job.
+        items: u64,
+        /// Elements it must hold.
+        expected: u64,
+        /// Elements it holds.
+        actual: u64,
+    },
+    /// The job failed while running (compilation, a kernel panic, a lost worker).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The async task running the job was cancelled or panicked.
+    #[error("the task running kernel `{kernel}` did not complete: {reason}")]
+    TaskFailed {
+        /// The kernel.
+        kernel: String,
+        /// tokio's words.
+        reason: String,
+    },
+}
+
+/// A package embedded in a binary by `offload-build` (what `#[offload::kernel]` emits),
+/// decoded on first use.
+pub struct EmbeddedPackage {
+    bytes: Option<&'static [u8]>,
+    decoded: OnceLock<Arc<Package>>,
+}
+
+impl EmbeddedPackage {
+    /// A package whose file was included with `include_bytes!`.
+    pub const fn new(bytes: &'static [u8]) -> EmbeddedPackage {
+        EmbeddedPackage {
+            bytes: Some(bytes),
+            decoded: OnceLock::new(),
+        }
+    }
+
+    /// No package: the crate has no `offload-build` step.
+    pub const fn missing() -> EmbeddedPackage {
+        EmbeddedPackage {
+            bytes: None,
+            decoded: OnceLock::new(),
+        }
+    }
+
+    /// The decoded package; `kernel` names the asking kernel in errors.
+    pub fn package(&self, kernel: &str) -> Result<Arc<Package>, LaunchError> {
+        if let Some(p) = self.decoded.get() {
+            return Ok(p.clone());
+        }
+        let bytes = self.bytes.ok_or_else(|| LaunchError::NotEmbedded {
+            kernel: kernel.to_string(),
+        })?;
+        let package = Package::from_bytes(bytes).map_err(|source| LaunchError::Package {
+            kernel: kernel.to_string(),
+            source,
+        })?;
+        // Another thread may have won the race; either decoded value is the same package.
+        Ok(self.decoded.get_or_init(|| Arc::new(package)).clone())
+    }
+}
+
+/// A kernel of a package, ready to launch. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    package: Arc<Package>,
+    spec: KernelSpec,
+}
+
+impl Kernel {
+    /// Kernel `name` of `package`.
+    pub fn new(package: Arc<Package>, name: &str) -> Result<Kernel, LaunchError> {
+        let spec =
+            package
+                .manifest()
+                .kernel(name)
+                .cloned()
+                .ok_or_else(|| LaunchError::NoSuchKernel {
+                    kernel: name.to_string(),
+                    available: package
+                        .manifest()
+                        .kernels
+                        .iter()
+                        .map(|k| k.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+        Ok(Kernel { package, spec })
+    }
+
+    /// Kernel `name` of an embedded package, which must have exactly `signature`
+    /// ([`KernelSpec::signature`]): what `#[offload::kernel]` launchers call.
+    pub fn embedded(
+        package: &EmbeddedPackage,
+        name: &str,
+        signature: &str,
+    ) -> Result<Kernel, LaunchError> {
+        let kernel = Kernel::new(package.package(name)?, name)?;
+        kernel.expect_signature(signature)?;
+        Ok(kernel)
+    }
+
+    /// Checks that the kernel has `signature` ([`KernelSpec::signature`]).
+    pub fn expect_signature(&self, signature: &str) -> Result<(), LaunchError> {
+        let found = self.spec.signature();
+        if found == signature {
+            Ok(())
+        } else {
+            Err(LaunchError::SignatureMismatch {
+                kernel: self.spec.name.clone(),
+                expected: signature.to_string(),
+                found,
+            })
+        }
+    }
+
+    /// The kernel's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Its manifest entry.
+    pub fn spec(&self) -> &KernelSpec {
+        &self.spec
+    }
+
+    /// The package holding it.
+    pub fn package(&self) -> &Arc<Package> {
+        &self.package
+    }
+}
+
+/// Settings of one launch. Every setter documents its default.
+#[derive(Default)]
+pub struct LaunchOptions {
+    threads: Option<usize>,
+    tuning: Tuning,
+    progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for LaunchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchOptions")
+            .field("threads", &self.threads)
+            .field("tuning", &self.tuning)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl LaunchOptions {
+    /// Worker threads on the local node. Default: every core.
+    pub fn threads(mut self, threads: usize) -> LaunchOptions {
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    /// Code-generation tuning. Default: LLVM's own choices.
+    pub fn tuning(mut self, tuning: Tuning) -> LaunchOptions {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Called with `(items done, items total)` each time a packet's results are committed.
+    /// Default: none.
+    pub fn progress(
+        mut self,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> LaunchOptions {
+        self.progress = Some(Box::new(progress));
+        self
+    }
+
+    fn into_local(self) -> LocalOptions {
+        let mut local = LocalOptions::default().tuning(self.tuning);
+        if let Some(threads) = self.threads {
+            local = local.threads(threads);
+        }
+        if let Some(progress) = self.progress {
+            local = local.progress(move |done, total| progress(done, total));
+        }
+        local
+    }
+}
+
+/// What a finished launch did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LaunchReport {
+    /// Items run.
+    pub items: u64,
+    /// Packets committed.
+    pub packets: u64,
+    /// Workers (local threads) that ran packets.
+    pub workers: usize,
+    /// Where the kernel's machine code came from.
+    pub code_origin: CodeOrigin,
+    /// Time to compile or load the kernel.
+    pub compile_time: Duration,
+    /// Time running packets.
+    pub run_time: Duration,
+}
+
+/// Where jobs run. Cheap to clone; share one per process (it holds the JIT engine and its
+/// code cache).
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    backend: Arc<Backend>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    /// The embedded local node: `run_local` on this machine's cores.
+    Local { engine: Engine },
+}
+
+impl Cluster {
+    /// The local node: this machine's cores, with a JIT engine of default
+    /// [`Config`] (code cache in the user's cache directory).
+    ///
+    /// ```no_run
+    /// let cluster = offload::Cluster::local()?;
+    /// # Ok::<(), offload::LaunchError>(())
+    /// ```
+    pub fn local() -> Result<Cluster, LaunchError> {
+        Cluster::local_with(Config::default())
+    }
+
+    /// The local node with an engine of `config`.
+    pub fn local_with(config: Config) -> Result<Cluster, LaunchError> {
+        Ok(Cluster::from_engine(
+            Engine::new(config).map_err(LaunchError::Engine)?,
+        ))
+    }
+
+    /// The local node with an existing engine (sharing its code cache).
+    pub fn from_engine(engine: Engine) -> Cluster {
+        Cluster {
+            backend: Arc::new(Backend::Local { engine }),
+        }
+    }
+
+    /// The local node's engine, if this cluster runs jobs locally.
+    pub fn local_engine(&self) -> Option<&Engine> {
+        match &*self.backend {
+            Backend::Local { engine } => Some(engine),
+        }
+    }
+
+    /// Runs `kernel` over items `0..items` with `args` (one per manifest argument) and
+    /// blocks until the results are in the `&mut` slices.
+    pub fn launch(
+        &self,
+        kernel: &Kernel,
+        items: u64,
+        args: &mut [KernelArg<'_>],
+        options: LaunchOptions,
+    ) -> Result<LaunchReport, LaunchError> {
+        let mut values = prepare(kernel, items, args)?;
+        let report = self.backend.run(kernel, items, &mut values, options)?;
+        write_back(args, &values);
+        Ok(report)
+    }
+
+    /// Like [`launch`](Cluster::launch), as a future: the job runs on tokio's blocking
+    /// pool (the arguments are copied in before and out after), so the runtime's threads
+    /// stay free. Needs a tokio runtime. Dropping the future before it completes lets the
+    /// job finish in the background and discards its results.
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: offload::Cluster, kernel: offload::Kernel) -> Result<(), offload::LaunchError> {
+    /// use offload::{KernelArg, LaunchOptions};
+    /// let x = vec![1.0f32; 64];
+    /// let mut y = vec![0.0f32; 64];
+    /// let args = &mut [KernelArg::scalar(2.0f32), KernelArg::input(&x), KernelArg::inout(&mut y)];
+    /// cluster.launch_async(&kernel, 64, args, LaunchOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn launch_async(
+        &self,
+        kernel: &Kernel,
+        items: u64,
+        args: &mut [KernelArg<'_>],
+        options: LaunchOptions,
+    ) -> Result<LaunchReport, LaunchError> {
+        let mut values = prepare(kernel, items, args)?;
+        let backend = self.backend.clone();
+        let job_kernel = kernel.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            backend
+                .run(&job_kernel, items, &mut values, options)
+                .map(|report| (report, values))
+        })
+        .await
+        .map_err(|e| LaunchError::TaskFailed {
+            kernel: kernel.name().to_string(),
+            reason: e.to_string(),
+        })?;
+        let (report, values) = joined?;
+        write_back(args, &values);
+        Ok(report)
+    }
+}
+
+impl Backend {
+    fn run(
+        &self,
+        kernel: &Kernel,
+        items: u64,
+        values: &mut [ArgValue],
+        options: LaunchOptions,
+    ) -> Result<LaunchReport, LaunchError> {
+        match self {
+            Backend::Local { engine } => {
+                let report = run_local(
+                    engine,
+                    &kernel.package,
+                    kernel.name(),
+                    items,
+                    values,
+                    &options.into_local(),
+                )?;
+                Ok(LaunchReport {
+                    items: report.items,
+                    packets: report.packets,
+                    workers: report.threads,
+                    code_origin: report.code_origin,
+                    compile_time: report.compile_time,
+                    run_time: report.run_time,
+                })
+            }
+        }
+    }
+}
+
+/// Checks `args` against the kernel's manifest and copies them into job buffers.
+fn prepare(
+    kernel: &Kernel,
+    items: u64,
+    args: &[KernelArg<'_>],
+) -> Result<Vec<ArgValue>, LaunchError> {
+    let spec = kernel.spec();
+    if args.len() != spec.args.len() {
+        return Err(LaunchError::ArgCount {
+            kernel: spec.name.clone(),
+            signature: spec.signature(),
+            expected: spec.args.len(),
+            given: args.len(),
+        });
+    }
+    spec.args
+        .iter()
+        .zip(args)
+        .map(|(arg, given)| {
+            let type_error = || LaunchError::ArgType {
+                kernel: spec.name.clone(),
+                arg: arg.name.clone(),
+                spec: arg.to_string(),
+                given: given.describe(),
+            };
+            match (arg.kind, &given.0) {
+                (ArgKind::Scalar(ty), ArgInner::Scalar(v)) if v.scalar_type() == ty => {
+                    Ok(ArgValue::Scalar(*v))
+                }
+                (
+                    ArgKind::Buffer {
+                        access: Access::In,
+                        elem,
+                        shape,
+                    },
+                    ArgInner::Input { elem: e, bytes },
+                ) if *e == elem => {
+                    check_length(spec, arg, items, shape, elem, bytes.len())?;
+                    Ok(ArgValue::Buffer(Buffer::from_bytes(bytes)))
+                }
+                (
+                    ArgKind::Buffer {
+                        access,
+                        elem,
+                        shape,
+                    },
+                    ArgInner::Output {
+                        access: a,
+                        elem: e,
+                        bytes,
+                    },
+                ) if *a == access && *e == elem => {
+                    check_length(spec, arg, items, shape, elem, bytes.len())?;
+                    Ok(ArgValue::Buffer(match access {
+                        Access::InOut => Buffer::from_bytes(bytes),
+                        // `out` contents are not read and `sum` buffers start from zero.
+                        _ => Buffer::zeroed(bytes.len()),
+                    }))
+                }
+                _ => Err(type_error()),
+            }
+        })
+        .collect()
+}
+
+fn check_length(
+    spec: &KernelSpec,
+    arg: &ir_packager::Arg,
+    items: u64,
+    shape: Shape,
+    elem: ScalarType,
+    bytes: usize,
+) -> Result<(), LaunchError> {
+    let actual = (bytes / elem.size()) as u64;
+    let expected = match shape {
+        Shape::Whole => return Ok(()),
+        Shape::PerItem(k) => items.checked_mul(k),
+        Shape::Fixed(n) => Some(n),
+    };
+    match expected {
+        Some(expected) if expected == actual => Ok(()),
+        _ => Err(LaunchError::SliceLength {
+            arg: arg.name.clone(),
+            spec: format!("{} of kernel {}", arg, spec.name),
+            items,
+            expected: expected.unwrap_or(u64::MAX),
+            actual,
+        }),
+    }
+}
+
+/// Copies results back into the caller's slices: `out`/`inout` overwritten, `sum` added.
+fn write_back(args: &mut [KernelArg<'_>], values: &[ArgValue]) {
+    for (arg, value) in args.iter_mut().zip(values) {
+        let (
+            ArgInner::Output {
+                access,
+                elem,
+                bytes,
+            },
+            ArgValue::Buffer(result),
+        ) = (&mut arg.0, value)
+        else {
+            continue;
+        };
+        if *access == Access::Sum {
+            let mut total = Buffer::from_bytes(bytes);
+            total.add_assign(result, *elem);
+            bytes.copy_from_slice(total.as_bytes());
+        } else {
+            bytes.copy_from_slice(result.as_bytes());
+        }
+    }
+}
