@@ -5,7 +5,7 @@
 //! directly; next to it the macro generates a module of the same name with a typed
 //! launcher:
 //!
-//! ```ignore
+//! ```text
 //! #[offload::kernel]
 //! pub fn saxpy(i: usize, a: f32, x: &[f32], #[split(1)] y: &mut [f32]) {
 //!     y[0] += a * x[i];

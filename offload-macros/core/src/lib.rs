@@ -28,7 +28,7 @@
 
 use std::fmt;
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemFn, Pat, Type, Visibility};
@@ -287,8 +287,13 @@ pub fn is_kernel_attribute(attr: &syn::Attribute) -> bool {
 struct Errors(Option<syn::Error>);
 
 impl Errors {
-    fn push(&mut self, span: Span, message: impl fmt::Display) {
-        let error = syn::Error::new(span, message);
+    /// An error spanning all of `tokens` (a bare `span()` covers only the first token on
+    /// stable Rust).
+    fn push(&mut self, tokens: &dyn quote::ToTokens, message: impl fmt::Display) {
+        self.add(syn::Error::new_spanned(tokens, message));
+    }
+
+    fn add(&mut self, error: syn::Error) {
         match &mut self.0 {
             Some(e) => e.combine(error),
             None => self.0 = Some(error),
@@ -310,28 +315,36 @@ pub fn analyze(kind: KernelKind, function: &ItemFn) -> syn::Result<KernelFn> {
     let name = &sig.ident;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(
-            sig.generics.span(),
+            &sig.generics,
             format!("kernel `{name}` cannot be generic: a kernel is compiled once to a fixed machine signature; write one kernel per element type"),
         );
+        // Its parameter types are the type parameters: more errors would be noise.
+        return errors.finish(KernelFn {
+            name: name.clone(),
+            vis: function.vis.clone(),
+            kind,
+            index: IndexType::Usize,
+            params: Vec::new(),
+        });
     }
     if let Some(t) = &sig.asyncness {
-        errors.push(t.span(), "a kernel cannot be `async`");
+        errors.push(&t, "a kernel cannot be `async`");
     }
     if let Some(t) = &sig.constness {
-        errors.push(t.span(), "a kernel cannot be `const fn`");
+        errors.push(&t, "a kernel cannot be `const fn`");
     }
     if let Some(t) = &sig.unsafety {
-        errors.push(t.span(), "a kernel cannot be `unsafe fn`: its launcher checks every slice, so the function must be safe to call");
+        errors.push(&t, "a kernel cannot be `unsafe fn`: its launcher checks every slice, so the function must be safe to call");
     }
     if let Some(abi) = &sig.abi {
-        errors.push(abi.span(), "a kernel is a plain Rust function: drop the `extern` ABI (the build generates the C-ABI shim)");
+        errors.push(&abi, "a kernel is a plain Rust function: drop the `extern` ABI (the build generates the C-ABI shim)");
     }
     if let Some(v) = &sig.variadic {
-        errors.push(v.span(), "a kernel cannot be variadic");
+        errors.push(&v, "a kernel cannot be variadic");
     }
     if let syn::ReturnType::Type(_, ty) = &sig.output {
         errors.push(
-            ty.span(),
+            &ty,
             "a kernel returns nothing: write its results into `&mut [T]` parameters (`#[split(k)]`, `#[out(k)]` or `#[sum(n)]`)",
         );
     }
@@ -349,7 +362,7 @@ pub fn analyze(kind: KernelKind, function: &ItemFn) -> syn::Result<KernelFn> {
         let typed = match input {
             FnArg::Receiver(r) => {
                 errors.push(
-                    r.span(),
+                    &r,
                     format!("kernel `{name}` cannot take `self`: a kernel runs on other machines and can capture no state; pass what it needs as parameters ({ALLOWED})"),
                 );
                 continue;
@@ -360,7 +373,7 @@ pub fn analyze(kind: KernelKind, function: &ItemFn) -> syn::Result<KernelFn> {
             Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
             other => {
                 errors.push(
-                    other.span(),
+                    &other,
                     "kernel parameters must be plain names (no patterns)",
                 );
                 continue;
@@ -369,7 +382,7 @@ pub fn analyze(kind: KernelKind, function: &ItemFn) -> syn::Result<KernelFn> {
         let attrs = match parse_param_attrs(&typed.attrs) {
             Ok(a) => a,
             Err(e) => {
-                errors.push(e.span(), e);
+                errors.add(e);
                 continue;
             }
         };
@@ -377,13 +390,13 @@ pub fn analyze(kind: KernelKind, function: &ItemFn) -> syn::Result<KernelFn> {
             match index_type(&typed.ty) {
                 Some(t) if attrs.is_none() => {
                     if index.is_some_and(|prev| prev != t) {
-                        errors.push(typed.ty.span(), "`start` and `end` must have the same type");
+                        errors.push(&typed.ty, "`start` and `end` must have the same type");
                     }
                     index = Some(t);
                 }
-                Some(_) => errors.push(typed.span(), "index parameters take no attributes"),
+                Some(_) => errors.push(&typed, "index parameters take no attributes"),
                 None => errors.push(
-                    typed.ty.span(),
+                    &typed.ty,
                     format!("{index_help}, found `{}`", type_text(&typed.ty)),
                 ),
             }
@@ -395,11 +408,11 @@ pub fn analyze(kind: KernelKind, function: &ItemFn) -> syn::Result<KernelFn> {
                 ty: (*typed.ty).clone(),
                 kind,
             }),
-            Err((span, message)) => errors.push(span, message),
+            Err(e) => errors.add(e),
         }
     }
     if sig.inputs.len() < index_count {
-        errors.push(sig.ident.span(), format!("{index_help}"));
+        errors.push(&sig.ident, format!("{index_help}"));
     }
     check_names(&params, &mut errors);
     let kernel = KernelFn {
@@ -420,7 +433,7 @@ fn check_names(params: &[Param], errors: &mut Errors) {
         let name = p.name.to_string();
         if RESERVED.contains(&name.as_str()) {
             errors.push(
-                p.name.span(),
+                &p.name,
                 format!("parameter name `{name}` is taken by the generated launcher (`launch(cluster, items, ...)`); rename it"),
             );
         }
@@ -432,7 +445,7 @@ fn check_names(params: &[Param], errors: &mut Errors) {
             let hidden = format!("{name}_len");
             if params.iter().any(|q| q.name == hidden) {
                 errors.push(
-                    p.name.span(),
+                    &p.name,
                     format!("parameter `{hidden}` collides with the hidden length argument of the whole buffer `{name}`; rename it"),
                 );
             }
@@ -440,51 +453,51 @@ fn check_names(params: &[Param], errors: &mut Errors) {
     }
 }
 
-/// A parameter's `#[split(k)]`, `#[out(k)]` or `#[sum(n)]`.
-#[derive(Clone, Copy)]
+/// A parameter's `#[split(k)]`, `#[out(k)]` or `#[sum(n)]`, with the attribute for errors.
 enum ParamAttr {
-    Split(u64, Span),
-    Out(u64, Span),
-    Sum(u64, Span),
+    Split(u64, syn::Attribute),
+    Out(u64, syn::Attribute),
+    Sum(u64, syn::Attribute),
 }
 
 fn parse_param_attrs(attrs: &[syn::Attribute]) -> syn::Result<Option<ParamAttr>> {
     let mut found: Option<ParamAttr> = None;
     for attr in attrs {
-        let Some(ident) = attr.path().get_ident() else {
-            return Err(syn::Error::new(attr.span(), "unknown parameter attribute; kernels accept `#[split(k)]`, `#[out(k)]` and `#[sum(n)]`"));
-        };
-        let which = ident.to_string();
-        if !PARAM_ATTRIBUTES.contains(&which.as_str()) {
-            return Err(syn::Error::new(
-                attr.span(),
-                format!("unknown parameter attribute `#[{which}]`; kernels accept `#[split(k)]`, `#[out(k)]` and `#[sum(n)]`"),
-            ));
-        }
+        let which = attr
+            .path()
+            .get_ident()
+            .map(|i| i.to_string())
+            .filter(|w| PARAM_ATTRIBUTES.contains(&w.as_str()))
+            .ok_or_else(|| {
+                syn::Error::new_spanned(
+                    attr,
+                    "unknown parameter attribute; kernels accept `#[split(k)]`, `#[out(k)]` and `#[sum(n)]`",
+                )
+            })?;
         let count: syn::LitInt = attr.parse_args().map_err(|_| {
-            syn::Error::new(
-                attr.span(),
+            syn::Error::new_spanned(
+                attr,
                 format!("`#[{which}]` needs an element count, e.g. `#[{which}(1)]`"),
             )
         })?;
         let n: u64 = count.base10_parse()?;
         if n == 0 {
-            return Err(syn::Error::new(
-                count.span(),
+            return Err(syn::Error::new_spanned(
+                attr,
                 format!("`#[{which}(0)]` is empty: the count must be at least 1"),
             ));
         }
         if found.is_some() {
-            return Err(syn::Error::new(
-                attr.span(),
+            return Err(syn::Error::new_spanned(
+                attr,
                 "a parameter takes at most one of `#[split(k)]`, `#[out(k)]`, `#[sum(n)]`",
             ));
         }
-        let span = attr.span();
+        let attr = attr.clone();
         found = Some(match which.as_str() {
-            "split" => ParamAttr::Split(n, span),
-            "out" => ParamAttr::Out(n, span),
-            _ => ParamAttr::Sum(n, span),
+            "split" => ParamAttr::Split(n, attr),
+            "out" => ParamAttr::Out(n, attr),
+            _ => ParamAttr::Sum(n, attr),
         });
     }
     Ok(found)
@@ -514,19 +527,21 @@ fn type_text(ty: &Type) -> String {
         .replace("&mut", "&mut ")
 }
 
-fn param_kind(ty: &Type, attr: Option<ParamAttr>) -> Result<ParamKind, (Span, String)> {
+fn param_kind(ty: &Type, attr: Option<ParamAttr>) -> syn::Result<ParamKind> {
     if let Some(scalar) = path_name(ty).as_deref().and_then(ScalarTy::parse) {
         return match attr {
             None => Ok(ParamKind::Scalar(scalar)),
-            Some(ParamAttr::Split(_, s) | ParamAttr::Out(_, s) | ParamAttr::Sum(_, s)) => Err((
-                s,
-                "`#[split]`, `#[out]` and `#[sum]` apply to slices only".to_string(),
-            )),
+            Some(ParamAttr::Split(_, a) | ParamAttr::Out(_, a) | ParamAttr::Sum(_, a)) => {
+                Err(syn::Error::new_spanned(
+                    a,
+                    "`#[split]`, `#[out]` and `#[sum]` apply to slices only",
+                ))
+            }
         };
     }
     let unsupported = || {
-        (
-            ty.span(),
+        syn::Error::new_spanned(
+            ty,
             format!(
                 "unsupported kernel parameter type `{}`; {ALLOWED}",
                 type_text(ty)
@@ -546,13 +561,13 @@ fn param_kind(ty: &Type, attr: Option<ParamAttr>) -> Result<ParamKind, (Span, St
     let role = match (reference.mutability.is_some(), attr) {
         (false, None) => SliceRole::Whole,
         (false, Some(ParamAttr::Split(k, _))) => SliceRole::SplitIn(k),
-        (false, Some(ParamAttr::Out(_, s) | ParamAttr::Sum(_, s))) => {
-            return Err((s, "`#[out]` and `#[sum]` need a `&mut [T]` slice".to_string()))
+        (false, Some(ParamAttr::Out(_, a) | ParamAttr::Sum(_, a))) => {
+            return Err(syn::Error::new_spanned(a, "`#[out]` and `#[sum]` need a `&mut [T]` slice"))
         }
         (true, None) => {
-            return Err((
-                ty.span(),
-                "a `&mut [T]` kernel parameter needs `#[split(k)]` (each item reads and writes its own k elements), `#[out(k)]` (each item writes its own k elements) or `#[sum(n)]` (an n-element accumulator summed over all items): whole-buffer outputs would be written by every packet".to_string(),
+            return Err(syn::Error::new_spanned(
+                ty,
+                "a `&mut [T]` kernel parameter needs `#[split(k)]` (each item reads and writes its own k elements), `#[out(k)]` (each item writes its own k elements) or `#[sum(n)]` (an n-element accumulator summed over all items): whole-buffer outputs would be written by every packet",
             ))
         }
         (true, Some(ParamAttr::Split(k, _))) => SliceRole::SplitInOut(k),
@@ -562,15 +577,18 @@ fn param_kind(ty: &Type, attr: Option<ParamAttr>) -> Result<ParamKind, (Span, St
     Ok(ParamKind::Slice { elem, role })
 }
 
-/// Removes the parameter attributes (`#[split]`, `#[out]`, `#[sum]`) from `function`, so
-/// that it compiles as ordinary Rust.
+/// Removes the parameter attributes (`#[split]`, `#[out]`, `#[sum]`, and unknown ones,
+/// which the analysis has reported already) from `function`, so that it compiles as
+/// ordinary Rust. The attributes rustc itself allows on parameters stay.
 pub fn strip_param_attrs(function: &mut ItemFn) {
+    const RUSTC_PARAM_ATTRIBUTES: [&str; 8] =
+        ["cfg", "cfg_attr", "allow", "warn", "deny", "forbid", "expect", "doc"];
     for input in function.sig.inputs.iter_mut() {
         if let FnArg::Typed(t) = input {
             t.attrs.retain(|a| {
-                !a.path()
+                a.path()
                     .get_ident()
-                    .is_some_and(|i| PARAM_ATTRIBUTES.contains(&i.to_string().as_str()))
+                    .is_some_and(|i| RUSTC_PARAM_ATTRIBUTES.contains(&i.to_string().as_str()))
             });
         }
     }
