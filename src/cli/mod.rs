@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands. Every error ends here as one readable message.
 
+mod cluster;
 mod demo;
 mod opencl;
 mod package;
@@ -44,6 +45,15 @@ enum Command {
     Devices,
     /// Print the OpenCL C that a kernel lowers to.
     Lower(opencl::LowerArgs),
+    /// Cluster credentials: `init` a cluster CA, `add-node` to issue a member certificate.
+    Cluster(cluster::ClusterArgs),
+    /// Serve this machine's cores to the cluster (QUIC, default port 7878/udp).
+    Node(cluster::NodeArgs),
+    /// List the cluster nodes found on the LAN by mDNS.
+    Nodes(cluster::NodesArgs),
+    /// Internal: the kernel worker process a node runs packets in.
+    #[command(name = "__worker", hide = true)]
+    Worker(cluster::WorkerArgs),
 }
 
 fn parse_opt_level(text: &str) -> Result<OptLevel, String> {
@@ -83,6 +93,10 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::demo(&cli, args),
         Command::Devices => devices(&cli),
         Command::Lower(args) => opencl::lower(args),
+        Command::Cluster(args) => cluster::cluster(args),
+        Command::Node(args) => cluster::node(&cli, args),
+        Command::Nodes(args) => cluster::nodes(args),
+        Command::Worker(args) => cluster::worker(&cli, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

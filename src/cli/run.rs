@@ -46,6 +46,8 @@ pub struct RunArgs {
     /// Which devices run packets: the CPU, the OpenCL devices, or both (auto).
     #[arg(long, value_enum, default_value = "cpu")]
     device: super::opencl::DeviceFlag,
+    #[command(flatten)]
+    cluster: super::cluster::ClusterRunArgs,
 }
 
 struct Binding {
@@ -177,6 +179,17 @@ fn progress_reporter(items: u64) -> (Arc<Mutex<Option<ProgressBar>>>, impl Fn(u6
     (bar, report)
 }
 
+/// Writes each output buffer to its file, as every kind of run does.
+fn write_outputs(values: &[ArgValue], outputs: &[(usize, PathBuf)]) -> anyhow::Result<()> {
+    for (slot, path) in outputs {
+        if let ArgValue::Buffer(buffer) = &values[*slot] {
+            std::fs::write(path, buffer.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let package = read_package(&args.package)?;
     let spec = package
@@ -193,6 +206,10 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         })?
         .clone();
     let (mut values, outputs) = bind(args, &spec)?;
+    if args.cluster.cluster {
+        super::cluster::run_on_cluster(cli, &args.cluster, &package, &spec, args.items, &mut values)?;
+        return write_outputs(&values, &outputs);
+    }
     let engine = cli.engine()?;
     let (bar, report) = progress_reporter(args.items);
     let mut options = LocalOptions::default().progress(report);
@@ -205,12 +222,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
     }
     let report = result?;
-    for (slot, path) in &outputs {
-        if let ArgValue::Buffer(buffer) = &values[*slot] {
-            std::fs::write(path, buffer.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-    }
+    write_outputs(&values, &outputs)?;
     if cli.verbose > 0 {
         eprintln!("device: cpu {} ({} threads)", engine.host(), report.threads);
         for device in &report.opencl_devices {

@@ -1,0 +1,1034 @@
+//! The client side: connects to nodes, feeds the scheduler one device per remote core,
+//! sends packets, and commits results into the job's buffers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ir_packager::{Access, ArgKind, Package, ScalarType, ScalarValue, Shape};
+use scheduler::{Decision, DeviceId, DeviceSpec, Event, JobSpec, Link, NodeId, Scheduler};
+use tokio::sync::mpsc;
+
+use crate::credentials::Credentials;
+use crate::protocol::{
+    self, Hash, Hello, HelloReply, NodeInfo, Request, Response, WireArg, MAX_CONTROL, MAX_DATA,
+};
+use crate::wire::{self, WireError};
+
+/// Called with a line describing something the user should know (a node lost, a node
+/// refusing us, packets re-run elsewhere).
+pub type EventFn = dyn Fn(&str) + Send + Sync;
+
+/// How a client connects. Every setter documents its default.
+pub struct ClientConfig {
+    credentials: Credentials,
+    peers: Vec<SocketAddr>,
+    discover: Option<Duration>,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    packet_timeout: Duration,
+    slots: u32,
+    on_event: Option<Arc<EventFn>>,
+}
+
+impl ClientConfig {
+    /// A client presenting `credentials`, with no peers and no discovery.
+    pub fn new(credentials: Credentials) -> ClientConfig {
+        ClientConfig {
+            credentials,
+            peers: Vec::new(),
+            discover: None,
+            idle_timeout: wire::DEFAULT_IDLE,
+            connect_timeout: Duration::from_secs(3),
+            packet_timeout: Duration::from_secs(330),
+            slots: 2,
+            on_event: None,
+        }
+    }
+
+    /// Nodes to use besides those discovery finds. Default: none.
+    pub fn peers(mut self, peers: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.peers.extend(peers);
+        self
+    }
+
+    /// Browse mDNS for this long when connecting. Default: no discovery.
+    pub fn discover(mut self, window: Option<Duration>) -> Self {
+        self.discover = window;
+        self
+    }
+
+    /// A node silent this long counts as gone (keep-alives go out at a quarter of it).
+    /// Default: 3 s.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// Longest wait for one packet's result before its node counts as lost. Default:
+    /// 330 s (a node's own packet limit is 300 s).
+    pub fn packet_timeout(mut self, timeout: Duration) -> Self {
+        self.packet_timeout = timeout;
+        self
+    }
+
+    /// Packets in flight per remote core, so the link and the core both stay busy.
+    /// Default: 2.
+    pub fn slots(mut self, slots: u32) -> Self {
+        self.slots = slots.max(1);
+        self
+    }
+
+    /// Receives a line for each notable event. Default: events go to `tracing` only.
+    pub fn on_event(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(f));
+        self
+    }
+}
+
+/// Errors of the cluster client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The endpoint could not be made.
+    #[error(transparent)]
+    Endpoint(#[from] wire::EndpointError),
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    /// No node could be reached.
+    #[error("no cluster node is reachable{}", describe_tried(.0))]
+    NoNodes(Vec<String>),
+    /// The job does not fit the kernel.
+    #[error("{0}")]
+    BadJob(String),
+    /// The kernel failed on a node (crash, panic, time limit): the job fails.
+    #[error("the job failed on node {node}: {reason}")]
+    KernelFailed {
+        /// The node.
+        node: String,
+        /// What happened.
+        reason: String,
+    },
+    /// Every node was lost before the job finished.
+    #[error("every node was lost before the job finished: {}", .0.join("; "))]
+    AllNodesLost(Vec<String>),
+}
+
+fn describe_tried(tried: &[String]) -> String {
+    if tried.is_empty() {
+        " (none given with --peer and none found by discovery)".into()
+    } else {
+        format!(": {}", tried.join("; "))
+    }
+}
+
+/// One argument of a cluster job, in manifest order.
+pub enum JobArg<'a> {
+    /// A scalar.
+    Scalar(ScalarValue),
+    /// A buffer: inputs hold data; `out`, `inout` and `sum` buffers receive results
+    /// (`sum` buffers must be zeroed and of their fixed size).
+    Buffer(&'a mut [u8]),
+}
+
+/// What a finished cluster job did.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// Items run.
+    pub items: u64,
+    /// Packets committed.
+    pub packets: u64,
+    /// Packets committed per node name.
+    pub packets_per_node: Vec<(String, u64)>,
+    /// Nodes lost during the job, with the reason.
+    pub lost: Vec<String>,
+    /// Time from the first packet to the last commit.
+    pub run_time: Duration,
+    /// Time to upload and prepare the job on the nodes.
+    pub prepare_time: Duration,
+}
+
+/// A connected node.
+struct Remote {
+    addr: SocketAddr,
+    info: NodeInfo,
+    connection: quinn::Connection,
+    rtt: Duration,
+}
+
+/// A client connected to the nodes of a cluster.
+pub struct ClusterClient {
+    runtime: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+    config: ClientConfig,
+    addrs: Vec<SocketAddr>,
+    remotes: Vec<Remote>,
+    next_job: u64,
+}
+
+impl ClusterClient {
+    /// Connects to every peer and every node discovery finds. Nodes that cannot be
+    /// reached or refuse us are reported through the event callback; at least one must
+    /// accept.
+    pub fn connect(config: ClientConfig) -> Result<ClusterClient, ClientError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(ClientError::Runtime)?;
+        let endpoint = {
+            let _guard = runtime.enter();
+            wire::client_endpoint(&config.credentials, config.idle_timeout)?
+        };
+        let mut addrs = config.peers.clone();
+        if let Some(window) = config.discover {
+            match crate::discovery::browse(window, false) {
+                Ok(found) => addrs.extend(found.into_iter().map(|f| f.addr)),
+                Err(e) => notify(&config.on_event, &format!("discovery failed: {e}")),
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        let mut client = ClusterClient {
+            runtime,
+            endpoint,
+            config,
+            addrs,
+            remotes: Vec::new(),
+            next_job: 1,
+        };
+        client.reconnect()?;
+        Ok(client)
+    }
+
+    /// Connects to known nodes that are not connected (a node that restarted rejoins
+    /// here). Fails if no node is connected afterwards.
+    fn reconnect(&mut self) -> Result<(), ClientError> {
+        self.remotes
+            .retain(|r| r.connection.close_reason().is_none());
+        let missing: Vec<SocketAddr> = self
+            .addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.remotes.iter().any(|r| r.addr == *a))
+            .collect();
+        let endpoint = self.endpoint.clone();
+        let timeout = self.config.connect_timeout;
+        let results = self.runtime.block_on(async move {
+            let tasks: Vec<_> = missing
+                .into_iter()
+                .map(|addr| {
+                    let endpoint = endpoint.clone();
+                    tokio::spawn(async move {
+                        let outcome = tokio::time::timeout(timeout, connect_one(&endpoint, addr))
+                            .await
+                            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                        (addr, outcome)
+                    })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for task in tasks {
+                if let Ok(result) = task.await {
+                    results.push(result);
+                }
+            }
+            results
+        });
+        let mut tried = Vec::new();
+        for (addr, outcome) in results {
+            match outcome {
+                Ok(remote) => {
+                    tracing::info!(
+                        "connected to node {} at {addr} ({} cores, {})",
+                        remote.info.name,
+                        remote.info.cores,
+                        remote.info.cpu
+                    );
+                    self.remotes.push(remote);
+                }
+                Err(reason) => {
+                    let line = format!("node {addr}: {reason}");
+                    notify(&self.config.on_event, &line);
+                    tried.push(line);
+                }
+            }
+        }
+        if self.remotes.is_empty() {
+            return Err(ClientError::NoNodes(tried));
+        }
+        Ok(())
+    }
+
+    /// The connected nodes: address and description.
+    pub fn nodes(&self) -> Vec<(SocketAddr, NodeInfo)> {
+        self.remotes
+            .iter()
+            .map(|r| (r.addr, r.info.clone()))
+            .collect()
+    }
+
+    /// Round trip of an empty request to the first node (benchmarks).
+    pub fn ping(&self) -> Result<Duration, ClientError> {
+        let remote = self
+            .remotes
+            .first()
+            .ok_or(ClientError::NoNodes(Vec::new()))?;
+        let connection = remote.connection.clone();
+        self.runtime
+            .block_on(async move {
+                let started = Instant::now();
+                request(&connection, &Request::Ping).await?;
+                Ok::<_, WireError>(started.elapsed())
+            })
+            .map_err(|e| ClientError::AllNodesLost(vec![e.to_string()]))
+    }
+
+    /// Sends `count` empty requests to the first node with up to `window` in flight and
+    /// returns the time taken (benchmarks: packets per second with pipelining).
+    pub fn ping_pipelined(&self, count: usize, window: usize) -> Result<Duration, ClientError> {
+        let remote = self
+            .remotes
+            .first()
+            .ok_or(ClientError::NoNodes(Vec::new()))?;
+        let connection = remote.connection.clone();
+        self.runtime
+            .block_on(async move {
+                let started = Instant::now();
+                let semaphore = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..count {
+                    let permit = Arc::clone(&semaphore).acquire_owned().await;
+                    let connection = connection.clone();
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        request(&connection, &Request::Ping).await
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    if let Ok(Err(e)) = done {
+                        return Err(e);
+                    }
+                }
+                Ok::<_, WireError>(started.elapsed())
+            })
+            .map_err(|e| ClientError::AllNodesLost(vec![e.to_string()]))
+    }
+
+    /// Uploads `bytes` as a whole buffer to the first node `count` times over `streams`
+    /// parallel streams and returns the time taken (benchmarks: bulk throughput).
+    pub fn upload_bulk(
+        &self,
+        bytes: Arc<Vec<u8>>,
+        count: usize,
+        streams: usize,
+    ) -> Result<Duration, ClientError> {
+        let remote = self
+            .remotes
+            .first()
+            .ok_or(ClientError::NoNodes(Vec::new()))?;
+        let connection = remote.connection.clone();
+        self.runtime
+            .block_on(async move {
+                let frame = Arc::new(protocol::encode(
+                    &Request::Buffer(bytes.as_ref().clone()),
+                    MAX_DATA,
+                )?);
+                let started = Instant::now();
+                let semaphore = Arc::new(tokio::sync::Semaphore::new(streams.max(1)));
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..count {
+                    let permit = Arc::clone(&semaphore).acquire_owned().await;
+                    let connection = connection.clone();
+                    let frame = Arc::clone(&frame);
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        let (mut send, mut recv) = connection.open_bi().await?;
+                        wire::send_frame(&mut send, &frame).await?;
+                        wire::recv::<Response>(&mut recv, MAX_CONTROL).await
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    if let Ok(Err(e)) = done {
+                        return Err(e);
+                    }
+                }
+                Ok::<_, WireError>(started.elapsed())
+            })
+            .map_err(|e| ClientError::AllNodesLost(vec![e.to_string()]))
+    }
+
+    /// Runs `kernel` of `package` over items `0..items` on the connected nodes. On
+    /// success `out`, `inout` and `sum` buffers in `args` hold the results, exactly as a
+    /// local run leaves them. Nodes lost during the job have their packets re-run
+    /// elsewhere; a kernel failure on any node fails the job.
+    pub fn run_job(
+        &mut self,
+        package: &Package,
+        kernel: &str,
+        items: u64,
+        args: &mut [JobArg<'_>],
+    ) -> Result<JobReport, ClientError> {
+        self.reconnect()?;
+        let job_id = self.next_job;
+        self.next_job += 1;
+        let layout = Layout::new(package, kernel, items, args)?;
+        let remotes: Vec<(String, quinn::Connection, u32, Duration, Option<f64>)> = self
+            .remotes
+            .iter()
+            .map(|r| {
+                (
+                    format!("{} ({})", r.info.name, r.addr),
+                    r.connection.clone(),
+                    r.info.cores,
+                    r.rtt,
+                    r.info.rate,
+                )
+            })
+            .collect();
+        let on_event = self.config.on_event.clone();
+        let slots = self.config.slots;
+        let packet_timeout = self.config.packet_timeout;
+        let package = package.clone();
+        let kernel = kernel.to_string();
+        self.runtime.block_on(async move {
+            let job = JobRun {
+                id: job_id,
+                package,
+                kernel,
+                items,
+                layout,
+                on_event,
+                slots,
+                packet_timeout,
+            };
+            job.run(remotes, args).await
+        })
+    }
+}
+
+impl Drop for ClusterClient {
+    fn drop(&mut self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"client done");
+    }
+}
+
+fn notify(on_event: &Option<Arc<EventFn>>, line: &str) {
+    tracing::warn!("{line}");
+    if let Some(f) = on_event {
+        f(line);
+    }
+}
+
+async fn connect_one(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Remote, String> {
+    let connection = endpoint
+        .connect(addr, crate::credentials::SERVER_NAME)
+        .map_err(|e| format!("cannot connect: {e}"))?
+        .await
+        .map_err(|e| format!("connection refused: {e}"))?;
+    let started = Instant::now();
+    let hello = Hello {
+        magic: protocol::MAGIC,
+        version: protocol::VERSION,
+        client: host_label(),
+    };
+    let reply = async {
+        let (mut send, mut recv) = connection.open_bi().await?;
+        wire::send(&mut send, &hello, MAX_CONTROL).await?;
+        wire::recv::<HelloReply>(&mut recv, MAX_CONTROL).await
+    }
+    .await
+    .map_err(|e| format!("the node refused us or went away during the hello: {e}"))?;
+    let rtt = started.elapsed();
+    match reply {
+        HelloReply::Welcome { node, .. } => Ok(Remote {
+            addr,
+            info: node,
+            connection,
+            rtt,
+        }),
+        HelloReply::Refused { version, reason } => Err(format!(
+            "refused (node protocol version {version}, ours {}): {reason}",
+            protocol::VERSION
+        )),
+    }
+}
+
+fn host_label() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "client".into())
+}
+
+/// One request on its own stream, one response back.
+async fn request(connection: &quinn::Connection, request: &Request) -> Result<Response, WireError> {
+    let (mut send, mut recv) = connection.open_bi().await?;
+    wire::send(&mut send, request, MAX_DATA).await?;
+    wire::recv(&mut recv, MAX_DATA).await
+}
+
+/// How each argument travels, derived once from the manifest and the job.
+struct Layout {
+    wire: Vec<WireArg>,
+    /// Whole buffers: hash and bytes.
+    wholes: Vec<(Hash, Arc<Vec<u8>>)>,
+    /// Per argument: (bytes per item, input, output) for split buffers.
+    splits: Vec<Option<(u64, bool, bool)>>,
+    /// Per argument: element type of sum buffers.
+    sums: Vec<Option<ScalarType>>,
+}
+
+impl Layout {
+    fn new(
+        package: &Package,
+        kernel: &str,
+        items: u64,
+        args: &[JobArg<'_>],
+    ) -> Result<Layout, ClientError> {
+        let spec = package
+            .manifest()
+            .kernel(kernel)
+            .ok_or_else(|| ClientError::BadJob(format!("the package has no kernel `{kernel}`")))?;
+        if spec.args.len() != args.len() {
+            return Err(ClientError::BadJob(format!(
+                "kernel `{kernel}` takes {} arguments ({}), {} were given",
+                spec.args.len(),
+                spec.signature(),
+                args.len()
+            )));
+        }
+        let mut layout = Layout {
+            wire: Vec::new(),
+            wholes: Vec::new(),
+            splits: Vec::new(),
+            sums: Vec::new(),
+        };
+        for (arg, value) in spec.args.iter().zip(args) {
+            let bad = |what: String| ClientError::BadJob(format!("argument `{arg}`: {what}"));
+            let (wire, split, sum) = match (arg.kind, value) {
+                (ArgKind::Scalar(ty), JobArg::Scalar(v)) if v.scalar_type() == ty => {
+                    (WireArg::Scalar(v.to_bits()), None, None)
+                }
+                (
+                    ArgKind::Buffer {
+                        shape: Shape::Whole,
+                        access: Access::In,
+                        ..
+                    },
+                    JobArg::Buffer(bytes),
+                ) => {
+                    if bytes.len() > MAX_DATA - 64 {
+                        return Err(bad(format!(
+                            "{} bytes is more than one message may carry ({MAX_DATA})",
+                            bytes.len()
+                        )));
+                    }
+                    let hash = *blake3::hash(bytes).as_bytes();
+                    layout.wholes.push((hash, Arc::new(bytes.to_vec())));
+                    (WireArg::Whole(hash), None, None)
+                }
+                (
+                    ArgKind::Buffer {
+                        shape: Shape::PerItem(k),
+                        access,
+                        elem,
+                    },
+                    JobArg::Buffer(bytes),
+                ) => {
+                    let per_item = k
+                        .checked_mul(elem.size() as u64)
+                        .ok_or_else(|| bad("too large".into()))?;
+                    if Some(bytes.len() as u64) != items.checked_mul(per_item) {
+                        return Err(bad(format!(
+                            "{} bytes given, {items} items need {per_item} bytes each",
+                            bytes.len()
+                        )));
+                    }
+                    let (input, output) = (access.reads_input(), access.writes_output());
+                    (
+                        WireArg::Split {
+                            bytes_per_item: per_item,
+                            input,
+                            output,
+                        },
+                        Some((per_item, input, output)),
+                        None,
+                    )
+                }
+                (
+                    ArgKind::Buffer {
+                        shape: Shape::Fixed(n),
+                        access: Access::Sum,
+                        elem,
+                    },
+                    JobArg::Buffer(bytes),
+                ) => {
+                    if Some(bytes.len() as u64) != n.checked_mul(elem.size() as u64) {
+                        return Err(bad(format!("{} bytes given", bytes.len())));
+                    }
+                    (WireArg::Sum(bytes.len() as u64), None, Some(elem))
+                }
+                _ => return Err(bad("the value does not match this argument".into())),
+            };
+            layout.wire.push(wire);
+            layout.splits.push(split);
+            layout.sums.push(sum);
+        }
+        Ok(layout)
+    }
+
+    fn bytes_per_item(&self, inputs: bool) -> u64 {
+        self.splits
+            .iter()
+            .flatten()
+            .filter(|(_, input, output)| if inputs { *input } else { *output })
+            .map(|(bpi, _, _)| *bpi)
+            .sum()
+    }
+
+    /// The packet's slices of the input split buffers.
+    fn slices(&self, args: &[JobArg<'_>], start: u64, end: u64) -> Vec<Vec<u8>> {
+        let mut slices = Vec::new();
+        for (split, value) in self.splits.iter().zip(args) {
+            if let (Some((bpi, true, _)), JobArg::Buffer(bytes)) = (split, value) {
+                let (a, b) = ((start * bpi) as usize, (end * bpi) as usize);
+                slices.push(bytes[a..b].to_vec());
+            }
+        }
+        slices
+    }
+
+    /// Checks a result's shape: one entry per output split buffer (items × bytes per
+    /// item) and per sum buffer (its size), in argument order.
+    fn check_outputs(&self, outputs: &[Vec<u8>], items: u64) -> Result<(), String> {
+        let mut expected = Vec::new();
+        for (wire, split) in self.wire.iter().zip(&self.splits) {
+            match (wire, split) {
+                (_, Some((bpi, _, true))) => expected.push(items * bpi),
+                (WireArg::Sum(bytes), _) => expected.push(*bytes),
+                _ => {}
+            }
+        }
+        let got: Vec<u64> = outputs.iter().map(|o| o.len() as u64).collect();
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "result has slices of {got:?} bytes, expected {expected:?}"
+            ))
+        }
+    }
+
+    /// Copies a committed result into the job's buffers.
+    fn commit(&self, args: &mut [JobArg<'_>], start: u64, outputs: Vec<Vec<u8>>) {
+        let mut outputs = outputs.into_iter();
+        for ((split, sum), value) in self.splits.iter().zip(&self.sums).zip(args.iter_mut()) {
+            let JobArg::Buffer(bytes) = value else {
+                continue;
+            };
+            if let Some((bpi, _, true)) = split {
+                if let Some(slice) = outputs.next() {
+                    let a = (start * bpi) as usize;
+                    bytes[a..a + slice.len()].copy_from_slice(&slice);
+                }
+            } else if let Some(elem) = sum {
+                if let Some(partial) = outputs.next() {
+                    add_elements(bytes, &partial, *elem);
+                }
+            }
+        }
+    }
+}
+
+/// Element-wise `dst += src` as arrays of `elem`: how sum buffers combine (integers
+/// wrap, as in the kernels and the local runner).
+fn add_elements(dst: &mut [u8], src: &[u8], elem: ScalarType) {
+    use std::ops::Add;
+    macro_rules! add_as {
+        ($t:ty, $op:ident) => {{
+            const N: usize = std::mem::size_of::<$t>();
+            for (d, s) in dst.chunks_exact_mut(N).zip(src.chunks_exact(N)) {
+                let (mut a, mut b) = ([0u8; N], [0u8; N]);
+                a.copy_from_slice(d);
+                b.copy_from_slice(s);
+                d.copy_from_slice(
+                    &<$t>::from_le_bytes(a)
+                        .$op(<$t>::from_le_bytes(b))
+                        .to_le_bytes(),
+                );
+            }
+        }};
+    }
+    match elem {
+        ScalarType::U8 => add_as!(u8, wrapping_add),
+        ScalarType::I32 => add_as!(i32, wrapping_add),
+        ScalarType::U32 => add_as!(u32, wrapping_add),
+        ScalarType::I64 => add_as!(i64, wrapping_add),
+        ScalarType::U64 => add_as!(u64, wrapping_add),
+        ScalarType::F32 => add_as!(f32, add),
+        ScalarType::F64 => add_as!(f64, add),
+    }
+}
+
+struct JobRun {
+    id: u64,
+    package: Package,
+    kernel: String,
+    items: u64,
+    layout: Layout,
+    on_event: Option<Arc<EventFn>>,
+    slots: u32,
+    packet_timeout: Duration,
+}
+
+/// What a packet's stream brought back.
+struct Outcome {
+    device: DeviceId,
+    packet: scheduler::Packet,
+    result: Result<Response, String>,
+}
+
+/// A node taking part in a job.
+struct Member {
+    name: String,
+    connection: quinn::Connection,
+    devices: Vec<DeviceId>,
+    lost: bool,
+    committed: u64,
+}
+
+impl JobRun {
+    fn notify(&self, line: &str) {
+        notify(&self.on_event, line);
+    }
+
+    /// Uploads what the node lacks and prepares the job there.
+    async fn prepare(
+        connection: quinn::Connection,
+        job: u64,
+        package: Package,
+        kernel: String,
+        items: u64,
+        wire_args: Vec<WireArg>,
+        wholes: Vec<(Hash, Arc<Vec<u8>>)>,
+    ) -> Result<(), String> {
+        let hash = package.hash().0;
+        let text = |e: WireError| e.to_string();
+        if request(&connection, &Request::HavePackage(hash))
+            .await
+            .map_err(text)?
+            != Response::Has(true)
+        {
+            match request(&connection, &Request::Package(package.as_bytes().to_vec()))
+                .await
+                .map_err(text)?
+            {
+                Response::Stored(h) if h == hash => {}
+                Response::Error(e) => return Err(e),
+                other => {
+                    return Err(format!(
+                        "unexpected answer to the package upload: {other:?}"
+                    ))
+                }
+            }
+        }
+        for (hash, bytes) in wholes {
+            if request(&connection, &Request::HaveBuffer(hash))
+                .await
+                .map_err(text)?
+                == Response::Has(true)
+            {
+                continue;
+            }
+            match request(&connection, &Request::Buffer(bytes.as_ref().clone()))
+                .await
+                .map_err(text)?
+            {
+                Response::Stored(h) if h == hash => {}
+                Response::Error(e) => return Err(e),
+                other => return Err(format!("unexpected answer to a buffer upload: {other:?}")),
+            }
+        }
+        let prepare = Request::Prepare {
+            job,
+            package: hash,
+            kernel,
+            items,
+            args: wire_args,
+        };
+        match request(&connection, &prepare).await.map_err(text)? {
+            Response::Prepared => Ok(()),
+            Response::Error(e) => Err(e),
+            other => Err(format!("unexpected answer to prepare: {other:?}")),
+        }
+    }
+
+    async fn run(
+        self,
+        remotes: Vec<(String, quinn::Connection, u32, Duration, Option<f64>)>,
+        args: &mut [JobArg<'_>],
+    ) -> Result<JobReport, ClientError> {
+        let prepare_started = Instant::now();
+        // Prepare on every node at once.
+        let mut tasks = Vec::new();
+        for (_, connection, ..) in &remotes {
+            tasks.push(tokio::spawn(JobRun::prepare(
+                connection.clone(),
+                self.id,
+                self.package.clone(),
+                self.kernel.clone(),
+                self.items,
+                self.layout.wire.clone(),
+                self.layout.wholes.clone(),
+            )));
+        }
+        let mut members: Vec<Member> = Vec::new();
+        let mut specs = Vec::new();
+        let mut refusals = Vec::new();
+        for ((name, connection, cores, rtt, rate), task) in remotes.into_iter().zip(tasks) {
+            let outcome = task
+                .await
+                .unwrap_or_else(|e| Err(format!("task failed: {e}")));
+            if let Err(reason) = outcome {
+                self.notify(&format!("node {name} cannot take the job: {reason}"));
+                refusals.push(format!("{name}: {reason}"));
+                continue;
+            }
+            let node = NodeId(members.len() as u32 + 1);
+            let mut devices = Vec::new();
+            for core in 0..cores.max(1) {
+                let device = DeviceId(specs.len() as u32);
+                let link = Link::new((rtt.as_micros() as f64 / 2.0).max(1.0), 117.0);
+                let mut spec =
+                    DeviceSpec::remote(format!("{name}/cpu{core}"), node, link).slots(self.slots);
+                if let Some(rate) = rate {
+                    spec = spec.rate(rate);
+                }
+                specs.push((device, spec));
+                devices.push(device);
+            }
+            members.push(Member {
+                name,
+                connection,
+                devices,
+                lost: false,
+                committed: 0,
+            });
+        }
+        if members.is_empty() {
+            return Err(if refusals.iter().all(|r| r.contains("connection lost")) {
+                ClientError::AllNodesLost(refusals)
+            } else {
+                ClientError::KernelFailed {
+                    node: "every node".into(),
+                    reason: refusals.join("; "),
+                }
+            });
+        }
+        let prepare_time = prepare_started.elapsed();
+        let device_member: HashMap<DeviceId, usize> = members
+            .iter()
+            .enumerate()
+            .flat_map(|(m, member)| member.devices.iter().map(move |d| (*d, m)))
+            .collect();
+
+        let broadcast: u64 = self.layout.wholes.iter().map(|(_, b)| b.len() as u64).sum();
+        let mut sched = Scheduler::new(
+            JobSpec::new(self.items)
+                .bytes_in_per_item(self.layout.bytes_per_item(true))
+                .bytes_out_per_item(self.layout.bytes_per_item(false))
+                .broadcast_bytes(broadcast),
+        );
+        let clock = Instant::now();
+        let now = || clock.elapsed().as_micros() as u64;
+        for (device, spec) in specs {
+            sched.handle(now(), Event::DeviceJoined { device, spec });
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
+        let mut pending: HashMap<(DeviceId, u64), Vec<Vec<u8>>> = HashMap::new();
+        let mut committed_packets = 0u64;
+        let mut lost_lines = Vec::new();
+        let mut failure: Option<(String, String)> = None;
+        loop {
+            while let Some(decision) = sched.poll(now()) {
+                match decision {
+                    Decision::Run { device, packet } => {
+                        let Some(&m) = device_member.get(&device) else {
+                            continue;
+                        };
+                        let connection = members[m].connection.clone();
+                        let request = Request::Run {
+                            job: self.id,
+                            packet: packet.id.0,
+                            start: packet.start,
+                            end: packet.end,
+                            slices: self.layout.slices(args, packet.start, packet.end),
+                        };
+                        let tx = tx.clone();
+                        let timeout = self.packet_timeout;
+                        tokio::spawn(async move {
+                            let result = match tokio::time::timeout(
+                                timeout,
+                                self::request(&connection, &request),
+                            )
+                            .await
+                            {
+                                Ok(Ok(response)) => Ok(response),
+                                Ok(Err(e)) => Err(e.to_string()),
+                                Err(_) => Err(format!("no result within {timeout:?}")),
+                            };
+                            let _ = tx.send(Outcome {
+                                device,
+                                packet,
+                                result,
+                            });
+                        });
+                    }
+                    Decision::Commit { device, packet } => {
+                        if let Some(outputs) = pending.remove(&(device, packet.id.0)) {
+                            self.layout.commit(args, packet.start, outputs);
+                            committed_packets += 1;
+                            if let Some(&m) = device_member.get(&device) {
+                                members[m].committed += 1;
+                            }
+                        }
+                    }
+                    Decision::Discard { device, packet } => {
+                        pending.remove(&(device, packet.id.0));
+                    }
+                    Decision::Cancel { .. } => {}
+                }
+            }
+            if let Some((node, reason)) = failure.take() {
+                return Err(ClientError::KernelFailed { node, reason });
+            }
+            if sched.is_done() {
+                break;
+            }
+            if sched.failed().is_some() {
+                return Err(ClientError::KernelFailed {
+                    node: "a node".into(),
+                    reason: "a packet failed".into(),
+                });
+            }
+            if sched.stalled() {
+                return Err(ClientError::AllNodesLost(lost_lines));
+            }
+            // Wake up now and then even without results: the scheduler may want to
+            // duplicate a straggler.
+            let outcome = match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => break,
+                Err(_) => continue,
+            };
+            let Some(&m) = device_member.get(&outcome.device) else {
+                continue;
+            };
+            if members[m].lost {
+                continue;
+            }
+            let packet = outcome.packet;
+            match outcome.result {
+                Ok(Response::Done {
+                    packet: id,
+                    compute_us,
+                    outputs,
+                }) if id == packet.id.0 => {
+                    match self.layout.check_outputs(&outputs, packet.items()) {
+                        Ok(()) => {
+                            let mut hasher = blake3::Hasher::new();
+                            for o in &outputs {
+                                hasher.update(&(o.len() as u64).to_le_bytes());
+                                hasher.update(o);
+                            }
+                            pending.insert((outcome.device, packet.id.0), outputs);
+                            sched.handle(
+                                now(),
+                                Event::PacketFinished {
+                                    device: outcome.device,
+                                    packet: packet.id,
+                                    compute_us,
+                                    digest: Some(*hasher.finalize().as_bytes()),
+                                },
+                            );
+                        }
+                        Err(reason) => {
+                            let line = self.lose(
+                                &mut members[m],
+                                &mut sched,
+                                &format!("sent a malformed result: {reason}"),
+                                now(),
+                            );
+                            lost_lines.push(line);
+                        }
+                    }
+                }
+                Ok(Response::Failed {
+                    reason, retryable, ..
+                }) => {
+                    if !retryable {
+                        failure = Some((members[m].name.clone(), reason.clone()));
+                    }
+                    sched.handle(
+                        now(),
+                        Event::PacketFailed {
+                            device: outcome.device,
+                            packet: packet.id,
+                            retryable,
+                        },
+                    );
+                }
+                Ok(other) => {
+                    let line = self.lose(
+                        &mut members[m],
+                        &mut sched,
+                        &format!("answered a packet with {other:?}"),
+                        now(),
+                    );
+                    lost_lines.push(line);
+                }
+                Err(reason) => {
+                    let line = self.lose(&mut members[m], &mut sched, &reason, now());
+                    lost_lines.push(line);
+                }
+            }
+        }
+        let run_time = clock.elapsed();
+        for member in members.iter().filter(|m| !m.lost) {
+            let connection = member.connection.clone();
+            let end = Request::EndJob(self.id);
+            tokio::spawn(async move {
+                let _ = request(&connection, &end).await;
+            });
+        }
+        Ok(JobReport {
+            items: self.items,
+            packets: committed_packets,
+            packets_per_node: members
+                .iter()
+                .map(|m| (m.name.clone(), m.committed))
+                .collect(),
+            lost: lost_lines,
+            run_time,
+            prepare_time,
+        })
+    }
+
+    /// Marks a node lost: its devices leave the job, their packets are run elsewhere.
+    fn lose(&self, member: &mut Member, sched: &mut Scheduler, reason: &str, now: u64) -> String {
+        member.lost = true;
+        member.connection.close(quinn::VarInt::from_u32(1), b"lost");
+        for device in &member.devices {
+            sched.handle(now, Event::DeviceLost { device: *device });
+        }
+        let line = format!(
+            "node {} lost during the job ({reason}); its packets in flight are re-run on the other nodes",
+            member.name
+        );
+        self.notify(&line);
+        line
+    }
+}

@@ -1,0 +1,161 @@
+//! Zeroconf: nodes advertise `_offload._udp.local.` by mDNS/DNS-SD (mdns-sd), clients
+//! browse for it.
+//!
+//! TXT records: `arch` (target triple), `cpu` (LLVM CPU name), `features` (abbreviated
+//! ISA extensions), `devices` (`cpu:N`), `version` (protocol), `name`, and `rate`
+//! (items/s per core) when the node has a tuned rate. The port is the service's port.
+//! A node that listens on a loopback address advertises on loopback only.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
+
+use crate::protocol::{NodeInfo, VERSION};
+
+/// The DNS-SD service type.
+pub const SERVICE_TYPE: &str = "_offload._udp.local.";
+
+/// Discovery failed.
+#[derive(Debug, thiserror::Error)]
+#[error("mDNS: {0}")]
+pub struct DiscoveryError(String);
+
+impl From<mdns_sd::Error> for DiscoveryError {
+    fn from(e: mdns_sd::Error) -> Self {
+        DiscoveryError(e.to_string())
+    }
+}
+
+/// The ISA features worth telling apart in a listing (the full string is long).
+pub fn abbreviate_features(features: &[&str]) -> String {
+    const INTERESTING: &[&str] = &[
+        "sse4.2",
+        "avx",
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512vnni",
+        "amx-tile",
+        "neon",
+        "sve",
+        "sve2",
+        "vsx",
+        "vector",
+        "v",
+    ];
+    let found: Vec<&str> = INTERESTING
+        .iter()
+        .copied()
+        .filter(|f| features.contains(f))
+        .collect();
+    found.join(" ")
+}
+
+/// An active advertisement; dropping it withdraws the service.
+pub struct Advertisement {
+    daemon: ServiceDaemon,
+    fullname: String,
+}
+
+impl Drop for Advertisement {
+    fn drop(&mut self) {
+        let _ = self.daemon.unregister(&self.fullname);
+        let _ = self.daemon.shutdown();
+    }
+}
+
+/// Advertises the node `info` listening on `addr`.
+pub fn advertise(info: &NodeInfo, addr: SocketAddr) -> Result<Advertisement, DiscoveryError> {
+    let daemon = ServiceDaemon::new()?;
+    let loopback = addr.ip().is_loopback();
+    if loopback {
+        daemon.disable_interface(IfKind::All)?;
+        daemon.enable_interface(IfKind::LoopbackV4)?;
+    }
+    let mut properties = std::collections::HashMap::new();
+    properties.insert("name".to_string(), info.name.clone());
+    properties.insert("arch".to_string(), info.arch.clone());
+    properties.insert("cpu".to_string(), info.cpu.clone());
+    properties.insert("features".to_string(), info.features.clone());
+    properties.insert("devices".to_string(), format!("cpu:{}", info.cores));
+    properties.insert("version".to_string(), VERSION.to_string());
+    if let Some(rate) = info.rate {
+        properties.insert("rate".to_string(), format!("{rate:.0}"));
+    }
+    let instance = format!("{}-{}", info.name, addr.port());
+    let host = format!("{}.local.", info.name);
+    let service = if addr.ip().is_unspecified() {
+        ServiceInfo::new(SERVICE_TYPE, &instance, &host, "", addr.port(), properties)?
+            .enable_addr_auto()
+    } else {
+        ServiceInfo::new(
+            SERVICE_TYPE,
+            &instance,
+            &host,
+            addr.ip(),
+            addr.port(),
+            properties,
+        )?
+    };
+    let fullname = service.get_fullname().to_string();
+    daemon.register(service)?;
+    Ok(Advertisement { daemon, fullname })
+}
+
+/// A node found by discovery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundNode {
+    /// The service instance name.
+    pub instance: String,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The TXT records.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Browses for `window` and returns the nodes found. `loopback_only` restricts mDNS to
+/// the loopback interface (tests).
+pub fn browse(window: Duration, loopback_only: bool) -> Result<Vec<FoundNode>, DiscoveryError> {
+    let daemon = ServiceDaemon::new()?;
+    if loopback_only {
+        daemon.disable_interface(IfKind::All)?;
+        daemon.enable_interface(IfKind::LoopbackV4)?;
+    }
+    let events = daemon.browse(SERVICE_TYPE)?;
+    let deadline = Instant::now() + window;
+    let mut found: BTreeMap<String, FoundNode> = BTreeMap::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(ServiceEvent::ServiceResolved(info)) => {
+                let properties: BTreeMap<String, String> = info
+                    .get_properties()
+                    .iter()
+                    .map(|p| (p.key().to_string(), p.val_str().to_string()))
+                    .collect();
+                // Prefer IPv4, then any address.
+                let mut addrs: Vec<IpAddr> = info.get_addresses().iter().copied().collect();
+                addrs.sort_by_key(|a| (!a.is_ipv4(), *a));
+                if let Some(ip) = addrs.first() {
+                    let instance = info.get_fullname().to_string();
+                    found.insert(
+                        instance.clone(),
+                        FoundNode {
+                            instance,
+                            addr: SocketAddr::new(*ip, info.get_port()),
+                            properties,
+                        },
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = daemon.stop_browse(SERVICE_TYPE);
+    let _ = daemon.shutdown();
+    Ok(found.into_values().collect())
+}

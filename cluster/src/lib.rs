@@ -1,0 +1,56 @@
+//! offload's cluster: the node agent that serves a machine's cores to the cluster, the
+//! client that spreads a job's packets over the nodes, the QUIC transport with mutual
+//! TLS between them, zeroconf discovery, and the cluster's credentials.
+//!
+//! Entry points: [`credentials::init`] and [`credentials::issue`] make a cluster CA and
+//! member certificates; [`node::run`] serves a node; [`client::ClusterClient::connect`]
+//! and [`client::ClusterClient::run_job`] run a job on the nodes; [`discovery::browse`]
+//! lists the nodes on the LAN. The `offload` binary wraps these as `offload cluster`,
+//! `offload node`, `offload nodes` and `offload run --cluster`.
+//!
+//! ```no_run
+//! use cluster::client::{ClientConfig, ClusterClient, JobArg};
+//! use cluster::credentials::Credentials;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let package = ir_packager::Package::read("saxpy.okp".as_ref())?;
+//! let credentials = Credentials::load("cluster".as_ref())?;
+//! let config = ClientConfig::new(credentials).peers(["127.0.0.1:7878".parse()?]);
+//! let mut client = ClusterClient::connect(config)?;
+//! let (mut x, mut y) = (vec![0u8; 4096], vec![0u8; 4096]);
+//! let mut args = [
+//!     JobArg::Scalar(ir_packager::ScalarValue::F32(2.0)),
+//!     JobArg::Buffer(&mut x),
+//!     JobArg::Buffer(&mut y),
+//! ];
+//! let report = client.run_job(&package, "saxpy", 1024, &mut args)?;
+//! println!("{} packets", report.packets);
+//! # Ok(()) }
+//! ```
+//!
+//! Concepts:
+//! - **Membership** is a certificate signed by the cluster CA; both ends verify it
+//!   (mutual TLS, rustls with ring). A peer without one is refused during the handshake,
+//!   before it can send a request, and the node logs the refusal.
+//! - **Protocol** ([`protocol`]): versioned, size-limited bincode frames, one QUIC
+//!   stream per request, content-addressed caches for packages and whole buffers.
+//! - **Scheduling**: every remote core is a scheduler device with several slots, so
+//!   packets are pipelined; a lost node's devices leave the job
+//!   (`Event::DeviceLost`) and their packets run elsewhere.
+//! - **Containment**: kernels run in worker processes ([`worker`]); a crash or a hang
+//!   fails the job with the reason and the node restarts the worker.
+//!
+//! Not in this crate yet: OpenCL devices on nodes (nodes serve their CPU only), and
+//! redundant execution across nodes is available in the scheduler but not exposed by
+//! the command line.
+//!
+//! This crate has no feature flags.
+
+pub mod client;
+pub mod credentials;
+pub mod discovery;
+pub mod node;
+pub mod protocol;
+mod wire;
+pub mod worker;
+
+pub use wire::{EndpointError, WireError, DEFAULT_IDLE};

@@ -1,0 +1,837 @@
+//! The node agent: serves this machine's CPU to cluster members over QUIC.
+//!
+//! Packets run in worker processes (see [`crate::worker`]), one per core given to the
+//! cluster, so a kernel that crashes or hangs costs one worker, never the node: the
+//! packet is reported failed with the reason, the worker is started again, and the node
+//! goes on serving. Owner controls: the number of workers (`cores`), nice 19 for the
+//! workers, an idle-only gate on the machine's load, and a bandwidth cap on results.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ir_packager::{Access, ArgKind, Package, Shape};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{watch, Mutex, Semaphore};
+
+use crate::credentials::Credentials;
+use crate::protocol::{
+    self, FromWorker, Hash, Hello, HelloReply, NodeInfo, Request, Response, ToWorker, WireArg,
+    MAX_CONTROL, MAX_DATA,
+};
+use crate::wire::{self, WireError};
+
+/// How a node runs. Every setter documents its default.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    listen: SocketAddr,
+    credentials: Credentials,
+    cores: usize,
+    idle_only: Option<f64>,
+    max_bandwidth: Option<u64>,
+    packet_timeout: Duration,
+    idle_timeout: Duration,
+    worker_program: PathBuf,
+    worker_args: Vec<OsString>,
+    name: String,
+    advertise: bool,
+}
+
+impl NodeConfig {
+    /// A node on `listen` with cluster `credentials`, running workers with
+    /// `worker_program worker_args...` (the `offload __worker` command).
+    pub fn new(
+        listen: SocketAddr,
+        credentials: Credentials,
+        worker_program: impl Into<PathBuf>,
+        worker_args: Vec<OsString>,
+    ) -> NodeConfig {
+        NodeConfig {
+            listen,
+            credentials,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            idle_only: None,
+            max_bandwidth: None,
+            packet_timeout: Duration::from_secs(300),
+            idle_timeout: wire::DEFAULT_IDLE,
+            worker_program: worker_program.into(),
+            worker_args,
+            name: host_name(),
+            advertise: true,
+        }
+    }
+
+    /// Worker processes (packets run at once). Default: every core.
+    pub fn cores(mut self, cores: usize) -> Self {
+        self.cores = cores.max(1);
+        self
+    }
+
+    /// Take no new packets while the machine's load (1-minute average, minus this
+    /// node's busy workers) is above `threshold`. Default: off.
+    pub fn idle_only(mut self, threshold: Option<f64>) -> Self {
+        self.idle_only = threshold;
+        self
+    }
+
+    /// Cap on bytes per second sent back to clients. Default: none.
+    pub fn max_bandwidth(mut self, bytes_per_s: Option<u64>) -> Self {
+        self.max_bandwidth = bytes_per_s.filter(|&b| b > 0);
+        self
+    }
+
+    /// Time a packet may run before its worker is killed. Default: 300 s.
+    pub fn packet_timeout(mut self, timeout: Duration) -> Self {
+        self.packet_timeout = timeout;
+        self
+    }
+
+    /// The node's name in logs and discovery. Default: the host name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Advertise by mDNS. Default: on.
+    pub fn advertise(mut self, on: bool) -> Self {
+        self.advertise = on;
+        self
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// Why a node stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The endpoint could not be made.
+    #[error(transparent)]
+    Endpoint(#[from] wire::EndpointError),
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The JIT could not start (to describe this CPU).
+    #[error(transparent)]
+    Jit(#[from] node_jit::JitError),
+}
+
+/// Runs a node until the process is stopped. Prints `listening on ADDR` on stdout once
+/// it accepts connections (tests and scripts wait for that line).
+pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: NodeConfig) -> Result<(), NodeError> {
+    let host = node_jit::HostTarget::detect();
+    let info = NodeInfo {
+        name: config.name.clone(),
+        arch: host.triple.clone(),
+        cpu: host.cpu.clone(),
+        features: crate::discovery::abbreviate_features(&host.enabled_features()),
+        cores: config.cores as u32,
+        rate: None,
+    };
+    let endpoint = wire::server_endpoint(&config.credentials, config.listen, config.idle_timeout)?;
+    let local = endpoint
+        .local_addr()
+        .map_err(|source| wire::EndpointError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    // Tests and scripts read this line to learn the port.
+    println!("listening on {local}");
+    tracing::info!(
+        "node {} serving {} workers on {local} ({} {})",
+        info.name,
+        config.cores,
+        info.arch,
+        info.cpu
+    );
+    let _advert = if config.advertise {
+        match crate::discovery::advertise(&info, local) {
+            Ok(advert) => Some(advert),
+            Err(e) => {
+                tracing::warn!("not advertising by mDNS: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let pool = WorkerPool::new(&config);
+    let (gate_tx, gate) = watch::channel(true);
+    if let Some(threshold) = config.idle_only {
+        tokio::spawn(watch_load(threshold, Arc::clone(&pool), gate_tx));
+    }
+    let shared = Arc::new(Shared {
+        info,
+        packages: std::sync::Mutex::new(HashMap::new()),
+        buffers: std::sync::Mutex::new(HashMap::new()),
+        pool,
+        gate,
+        bucket: config.max_bandwidth.map(TokenBucket::new),
+        packet_timeout: config.packet_timeout,
+    });
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => {
+                    if let Err(e) = serve_connection(shared, connection).await {
+                        tracing::info!("connection from {remote} ended: {e}");
+                    }
+                }
+                // A peer without a certificate signed by the cluster CA ends here,
+                // before it can send a single request.
+                Err(e) => tracing::warn!("refused connection from {remote}: {e}"),
+            }
+        });
+    }
+    Ok(())
+}
+
+struct Shared {
+    info: NodeInfo,
+    packages: std::sync::Mutex<HashMap<Hash, Arc<Package>>>,
+    buffers: std::sync::Mutex<HashMap<Hash, Arc<Vec<u8>>>>,
+    pool: Arc<WorkerPool>,
+    gate: watch::Receiver<bool>,
+    bucket: Option<TokenBucket>,
+    packet_timeout: Duration,
+}
+
+/// A prepared job of one connection.
+struct Job {
+    package: Arc<Package>,
+    kernel: String,
+    args: Vec<WireArg>,
+    /// Whole buffers (hash, bytes) the workers need.
+    wholes: Vec<(Hash, Arc<Vec<u8>>)>,
+}
+
+fn peer_name(connection: &quinn::Connection) -> String {
+    let who = connection
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .map(|certs| format!("a member with {} certificate(s)", certs.len()))
+        .unwrap_or_else(|| "an unidentified peer".into());
+    format!("{} ({who})", connection.remote_address())
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+) -> Result<(), WireError> {
+    let peer = peer_name(&connection);
+    // The hello comes first, on the first stream.
+    let (mut send, mut recv) = connection.accept_bi().await?;
+    let hello: Hello = wire::recv(&mut recv, MAX_CONTROL).await?;
+    if let Err(reason) = protocol::check_hello(&hello) {
+        tracing::warn!("refused {peer}: {reason}");
+        let reply = HelloReply::Refused {
+            version: protocol::VERSION,
+            reason,
+        };
+        wire::send(&mut send, &reply, MAX_CONTROL).await?;
+        // Let the refusal reach the client before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+        return Ok(());
+    }
+    tracing::info!("client {} connected from {peer}", hello.client);
+    let reply = HelloReply::Welcome {
+        version: protocol::VERSION,
+        node: shared.info.clone(),
+    };
+    wire::send(&mut send, &reply, MAX_CONTROL).await?;
+    let jobs: Arc<std::sync::Mutex<HashMap<u64, Arc<Job>>>> = Arc::default();
+    loop {
+        let (mut send, mut recv) = connection.accept_bi().await?;
+        let shared = Arc::clone(&shared);
+        let jobs = Arc::clone(&jobs);
+        tokio::spawn(async move {
+            let response = match wire::recv::<Request>(&mut recv, protocol::request_limit()).await {
+                Ok(request) => handle(&shared, &jobs, request).await,
+                Err(WireError::Decode(e)) => {
+                    tracing::warn!("refused a message: {e}");
+                    Response::Error(format!("refused: {e}"))
+                }
+                Err(e) => {
+                    tracing::debug!("stream ended early: {e}");
+                    return;
+                }
+            };
+            let frame = match protocol::encode(&response, MAX_DATA) {
+                Ok(frame) => frame,
+                Err(e) => match protocol::encode(&Response::Error(e.to_string()), MAX_CONTROL) {
+                    Ok(frame) => frame,
+                    Err(_) => return,
+                },
+            };
+            if let Some(bucket) = &shared.bucket {
+                bucket.take(frame.len() as u64).await;
+            }
+            if let Err(e) = wire::send_frame(&mut send, &frame).await {
+                tracing::debug!("cannot send a response: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    jobs: &std::sync::Mutex<HashMap<u64, Arc<Job>>>,
+    request: Request,
+) -> Response {
+    match request {
+        Request::Ping => Response::Pong,
+        Request::HavePackage(hash) => Response::Has(lock(&shared.packages).contains_key(&hash)),
+        Request::HaveBuffer(hash) => Response::Has(lock(&shared.buffers).contains_key(&hash)),
+        Request::Package(bytes) => match Package::from_bytes(&bytes) {
+            Ok(package) => {
+                let hash = package.hash().0;
+                tracing::info!("stored package {}", package.hash());
+                lock(&shared.packages).insert(hash, Arc::new(package));
+                Response::Stored(hash)
+            }
+            Err(e) => {
+                tracing::warn!("refused a package: {e}");
+                Response::Error(format!("package refused: {e}"))
+            }
+        },
+        Request::Buffer(bytes) => {
+            let hash = *blake3::hash(&bytes).as_bytes();
+            lock(&shared.buffers).insert(hash, Arc::new(bytes));
+            Response::Stored(hash)
+        }
+        Request::Prepare {
+            job,
+            package,
+            kernel,
+            items,
+            args,
+        } => match prepare(shared, package, &kernel, items, args).await {
+            Ok(prepared) => {
+                lock(jobs).insert(job, Arc::new(prepared));
+                Response::Prepared
+            }
+            Err(e) => {
+                tracing::warn!("cannot prepare job {job}: {e}");
+                Response::Error(e)
+            }
+        },
+        Request::EndJob(job) => {
+            lock(jobs).remove(&job);
+            Response::Prepared
+        }
+        Request::Run {
+            job,
+            packet,
+            start,
+            end,
+            slices,
+        } => {
+            let Some(job) = lock(jobs).get(&job).cloned() else {
+                return Response::Error(format!("job {job} is not prepared on this node"));
+            };
+            run_packet(shared, &job, packet, start, end, slices).await
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Checks a job against the package's manifest and compiles its kernel in a worker, so
+/// that a compile error fails the job at once.
+async fn prepare(
+    shared: &Shared,
+    package: Hash,
+    kernel: &str,
+    items: u64,
+    args: Vec<WireArg>,
+) -> Result<Job, String> {
+    let package = lock(&shared.packages)
+        .get(&package)
+        .cloned()
+        .ok_or("the package was not uploaded to this node")?;
+    let spec = package
+        .manifest()
+        .kernel(kernel)
+        .ok_or_else(|| format!("the package has no kernel `{kernel}`"))?;
+    if spec.args.len() != args.len() {
+        return Err(format!(
+            "kernel `{kernel}` takes {} arguments, the job gives {}",
+            spec.args.len(),
+            args.len()
+        ));
+    }
+    let mut wholes = Vec::new();
+    for (arg, wire) in spec.args.iter().zip(&args) {
+        let fits = match (arg.kind, wire) {
+            (ArgKind::Scalar(_), WireArg::Scalar(_)) => true,
+            (
+                ArgKind::Buffer {
+                    shape: Shape::Whole,
+                    access: Access::In,
+                    elem,
+                },
+                WireArg::Whole(hash),
+            ) => {
+                let bytes = lock(&shared.buffers).get(hash).cloned().ok_or_else(|| {
+                    format!("buffer `{}` was not uploaded to this node", arg.name)
+                })?;
+                wholes.push((*hash, bytes.clone()));
+                bytes.len() % elem.size() == 0
+            }
+            (
+                ArgKind::Buffer {
+                    shape: Shape::PerItem(k),
+                    access,
+                    elem,
+                },
+                WireArg::Split {
+                    bytes_per_item,
+                    input,
+                    output,
+                },
+            ) => {
+                Some(*bytes_per_item) == k.checked_mul(elem.size() as u64)
+                    && *input == access.reads_input()
+                    && *output == access.writes_output()
+            }
+            (
+                ArgKind::Buffer {
+                    shape: Shape::Fixed(n),
+                    access: Access::Sum,
+                    elem,
+                },
+                WireArg::Sum(bytes),
+            ) => Some(*bytes) == n.checked_mul(elem.size() as u64),
+            _ => false,
+        };
+        if !fits {
+            return Err(format!(
+                "argument `{arg}` of kernel `{kernel}` does not match how the job sends it"
+            ));
+        }
+    }
+    let job = Job {
+        package,
+        kernel: kernel.to_string(),
+        args,
+        wholes,
+    };
+    let mut worker = shared.pool.acquire().await;
+    let loaded = worker.ensure_loaded(&job).await;
+    shared.pool.release(worker).await;
+    loaded?;
+    tracing::info!("prepared kernel `{kernel}` for {items} items");
+    Ok(job)
+}
+
+async fn run_packet(
+    shared: &Shared,
+    job: &Job,
+    packet: u64,
+    start: u64,
+    end: u64,
+    slices: Vec<Vec<u8>>,
+) -> Response {
+    // Idle-only: hold new packets while the owner is busy.
+    let mut gate = shared.gate.clone();
+    if gate.wait_for(|open| *open).await.is_err() {
+        tracing::debug!("load gate gone");
+    }
+    let mut worker = shared.pool.acquire().await;
+    let failed = |reason: String, retryable: bool| Response::Failed {
+        packet,
+        reason,
+        retryable,
+    };
+    let response = match worker.ensure_loaded(job).await {
+        Err(reason) => failed(reason, false),
+        Ok(()) => {
+            let request = ToWorker::Run {
+                package: job.package.hash().0,
+                kernel: job.kernel.clone(),
+                start,
+                end,
+                args: job.args.clone(),
+                slices,
+            };
+            match worker.call(&request, shared.packet_timeout).await {
+                Ok(FromWorker::Done {
+                    compute_us,
+                    outputs,
+                }) => Response::Done {
+                    packet,
+                    compute_us,
+                    outputs,
+                },
+                Ok(FromWorker::Panicked(reason)) => failed(
+                    format!(
+                        "kernel `{}` panicked on items {start}..{end}: {reason}",
+                        job.kernel
+                    ),
+                    false,
+                ),
+                Ok(other) => failed(format!("worker answered {other:?}"), false),
+                Err(fault) => {
+                    let reason = format!(
+                        "kernel `{}` on items {start}..{end}: {fault}; the node restarted its worker",
+                        job.kernel
+                    );
+                    tracing::warn!("{reason}");
+                    failed(reason, false)
+                }
+            }
+        }
+    };
+    shared.pool.release(worker).await;
+    response
+}
+
+/// A kernel worker process and what it holds.
+struct Worker {
+    index: usize,
+    process: Option<(Child, ChildStdin, ChildStdout)>,
+    loaded: HashSet<(Hash, String)>,
+    buffers: HashSet<Hash>,
+    buffer_bytes: usize,
+    program: PathBuf,
+    args: Vec<OsString>,
+}
+
+/// Why a worker could not answer.
+#[derive(Debug, thiserror::Error)]
+enum WorkerFault {
+    #[error("cannot start the worker process {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("the worker process died ({status})")]
+    Died { status: String },
+    #[error("it ran past the time limit of {0:?} and its worker was killed")]
+    TimedOut(Duration),
+    #[error("worker pipe: {0}")]
+    Protocol(String),
+}
+
+/// Worker buffers above this are dropped before more are sent.
+const WORKER_BUFFER_BYTES: usize = 2 << 30;
+
+impl Worker {
+    async fn start(&mut self) -> Result<(), WorkerFault> {
+        if self.process.is_some() {
+            return Ok(());
+        }
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| WorkerFault::Spawn {
+                program: self.program.display().to_string(),
+                source,
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(WorkerFault::Protocol("worker pipes missing".into()));
+        };
+        tracing::debug!("worker {} started (pid {:?})", self.index, child.id());
+        self.process = Some((child, stdin, stdout));
+        self.loaded.clear();
+        self.buffers.clear();
+        self.buffer_bytes = 0;
+        Ok(())
+    }
+
+    /// Kills the process (if any) and says how it ended.
+    async fn reap(&mut self) -> String {
+        let Some((mut child, stdin, stdout)) = self.process.take() else {
+            return "not running".into();
+        };
+        drop((stdin, stdout));
+        // A crashed worker has already exited; a live one is killed.
+        let status = match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+            Ok(Ok(status)) => status,
+            _ => {
+                let _ = child.kill().await;
+                match child.wait().await {
+                    Ok(status) => status,
+                    Err(e) => return format!("cannot collect it: {e}"),
+                }
+            }
+        };
+        describe_status(status)
+    }
+
+    async fn call(
+        &mut self,
+        request: &ToWorker,
+        timeout: Duration,
+    ) -> Result<FromWorker, WorkerFault> {
+        self.start().await?;
+        let frame = protocol::encode(request, MAX_DATA)
+            .map_err(|e| WorkerFault::Protocol(e.to_string()))?;
+        let exchange = async {
+            let Some((_, stdin, stdout)) = self.process.as_mut() else {
+                return Err(None);
+            };
+            stdin.write_all(&frame).await.map_err(|_| None)?;
+            stdin.flush().await.map_err(|_| None)?;
+            let mut prefix = [0u8; 4];
+            stdout.read_exact(&mut prefix).await.map_err(|_| None)?;
+            let len = protocol::frame_len(prefix, MAX_DATA).map_err(|e| Some(e.to_string()))?;
+            let mut body = vec![0u8; len];
+            stdout.read_exact(&mut body).await.map_err(|_| None)?;
+            protocol::decode::<FromWorker>(&body, MAX_DATA).map_err(|e| Some(e.to_string()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(None)) => {
+                let status = self.reap().await;
+                Err(WorkerFault::Died { status })
+            }
+            Ok(Err(Some(e))) => {
+                self.reap().await;
+                Err(WorkerFault::Protocol(e))
+            }
+            Err(_) => {
+                self.reap().await;
+                Err(WorkerFault::TimedOut(timeout))
+            }
+        }
+    }
+
+    /// Makes sure the worker has the job's kernel and whole buffers.
+    async fn ensure_loaded(&mut self, job: &Job) -> Result<(), String> {
+        let key = (job.package.hash().0, job.kernel.clone());
+        // Compiling may take a while; a cache hit is a dlopen.
+        let load_timeout = Duration::from_secs(600);
+        if self.process.is_none() || !self.loaded.contains(&key) {
+            let request = ToWorker::Load {
+                package: job.package.as_bytes().to_vec(),
+                kernel: job.kernel.clone(),
+            };
+            match self.call(&request, load_timeout).await {
+                Ok(FromWorker::Ready) => {
+                    self.loaded.insert(key);
+                }
+                Ok(FromWorker::Error(e)) => return Err(e),
+                Ok(other) => return Err(format!("worker answered {other:?} to a load")),
+                Err(fault) => return Err(format!("loading kernel `{}`: {fault}", job.kernel)),
+            }
+        }
+        for (hash, bytes) in &job.wholes {
+            if self.buffers.contains(hash) {
+                continue;
+            }
+            if self.buffer_bytes + bytes.len() > WORKER_BUFFER_BYTES {
+                for old in std::mem::take(&mut self.buffers) {
+                    let _ = self.call(&ToWorker::Forget(old), load_timeout).await;
+                }
+                self.buffer_bytes = 0;
+            }
+            let request = ToWorker::Buffer {
+                hash: *hash,
+                bytes: bytes.as_ref().clone(),
+            };
+            match self.call(&request, load_timeout).await {
+                Ok(FromWorker::Ready) => {
+                    self.buffers.insert(*hash);
+                    self.buffer_bytes += bytes.len();
+                }
+                Ok(other) => return Err(format!("worker answered {other:?} to a buffer")),
+                Err(fault) => return Err(format!("sending a buffer to the worker: {fault}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(signal) => {
+            let name = match signal {
+                libc::SIGSEGV => {
+                    "SIGSEGV, a segmentation fault: the kernel accessed memory outside its buffers"
+                }
+                libc::SIGBUS => "SIGBUS, a bus error",
+                libc::SIGILL => "SIGILL, an illegal instruction",
+                libc::SIGFPE => "SIGFPE, an arithmetic fault",
+                libc::SIGABRT => "SIGABRT, aborted",
+                libc::SIGKILL => "SIGKILL",
+                _ => "a signal",
+            };
+            format!("killed by signal {signal}, {name}")
+        }
+        None => match status.code() {
+            Some(code) => format!("exit status {code}"),
+            None => "unknown status".into(),
+        },
+    }
+}
+
+/// The node's workers: one process each, handed out one packet at a time.
+struct WorkerPool {
+    free: Mutex<Vec<Worker>>,
+    available: Semaphore,
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+impl WorkerPool {
+    fn new(config: &NodeConfig) -> Arc<WorkerPool> {
+        let workers = (0..config.cores)
+            .map(|index| Worker {
+                index,
+                process: None,
+                loaded: HashSet::new(),
+                buffers: HashSet::new(),
+                buffer_bytes: 0,
+                program: config.worker_program.clone(),
+                args: config.worker_args.clone(),
+            })
+            .collect();
+        Arc::new(WorkerPool {
+            free: Mutex::new(workers),
+            available: Semaphore::new(config.cores),
+            busy: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    async fn acquire(&self) -> Worker {
+        // The semaphore is never closed, so acquiring only waits.
+        if let Ok(permit) = self.available.acquire().await {
+            permit.forget();
+        }
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut free = self.free.lock().await;
+        match free.pop() {
+            Some(worker) => worker,
+            None => unreachable_worker(),
+        }
+    }
+
+    async fn release(&self, worker: Worker) {
+        self.free.lock().await.push(worker);
+        self.busy.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.available.add_permits(1);
+    }
+}
+
+#[cold]
+fn unreachable_worker() -> Worker {
+    // The semaphore counts free workers exactly; this cannot happen.
+    panic!("worker pool out of step with its semaphore")
+}
+
+/// Opens and closes the gate for new packets from the machine's load.
+async fn watch_load(threshold: f64, pool: Arc<WorkerPool>, gate: watch::Sender<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        // A tiny procfs read does not block in practice.
+        let Ok(text) = std::fs::read_to_string("/proc/loadavg") else {
+            continue;
+        };
+        let Some(load) = text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let ours = pool.busy.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let owner = (load - ours).max(0.0);
+        let open = owner <= threshold;
+        if *gate.borrow() != open {
+            if open {
+                tracing::info!(
+                    "owner's load {owner:.2} is at most {threshold}: taking packets again"
+                );
+            } else {
+                tracing::info!("owner's load {owner:.2} is above {threshold}: pausing new packets");
+            }
+            let _ = gate.send(open);
+        }
+    }
+}
+
+/// A token bucket on bytes sent: sends wait while the node is over its cap.
+struct TokenBucket {
+    rate: f64,
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    fn new(bytes_per_s: u64) -> TokenBucket {
+        TokenBucket {
+            rate: bytes_per_s as f64,
+            state: std::sync::Mutex::new((0.0, Instant::now())),
+        }
+    }
+
+    /// Takes `bytes` tokens, waiting as long as the debt they create needs to drain.
+    async fn take(&self, bytes: u64) {
+        let wait = {
+            let mut state = lock(&self.state);
+            let now = Instant::now();
+            // Up to 100 ms of burst.
+            let burst = self.rate * 0.1;
+            let refill = now.duration_since(state.1).as_secs_f64() * self.rate;
+            state.0 = (state.0 + refill).min(burst) - bytes as f64;
+            state.1 = now;
+            if state.0 < 0.0 {
+                Duration::from_secs_f64(-state.0 / self.rate)
+            } else {
+                Duration::ZERO
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn token_bucket_holds_the_rate() {
+        let bucket = TokenBucket::new(10_000_000);
+        let started = Instant::now();
+        for _ in 0..10 {
+            bucket.take(500_000).await;
+        }
+        // 5 MB at 10 MB/s, less the 1 MB burst: about 0.4 s.
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!(elapsed > 0.3 && elapsed < 1.5, "{elapsed}");
+    }
+}

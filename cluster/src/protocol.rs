@@ -1,0 +1,495 @@
+//! The cluster protocol: messages and their framing, with no I/O.
+//!
+//! Every message is a frame: a 4-byte little-endian length, then the message encoded
+//! with bincode 2 (serde). Each kind of frame has a size limit that is checked on the
+//! length *before* anything is allocated, and bincode decodes under the same limit, so a
+//! peer cannot make the receiver allocate more than the limit.
+//!
+//! A connection starts with a [`Hello`] on its first stream, answered with a
+//! [`HelloReply`]; a node refuses other versions with a message naming both. Then every
+//! request travels on its own QUIC bidirectional stream and gets exactly one
+//! [`Response`] on that stream, so several packets are in flight at once and a result
+//! is delivered once (a re-run of a packet elsewhere is a different stream whose result
+//! the scheduler commits or discards).
+//!
+//! Caching: the client asks [`Request::HavePackage`] / [`Request::HaveBuffer`] with a
+//! blake3 hash first and uploads only what the node lacks; whole `in` buffers are thus
+//! sent once per node, and a [`Request::Run`] carries only the packet's slices of split
+//! buffers. The worker pipe between a node and its kernel process uses the same framing
+//! with [`ToWorker`] and [`FromWorker`].
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// The ALPN protocol name of offload's QUIC connections.
+pub const ALPN: &[u8] = b"offload/1";
+
+/// The UDP port a node listens on by default.
+pub const DEFAULT_PORT: u16 = 7878;
+
+/// Magic bytes opening a [`Hello`], so a stray client of another protocol is told apart.
+pub const MAGIC: [u8; 4] = *b"OFLD";
+
+/// Largest hello, hello reply or small control message, in bytes.
+pub const MAX_CONTROL: usize = 64 << 10;
+
+/// Largest data-carrying message (package upload, whole buffer, packet slices or
+/// results), in bytes. Jobs whose single buffers exceed it are refused by the client.
+pub const MAX_DATA: usize = 1 << 30;
+
+/// A blake3 content hash.
+pub type Hash = [u8; 32];
+
+/// The first message of a connection, from the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`MAGIC`].
+    pub magic: [u8; 4],
+    /// The client's [`VERSION`].
+    pub version: u32,
+    /// A name for logs.
+    pub client: String,
+}
+
+/// What a node says about itself in its hello reply (and, abbreviated, in mDNS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's name (host name unless configured).
+    pub name: String,
+    /// Target triple, e.g. `x86_64-unknown-linux-gnu`.
+    pub arch: String,
+    /// LLVM's CPU name.
+    pub cpu: String,
+    /// ISA features, abbreviated (`avx2 avx512f ...`).
+    pub features: String,
+    /// Worker processes serving packets.
+    pub cores: u32,
+    /// Measured or tuned rate, items per second per core, if known.
+    pub rate: Option<f64>,
+}
+
+/// The node's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Accepted: the node's version and description.
+    Welcome {
+        /// The node's [`VERSION`].
+        version: u32,
+        /// The node.
+        node: NodeInfo,
+    },
+    /// Refused, with a reason meant for the user.
+    Refused {
+        /// The node's [`VERSION`].
+        version: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How one kernel argument travels, in manifest order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WireArg {
+    /// A scalar's bits (`ScalarValue::to_bits`).
+    Scalar(u64),
+    /// A whole `in` buffer, uploaded earlier with [`Request::Buffer`].
+    Whole(Hash),
+    /// A split buffer (`[k]`): `in`/`inout` slices come with each packet, `out`/`inout`
+    /// slices go back with each result. `bytes_per_item` is `k × element size`.
+    Split {
+        /// Bytes of the buffer per item.
+        bytes_per_item: u64,
+        /// Whether the kernel reads it (`in`, `inout`): slices travel with packets.
+        input: bool,
+        /// Whether the kernel writes it (`out`, `inout`): slices come back.
+        output: bool,
+    },
+    /// A `sum` buffer of this many bytes, zeroed per packet; partials come back.
+    Sum(u64),
+}
+
+/// A client's request; each has its own stream and gets one [`Response`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Does the node hold the package with this hash?
+    HavePackage(Hash),
+    /// A package file's bytes; the node hashes and validates them itself.
+    Package(Vec<u8>),
+    /// Does the node hold the buffer with this hash?
+    HaveBuffer(Hash),
+    /// A whole buffer's bytes; the node hashes them itself.
+    Buffer(Vec<u8>),
+    /// Sets up a job: the kernel of a cached package and how its arguments travel.
+    Prepare {
+        /// The client's job number (unique per connection).
+        job: u64,
+        /// The package's hash.
+        package: Hash,
+        /// The kernel.
+        kernel: String,
+        /// Items of the job.
+        items: u64,
+        /// One entry per manifest argument.
+        args: Vec<WireArg>,
+    },
+    /// Runs one packet of a prepared job.
+    Run {
+        /// The job.
+        job: u64,
+        /// The packet's id, echoed in the response.
+        packet: u64,
+        /// First item.
+        start: u64,
+        /// One past the last item.
+        end: u64,
+        /// The packet's slices of the `input` split buffers, in argument order.
+        slices: Vec<Vec<u8>>,
+    },
+    /// The job is over: the node may forget it.
+    EndJob(u64),
+    /// An empty round trip (benchmarks, latency estimates).
+    Ping,
+}
+
+/// The node's answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to `HavePackage` / `HaveBuffer`.
+    Has(bool),
+    /// The upload is stored (under the hash the node computed).
+    Stored(Hash),
+    /// The job is prepared (its kernel compiled on this node).
+    Prepared,
+    /// A packet's results.
+    Done {
+        /// The packet.
+        packet: u64,
+        /// Kernel time on the node, in µs.
+        compute_us: u64,
+        /// Slices of the `output` split buffers, then `sum` partials, in argument order.
+        outputs: Vec<Vec<u8>>,
+    },
+    /// A packet failed.
+    Failed {
+        /// The packet.
+        packet: u64,
+        /// What happened.
+        reason: String,
+        /// Whether running it again may succeed (it is not the kernel's fault).
+        retryable: bool,
+    },
+    /// A request that could not be served.
+    Error(String),
+    /// Answer to `Ping`.
+    Pong,
+}
+
+/// A request from the node to its kernel worker process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Compile (or load from the code cache) `kernel` of this package.
+    Load {
+        /// The package file's bytes.
+        package: Vec<u8>,
+        /// The kernel.
+        kernel: String,
+    },
+    /// Keep this whole buffer under its hash.
+    Buffer {
+        /// The hash.
+        hash: Hash,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Forget the whole buffer with this hash.
+    Forget(Hash),
+    /// Run a packet of the kernel loaded last under this package hash and kernel name.
+    Run {
+        /// The package's hash.
+        package: Hash,
+        /// The kernel.
+        kernel: String,
+        /// First item.
+        start: u64,
+        /// One past the last item.
+        end: u64,
+        /// Arguments in manifest order.
+        args: Vec<WireArg>,
+        /// Slices of the input split buffers, in argument order.
+        slices: Vec<Vec<u8>>,
+    },
+}
+
+/// A worker's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Loaded, or stored, or forgotten.
+    Ready,
+    /// The packet ran.
+    Done {
+        /// Kernel time in µs.
+        compute_us: u64,
+        /// As in [`Response::Done`].
+        outputs: Vec<Vec<u8>>,
+    },
+    /// The kernel panicked (a Rust panic, caught).
+    Panicked(String),
+    /// The request could not be served (compile error, unknown buffer, ...).
+    Error(String),
+}
+
+/// Why bytes could not be decoded into a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The frame is larger than this kind of message may be.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Announced or actual size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not a message of the expected kind.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The message decoded but bytes were left over.
+    #[error("malformed message: {0} bytes after its end")]
+    Trailing(usize),
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// Larger than this kind of message may be.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// bincode failed.
+    #[error("cannot encode message: {0}")]
+    Bincode(String),
+}
+
+// bincode's limit is a const generic: one configuration per limit we use.
+fn control_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_CONTROL>()
+}
+
+fn data_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_DATA>()
+}
+
+/// Encodes `message` as a frame (length prefix + body), refusing bodies over `limit`
+/// ([`MAX_CONTROL`] or [`MAX_DATA`]).
+pub fn encode<T: Serialize>(message: &T, limit: usize) -> Result<Vec<u8>, EncodeError> {
+    let mut frame = vec![0u8; 4];
+    let encoded = if limit <= MAX_CONTROL {
+        bincode::serde::encode_into_std_write(message, &mut frame, control_config())
+    } else {
+        bincode::serde::encode_into_std_write(message, &mut frame, data_config())
+    }
+    .map_err(|e| EncodeError::Bincode(e.to_string()))?;
+    if encoded > limit {
+        return Err(EncodeError::TooLarge {
+            size: encoded,
+            limit,
+        });
+    }
+    frame[..4].copy_from_slice(&(encoded as u32).to_le_bytes());
+    Ok(frame)
+}
+
+/// Checks a frame's 4-byte length prefix against `limit`; returns the body length.
+pub fn frame_len(prefix: [u8; 4], limit: usize) -> Result<usize, DecodeError> {
+    let size = u32::from_le_bytes(prefix) as usize;
+    if size > limit {
+        return Err(DecodeError::TooLarge { size, limit });
+    }
+    Ok(size)
+}
+
+/// Decodes a frame's body (without the length prefix) under `limit`. Never panics,
+/// whatever the bytes.
+pub fn decode<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, DecodeError> {
+    if body.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: body.len(),
+            limit,
+        });
+    }
+    let decoded = if limit <= MAX_CONTROL {
+        bincode::serde::decode_from_slice(body, control_config())
+    } else {
+        bincode::serde::decode_from_slice(body, data_config())
+    };
+    let (message, used) = decoded.map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::Trailing(body.len() - used));
+    }
+    Ok(message)
+}
+
+/// Decodes a whole frame (length prefix + body), as received in one piece.
+pub fn decode_frame<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T, DecodeError> {
+    let Some((prefix, body)) = frame.split_first_chunk::<4>() else {
+        return Err(DecodeError::Malformed(format!(
+            "{} bytes cannot hold a frame header",
+            frame.len()
+        )));
+    };
+    let size = frame_len(*prefix, limit)?;
+    if size != body.len() {
+        return Err(DecodeError::Malformed(format!(
+            "frame announces {size} bytes but carries {}",
+            body.len()
+        )));
+    }
+    decode(body, limit)
+}
+
+/// The node's verdict on a client's hello: `Ok` to go on, or the refusal to send.
+pub fn check_hello(hello: &Hello) -> Result<(), String> {
+    if hello.magic != MAGIC {
+        return Err("not an offload client (bad magic in hello)".into());
+    }
+    if hello.version != VERSION {
+        return Err(format!(
+            "protocol version {} is not supported: this node speaks version {VERSION}",
+            hello.version
+        ));
+    }
+    Ok(())
+}
+
+/// The size limit for a request's frame: only data-carrying requests may be large.
+pub fn request_limit() -> usize {
+    MAX_DATA
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let request = Request::Run {
+            job: 3,
+            packet: 9,
+            start: 100,
+            end: 200,
+            slices: vec![vec![1, 2, 3], vec![]],
+        };
+        let frame = encode(&request, MAX_DATA).expect("encode");
+        assert_eq!(decode_frame::<Request>(&frame, MAX_DATA), Ok(request));
+    }
+
+    #[test]
+    fn malformed_message_is_refused() {
+        // A variant index far beyond the enum's.
+        let err = decode::<Request>(&[0xfb, 0xff, 0xff, 0xff, 0x7f], MAX_DATA).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+        // Truncated: a Run with nothing after its tag.
+        let frame = encode(&Request::Ping, MAX_CONTROL).expect("encode");
+        let mut body = frame[4..].to_vec();
+        body[0] = 5; // Run
+        assert!(matches!(
+            decode::<Request>(&body, MAX_DATA),
+            Err(DecodeError::Malformed(_))
+        ));
+        // Trailing garbage.
+        let mut body = frame[4..].to_vec();
+        body.push(0);
+        assert_eq!(
+            decode::<Request>(&body, MAX_DATA),
+            Err(DecodeError::Trailing(1))
+        );
+    }
+
+    #[test]
+    fn oversized_message_is_refused_before_allocation() {
+        // A length prefix over the limit is refused from the four bytes alone.
+        let prefix = ((MAX_CONTROL + 1) as u32).to_le_bytes();
+        assert_eq!(
+            frame_len(prefix, MAX_CONTROL),
+            Err(DecodeError::TooLarge {
+                size: MAX_CONTROL + 1,
+                limit: MAX_CONTROL
+            })
+        );
+        // A hello claiming a 1 GiB client name inside a small frame is refused by
+        // bincode's limit, not allocated.
+        let mut body = encode(
+            &Hello {
+                magic: MAGIC,
+                version: VERSION,
+                client: String::new(),
+            },
+            MAX_CONTROL,
+        )
+        .expect("encode")[4..]
+            .to_vec();
+        body.truncate(body.len() - 1);
+        body.extend_from_slice(&[0xfc, 0, 0, 0, 0x40]);
+        assert!(decode::<Hello>(&body, MAX_CONTROL).is_err());
+        // Encoding refuses what the peer would refuse.
+        let big = Request::Buffer(vec![0; MAX_CONTROL + 1]);
+        assert!(matches!(
+            encode(&big, MAX_CONTROL),
+            Err(EncodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn other_versions_are_refused_naming_both() {
+        let hello = Hello {
+            magic: MAGIC,
+            version: VERSION + 1,
+            client: "c".into(),
+        };
+        let reason = check_hello(&hello).unwrap_err();
+        assert!(
+            reason.contains(&format!("version {}", VERSION + 1)),
+            "{reason}"
+        );
+        assert!(reason.contains(&format!("version {VERSION}")), "{reason}");
+        let ok = Hello {
+            version: VERSION,
+            ..hello
+        };
+        assert_eq!(check_hello(&ok), Ok(()));
+        let stranger = Hello {
+            magic: *b"HTTP",
+            ..ok
+        };
+        assert!(check_hello(&stranger).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame::<Request>(&bytes, MAX_DATA);
+            let _ = decode::<Request>(&bytes, MAX_DATA);
+            let _ = decode::<Response>(&bytes, MAX_DATA);
+            let _ = decode::<Hello>(&bytes, MAX_CONTROL);
+            let _ = decode::<HelloReply>(&bytes, MAX_CONTROL);
+            let _ = decode::<ToWorker>(&bytes, MAX_DATA);
+            let _ = decode::<FromWorker>(&bytes, MAX_DATA);
+        }
+
+        #[test]
+        fn run_requests_round_trip(job in any::<u64>(), start in any::<u64>(), len in 0u64..1000,
+                                   slices in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..4)) {
+            let request = Request::Run { job, packet: job ^ 1, start, end: start.wrapping_add(len), slices };
+            let frame = encode(&request, MAX_DATA).expect("encode");
+            prop_assert_eq!(decode_frame::<Request>(&frame, MAX_DATA), Ok(request));
+        }
+    }
+}

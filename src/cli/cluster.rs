@@ -1,0 +1,405 @@
+//! `offload cluster`, `offload node`, `offload nodes`, `offload run --cluster` and the
+//! hidden `offload __worker` that nodes run kernels in.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use cluster::client::{ClientConfig, ClusterClient, JobArg};
+use cluster::credentials::{self, Credentials};
+use cluster::node::NodeConfig;
+use offload::{check_args, ArgValue, KernelSpec, Package};
+
+use super::Cli;
+
+/// `offload cluster ...`: cluster credentials.
+#[derive(Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create a cluster: a CA and an "admin" identity in DIR (files 0600).
+    Init {
+        /// The cluster directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for a node or client NAME into DIR/nodes/NAME/.
+    AddNode {
+        /// The cluster directory (made by `offload cluster init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The member's name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// `offload node`: serve this machine's cores to the cluster.
+#[derive(Args)]
+pub struct NodeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], cluster::protocol::DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// Credentials directory (cluster dir or DIR/nodes/NAME).
+    #[arg(long, value_name = "DIR", required_unless_present = "insecure")]
+    credentials: Option<PathBuf>,
+    /// Worker processes, i.e. packets run at once [default: all cores].
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Take no new packets while the machine's owner keeps it busy.
+    #[arg(long)]
+    idle_only: bool,
+    /// With --idle-only: the 1-minute load (less this node's own busy workers) above
+    /// which new packets wait [default: half the cores, at least 1].
+    #[arg(long, value_name = "LOAD")]
+    idle_threshold: Option<f64>,
+    /// Cap on bytes sent per second, e.g. 50M, 1.5G, 800K (bytes), or 100Mbit.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    max_bandwidth: Option<u64>,
+    /// Seconds a packet may run before its worker is killed.
+    #[arg(long, default_value_t = 300)]
+    packet_timeout: u64,
+    /// The node's name in logs and discovery [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Do not advertise by mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Run without cluster credentials: throwaway ones are made and their directory
+    /// printed (clients pass it as --credentials). Only with a loopback --listen.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// `offload nodes`: list the nodes discovery finds.
+#[derive(Args)]
+pub struct NodesArgs {
+    /// Also connect to each node with these credentials and report whether it accepts.
+    #[arg(long, value_name = "DIR")]
+    credentials: Option<PathBuf>,
+    /// Seconds to listen for answers.
+    #[arg(long, default_value_t = 2.0)]
+    wait: f64,
+    /// Browse on the loopback interface only.
+    #[arg(long)]
+    loopback: bool,
+}
+
+/// The hidden `offload __worker`.
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Lower the worker's priority to nice 19.
+    #[arg(long)]
+    nice: bool,
+}
+
+/// The flags `offload run` takes for cluster runs.
+#[derive(Args)]
+pub struct ClusterRunArgs {
+    /// Run on the cluster's nodes (found by discovery and given with --peer).
+    #[arg(long)]
+    pub cluster: bool,
+    /// A node to use, HOST:PORT (repeatable); for networks without multicast.
+    #[arg(long = "peer", value_name = "HOST:PORT", requires = "cluster")]
+    peers: Vec<String>,
+    /// Credentials directory for --cluster.
+    #[arg(long, value_name = "DIR", requires = "cluster")]
+    credentials: Option<PathBuf>,
+    /// Use only the --peer nodes: no mDNS discovery.
+    #[arg(long, requires = "cluster")]
+    no_discovery: bool,
+    /// Seconds of silence after which a node counts as gone.
+    #[arg(long, default_value_t = 3.0, requires = "cluster")]
+    node_timeout: f64,
+}
+
+/// Parses a rate: a number with an optional K/M/G suffix (bytes, powers of 1000), or
+/// with `bit`/`Kbit`/`Mbit`/`Gbit` for bits per second.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let (number, factor) = [
+        ("gbit", 1e9 / 8.0),
+        ("mbit", 1e6 / 8.0),
+        ("kbit", 1e3 / 8.0),
+        ("bit", 1.0 / 8.0),
+        ("gb", 1e9),
+        ("mb", 1e6),
+        ("kb", 1e3),
+        ("g", 1e9),
+        ("m", 1e6),
+        ("k", 1e3),
+        ("b", 1.0),
+    ]
+    .iter()
+    .find_map(|(suffix, f)| {
+        lower
+            .strip_suffix(suffix)
+            .map(|n| (n.trim().to_string(), *f))
+    })
+    .unwrap_or((lower.clone(), 1.0));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a rate (e.g. 50M, 1.5G, 100Mbit)"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("`{text}` is not a positive rate"));
+    }
+    Ok((value * factor).max(1.0) as u64)
+}
+
+pub fn cluster(args: &ClusterArgs) -> anyhow::Result<()> {
+    match &args.command {
+        ClusterCommand::Init { dir } => {
+            credentials::init(dir)?;
+            println!("created cluster credentials in {}", dir.display());
+            println!("  CA: ca.pem (public), ca.key (keep it private)");
+            println!(
+                "  this machine's identity: cert.pem, key.pem (use --credentials {})",
+                dir.display()
+            );
+            println!(
+                "add a machine with: offload cluster add-node --dir {} --name NAME",
+                dir.display()
+            );
+        }
+        ClusterCommand::AddNode { dir, name } => {
+            let out = credentials::issue(dir, name)?;
+            println!("issued {name}: {}", out.display());
+            println!("copy that directory to {name} and run: offload node --credentials DIR");
+        }
+    }
+    Ok(())
+}
+
+fn worker_command(cli: &Cli) -> anyhow::Result<(PathBuf, Vec<OsString>)> {
+    let program =
+        std::env::current_exe().context("cannot find the offload executable for workers")?;
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(dir) = &cli.cache_dir {
+        args.push("--cache-dir".into());
+        args.push(dir.into());
+    }
+    args.push("--opt-level".into());
+    let level = match cli.opt_level {
+        offload::OptLevel::O0 => "0",
+        offload::OptLevel::O1 => "1",
+        offload::OptLevel::O2 => "2",
+        offload::OptLevel::O3 => "3",
+    };
+    args.push(level.into());
+    args.push("__worker".into());
+    args.push("--nice".into());
+    Ok((program, args))
+}
+
+pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
+    let credentials = match (&args.credentials, args.insecure) {
+        (Some(dir), _) => Credentials::load(dir)?,
+        (None, true) => {
+            if !args.listen.ip().is_loopback() {
+                bail!(
+                    "--insecure binds loopback only: {} is not a loopback address (use --listen 127.0.0.1:{})",
+                    args.listen,
+                    args.listen.port()
+                );
+            }
+            throwaway_credentials()?
+        }
+        (None, false) => bail!("a node needs --credentials DIR (or --insecure on loopback)"),
+    };
+    let (program, worker_args) = worker_command(cli)?;
+    let cores = args
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let idle = args.idle_only.then(|| {
+        args.idle_threshold.unwrap_or_else(|| {
+            (std::thread::available_parallelism().map_or(1, |n| n.get()) as f64 / 2.0).max(1.0)
+        })
+    });
+    let mut config = NodeConfig::new(args.listen, credentials, program, worker_args)
+        .cores(cores)
+        .idle_only(idle)
+        .max_bandwidth(args.max_bandwidth)
+        .packet_timeout(Duration::from_secs(args.packet_timeout.max(1)))
+        .advertise(!args.no_mdns);
+    if let Some(name) = &args.name {
+        config = config.name(name);
+    }
+    cluster::node::run(config)?;
+    Ok(())
+}
+
+/// Throwaway cluster credentials for `--insecure` nodes, in a fresh private directory
+/// that is left in place so that clients can use it.
+fn throwaway_credentials() -> anyhow::Result<Credentials> {
+    let dir = tempfile::Builder::new()
+        .prefix("offload-insecure-")
+        .tempdir()
+        .context("cannot make a directory for throwaway credentials")?
+        .keep();
+    let cluster_dir = dir.join("cluster");
+    credentials::init(&cluster_dir)?;
+    eprintln!(
+        "warning: insecure node: throwaway credentials in {} (clients pass --credentials {})",
+        cluster_dir.display(),
+        cluster_dir.display()
+    );
+    Ok(Credentials::load(&cluster_dir)?)
+}
+
+pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
+    let window = Duration::from_secs_f64(args.wait.clamp(0.1, 60.0));
+    let found = cluster::discovery::browse(window, args.loopback)?;
+    if found.is_empty() {
+        println!("no nodes found within {:.1} s", window.as_secs_f64());
+        return Ok(());
+    }
+    let accepted: Vec<SocketAddr> = match &args.credentials {
+        Some(dir) => {
+            let config = ClientConfig::new(Credentials::load(dir)?)
+                .peers(found.iter().map(|f| f.addr))
+                .on_event(|line| eprintln!("{line}"));
+            match ClusterClient::connect(config) {
+                Ok(client) => client.nodes().into_iter().map(|(addr, _)| addr).collect(),
+                Err(e) => {
+                    eprintln!("{e}");
+                    Vec::new()
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+    for node in &found {
+        let p = |key: &str| node.properties.get(key).map_or("?", String::as_str);
+        let membership = match &args.credentials {
+            None => "",
+            Some(_) if accepted.contains(&node.addr) => "  [accepts our credentials]",
+            Some(_) => "  [refused us or unreachable]",
+        };
+        println!(
+            "{}  {}  {} {}  devices: {}  features: {}{}{}",
+            p("name"),
+            node.addr,
+            p("arch"),
+            p("cpu"),
+            p("devices"),
+            p("features"),
+            node.properties
+                .get("rate")
+                .map(|r| format!("  rate: {r} items/s"))
+                .unwrap_or_default(),
+            membership
+        );
+    }
+    Ok(())
+}
+
+pub fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
+    let mut config = offload::Config::default().opt_level(cli.opt_level);
+    if let Some(dir) = &cli.cache_dir {
+        config = config.cache_dir(dir);
+    }
+    cluster::worker::serve(config, args.nice)?;
+    Ok(())
+}
+
+fn resolve_peer(text: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let with_port = if text.contains(':') {
+        text.to_string()
+    } else {
+        format!("{text}:{}", cluster::protocol::DEFAULT_PORT)
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve --peer {text}"))?
+        .next()
+        .with_context(|| format!("--peer {text} resolves to no address"))
+}
+
+/// Runs a bound job on the cluster; on success the buffers in `values` hold the results.
+pub fn run_on_cluster(
+    cli: &Cli,
+    args: &ClusterRunArgs,
+    package: &Package,
+    spec: &KernelSpec,
+    items: u64,
+    values: &mut [ArgValue],
+) -> anyhow::Result<()> {
+    check_args(spec, items, values)?;
+    let dir = args.credentials.as_deref().context(
+        "--cluster needs --credentials DIR (made by `offload cluster init` or `add-node`)",
+    )?;
+    let credentials = Credentials::load(dir)
+        .with_context(|| format!("cannot load cluster credentials from {}", dir.display()))?;
+    let peers = args
+        .peers
+        .iter()
+        .map(|p| resolve_peer(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = ClientConfig::new(credentials)
+        .peers(peers)
+        .discover((!args.no_discovery).then(|| Duration::from_millis(1500)))
+        .idle_timeout(Duration::from_secs_f64(args.node_timeout.clamp(0.5, 600.0)))
+        .on_event(|line| eprintln!("cluster: {line}"));
+    let mut client = ClusterClient::connect(config)?;
+    if cli.verbose > 0 {
+        for (addr, info) in client.nodes() {
+            eprintln!(
+                "node {} at {addr}: {} cores, {} {} [{}]",
+                info.name, info.cores, info.arch, info.cpu, info.features
+            );
+        }
+    }
+    let mut job_args: Vec<JobArg<'_>> = values
+        .iter_mut()
+        .map(|v| match v {
+            ArgValue::Scalar(s) => JobArg::Scalar(*s),
+            ArgValue::Buffer(b) => JobArg::Buffer(b.as_bytes_mut()),
+        })
+        .collect();
+    let report = client.run_job(package, &spec.name, items, &mut job_args)?;
+    if !report.lost.is_empty() {
+        eprintln!(
+            "cluster: {} node(s) lost during the job; their packets were re-run and the output is complete",
+            report.lost.len()
+        );
+    }
+    if cli.verbose > 0 {
+        for (node, packets) in &report.packets_per_node {
+            eprintln!("node {node}: {packets} packets");
+        }
+        eprintln!("prepare: {:.3} ms", report.prepare_time.as_secs_f64() * 1e3);
+    }
+    println!(
+        "ran {} over {} items in {} packets on {} nodes: {:.3} ms",
+        spec.name,
+        report.items,
+        report.packets,
+        report.packets_per_node.len(),
+        report.run_time.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_parse_with_units() {
+        assert_eq!(parse_rate("50M"), Ok(50_000_000));
+        assert_eq!(parse_rate("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("100Mbit"), Ok(12_500_000));
+        assert_eq!(parse_rate("800"), Ok(800));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("-1M").is_err());
+    }
+}
