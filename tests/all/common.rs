@@ -106,6 +106,9 @@ impl Run {
 }
 
 /// Element types of buffer files, converted from and to little-endian bytes.
+///
+/// Implemented only for the primitive integers and floats of the manifest's types: the
+/// fast paths of [`write_le`] and [`read_le`] rely on them being plain bytes in memory.
 pub trait Le: Copy {
     /// Size of one element in bytes.
     const SIZE: usize;
@@ -132,10 +135,22 @@ impl_le!(u8, i32, u32, i64, u64, f32, f64);
 
 /// Writes `data` to `path` as a raw little-endian array.
 pub fn write_le<T: Le>(path: &Path, data: &[T]) {
-    let mut bytes = Vec::with_capacity(data.len() * T::SIZE);
-    for &v in data {
-        v.put(&mut bytes);
-    }
+    let bytes: Vec<u8> = if cfg!(target_endian = "little") {
+        // Memory already holds the file's bytes; converting element by element would cost
+        // seconds per test in unoptimized test builds.
+        // SAFETY: `Le` is only implemented for primitive integers and floats, which have no
+        // padding and no invalid bit patterns, so their memory is plain initialized bytes.
+        unsafe {
+            std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
+        }
+        .to_vec()
+    } else {
+        let mut bytes = Vec::with_capacity(data.len() * T::SIZE);
+        for &v in data {
+            v.put(&mut bytes);
+        }
+        bytes
+    };
     std::fs::write(path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
@@ -152,5 +167,21 @@ pub fn read_le<T: Le>(path: &Path) -> Vec<T> {
         bytes.len(),
         T::SIZE
     );
-    bytes.chunks_exact(T::SIZE).map(T::get).collect()
+    if cfg!(target_endian = "little") {
+        let mut out = Vec::<T>::with_capacity(bytes.len() / T::SIZE);
+        // SAFETY: `out` has room for `bytes.len() / T::SIZE` elements, every bit pattern is
+        // a valid `T` (primitive integers and floats only), and on a little-endian host the
+        // file's bytes are the elements' memory; `set_len` follows the full copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                out.as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            );
+            out.set_len(bytes.len() / T::SIZE);
+        }
+        out
+    } else {
+        bytes.chunks_exact(T::SIZE).map(T::get).collect()
+    }
 }
