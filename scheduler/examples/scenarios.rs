@@ -1,7 +1,12 @@
 //! Runs every named scenario with the scheduler and the two baselines and prints makespan
-//! over lower bound: `cargo run --release -p scheduler --example scenarios [name...]`.
+//! over lower bound, then the scheduler's own cost per decision:
+//! `cargo run --release -p scheduler --example scenarios [name...]`.
 
-use scheduler::sim::{run_equal_split, run_fixed_chunks, run_scheduler, scenario, SCENARIOS};
+use std::time::Instant;
+
+use scheduler::sim::{
+    run_equal_split, run_fixed_chunks, run_scheduler, scenario, DecisionLoop, SCENARIOS,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +42,34 @@ fn main() {
             } else {
                 "  INCOMPLETE"
             }
+        );
+    }
+    println!();
+    for devices in [4, 16, 1000] {
+        let mut lp = DecisionLoop::new(devices);
+        let (mut decisions, mut steps) = (0u64, 0u64);
+        let start = Instant::now();
+        while start.elapsed().as_millis() < 500 {
+            for _ in 0..1000 {
+                decisions += lp.step();
+            }
+            steps += 1000;
+        }
+        let us = start.elapsed().as_secs_f64() * 1e6;
+        println!(
+            "steady state, {devices:>4} devices: {:.3} µs per decision ({:.3} µs per finished packet)",
+            us / decisions as f64,
+            us / steps as f64
+        );
+    }
+    if let Some(s) = scenario("hetero-1000") {
+        let start = Instant::now();
+        let r = run_scheduler(&s);
+        let us = start.elapsed().as_secs_f64() * 1e6;
+        println!(
+            "whole hetero-1000 job, scheduler and simulator together: {:.3} µs per decision ({} decisions)",
+            us / r.decisions as f64,
+            r.decisions
         );
     }
 }

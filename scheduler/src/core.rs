@@ -208,6 +208,10 @@ impl PacketState {
     }
 }
 
+/// A copy kept running after its packet was decided: the packet, the majority's digest,
+/// the copy's predicted compute time.
+type Verify = (Packet, Option<[u8; 32]>, f64);
+
 /// Predicted timeline of a packet on a device.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
@@ -244,7 +248,7 @@ pub struct Scheduler {
     /// Copies still running after their packet was decided by majority (redundancy):
     /// their digests are still checked. Value: the packet, the majority's digest, the
     /// copy's predicted compute time.
-    verify: BTreeMap<(PacketId, usize), (Packet, Option<[u8; 32]>, f64)>,
+    verify: BTreeMap<(PacketId, usize), Verify>,
     total_rate: f64,
     load_rate: f64,
     load_weighted: f64,

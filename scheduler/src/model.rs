@@ -143,13 +143,14 @@ impl RobustLine {
                 // Residuals weighted by 1/y²: the noise of a timing grows with its length,
                 // so short packets say most about the fixed cost.
                 let mut pairs = [(0.0, 0.0); WINDOW];
-                for i in 0..n {
-                    let y = self.ys[i].max(1e-9);
-                    pairs[i] = (self.ys[i] - self.slope * self.xs[i], 1.0 / (y * y));
+                for (pair, (&x, &y)) in pairs.iter_mut().zip(self.xs.iter().zip(&self.ys)).take(n) {
+                    let w = y.max(1e-9);
+                    *pair = (y - self.slope * x, 1.0 / (w * w));
                 }
                 self.intercept = weighted_median(&mut pairs[..n]).clamp(0.0, min_y);
             } else if n > 0 && self.xs[..n].iter().all(|&x| x == 0.0) {
-                self.intercept = median(&mut self.ys.clone()[..n]);
+                let mut ys = self.ys;
+                self.intercept = median(&mut ys[..n]);
             }
         }
     }

@@ -188,10 +188,8 @@ impl Policy for Baseline {
             }
         }
         let &device = self.free.first()?;
-        match self.next_range() {
-            Some((start, end)) => Some(self.run(device, start, end)),
-            None => None,
-        }
+        self.next_range()
+            .map(|(start, end)| self.run(device, start, end))
     }
 
     fn is_done(&self) -> bool {

@@ -220,6 +220,10 @@ pub fn scenario(name: &str) -> Option<Scenario> {
     Some(s)
 }
 
+/// Items of [`DecisionLoop`]'s job: about 20 s of simulated time at 1000 devices; the
+/// loop starts a new job when one ends.
+const LOOP_ITEMS: u64 = 200_000_000_000;
+
 /// A steady-state driver for measuring the scheduler's cost per decision at a given
 /// number of devices: remote devices of speeds 1..16 on 10 GbE nodes of 4, a job too
 /// large to end, and each [`DecisionLoop::step`] finishing the in-flight packet predicted
@@ -237,7 +241,7 @@ impl DecisionLoop {
     pub fn new(devices: usize) -> Self {
         let mut rng = Rng::new(devices as u64);
         let mut sched = Scheduler::new(
-            JobSpec::new(u64::MAX / 4)
+            JobSpec::new(LOOP_ITEMS)
                 .bytes_in_per_item(4)
                 .bytes_out_per_item(8),
         );
@@ -283,6 +287,8 @@ impl DecisionLoop {
     /// and usually a `Run`).
     pub fn step(&mut self) -> u64 {
         let Some(Reverse((t, device, packet))) = self.in_flight.pop() else {
+            // The job ended: start another one on the same devices.
+            *self = DecisionLoop::new(self.speeds.len());
             return 0;
         };
         self.now = self.now.max(t);
