@@ -117,14 +117,15 @@ pub struct FoundNode {
     pub properties: BTreeMap<String, String>,
 }
 
-/// Browses for `window` and returns the nodes found. `loopback_only` restricts mDNS to
-/// the loopback interface (tests).
+/// Browses for `window` and returns the nodes found, on every interface and loopback;
+/// `loopback_only` restricts mDNS to the loopback interface (tests).
 pub fn browse(window: Duration, loopback_only: bool) -> Result<Vec<FoundNode>, DiscoveryError> {
     let daemon = ServiceDaemon::new()?;
     if loopback_only {
         daemon.disable_interface(IfKind::All)?;
-        daemon.enable_interface(IfKind::LoopbackV4)?;
     }
+    // Nodes on this machine advertise on loopback; multicast there stays on the host.
+    daemon.enable_interface(IfKind::LoopbackV4)?;
     let events = daemon.browse(SERVICE_TYPE)?;
     let deadline = Instant::now() + window;
     let mut found: BTreeMap<String, FoundNode> = BTreeMap::new();

@@ -394,7 +394,8 @@ mod tests {
     #[test]
     fn malformed_message_is_refused() {
         // A variant index far beyond the enum's.
-        let err = decode::<Request>(&[0xfb, 0xff, 0xff, 0xff, 0x7f], MAX_DATA).unwrap_err();
+        let err =
+            decode::<Request>(&[0xfb, 0xff, 0xff, 0xff, 0x7f], MAX_DATA).expect_err("bad tag");
         assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
         // Truncated: a Run with nothing after its tag.
         let frame = encode(&Request::Ping, MAX_CONTROL).expect("encode");
@@ -454,7 +455,7 @@ mod tests {
             version: VERSION + 1,
             client: "c".into(),
         };
-        let reason = check_hello(&hello).unwrap_err();
+        let reason = check_hello(&hello).expect_err("other version");
         assert!(
             reason.contains(&format!("version {}", VERSION + 1)),
             "{reason}"

@@ -1,0 +1,505 @@
+//! The cluster through the real CLI: every test makes its own cluster credentials, starts
+//! its own `offload node` processes on 127.0.0.1 ephemeral ports (mDNS off, except in the
+//! discovery test, which runs in a private network namespace) and kills them at the end.
+//! Outputs are compared bit for bit with a local run of the same job (mandelbrot writes
+//! integers, so there is no tolerance to argue about).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::common::{offload_ok, package, repo_path};
+
+const BIN: &str = env!("CARGO_BIN_EXE_offload");
+
+/// A node process; killed (and reaped) on drop.
+struct Node {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts `offload node` with `credentials` and waits for its `listening on` line.
+    fn start(dir: &Path, credentials: &Path, index: usize) -> Node {
+        let log = dir.join(format!("node{index}.log"));
+        let mut child = Command::new(BIN)
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--cores",
+                "1",
+            ])
+            .arg("--name")
+            .arg(format!("test-node-{index}"))
+            .arg("--credentials")
+            .arg(credentials)
+            .env("OFFLOAD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("node log file"))
+            .spawn()
+            .expect("start offload node");
+        let stdout = child.stdout.take().expect("node stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "node {index} did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Node { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Waits until the node's log contains `text`.
+    fn wait_for_log(&self, text: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.log().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A stopped node must be continued to die of SIGKILL promptly on every kernel.
+        let _ = self.child.kill();
+        send_signal(self.child.id(), "CONT");
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh cluster: credentials in a temp dir, a mandelbrot package, `n` nodes.
+struct Cluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let creds = dir.path().join("cluster");
+        offload_ok([
+            OsArg::from("cluster"),
+            "init".into(),
+            "--dir".into(),
+            creds.clone().into(),
+        ]);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let name = format!("n{i}");
+            offload_ok([
+                OsArg::from("cluster"),
+                "add-node".into(),
+                "--dir".into(),
+                creds.clone().into(),
+                "--name".into(),
+                name.clone().into(),
+            ]);
+            nodes.push(Node::start(dir.path(), &creds.join("nodes").join(&name), i));
+        }
+        Cluster { dir, nodes }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn credentials(&self) -> PathBuf {
+        self.path("cluster")
+    }
+
+    /// `--cluster --peer ... --credentials ... --no-discovery` for `run`.
+    fn cluster_flags(&self, credentials: &Path) -> Vec<OsArg> {
+        let mut flags: Vec<OsArg> = vec![
+            "--cluster".into(),
+            "--no-discovery".into(),
+            "--credentials".into(),
+            credentials.into(),
+        ];
+        for node in &self.nodes {
+            flags.push("--peer".into());
+            flags.push(node.addr.clone().into());
+        }
+        flags
+    }
+}
+
+type OsArg = std::ffi::OsString;
+
+/// `kill -SIGNAL PID` (the process may already be gone).
+fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `run PKG --kernel K --items N --arg NAME=VALUE... --out NAME=FILE`.
+fn run_args(
+    pkg: &Path,
+    kernel: &str,
+    items: u64,
+    scalars: &[(&str, String)],
+    out: (&str, &Path),
+) -> Vec<OsArg> {
+    let mut args: Vec<OsArg> = vec![
+        "run".into(),
+        pkg.into(),
+        "--kernel".into(),
+        kernel.into(),
+        "--items".into(),
+        items.to_string().into(),
+    ];
+    for (name, value) in scalars {
+        args.push("--arg".into());
+        args.push(format!("{name}={value}").into());
+    }
+    let mut binding = OsArg::from(format!("{}=", out.0));
+    binding.push(out.1);
+    args.push("--out".into());
+    args.push(binding);
+    args
+}
+
+/// The mandelbrot job of these tests: `width × height` pixels, `max_iter` iterations.
+struct Mandel {
+    pkg: PathBuf,
+    width: u32,
+    height: u32,
+    max_iter: u32,
+}
+
+impl Mandel {
+    fn new(dir: &Path, width: u32, height: u32, max_iter: u32) -> Mandel {
+        let pkg = package(
+            &repo_path("examples/mandelbrot/kernel.rs"),
+            &repo_path("examples/mandelbrot/manifest.toml"),
+            dir,
+            "mandelbrot",
+        );
+        Mandel {
+            pkg,
+            width,
+            height,
+            max_iter,
+        }
+    }
+
+    fn run_args(&self, out: &Path) -> Vec<OsArg> {
+        let scalars = [
+            ("width", self.width.to_string()),
+            ("max_iter", self.max_iter.to_string()),
+            ("x0", (-2.0f64).to_string()),
+            ("y0", (-1.25f64).to_string()),
+            ("step", (2.5f64 / f64::from(self.width)).to_string()),
+        ];
+        let items = u64::from(self.width) * u64::from(self.height);
+        run_args(&self.pkg, "mandelbrot", items, &scalars, ("iters", out))
+    }
+
+    /// Runs the job on this machine.
+    fn run_local(&self, out: &Path) {
+        offload_ok(self.run_args(out));
+    }
+
+    /// The command line of a cluster run, ready to start.
+    fn cluster_command(&self, cluster: &Cluster, credentials: &Path, out: &Path) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(self.run_args(out))
+            .args(cluster.cluster_flags(credentials));
+        command
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `command` to completion, failing the test past `limit`.
+fn run_bounded(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start offload run");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("offload run output"),
+        Err(_) => {
+            send_signal(pid, "KILL");
+            panic!("offload run did not finish within {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn a_job_across_three_nodes_equals_the_local_run() {
+    let cluster = Cluster::new(3);
+    let job = Mandel::new(cluster.dir.path(), 320, 240, 300);
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let output = run_bounded(
+        job.cluster_command(&cluster, &cluster.credentials(), &remote),
+        Duration::from_secs(120),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        std::fs::read(&remote).expect("cluster output"),
+        std::fs::read(&local).expect("local output"),
+        "cluster output differs from the local run"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("on 3 nodes"), "{stdout}");
+}
+
+/// Starts a long cluster job, does `fault` to node 0 once the node is running it, and
+/// checks that the output is still the local one and that the loss was reported.
+fn survives(fault: impl FnOnce(&Node)) {
+    let cluster = Cluster::new(3);
+    // Deep zoom-out inside the set: every item costs max_iter iterations, so the job
+    // runs for seconds on the cluster and a fault lands in the middle of it.
+    let job = Mandel::new(cluster.dir.path(), 400, 300, 4000);
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().expect("start offload run");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    assert!(
+        cluster.nodes[0].wait_for_log("prepared kernel", Duration::from_secs(60)),
+        "node 0 never received the job: {}",
+        cluster.nodes[0].log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    fault(&cluster.nodes[0]);
+    let output = match rx.recv_timeout(Duration::from_secs(240)) {
+        Ok(output) => output.expect("offload run output"),
+        Err(_) => {
+            send_signal(pid, "KILL");
+            panic!("the cluster run did not finish after the fault");
+        }
+    };
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        std::fs::read(&remote).expect("cluster output"),
+        std::fs::read(&local).expect("local output"),
+        "cluster output differs from the local run after a node fault"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("test-node-0") && stderr.contains("lost"),
+        "the client did not report the lost node:\n{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn a_node_killed_mid_job_still_gives_the_correct_output() {
+    survives(|node| node.signal("KILL"));
+}
+
+#[test]
+fn a_node_paused_mid_job_still_gives_the_correct_output() {
+    survives(|node| node.signal("STOP"));
+}
+
+#[test]
+fn a_client_without_cluster_credentials_is_refused_and_runs_nothing() {
+    let cluster = Cluster::new(1);
+    // An outsider: a perfectly valid identity of another cluster.
+    let outsider = cluster.path("outsider");
+    offload_ok([
+        OsArg::from("cluster"),
+        "init".into(),
+        "--dir".into(),
+        outsider.clone().into(),
+    ]);
+    let job = Mandel::new(cluster.dir.path(), 64, 64, 50);
+    let out = cluster.path("out.bin");
+    let output = run_bounded(
+        job.cluster_command(&cluster, &outsider, &out),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !output.status.success(),
+        "an outsider's job ran:\n{}",
+        text(&output)
+    );
+    assert!(!out.exists(), "an outsider's job wrote output");
+    let node = &cluster.nodes[0];
+    assert!(
+        node.wait_for_log("refused connection", Duration::from_secs(10)),
+        "the node did not log the refusal:\n{}",
+        node.log()
+    );
+    let log = node.log();
+    assert!(
+        !log.contains("stored package") && !log.contains("prepared kernel"),
+        "{log}"
+    );
+    // And the node still serves members.
+    let output = run_bounded(
+        job.cluster_command(&cluster, &cluster.credentials(), &out),
+        Duration::from_secs(60),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+#[test]
+fn a_crashing_kernel_fails_its_job_and_leaves_the_node_serving() {
+    let cluster = Cluster::new(1);
+    let pkg = package(
+        &repo_path("tests/cluster-kernels/crash.c"),
+        &repo_path("tests/cluster-kernels/crash.toml"),
+        cluster.dir.path(),
+        "crash",
+    );
+    let out = cluster.path("crash.bin");
+    let crashing = || {
+        let mut command = Command::new(BIN);
+        command
+            .args(run_args(
+                &pkg,
+                "crash",
+                4096,
+                &[("from", "1000".into())],
+                ("out", &out),
+            ))
+            .args(cluster.cluster_flags(&cluster.credentials()));
+        command
+    };
+    let output = run_bounded(crashing(), Duration::from_secs(60));
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SIGSEGV"),
+        "the error does not say what happened:\n{stderr}"
+    );
+    // The node is alive and runs the next job (a crash-free range of the same kernel).
+    let mut fine = Command::new(BIN);
+    fine.args(run_args(
+        &pkg,
+        "crash",
+        4096,
+        &[("from", "100000".into())],
+        ("out", &out),
+    ))
+    .args(cluster.cluster_flags(&cluster.credentials()));
+    let output = run_bounded(fine, Duration::from_secs(60));
+    assert!(
+        output.status.success(),
+        "the node did not survive the crash:\n{}",
+        text(&output)
+    );
+    let values: Vec<u32> = std::fs::read(&out)
+        .expect("output")
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(values, (0..4096).collect::<Vec<u32>>());
+}
+
+#[test]
+fn discovery_finds_nodes_in_a_private_network_namespace() {
+    // mDNS is multicast: test it only where it cannot leave this machine, inside a
+    // network namespace of our own that holds nothing but a loopback interface.
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if uid.as_deref().ok() != Some("0") {
+        println!("skipped: discovery needs root for a private network namespace");
+        return;
+    }
+    let probe = Command::new("unshare").args(["-n", "true"]).status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        println!("skipped: `unshare -n` is not available here");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("cluster");
+    offload_ok([
+        OsArg::from("cluster"),
+        "init".into(),
+        "--dir".into(),
+        creds.clone().into(),
+    ]);
+    let script = format!(
+        r#"set -e
+ip link set lo up
+ip link set lo multicast on
+ip route add 224.0.0.0/4 dev lo
+"{bin}" node --listen 127.0.0.1:0 --credentials "{creds}" --cores 1 --name disc-a > /dev/null 2>&1 &
+A=$!
+"{bin}" node --listen 127.0.0.1:0 --credentials "{creds}" --cores 1 --name disc-b > /dev/null 2>&1 &
+B=$!
+trap 'kill $A $B' EXIT
+sleep 1
+"{bin}" nodes --loopback --wait 2 --credentials "{creds}"
+"#,
+        bin = BIN,
+        creds = creds.display()
+    );
+    let output = run_bounded(
+        {
+            let mut c = Command::new("unshare");
+            c.args(["-n", "bash", "-c", &script]);
+            c
+        },
+        Duration::from_secs(60),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for name in ["disc-a", "disc-b"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not discovered:\n{}", text(&output)));
+        assert!(line.contains("devices: cpu:1"), "{line}");
+        assert!(line.contains("accepts our credentials"), "{line}");
+    }
+}
