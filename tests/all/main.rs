@@ -6,3 +6,4 @@ mod common;
 mod cross;
 mod examples;
 mod validation;
+mod macros;
