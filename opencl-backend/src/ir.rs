@@ -227,10 +227,6 @@ pub fn successor(term: Value, i: u32) -> Block {
     unsafe { llvm::LLVMGetSuccessor(term, i) }
 }
 
-pub fn value_as_block(v: Value) -> Block {
-    // SAFETY: see the module documentation; `v` is a basic-block operand.
-    unsafe { llvm::LLVMValueAsBasicBlock(v) }
-}
 
 pub fn extract_indices(v: Value) -> Vec<u32> {
     // SAFETY: see the module documentation; `v` is an extractvalue/insertvalue.
@@ -344,4 +340,25 @@ pub fn array_length(t: Type) -> u64 {
 pub fn is_constant_expr(v: Value) -> bool {
     // SAFETY: see the module documentation.
     unsafe { !llvm::LLVMIsAConstantExpr(v).is_null() }
+}
+
+/// A switch's cases as (value, destination), default excluded.
+pub fn switch_cases(switch: Value) -> Vec<(Value, Block)> {
+    // SAFETY: see the module documentation; `switch` is a switch instruction, whose
+    // successor 0 is the default and successors 1.. are the cases.
+    unsafe {
+        (1..llvm::LLVMGetNumSuccessors(switch))
+            .map(|i| {
+                (
+                    llvm::LLVMGetSwitchCaseValue(switch, i),
+                    llvm::LLVMGetSuccessor(switch, i),
+                )
+            })
+            .collect()
+    }
+}
+
+pub fn switch_default(switch: Value) -> Block {
+    // SAFETY: see the module documentation; `switch` is a switch instruction.
+    unsafe { llvm::LLVMGetSwitchDefaultDest(switch) }
 }

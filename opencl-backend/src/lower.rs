@@ -1271,16 +1271,12 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
             LLVMSwitch => {
                 let c = self.op(ir::operand(inst, 0), inst)?;
                 let mut text = format!("switch ({c}) {{");
-                let n = ir::num_operands(inst);
-                let mut k = 2;
-                while k + 1 < n {
-                    let value = self.op(ir::operand(inst, k), inst)?;
-                    let dest = ir::value_as_block(ir::operand(inst, k + 1));
+                for (value, dest) in ir::switch_cases(inst) {
+                    let value = self.op(value, inst)?;
                     let e = self.edge(block, dest, inst)?;
                     let _ = write!(text, " case {value}: {{ {e} }}");
-                    k += 2;
                 }
-                let default = ir::value_as_block(ir::operand(inst, 1));
+                let default = ir::switch_default(inst);
                 let e = self.edge(block, default, inst)?;
                 let _ = write!(text, " default: {{ {e} }} }}");
                 self.line(text);

@@ -6,4 +6,5 @@ mod common;
 mod cross;
 mod examples;
 mod validation;
+mod conformance;
 mod macros;
