@@ -691,6 +691,13 @@ struct Outcome {
     result: Result<Response, String>,
 }
 
+/// What wakes the job loop: a packet's outcome, or a member's connection closing (a
+/// node can vanish while it holds no packet).
+enum Wake {
+    Packet(Outcome),
+    Closed { member: usize, reason: String },
+}
+
 /// A node taking part in a job.
 struct Member {
     name: String,
@@ -847,7 +854,28 @@ impl JobRun {
         for (device, spec) in specs {
             sched.handle(now(), Event::DeviceJoined { device, spec });
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Wake>();
+        let mut watchers = Vec::new();
+        for (index, member) in members.iter().enumerate() {
+            let (tx, connection) = (tx.clone(), member.connection.clone());
+            watchers.push(tokio::spawn(async move {
+                let reason = connection.closed().await;
+                let _ = tx.send(Wake::Closed {
+                    member: index,
+                    reason: format!("connection lost: {reason}"),
+                });
+            }));
+        }
+        // The watchers outlive the job otherwise (connections stay open for the next).
+        struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                for watcher in &self.0 {
+                    watcher.abort();
+                }
+            }
+        }
+        let _watchers = AbortOnDrop(watchers);
         let mut pending: HashMap<(DeviceId, u64), Vec<Vec<u8>>> = HashMap::new();
         let mut committed_packets = 0u64;
         let mut lost_lines = Vec::new();
@@ -880,11 +908,11 @@ impl JobRun {
                                 Ok(Err(e)) => Err(e.to_string()),
                                 Err(_) => Err(format!("no result within {timeout:?}")),
                             };
-                            let _ = tx.send(Outcome {
+                            let _ = tx.send(Wake::Packet(Outcome {
                                 device,
                                 packet,
                                 result,
-                            });
+                            }));
                         });
                     }
                     Decision::Commit { device, packet } => {
@@ -920,7 +948,14 @@ impl JobRun {
             // Wake up now and then even without results: the scheduler may want to
             // duplicate a straggler.
             let outcome = match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
-                Ok(Some(outcome)) => outcome,
+                Ok(Some(Wake::Packet(outcome))) => outcome,
+                Ok(Some(Wake::Closed { member, reason })) => {
+                    if !members[member].lost {
+                        let line = self.lose(&mut members[member], &mut sched, &reason, now());
+                        lost_lines.push(line);
+                    }
+                    continue;
+                }
                 Ok(None) => break,
                 Err(_) => continue,
             };

@@ -45,6 +45,7 @@
 //!
 //! This crate has no feature flags.
 
+pub mod baseline;
 pub mod client;
 pub mod credentials;
 pub mod discovery;

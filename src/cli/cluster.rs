@@ -69,6 +69,10 @@ pub struct NodeArgs {
     /// The node's name in logs and discovery [default: the host name].
     #[arg(long)]
     name: Option<String>,
+    /// Run workers at normal priority instead of nice 19 (benchmarks on a dedicated
+    /// machine).
+    #[arg(long)]
+    normal_priority: bool,
     /// Do not advertise by mDNS.
     #[arg(long)]
     no_mdns: bool,
@@ -178,7 +182,7 @@ pub fn cluster(args: &ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn worker_command(cli: &Cli) -> anyhow::Result<(PathBuf, Vec<OsString>)> {
+fn worker_command(cli: &Cli, nice: bool) -> anyhow::Result<(PathBuf, Vec<OsString>)> {
     let program =
         std::env::current_exe().context("cannot find the offload executable for workers")?;
     let mut args: Vec<OsString> = Vec::new();
@@ -195,7 +199,9 @@ fn worker_command(cli: &Cli) -> anyhow::Result<(PathBuf, Vec<OsString>)> {
     };
     args.push(level.into());
     args.push("__worker".into());
-    args.push("--nice".into());
+    if nice {
+        args.push("--nice".into());
+    }
     Ok((program, args))
 }
 
@@ -214,7 +220,7 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         }
         (None, false) => bail!("a node needs --credentials DIR (or --insecure on loopback)"),
     };
-    let (program, worker_args) = worker_command(cli)?;
+    let (program, worker_args) = worker_command(cli, !args.normal_priority)?;
     let cores = args
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -8,3 +8,4 @@ mod examples;
 mod validation;
 mod conformance;
 mod macros;
+mod cluster;
