@@ -451,6 +451,7 @@ impl Device {
             slots,
             status,
             sum_work_items: groups,
+            local_size: self.info.max_work_group_size.clamp(1, LOCAL_SIZE),
         })
     }
 
@@ -517,7 +518,11 @@ pub struct PreparedKernel {
     slots: Vec<Slot>,
     status: core::Mem,
     sum_work_items: usize,
+    local_size: usize,
 }
+
+/// Work-group size used for every launch (or the device's maximum, if smaller).
+const LOCAL_SIZE: usize = 64;
 
 // SAFETY: an OpenCL kernel object may be used from any thread as long as one thread at a
 // time sets its arguments and enqueues it (OpenCL 1.2 §A.2); `PreparedKernel` is only
@@ -569,11 +574,16 @@ impl PreparedKernel {
         set(&self.kernel, 0, ArgVal::scalar(&start))?;
         set(&self.kernel, 1, ArgVal::scalar(&end))?;
         set(&self.kernel, 2, ArgVal::mem(&self.status))?;
-        let work_items = if self.lowered.has_sums {
+        // A fixed work-group size, and a global size rounded up to a multiple of it (the
+        // entry function skips items past the end): PoCL compiles one work-group
+        // function per local size, so letting it choose per packet size recompiles.
+        let local = self.local_size;
+        let wanted = if self.lowered.has_sums {
             items.min(self.sum_work_items)
         } else {
             items
         };
+        let work_items = wanted.div_ceil(local) * local;
         for (slot, plan) in self.slots.iter_mut().enumerate() {
             let idx = 3 + slot as u32;
             let bits = block[slot];
@@ -649,7 +659,7 @@ impl PreparedKernel {
                 1,
                 None,
                 &[work_items, 1, 1],
-                None,
+                Some([local, 1, 1]),
                 None::<core::Event>,
                 None::<&mut core::Event>,
             )

@@ -227,7 +227,6 @@ pub fn successor(term: Value, i: u32) -> Block {
     unsafe { llvm::LLVMGetSuccessor(term, i) }
 }
 
-
 pub fn extract_indices(v: Value) -> Vec<u32> {
     // SAFETY: see the module documentation; `v` is an extractvalue/insertvalue.
     unsafe {
