@@ -758,7 +758,7 @@ fn ensure<'m>(
     mem: &'m mut Option<(core::Mem, usize)>,
     len: usize,
 ) -> Result<&'m core::Mem, DeviceError> {
-    if !mem.as_ref().is_some_and(|(_, cap)| *cap >= len) {
+    if mem.as_ref().is_none_or(|(_, cap)| *cap < len) {
         *mem = Some((device.buffer(len)?, len.max(1)));
     }
     Ok(&mem.get_or_insert_with(|| unreachable!("just filled")).0)

@@ -47,8 +47,11 @@ pub use lower::{LowerError, Lowered};
 pub struct OpenCl {
     devices: Vec<Arc<Device>>,
     note: Option<String>,
-    lowered: Mutex<HashMap<(PackageHash, String), Result<Arc<Lowered>, LowerError>>>,
+    lowered: Mutex<HashMap<(PackageHash, String), LowerResult>>,
 }
+
+/// A cached lowering: the OpenCL C, or why the kernel is CPU-only.
+type LowerResult = Result<Arc<Lowered>, LowerError>;
 
 impl std::fmt::Debug for OpenCl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
