@@ -26,7 +26,11 @@ use offload::{Cluster, Config, Kernel, LaunchOptions};
 use rayon::prelude::*;
 
 /// Median and mean of `reps` timed runs of `f`, after `warmup` untimed ones.
-fn time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(Duration, Duration)> {
+fn time(
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(Duration, Duration)> {
     for _ in 0..warmup {
         f()?;
     }
@@ -56,7 +60,8 @@ fn values(n: usize, seed: u64) -> Vec<f64> {
 fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let built = offload_build::package_file(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/macro-kernels/src/kernels.rs"),
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/macro-kernels/src/kernels.rs"),
         dir.path(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -65,12 +70,23 @@ fn main() -> Result<()> {
     let saxpy = Kernel::new(package.clone(), "saxpy")?;
     let poly = Kernel::new(package, "poly")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("local node: {cores} cores; rayon: {} threads", rayon::current_num_threads());
+    println!(
+        "local node: {cores} cores; rayon: {} threads",
+        rayon::current_num_threads()
+    );
 
     // 1. Launch overhead.
     let first = {
         let (x, mut y) = (vec![1.0f32; 1], vec![0.0f32; 1]);
-        kernels::saxpy::launch_with(&cluster, &saxpy, LaunchOptions::default(), 1, 2.0, &x, &mut y)?
+        kernels::saxpy::launch_with(
+            &cluster,
+            &saxpy,
+            LaunchOptions::default(),
+            1,
+            2.0,
+            &x,
+            &mut y,
+        )?
     };
     println!(
         "first launch: kernel {} in {:.1} ms\n",
@@ -82,7 +98,15 @@ fn main() -> Result<()> {
         let x = vec![1.0f32; items];
         let mut y = vec![0.0f32; items];
         let (median, mean) = time(50, 1000, || {
-            kernels::saxpy::launch_with(&cluster, &saxpy, LaunchOptions::default(), items, 2.0, &x, &mut y)?;
+            kernels::saxpy::launch_with(
+                &cluster,
+                &saxpy,
+                LaunchOptions::default(),
+                items,
+                2.0,
+                &x,
+                &mut y,
+            )?;
             Ok(())
         })?;
         println!(
@@ -102,22 +126,49 @@ fn main() -> Result<()> {
         kernels::poly(i, &coeffs, &x[i..i + 1], &mut expected[i..i + 1]);
     }
     let mut y = vec![0.0; n];
-    kernels::poly::launch_with(&cluster, &poly, LaunchOptions::default(), n, &coeffs, &x, &mut y)?;
-    ensure!(y == expected, "poly through offload differs from direct Rust");
+    kernels::poly::launch_with(
+        &cluster,
+        &poly,
+        LaunchOptions::default(),
+        n,
+        &coeffs,
+        &x,
+        &mut y,
+    )?;
+    ensure!(
+        y == expected,
+        "poly through offload differs from direct Rust"
+    );
     let mut rows = Vec::new();
     rows.push((
         "offload launch",
         time(1, 9, || {
-            kernels::poly::launch_with(&cluster, &poly, LaunchOptions::default(), n, &coeffs, &x, &mut y)?;
+            kernels::poly::launch_with(
+                &cluster,
+                &poly,
+                LaunchOptions::default(),
+                n,
+                &coeffs,
+                &x,
+                &mut y,
+            )?;
             Ok(())
         })?,
     ));
     rows.push((
         "rayon direct",
         time(1, 9, || {
-            y.par_iter_mut().zip(x.par_iter()).enumerate().for_each(|(i, (yi, xi))| {
-                kernels::poly(i, &coeffs, std::slice::from_ref(xi), std::slice::from_mut(yi))
-            });
+            y.par_iter_mut()
+                .zip(x.par_iter())
+                .enumerate()
+                .for_each(|(i, (yi, xi))| {
+                    kernels::poly(
+                        i,
+                        &coeffs,
+                        std::slice::from_ref(xi),
+                        std::slice::from_mut(yi),
+                    )
+                });
             Ok(())
         })?,
     ));
@@ -140,8 +191,19 @@ fn main() -> Result<()> {
         kernels::saxpy(i, 0.5, &xf[i..i + 1], &mut expected[i..i + 1]);
     }
     let mut yf = y0.clone();
-    kernels::saxpy::launch_with(&cluster, &saxpy, LaunchOptions::default(), n, 0.5, &xf, &mut yf)?;
-    ensure!(yf == expected, "saxpy through offload differs from direct Rust");
+    kernels::saxpy::launch_with(
+        &cluster,
+        &saxpy,
+        LaunchOptions::default(),
+        n,
+        0.5,
+        &xf,
+        &mut yf,
+    )?;
+    ensure!(
+        yf == expected,
+        "saxpy through offload differs from direct Rust"
+    );
     // saxpy updates y in place: each timed run starts from a fresh copy of y0, outside
     // the timing, so every variant does the same arithmetic.
     let mut rows = Vec::new();
@@ -152,12 +214,30 @@ fn main() -> Result<()> {
             let started = Instant::now();
             match variant {
                 "offload launch" => {
-                    kernels::saxpy::launch_with(&cluster, &saxpy, LaunchOptions::default(), n, 0.5, &xf, &mut yf)
-                        .context("saxpy launch")?;
+                    kernels::saxpy::launch_with(
+                        &cluster,
+                        &saxpy,
+                        LaunchOptions::default(),
+                        n,
+                        0.5,
+                        &xf,
+                        &mut yf,
+                    )
+                    .context("saxpy launch")?;
                 }
-                "rayon direct" => yf.par_iter_mut().zip(xf.par_iter()).enumerate().for_each(|(i, (yi, xi))| {
-                    kernels::saxpy(i, 0.5, std::slice::from_ref(xi), std::slice::from_mut(yi))
-                }),
+                "rayon direct" => {
+                    yf.par_iter_mut()
+                        .zip(xf.par_iter())
+                        .enumerate()
+                        .for_each(|(i, (yi, xi))| {
+                            kernels::saxpy(
+                                i,
+                                0.5,
+                                std::slice::from_ref(xi),
+                                std::slice::from_mut(yi),
+                            )
+                        })
+                }
                 _ => {
                     for i in 0..n {
                         kernels::saxpy(i, 0.5, &xf[i..i + 1], &mut yf[i..i + 1]);

@@ -414,7 +414,7 @@ impl LaunchOptions {
             local = local.threads(threads);
         }
         if let Some(progress) = self.progress {
-            local = local.progress(move |done, total| progress(done, total));
+            local = local.progress(progress);
         }
         local
     }

@@ -97,7 +97,7 @@ pub enum BuildError {
         /// The kernel file.
         path: PathBuf,
         /// Why.
-        source: ir_packager::ManifestError,
+        source: Box<ir_packager::ManifestError>,
     },
     /// Compiling or validating the generated source failed.
     #[error("{path}: packaging the kernels failed (generated source: {generated}): {source}")]
@@ -106,8 +106,8 @@ pub enum BuildError {
         path: PathBuf,
         /// The generated source handed to rustc.
         generated: PathBuf,
-        /// What went wrong.
-        source: ir_packager::PackageError,
+        /// What went wrong (boxed: it is large and this is the cold path).
+        source: Box<ir_packager::PackageError>,
     },
     /// Writing the package failed.
     #[error("{path}: {source}")]
@@ -115,7 +115,7 @@ pub enum BuildError {
         /// The package file.
         path: PathBuf,
         /// Why.
-        source: ir_packager::FormatError,
+        source: Box<ir_packager::FormatError>,
     },
 }
 
@@ -175,7 +175,7 @@ pub fn package_file(kernel_file: &Path, out_dir: &Path) -> Result<Built, BuildEr
     let manifest =
         Manifest::parse(&generated.manifest_toml).map_err(|source| BuildError::Manifest {
             path: kernel_file.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
     let source_path = out_dir.join(format!("{OUTPUT_STEM}.rs"));
     let manifest_path = out_dir.join(format!("{OUTPUT_STEM}.toml"));
@@ -186,14 +186,14 @@ pub fn package_file(kernel_file: &Path, out_dir: &Path) -> Result<Built, BuildEr
         BuildError::Package {
             path: kernel_file.to_path_buf(),
             generated: source_path.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     package
         .write(&package_path)
         .map_err(|source| BuildError::Format {
             path: package_path.clone(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(Built {
         source_path,

@@ -62,7 +62,12 @@ fn values(n: usize, seed: u64) -> Vec<f64> {
 
 fn text(n: usize) -> Vec<u8> {
     let words = ["alpha ", "be\tta ", "gamma\n", "  ", "d", "elta\r\n", "x "];
-    words.iter().cycle().flat_map(|w| w.bytes()).take(n).collect()
+    words
+        .iter()
+        .cycle()
+        .flat_map(|w| w.bytes())
+        .take(n)
+        .collect()
 }
 
 fn two_threads() -> LaunchOptions {
@@ -81,11 +86,25 @@ fn saxpy_through_the_engine_equals_direct_calls() {
     }
     let mut offloaded = y0;
     let saxpy = kernel("saxpy");
-    saxpy.expect_signature(kernels::saxpy::SIGNATURE).expect("macro and build agree");
-    let report = kernels::saxpy::launch_with(&fixture().cluster, &saxpy, two_threads(), n, -1.75, &x, &mut offloaded)
-        .expect("saxpy runs");
+    saxpy
+        .expect_signature(kernels::saxpy::SIGNATURE)
+        .expect("macro and build agree");
+    let report = kernels::saxpy::launch_with(
+        &fixture().cluster,
+        &saxpy,
+        two_threads(),
+        n,
+        -1.75,
+        &x,
+        &mut offloaded,
+    )
+    .expect("saxpy runs");
     assert_eq!(report.items, n as u64);
-    assert!(report.packets > 1, "expected several packets, got {}", report.packets);
+    assert!(
+        report.packets > 1,
+        "expected several packets, got {}",
+        report.packets
+    );
     assert_eq!(offloaded, direct);
 }
 
@@ -100,8 +119,16 @@ fn poly_through_the_engine_equals_direct_calls() {
     }
     // `out` buffers are overwritten whatever they held.
     let mut offloaded = vec![f64::NAN; n];
-    kernels::poly::launch_with(&fixture().cluster, &kernel("poly"), two_threads(), n, &coeffs, &x, &mut offloaded)
-        .expect("poly runs");
+    kernels::poly::launch_with(
+        &fixture().cluster,
+        &kernel("poly"),
+        two_threads(),
+        n,
+        &coeffs,
+        &x,
+        &mut offloaded,
+    )
+    .expect("poly runs");
     assert_eq!(offloaded, direct);
 }
 
@@ -112,9 +139,20 @@ fn wc_range_kernel_sums_like_one_direct_call_and_adds_to_the_slice() {
     kernels::wc(0, text.len(), &text, &mut direct);
     // A sum slice receives the job's totals added to what it holds, as a direct call adds.
     let mut offloaded = [7u64, 0, 1];
-    let report = kernels::wc::launch_with(&fixture().cluster, &kernel("wc"), two_threads(), text.len(), &text, &mut offloaded)
-        .expect("wc runs");
-    assert!(report.packets > 1, "expected several packets, got {}", report.packets);
+    let report = kernels::wc::launch_with(
+        &fixture().cluster,
+        &kernel("wc"),
+        two_threads(),
+        text.len(),
+        &text,
+        &mut offloaded,
+    )
+    .expect("wc runs");
+    assert!(
+        report.packets > 1,
+        "expected several packets, got {}",
+        report.packets
+    );
     assert_eq!(offloaded, direct);
     assert_eq!(offloaded[2], 1 + text.len() as u64);
 }
@@ -126,8 +164,16 @@ fn async_launch_gives_the_blocking_result() {
     let mut blocking = vec![1.0f32; n];
     let saxpy = kernel("saxpy");
     let cluster = &fixture().cluster;
-    kernels::saxpy::launch_with(cluster, &saxpy, LaunchOptions::default(), n, 3.0, &x, &mut blocking)
-        .expect("blocking launch");
+    kernels::saxpy::launch_with(
+        cluster,
+        &saxpy,
+        LaunchOptions::default(),
+        n,
+        3.0,
+        &x,
+        &mut blocking,
+    )
+    .expect("blocking launch");
     let mut offloaded = vec![1.0f32; n];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -139,7 +185,9 @@ fn async_launch_gives_the_blocking_result() {
                 KernelArg::input(&x),
                 KernelArg::inout(&mut offloaded),
             ];
-            cluster.launch_async(&saxpy, n as u64, args, LaunchOptions::default()).await
+            cluster
+                .launch_async(&saxpy, n as u64, args, LaunchOptions::default())
+                .await
         })
         .expect("async launch");
     assert_eq!(offloaded, blocking);
@@ -155,11 +203,22 @@ fn progress_reports_every_item_once_in_increasing_order() {
     let options = two_threads().progress(move |done, total| {
         log.lock().expect("progress log").push((done, total));
     });
-    kernels::saxpy::launch_with(&fixture().cluster, &kernel("saxpy"), options, n, 1.0, &x, &mut y)
-        .expect("saxpy runs");
+    kernels::saxpy::launch_with(
+        &fixture().cluster,
+        &kernel("saxpy"),
+        options,
+        n,
+        1.0,
+        &x,
+        &mut y,
+    )
+    .expect("saxpy runs");
     let seen = seen.lock().expect("progress log").clone();
     assert!(!seen.is_empty(), "no progress reported");
-    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "not increasing: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "not increasing: {seen:?}"
+    );
     assert!(seen.iter().all(|&(_, total)| total == n as u64));
     assert_eq!(seen.last().map(|p| p.0), Some(n as u64));
 }
@@ -168,28 +227,52 @@ fn progress_reports_every_item_once_in_increasing_order() {
 fn wrong_slice_length_is_refused_before_running() {
     let x = vec![0.0f32; 10];
     let mut y = vec![0.0f32; 9];
-    let error = kernels::saxpy::launch_with(&fixture().cluster, &kernel("saxpy"), LaunchOptions::default(), 10, 1.0, &x, &mut y)
-        .expect_err("y is one element short");
+    let error = kernels::saxpy::launch_with(
+        &fixture().cluster,
+        &kernel("saxpy"),
+        LaunchOptions::default(),
+        10,
+        1.0,
+        &x,
+        &mut y,
+    )
+    .expect_err("y is one element short");
     match &error {
-        LaunchError::SliceLength { arg, expected, actual, .. } => {
+        LaunchError::SliceLength {
+            arg,
+            expected,
+            actual,
+            ..
+        } => {
             assert_eq!((arg.as_str(), *expected, *actual), ("y", 10, 9));
         }
         other => panic!("expected SliceLength, got {other:?}"),
     }
-    assert!(error.to_string().contains("must hold 10 elements for 10 items, but it holds 9"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("must hold 10 elements for 10 items, but it holds 9"),
+        "{error}"
+    );
 }
 
 #[test]
 fn mismatched_argument_types_are_refused() {
     let x = vec![0.0f64; 4];
     let mut y = vec![0.0f32; 4];
-    let args = &mut [KernelArg::scalar(1.0f32), KernelArg::input(&x), KernelArg::inout(&mut y)];
+    let args = &mut [
+        KernelArg::scalar(1.0f32),
+        KernelArg::input(&x),
+        KernelArg::inout(&mut y),
+    ];
     let error = fixture()
         .cluster
         .launch(&kernel("saxpy"), 4, args, LaunchOptions::default())
         .expect_err("x must be f32");
     assert!(
-        error.to_string().contains("argument `x` of kernel `saxpy` is `x: in f32[1]`, but an input slice of f64 was given"),
+        error.to_string().contains(
+            "argument `x` of kernel `saxpy` is `x: in f32[1]`, but an input slice of f64 was given"
+        ),
         "{error}"
     );
 }
@@ -200,8 +283,14 @@ fn launch_without_an_embedded_package_names_the_missing_build_step() {
     let mut y = vec![0.0f32; 1];
     let error = kernels::saxpy::launch(&fixture().cluster, 1, 1.0, &[0.0], &mut y)
         .expect_err("no embedded package here");
-    assert!(matches!(error, LaunchError::NotEmbedded { .. }), "{error:?}");
-    assert!(error.to_string().contains("offload_build::package"), "{error}");
+    assert!(
+        matches!(error, LaunchError::NotEmbedded { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("offload_build::package"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -209,7 +298,10 @@ fn a_package_from_other_source_is_refused_by_signature() {
     let error = kernel("wc")
         .expect_signature(kernels::poly::SIGNATURE)
         .expect_err("different kernels");
-    assert!(matches!(error, LaunchError::SignatureMismatch { .. }), "{error:?}");
+    assert!(
+        matches!(error, LaunchError::SignatureMismatch { .. }),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -218,14 +310,20 @@ fn built_package_equals_offload_package_of_the_generated_source() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cli = crate::common::package(&built.source_path, &built.manifest_path, dir.path(), "cli");
     let from_cli = std::fs::read(&cli).expect("read CLI package");
-    assert_eq!(Package::from_bytes(&from_cli).expect("decodes").hash(), built.package.hash());
+    assert_eq!(
+        Package::from_bytes(&from_cli).expect("decodes").hash(),
+        built.package.hash()
+    );
     assert_eq!(from_cli, built.package.as_bytes());
 }
 
 /// The target directory this test binary was built in (`<target>/<profile>/offload`).
 fn target_dir() -> PathBuf {
     let exe = Path::new(env!("CARGO_BIN_EXE_offload"));
-    exe.ancestors().nth(2).expect("target dir above the binary").to_path_buf()
+    exe.ancestors()
+        .nth(2)
+        .expect("target dir above the binary")
+        .to_path_buf()
 }
 
 /// Runs `cmd`, killing it after `limit`; returns its output.
@@ -287,7 +385,10 @@ fn example_crate_builds_embeds_the_cli_package_and_runs() {
         "cli",
     );
     assert_eq!(std::fs::read(cli).expect("CLI package"), embedded);
-    let _ = offload_ok(["inspect", &out_dir.join("offload_kernels.okp").display().to_string()]);
+    let _ = offload_ok([
+        "inspect",
+        &out_dir.join("offload_kernels.okp").display().to_string(),
+    ]);
 }
 
 /// The most recently written `macro-kernels-*/out` with a package in it.
@@ -295,7 +396,11 @@ fn newest_out_dir(build: &Path) -> Option<PathBuf> {
     std::fs::read_dir(build)
         .ok()?
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("macro-kernels-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("macro-kernels-")
+        })
         .map(|e| e.path().join("out"))
         .filter(|out| out.join("offload_kernels.okp").is_file())
         .max_by_key(|out| {

@@ -412,7 +412,7 @@ pub fn analyze(kind: KernelKind, function: &ItemFn) -> syn::Result<KernelFn> {
         }
     }
     if sig.inputs.len() < index_count {
-        errors.push(&sig.ident, format!("{index_help}"));
+        errors.push(&sig.ident, index_help);
     }
     check_names(&params, &mut errors);
     let kernel = KernelFn {
@@ -581,8 +581,9 @@ fn param_kind(ty: &Type, attr: Option<ParamAttr>) -> syn::Result<ParamKind> {
 /// which the analysis has reported already) from `function`, so that it compiles as
 /// ordinary Rust. The attributes rustc itself allows on parameters stay.
 pub fn strip_param_attrs(function: &mut ItemFn) {
-    const RUSTC_PARAM_ATTRIBUTES: [&str; 8] =
-        ["cfg", "cfg_attr", "allow", "warn", "deny", "forbid", "expect", "doc"];
+    const RUSTC_PARAM_ATTRIBUTES: [&str; 8] = [
+        "cfg", "cfg_attr", "allow", "warn", "deny", "forbid", "expect", "doc",
+    ];
     for input in function.sig.inputs.iter_mut() {
         if let FnArg::Typed(t) = input {
             t.attrs.retain(|a| {
