@@ -96,10 +96,10 @@ pub enum RunError {
     },
     /// The kernel cannot be lowered to OpenCL C (it still runs on the CPU).
     #[error(transparent)]
-    Lower(#[from] LowerError),
+    Lower(#[from] Box<LowerError>),
     /// An OpenCL device failed.
     #[error(transparent)]
-    OpenCl(#[from] DeviceError),
+    OpenCl(#[from] Box<DeviceError>),
 }
 
 /// Which devices of this machine run a job's packets.
@@ -330,7 +330,7 @@ fn plan_opencl(
                 note: Some(e.to_string()),
             })
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Box::new(e).into()),
     };
     let (block, lens): (Vec<u64>, Vec<usize>) = args
         .iter_mut()
@@ -346,7 +346,7 @@ fn plan_opencl(
         match unsafe { device.prepare(Arc::clone(&lowered), &block, &lens) } {
             Ok(k) => kernels.push(k),
             Err(e) if !strict => notes.push(e.to_string()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Box::new(e).into()),
         }
     }
     Ok(OpenClPlan {
@@ -572,7 +572,7 @@ fn execute(
         if sched.is_done() {
             Ok(())
         } else if let Some(error) = last_device_error.take() {
-            Err(RunError::OpenCl(error))
+            Err(RunError::OpenCl(Box::new(error)))
         } else {
             Err(RunError::WorkerLost)
         }
