@@ -76,6 +76,9 @@ pub enum DeviceError {
     },
 }
 
+/// `clGetPlatformIDs`' answer when the ICD loader knows no platform.
+const CL_PLATFORM_NOT_FOUND_KHR: i32 = -1001;
+
 /// What kind of processor a device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -157,6 +160,22 @@ pub struct Discovery {
 /// Finds every device of every platform the ICD loader knows. Never fails: a machine
 /// without OpenCL gets an empty list and a note saying so.
 pub fn discover() -> Discovery {
+    // ocl's `get_platform_ids` waits 10 s for an ICD loader that reports no platform
+    // (a workaround for slow ICD start-up); a machine without OpenCL must not wait, so
+    // ask once first.
+    let mut count: u32 = 0;
+    // SAFETY: a count query: no output array, one writable integer.
+    let status = unsafe { core::ffi::clGetPlatformIDs(0, std::ptr::null_mut(), &mut count) };
+    if status != 0 || count == 0 {
+        return Discovery {
+            devices: Vec::new(),
+            note: Some(if status == CL_PLATFORM_NOT_FOUND_KHR || status == 0 {
+                "no OpenCL platform found (the ICD loader lists none)".to_string()
+            } else {
+                format!("no OpenCL platform found (clGetPlatformIDs returned {status})")
+            }),
+        };
+    }
     let platforms = match core::get_platform_ids() {
         Ok(p) => p,
         Err(e) => {
