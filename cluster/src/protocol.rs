@@ -116,11 +116,11 @@ pub enum Request {
     /// Does the node hold the package with this hash?
     HavePackage(Hash),
     /// A package file's bytes; the node hashes and validates them itself.
-    Package(Vec<u8>),
+    Package(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Does the node hold the buffer with this hash?
     HaveBuffer(Hash),
     /// A whole buffer's bytes; the node hashes them itself.
-    Buffer(Vec<u8>),
+    Buffer(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Sets up a job: the kernel of a cached package and how its arguments travel.
     Prepare {
         /// The client's job number (unique per connection).
@@ -145,6 +145,7 @@ pub enum Request {
         /// One past the last item.
         end: u64,
         /// The packet's slices of the `input` split buffers, in argument order.
+        #[serde(with = "byte_lists")]
         slices: Vec<Vec<u8>>,
     },
     /// The job is over: the node may forget it.
@@ -168,7 +169,8 @@ pub enum Response {
         packet: u64,
         /// Kernel time on the node, in µs.
         compute_us: u64,
-        /// Slices of the `output` split buffers, then `sum` partials, in argument order.
+        /// Slices of the `output` split buffers and `sum` partials, in argument order.
+        #[serde(with = "byte_lists")]
         outputs: Vec<Vec<u8>>,
     },
     /// A packet failed.
@@ -192,6 +194,7 @@ pub enum ToWorker {
     /// Compile (or load from the code cache) `kernel` of this package.
     Load {
         /// The package file's bytes.
+        #[serde(with = "serde_bytes")]
         package: Vec<u8>,
         /// The kernel.
         kernel: String,
@@ -201,6 +204,7 @@ pub enum ToWorker {
         /// The hash.
         hash: Hash,
         /// The bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Forget the whole buffer with this hash.
@@ -218,6 +222,7 @@ pub enum ToWorker {
         /// Arguments in manifest order.
         args: Vec<WireArg>,
         /// Slices of the input split buffers, in argument order.
+        #[serde(with = "byte_lists")]
         slices: Vec<Vec<u8>>,
     },
 }
@@ -232,12 +237,32 @@ pub enum FromWorker {
         /// Kernel time in µs.
         compute_us: u64,
         /// As in [`Response::Done`].
+        #[serde(with = "byte_lists")]
         outputs: Vec<Vec<u8>>,
     },
     /// The kernel panicked (a Rust panic, caught).
     Panicked(String),
     /// The request could not be served (compile error, unknown buffer, ...).
     Error(String),
+}
+
+/// Lists of byte buffers encoded as byte strings (one length, then a memcpy), not as
+/// sequences of single bytes: what keeps bulk slices at memory speed.
+mod byte_lists {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(lists: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        let borrowed: Vec<&Bytes> = lists.iter().map(|l| Bytes::new(l)).collect();
+        borrowed.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        let owned = Vec::<ByteBuf>::deserialize(deserializer)?;
+        Ok(owned.into_iter().map(ByteBuf::into_vec).collect())
+    }
 }
 
 /// Why bytes could not be decoded into a message.

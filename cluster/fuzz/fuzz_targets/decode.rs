@@ -1,0 +1,27 @@
+//! Arbitrary bytes through every decoder of the cluster protocol: none may panic, and a
+//! message that decodes must encode and decode again to the same message.
+#![no_main]
+
+use cluster::protocol::{self, FromWorker, Hello, HelloReply, Request, Response, ToWorker};
+use libfuzzer_sys::fuzz_target;
+
+fn round_trip<T>(data: &[u8], limit: usize)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    if let Ok(message) = protocol::decode::<T>(data, limit) {
+        let frame = protocol::encode(&message, limit).expect("a decoded message encodes");
+        let again = protocol::decode_frame::<T>(&frame, limit).expect("an encoded message decodes");
+        assert_eq!(again, message, "encode/decode is not a round trip");
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = protocol::decode_frame::<Request>(data, protocol::MAX_DATA);
+    round_trip::<Request>(data, protocol::MAX_DATA);
+    round_trip::<Response>(data, protocol::MAX_DATA);
+    round_trip::<Hello>(data, protocol::MAX_CONTROL);
+    round_trip::<HelloReply>(data, protocol::MAX_CONTROL);
+    round_trip::<ToWorker>(data, protocol::MAX_DATA);
+    round_trip::<FromWorker>(data, protocol::MAX_DATA);
+});
