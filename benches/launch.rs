@@ -90,7 +90,9 @@ fn main() -> Result<()> {
     };
     println!(
         "first launch: kernel {} in {:.1} ms\n",
-        first.code_origin.describe(),
+        first
+            .code_origin
+            .map_or("compiled on the nodes", |o| o.describe()),
         first.compile_time.as_secs_f64() * 1e3
     );
     println!("| launch of a tiny job | median µs | mean µs |\n|---|---|---|");

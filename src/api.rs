@@ -29,13 +29,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Only the local node exists as a back end in this version: [`Cluster::local`] runs jobs
-//! on this machine's cores with `run_local` and a node-jit [`Engine`]. Clusters from
-//! discovery or explicit peers will be further variants of the same handle once the
-//! cluster crate provides a job client; they are not offered until then.
+//! Two back ends sit behind the same handle: [`Cluster::local`] runs jobs on this machine's
+//! cores with `run_local` and a node-jit [`Engine`]; [`Cluster::connect`] runs them on the
+//! nodes of a cluster (explicit peers and/or mDNS discovery, mutual TLS with the cluster's
+//! credentials) through the cluster crate's client. Results are the same either way.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+pub use cluster::client::{ClientConfig, ClientError};
+use cluster::client::{ClusterClient, JobArg};
+pub use cluster::credentials::{Credentials, CredentialsError};
 
 use ir_packager::{
     Access, ArgKind, FormatError, KernelSpec, Package, ScalarType, ScalarValue, Shape,
@@ -246,6 +250,12 @@ pub enum LaunchError {
     /// The job failed while running (compilation, a kernel panic, a lost worker).
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The cluster credentials could not be loaded.
+    #[error("cluster credentials: {0}")]
+    Credentials(#[from] CredentialsError),
+    /// Connecting to the cluster failed, or the job failed on it.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClientError),
     /// The async task running the job was cancelled or panicked.
     #[error("the task running kernel `{kernel}` did not complete: {reason}")]
     TaskFailed {
@@ -398,8 +408,8 @@ impl LaunchOptions {
         self
     }
 
-    /// Called with `(items done, items total)` each time a packet's results are committed.
-    /// Default: none.
+    /// Called with `(items done, items total)` each time a packet's results are committed
+    /// (on a cluster: once, when the job completes). Default: none.
     pub fn progress(
         mut self,
         progress: impl Fn(u64, u64) + Send + Sync + 'static,
@@ -428,27 +438,49 @@ pub struct LaunchReport {
     pub items: u64,
     /// Packets committed.
     pub packets: u64,
-    /// Workers (local threads) that ran packets.
+    /// Workers that ran packets: local threads, or cluster nodes.
     pub workers: usize,
-    /// Where the kernel's machine code came from.
-    pub code_origin: CodeOrigin,
-    /// Time to compile or load the kernel.
+    /// Where the kernel's machine code came from (local node only: on a cluster each node
+    /// compiles or loads it itself).
+    pub code_origin: Option<CodeOrigin>,
+    /// Time to compile or load the kernel (local), or to upload and prepare the job on
+    /// the nodes (cluster).
     pub compile_time: Duration,
     /// Time running packets.
     pub run_time: Duration,
 }
 
 /// Where jobs run. Cheap to clone; share one per process (it holds the JIT engine and its
-/// code cache).
-#[derive(Clone, Debug)]
+/// code cache, or the connections to the cluster's nodes).
+#[derive(Clone)]
 pub struct Cluster {
     backend: Arc<Backend>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.backend {
+            Backend::Local { engine } => f
+                .debug_struct("Cluster::Local")
+                .field("engine", engine)
+                .finish(),
+            Backend::Remote { nodes, .. } => f
+                .debug_struct("Cluster::Remote")
+                .field("nodes", nodes)
+                .finish(),
+        }
+    }
+}
+
 enum Backend {
     /// The embedded local node: `run_local` on this machine's cores.
     Local { engine: Engine },
+    /// The nodes of a cluster. The client runs one job at a time (`run_job` takes
+    /// `&mut self`), so launches on one handle take turns.
+    Remote {
+        client: Mutex<ClusterClient>,
+        nodes: Vec<String>,
+    },
 }
 
 impl Cluster {
@@ -477,10 +509,46 @@ impl Cluster {
         }
     }
 
+    /// The nodes of a cluster: `config` names explicit peers (`ClientConfig::peers`)
+    /// and/or turns on mDNS discovery (`ClientConfig::discover`), and carries the
+    /// credentials this client presents. At least one node must accept.
+    ///
+    /// ```no_run
+    /// use offload::{ClientConfig, Cluster, Credentials};
+    /// let credentials = Credentials::load("cluster".as_ref())?;
+    /// let config = ClientConfig::new(credentials).peers(["127.0.0.1:7878".parse()?]);
+    /// let cluster = Cluster::connect(config)?;
+    /// println!("{:?}", cluster.nodes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn connect(config: ClientConfig) -> Result<Cluster, LaunchError> {
+        let client = ClusterClient::connect(config)?;
+        let nodes = client
+            .nodes()
+            .into_iter()
+            .map(|(addr, info)| format!("{} ({addr})", info.name))
+            .collect();
+        Ok(Cluster {
+            backend: Arc::new(Backend::Remote {
+                client: Mutex::new(client),
+                nodes,
+            }),
+        })
+    }
+
     /// The local node's engine, if this cluster runs jobs locally.
     pub fn local_engine(&self) -> Option<&Engine> {
         match &*self.backend {
             Backend::Local { engine } => Some(engine),
+            Backend::Remote { .. } => None,
+        }
+    }
+
+    /// The nodes jobs run on: `["local"]`, or the connected nodes' names and addresses.
+    pub fn nodes(&self) -> Vec<String> {
+        match &*self.backend {
+            Backend::Local { .. } => vec!["local".to_string()],
+            Backend::Remote { nodes, .. } => nodes.clone(),
         }
     }
 
@@ -561,8 +629,39 @@ impl Backend {
                     items: report.items,
                     packets: report.packets,
                     workers: report.threads,
-                    code_origin: report.code_origin,
+                    code_origin: Some(report.code_origin),
                     compile_time: report.compile_time,
+                    run_time: report.run_time,
+                })
+            }
+            Backend::Remote { client, .. } => {
+                // A panic while another launch held the client leaves nothing half-done
+                // that the next job depends on (each job reconnects and re-plans).
+                let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
+                let mut job_args: Vec<JobArg<'_>> = values
+                    .iter_mut()
+                    .map(|v| match v {
+                        ArgValue::Scalar(s) => JobArg::Scalar(*s),
+                        ArgValue::Buffer(b) => JobArg::Buffer(b.as_bytes_mut()),
+                    })
+                    .collect();
+                let report =
+                    client.run_job(&kernel.package, kernel.name(), items, &mut job_args)?;
+                // The cluster client has no per-packet hook: progress is reported once,
+                // when every item is committed.
+                if let Some(progress) = &options.progress {
+                    progress(items, items);
+                }
+                Ok(LaunchReport {
+                    items: report.items,
+                    packets: report.packets,
+                    workers: report
+                        .packets_per_node
+                        .iter()
+                        .filter(|(_, n)| *n > 0)
+                        .count(),
+                    code_origin: None,
+                    compile_time: report.prepare_time,
                     run_time: report.run_time,
                 })
             }

@@ -33,8 +33,8 @@ pub mod buffer;
 pub mod local;
 
 pub use api::{
-    Cluster, Element, EmbeddedPackage, Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport,
-    Scalar,
+    ClientConfig, ClientError, Cluster, Credentials, CredentialsError, Element, EmbeddedPackage,
+    Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport, Scalar,
 };
 pub use buffer::Buffer;
 /// `#[offload::kernel]`: marks a plain Rust function as a kernel and generates a typed

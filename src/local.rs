@@ -123,6 +123,7 @@ pub struct LocalOptions {
     progress: Option<Box<ProgressFn>>,
     device: DeviceChoice,
     opencl: Option<Arc<OpenCl>>,
+    packet_items: Option<u64>,
 }
 
 /// Called with `(items done, items total)` as packets complete.
@@ -138,6 +139,13 @@ impl LocalOptions {
     /// Code-generation tuning. Default: LLVM's own choices.
     pub fn tuning(mut self, tuning: Tuning) -> LocalOptions {
         self.tuning = tuning;
+        self
+    }
+
+    /// Items per packet (the last packet may be smaller), as `offload tune` measures.
+    /// Default: chosen by the scheduler (large first, smaller toward the end).
+    pub fn packet_items(mut self, items: u64) -> LocalOptions {
+        self.packet_items = Some(items.max(1));
         self
     }
 
@@ -459,7 +467,11 @@ fn execute(
     let sums = sum_slots(spec);
     // The job's buffers are shared by the workers: packets write disjoint slices of
     // split buffers and private copies of sum buffers.
-    let mut sched = Scheduler::new(JobSpec::new(items).speculation(false));
+    let mut job = JobSpec::new(items).speculation(false);
+    if let Some(size) = options.packet_items {
+        job = job.min_packet(size).max_packet(size);
+    }
+    let mut sched = Scheduler::new(job);
     let clock = Instant::now();
     let now = || clock.elapsed().as_micros() as u64;
     for w in 0..threads {

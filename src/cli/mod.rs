@@ -5,6 +5,8 @@ mod demo;
 mod opencl;
 mod package;
 mod run;
+mod simulate;
+mod tune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +53,11 @@ enum Command {
     Node(cluster::NodeArgs),
     /// List the cluster nodes found on the LAN by mDNS.
     Nodes(cluster::NodesArgs),
+    /// Simulate named cluster scenarios and print makespans against the baselines.
+    Simulate(simulate::SimulateArgs),
+    /// Tune this node for kernels (worker count, packet size, vector width, unroll,
+    /// optimization level) and store the profile; `--show` prints stored profiles.
+    Tune(tune::TuneArgs),
     /// Internal: the kernel worker process a node runs packets in.
     #[command(name = "__worker", hide = true)]
     Worker(cluster::WorkerArgs),
@@ -97,6 +104,8 @@ pub fn main() -> ExitCode {
         Command::Node(args) => cluster::node(&cli, args),
         Command::Nodes(args) => cluster::nodes(args),
         Command::Worker(args) => cluster::worker(&cli, args),
+        Command::Simulate(args) => simulate::simulate(args),
+        Command::Tune(args) => tune::tune(&cli, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -217,6 +217,15 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         options = options.threads(threads);
     }
     options = options.device(args.device.into());
+    let (engine, options) = match super::tune::lookup(&engine, &package, &args.kernel) {
+        Some(settings) => {
+            if cli.verbose > 0 {
+                eprintln!("tuning profile: {settings}");
+            }
+            super::tune::apply(cli, engine, &settings, args.threads, options)?
+        }
+        None => (engine, options),
+    };
     let result = run_local(&engine, &package, &args.kernel, args.items, &mut values, &options);
     if let Some(bar) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
         bar.finish_and_clear();

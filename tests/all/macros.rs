@@ -409,3 +409,157 @@ fn newest_out_dir(build: &Path) -> Option<PathBuf> {
                 .ok()
         })
 }
+
+/// An `offload node` on 127.0.0.1, killed and reaped on drop.
+struct LoopbackNode {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl LoopbackNode {
+    fn start(credentials: &Path, name: &str) -> LoopbackNode {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_offload"))
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--cores",
+                "1",
+                "--name",
+                name,
+            ])
+            .arg("--credentials")
+            .arg(credentials)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start offload node");
+        let stdout = child.stdout.take().expect("node stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .and_then(|a| a.parse().ok());
+        match addr {
+            Some(addr) => LoopbackNode { child, addr },
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {name} did not report its address");
+            }
+        }
+    }
+}
+
+impl Drop for LoopbackNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn three_loopback_nodes_give_the_local_results() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("cluster");
+    let creds_arg = creds.display().to_string();
+    offload_ok(["cluster", "init", "--dir", &creds_arg]);
+    let nodes: Vec<LoopbackNode> = (0..3)
+        .map(|i| {
+            let name = format!("m{i}");
+            offload_ok(["cluster", "add-node", "--dir", &creds_arg, "--name", &name]);
+            LoopbackNode::start(&creds.join("nodes").join(&name), &name)
+        })
+        .collect();
+    let credentials = offload::Credentials::load(&creds).expect("client credentials");
+    let config = offload::ClientConfig::new(credentials).peers(nodes.iter().map(|n| n.addr));
+    let cluster = Cluster::connect(config).expect("connect to the three nodes");
+    assert_eq!(cluster.nodes().len(), 3, "{:?}", cluster.nodes());
+
+    let n = 20_011;
+    let x: Vec<f32> = values(n, 7).iter().map(|&v| v as f32).collect();
+    let y0: Vec<f32> = values(n, 8).iter().map(|&v| v as f32).collect();
+    let (mut local, mut remote) = (y0.clone(), y0);
+    let saxpy = kernel("saxpy");
+    kernels::saxpy::launch_with(
+        &fixture().cluster,
+        &saxpy,
+        two_threads(),
+        n,
+        0.25,
+        &x,
+        &mut local,
+    )
+    .expect("local saxpy");
+    let report = kernels::saxpy::launch_with(
+        &cluster,
+        &saxpy,
+        LaunchOptions::default(),
+        n,
+        0.25,
+        &x,
+        &mut remote,
+    )
+    .expect("cluster saxpy");
+    assert_eq!(remote, local);
+    assert!(
+        report.workers >= 1 && report.code_origin.is_none(),
+        "{report:?}"
+    );
+
+    let text = text(200_003);
+    let mut direct = [0u64; 3];
+    kernels::wc(0, text.len(), &text, &mut direct);
+    let mut remote = [0u64; 3];
+    let done = Arc::new(Mutex::new(None));
+    let seen = done.clone();
+    let options = LaunchOptions::default()
+        .progress(move |d, t| *seen.lock().expect("progress") = Some((d, t)));
+    kernels::wc::launch_with(
+        &cluster,
+        &kernel("wc"),
+        options,
+        text.len(),
+        &text,
+        &mut remote,
+    )
+    .expect("cluster wc");
+    assert_eq!(remote, direct);
+    let total = text.len() as u64;
+    assert_eq!(*done.lock().expect("progress"), Some((total, total)));
+
+    // The async form drives the blocking cluster client from tokio's blocking pool.
+    let coeffs = values(5, 9);
+    let xs = values(n, 10);
+    let mut direct = vec![0.0; n];
+    for i in 0..n {
+        kernels::poly(i, &coeffs, &xs[i..i + 1], &mut direct[i..i + 1]);
+    }
+    let mut remote = vec![0.0; n];
+    let poly = kernel("poly");
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
+        .block_on(async {
+            let args = &mut [
+                KernelArg::input(&coeffs),
+                KernelArg::scalar(coeffs.len() as u64),
+                KernelArg::input(&xs),
+                KernelArg::output(&mut remote),
+            ];
+            cluster
+                .launch_async(&poly, n as u64, args, LaunchOptions::default())
+                .await
+        })
+        .expect("cluster poly");
+    assert_eq!(remote, direct);
+}

@@ -9,3 +9,4 @@ mod validation;
 mod conformance;
 mod macros;
 mod cluster;
+mod tune;

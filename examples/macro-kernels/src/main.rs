@@ -4,6 +4,10 @@
 //! `cargo run -p macro-kernels --release [-- ITEMS]` prints one line per kernel and exits
 //! with status 1 if a result differs. Nothing to package by hand: `build.rs` compiled the
 //! kernels to the package embedded in this binary.
+//!
+//! `-- ITEMS --credentials DIR --peer ADDR [--peer ADDR ...]` runs every kernel on the
+//! local node *and* on the cluster nodes at those addresses (see `offload node`), and
+//! also compares the two.
 
 mod kernels;
 
@@ -43,8 +47,17 @@ fn text(n: usize) -> Vec<u8> {
     out
 }
 
-fn run(cluster: &Cluster, items: usize) -> Result<bool, LaunchError> {
+/// The results of one run of every kernel, for comparing back ends.
+#[derive(PartialEq)]
+struct Results {
+    saxpy: Vec<f32>,
+    poly: Vec<f64>,
+    wc: [u64; 3],
+}
+
+fn run(cluster: &Cluster, items: usize) -> Result<(bool, Results), LaunchError> {
     let mut ok = true;
+    println!("on {}:", cluster.nodes().join(", "));
 
     // saxpy: f32, split in and inout.
     let x: Vec<f32> = inputs(items, 1).iter().map(|&v| v as f32).collect();
@@ -53,10 +66,10 @@ fn run(cluster: &Cluster, items: usize) -> Result<bool, LaunchError> {
     for i in 0..items {
         kernels::saxpy(i, 2.5, &x[i..i + 1], &mut direct[i..i + 1]);
     }
-    let mut offloaded = y0;
+    let mut saxpy = y0;
     let started = Instant::now();
-    let report = kernels::saxpy::launch(cluster, items, 2.5, &x, &mut offloaded)?;
-    ok &= compare("saxpy", direct == offloaded, started, &report);
+    let report = kernels::saxpy::launch(cluster, items, 2.5, &x, &mut saxpy)?;
+    ok &= compare("saxpy", direct == saxpy, started, &report);
 
     // poly: whole coefficients, split in, out.
     let coeffs = inputs(16, 3);
@@ -65,10 +78,10 @@ fn run(cluster: &Cluster, items: usize) -> Result<bool, LaunchError> {
     for i in 0..items {
         kernels::poly(i, &coeffs, &x[i..i + 1], &mut direct[i..i + 1]);
     }
-    let mut offloaded = vec![0.0; items];
+    let mut poly = vec![0.0; items];
     let started = Instant::now();
-    let report = kernels::poly::launch(cluster, items, &coeffs, &x, &mut offloaded)?;
-    ok &= compare("poly", direct == offloaded, started, &report);
+    let report = kernels::poly::launch(cluster, items, &coeffs, &x, &mut poly)?;
+    ok &= compare("poly", direct == poly, started, &report);
 
     // wc: a range kernel over bytes, whole input, sum buffer; with a progress callback.
     let text = text(items * 8);
@@ -89,7 +102,14 @@ fn run(cluster: &Cluster, items: usize) -> Result<bool, LaunchError> {
         "wc: {} lines, {} words, {} bytes",
         offloaded[0], offloaded[1], offloaded[2]
     );
-    Ok(ok)
+    Ok((
+        ok,
+        Results {
+            saxpy,
+            poly,
+            wc: offloaded,
+        },
+    ))
 }
 
 fn compare(name: &str, same: bool, started: Instant, report: &offload::LaunchReport) -> bool {
@@ -99,7 +119,9 @@ fn compare(name: &str, same: bool, started: Instant, report: &offload::LaunchRep
         started.elapsed().as_secs_f64() * 1e3,
         report.packets,
         report.workers,
-        report.code_origin.describe(),
+        report
+            .code_origin
+            .map_or("compiled by the nodes", |o| o.describe()),
         if same {
             "same as direct Rust"
         } else {
@@ -109,16 +131,75 @@ fn compare(name: &str, same: bool, started: Instant, report: &offload::LaunchRep
     same
 }
 
+/// What the command line asks for.
+struct Args {
+    items: usize,
+    credentials: Option<std::path::PathBuf>,
+    peers: Vec<std::net::SocketAddr>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        items: 1 << 20,
+        credentials: None,
+        peers: Vec::new(),
+    };
+    let mut words = std::env::args().skip(1);
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--credentials" => args.credentials = words.next().map(Into::into),
+            "--peer" => {
+                let addr = words.next().unwrap_or_default();
+                args.peers.push(
+                    addr.parse()
+                        .map_err(|_| format!("--peer `{addr}` is not HOST:PORT"))?,
+                );
+            }
+            n => {
+                args.items = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("`{n}` is not a positive number of items"))?
+            }
+        }
+    }
+    if args.peers.is_empty() != args.credentials.is_none() {
+        return Err("--peer and --credentials go together".into());
+    }
+    Ok(args)
+}
+
 fn main() -> ExitCode {
-    let items = match std::env::args().nth(1).map(|a| a.parse::<usize>()) {
-        None => 1 << 20,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            eprintln!("usage: macro-kernels [ITEMS]  (a positive whole number)");
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("macro-kernels: {e}\nusage: macro-kernels [ITEMS] [--credentials DIR --peer ADDR...]");
             return ExitCode::from(2);
         }
     };
-    let result = Cluster::local().and_then(|cluster| run(&cluster, items));
+    let result = Cluster::local()
+        .and_then(|local| run(&local, args.items))
+        .and_then(
+            |(ok, local)| match (&args.credentials, args.peers.is_empty()) {
+                (Some(dir), false) => {
+                    let credentials = offload::Credentials::load(dir)?;
+                    let config = offload::ClientConfig::new(credentials).peers(args.peers.clone());
+                    let (cluster_ok, remote) = run(&Cluster::connect(config)?, args.items)?;
+                    let same = remote == local;
+                    println!(
+                        "cluster vs local: {}",
+                        if same {
+                            "identical results"
+                        } else {
+                            "results DIFFER"
+                        }
+                    );
+                    Ok(ok && cluster_ok && same)
+                }
+                _ => Ok(ok),
+            },
+        );
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
