@@ -31,6 +31,7 @@
 pub mod api;
 pub mod buffer;
 pub mod local;
+pub mod tune;
 
 pub use api::{
     ClientConfig, ClientError, Cluster, Credentials, CredentialsError, Element, EmbeddedPackage,
