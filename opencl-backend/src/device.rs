@@ -543,11 +543,6 @@ pub struct PreparedKernel {
 /// Work-group size used for every launch (or the device's maximum, if smaller).
 const LOCAL_SIZE: usize = 64;
 
-// SAFETY: an OpenCL kernel object may be used from any thread as long as one thread at a
-// time sets its arguments and enqueues it (OpenCL 1.2 §A.2); `PreparedKernel` is only
-// used through `&mut self`, so moving it to another thread is sound.
-unsafe impl Send for PreparedKernel {}
-
 impl PreparedKernel {
     /// The device this kernel runs on.
     pub fn device(&self) -> &Device {
@@ -817,5 +812,28 @@ pub fn add_into(total: &mut [u8], part: &[u8], elem: ScalarType) {
                 d.copy_from_slice(&(f64::from_le_bytes(a) + f64::from_le_bytes(b)).to_le_bytes());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_kernels_can_move_to_a_device_thread() {
+        fn is_send<T: Send>() {}
+        is_send::<PreparedKernel>();
+        fn is_sync<T: Send + Sync>() {}
+        is_sync::<Device>();
+    }
+
+    #[test]
+    fn partial_sums_wrap_integers_and_add_floats() {
+        let mut total = u32::MAX.to_le_bytes().to_vec();
+        add_into(&mut total, &2u32.to_le_bytes(), ScalarType::U32);
+        assert_eq!(total, 1u32.to_le_bytes());
+        let mut total = 1.5f64.to_le_bytes().to_vec();
+        add_into(&mut total, &2.25f64.to_le_bytes(), ScalarType::F64);
+        assert_eq!(total, 3.75f64.to_le_bytes());
     }
 }
