@@ -16,8 +16,11 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use offload::tune::{synthetic_args, tune_kernel, Settings, TuneOptions};
 use offload::{package_source, run_local, Config, Engine, LocalOptions, Manifest, ScalarValue};
 
+/// Scalar arguments by name.
+type Scalars = Vec<(String, ScalarValue)>;
+
 /// (example, items, scalars): the same inputs as `offload tune`'s reference set.
-fn cases() -> Vec<(&'static str, u64, Vec<(String, ScalarValue)>)> {
+fn cases() -> Vec<(&'static str, u64, Scalars)> {
     let width = 256u32;
     vec![
         ("saxpy", 1 << 20, vec![("a".into(), ScalarValue::F32(2.0))]),

@@ -50,8 +50,8 @@ pub enum TuneError {
         kernel: String,
         /// The configuration being measured.
         settings: String,
-        /// Why.
-        source: RunError,
+        /// Why (boxed: a run error is large and tuning errors travel by value).
+        source: Box<RunError>,
     },
     /// An engine for another optimization level could not be created.
     #[error(transparent)]
@@ -476,7 +476,7 @@ fn measure(
     let fail = |source| TuneError::Run {
         kernel: kernel.to_string(),
         settings: settings.to_string(),
-        source,
+        source: Box::new(source),
     };
     run_local(engine, package, kernel, options.items, args, &local()).map_err(fail)?;
     let mut times = Vec::with_capacity(options.repeats.max(1));

@@ -41,6 +41,9 @@ pub struct TuneArgs {
     scalars: Vec<String>,
 }
 
+/// Scalar arguments by name.
+type Scalars = Vec<(String, ScalarValue)>;
+
 /// A kernel of the built-in reference set: the example's source, built into the binary,
 /// with inputs that make one timed run last milliseconds.
 struct Reference {
@@ -128,7 +131,7 @@ pub fn tune(cli: &Cli, args: &TuneArgs) -> anyhow::Result<()> {
         user_scalars.push((name.trim().to_string(), value.to_string()));
     }
     // (package, kernel, items, scalars) to tune.
-    let mut jobs: Vec<(Package, String, u64, Vec<(String, ScalarValue)>)> = Vec::new();
+    let mut jobs: Vec<(Package, String, u64, Scalars)> = Vec::new();
     match &args.package {
         Some(path) => {
             let package = read_package(path)?;
