@@ -321,7 +321,15 @@ async fn handle(
         },
         Request::Buffer(bytes) => {
             let hash = *blake3::hash(&bytes).as_bytes();
-            lock(&shared.buffers).insert(hash, Arc::new(bytes));
+            let mut buffers = lock(&shared.buffers);
+            let held: usize = buffers.values().map(|b| b.len()).sum();
+            if held + bytes.len() > NODE_BUFFER_BYTES {
+                // Prepared jobs hold their buffers themselves; the cache only saves
+                // uploads, so dropping it all is safe.
+                tracing::info!("buffer cache over {NODE_BUFFER_BYTES} bytes: emptied");
+                buffers.clear();
+            }
+            buffers.insert(hash, Arc::new(bytes));
             Response::Stored(hash)
         }
         Request::Prepare {
@@ -539,6 +547,9 @@ enum WorkerFault {
     #[error("worker pipe: {0}")]
     Protocol(String),
 }
+
+/// Whole buffers cached by the node above this are dropped before more are stored.
+const NODE_BUFFER_BYTES: usize = 4 << 30;
 
 /// Worker buffers above this are dropped before more are sent.
 const WORKER_BUFFER_BYTES: usize = 2 << 30;
