@@ -361,3 +361,27 @@ pub fn switch_default(switch: Value) -> Block {
     // SAFETY: see the module documentation; `switch` is a switch instruction.
     unsafe { llvm::LLVMGetSwitchDefaultDest(switch) }
 }
+
+pub fn vector_lanes(t: Type) -> u32 {
+    // SAFETY: see the module documentation; `t` is a fixed vector type.
+    unsafe { llvm::LLVMGetVectorSize(t) }
+}
+
+/// A shufflevector's mask; `None` for undefined lanes.
+pub fn shuffle_mask(v: Value) -> Vec<Option<u32>> {
+    // SAFETY: see the module documentation; `v` is a shufflevector.
+    unsafe {
+        let undef = llvm::LLVMGetUndefMaskElem();
+        (0..llvm::LLVMGetNumMaskElements(v))
+            .map(|k| {
+                let m = llvm::LLVMGetMaskValue(v, k);
+                (m != undef && m >= 0).then_some(m as u32)
+            })
+            .collect()
+    }
+}
+
+pub fn is_constant(v: Value) -> bool {
+    // SAFETY: see the module documentation.
+    unsafe { !llvm::LLVMIsAConstant(v).is_null() }
+}

@@ -24,8 +24,9 @@
 //! ```
 //!
 //! What is lowered, and what is refused (then the kernel is CPU-only): see [`lower`].
-//! Not in this version: range kernels (they run on the CPU), LLVM vector types,
-//! pointers stored in memory, mutable globals, a direct PTX or SPIR-V path.
+//! Not in this version: range kernels (they run on the CPU), vector comparisons and
+//! masks, integers wider than 64 bits, pointers stored in memory, mutable globals, a
+//! direct PTX or SPIR-V path.
 //! Devices must be little-endian.
 
 mod device;

@@ -224,7 +224,34 @@ enum Cty {
     Ptr,
     /// `{iN, i1}` as returned by the `*.with.overflow` intrinsics.
     Pair(u32),
+    /// An LLVM vector of 2, 3, 4, 8 or 16 lanes: an OpenCL vector type.
+    Vector(u32, Lane),
     Void,
+}
+
+/// The element type of a vector.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lane {
+    Int(u32),
+    F32,
+    F64,
+}
+
+impl Lane {
+    fn unsigned(self) -> &'static str {
+        match self {
+            Lane::Int(w) => ut(w),
+            Lane::F32 => "float",
+            Lane::F64 => "double",
+        }
+    }
+
+    fn signed(self) -> &'static str {
+        match self {
+            Lane::Int(w) => st(w),
+            other => other.unsigned(),
+        }
+    }
 }
 
 /// Address spaces a pointer value can live in.
@@ -496,7 +523,7 @@ impl<'s> Lowering<'s> {
     fn unsupported_type(&self, at: Value, t: Type) -> LowerError {
         let reason = match ir::kind(t) {
             LLVMTypeKind::LLVMVectorTypeKind | LLVMTypeKind::LLVMScalableVectorTypeKind => {
-                "LLVM vector types are not lowered in this version".to_string()
+                "only vectors of 2, 3, 4, 8 or 16 integers (8 to 64 bits) or floats have an OpenCL type (vector comparisons and masks are not lowered)".to_string()
             }
             _ => format!(
                 "type `{}` has no OpenCL C counterpart here",
@@ -520,6 +547,27 @@ impl<'s> Lowering<'s> {
                 Ok(Cty::F64)
             }
             LLVMTypeKind::LLVMPointerTypeKind => Ok(Cty::Ptr),
+            LLVMTypeKind::LLVMVectorTypeKind => {
+                let lanes = ir::vector_lanes(t);
+                let e = ir::element_type(t);
+                let lane = match ir::kind(e) {
+                    LLVMTypeKind::LLVMIntegerTypeKind
+                        if matches!(ir::int_width(e), 8 | 16 | 32 | 64) =>
+                    {
+                        Lane::Int(ir::int_width(e))
+                    }
+                    LLVMTypeKind::LLVMFloatTypeKind => Lane::F32,
+                    LLVMTypeKind::LLVMDoubleTypeKind => {
+                        self.fp64 = true;
+                        Lane::F64
+                    }
+                    _ => return Err(self.unsupported_type(at, t)),
+                };
+                if !matches!(lanes, 2 | 3 | 4 | 8 | 16) {
+                    return Err(self.unsupported_type(at, t));
+                }
+                Ok(Cty::Vector(lanes, lane))
+            }
             LLVMTypeKind::LLVMStructTypeKind => {
                 let fields = ir::struct_element_types(t);
                 match fields.as_slice() {
@@ -895,6 +943,7 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
                 Some(s) => format!("{} uchar*", s.qualifier()),
                 None => return Err(self.low.unsupported(at, "pointer of unknown address space")),
             },
+            Cty::Vector(n, lane) => format!("{}{n}", lane.unsigned()),
             Cty::Pair(_) | Cty::Void => {
                 return Err(self.low.unsupported(at, "value has no single C type"))
             }
@@ -1081,6 +1130,21 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
             return self.low.global_name(v, at);
         }
         let ty = self.ty(v)?;
+        if let Cty::Vector(n, lane) = ty {
+            let t = format!("{}{n}", lane.unsigned());
+            if ir::is_undef(v) || ir::is_zero_aggregate(v) {
+                return Ok(format!("(({t})(0))"));
+            }
+            if ir::is_constant(v) {
+                let mut lanes = Vec::new();
+                for k in 0..n {
+                    let e = ir::aggregate_element(v, k)
+                        .ok_or_else(|| self.low.unsupported(at, "unreadable vector constant"))?;
+                    lanes.push(self.op(e, at)?);
+                }
+                return Ok(format!("(({t})({}))", lanes.join(", ")));
+            }
+        }
         if ir::is_undef(v) || ir::is_null_pointer(v) || ir::is_zero_aggregate(v) {
             return Ok(match ty {
                 Cty::Bool => "false".into(),
@@ -1234,6 +1298,48 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
                 let a = self.op(ir::operand(inst, 0), inst)?;
                 self.assign(inst, a);
             }
+            LLVMExtractElement => {
+                let v = self.op(ir::operand(inst, 0), inst)?;
+                let k = self.lane_index(ir::operand(inst, 1), inst)?;
+                self.assign(inst, format!("{v}.{k}"));
+            }
+            LLVMInsertElement => {
+                let v = self.op(ir::operand(inst, 0), inst)?;
+                let x = self.op(ir::operand(inst, 1), inst)?;
+                let k = self.lane_index(ir::operand(inst, 2), inst)?;
+                let name = self.names[&inst].clone();
+                self.line(format!("{name} = {v}; {name}.{k} = {x};"));
+            }
+            LLVMShuffleVector => {
+                let Cty::Vector(n, lane) = self.ty(inst)? else {
+                    return Err(self.low.unsupported(inst, "shuffle to a non-vector"));
+                };
+                let first = ir::operand(inst, 0);
+                let Cty::Vector(width, _) = self.ty(first)? else {
+                    return Err(self.low.unsupported(inst, "shuffle of a non-vector"));
+                };
+                let a = self.op(first, inst)?;
+                let b = self.op(ir::operand(inst, 1), inst)?;
+                let zero = if lane == Lane::F32 {
+                    "0.0f"
+                } else if lane == Lane::F64 {
+                    "0.0"
+                } else {
+                    "0"
+                };
+                let lanes: Vec<String> = ir::shuffle_mask(inst)
+                    .into_iter()
+                    .map(|m| match m {
+                        Some(k) if k < width => format!("{a}.s{k:x}"),
+                        Some(k) => format!("{b}.s{:x}", k - width),
+                        None => zero.to_string(),
+                    })
+                    .collect();
+                self.assign(
+                    inst,
+                    format!("({}{n})({})", lane.unsigned(), lanes.join(", ")),
+                );
+            }
             LLVMGetElementPtr => {
                 let e = self.gep(inst)?;
                 self.assign(inst, e);
@@ -1306,10 +1412,11 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
 
     fn float_only(&mut self, inst: Value) -> Result<(), LowerError> {
         match self.ty(inst)? {
-            Cty::F32 | Cty::F64 => Ok(()),
-            _ => Err(self
-                .low
-                .unsupported(inst, "only scalar float arithmetic is lowered")),
+            Cty::F32 | Cty::F64 | Cty::Vector(_, Lane::F32 | Lane::F64) => Ok(()),
+            _ => Err(self.low.unsupported(
+                inst,
+                "only float arithmetic on floats or float vectors is lowered",
+            )),
         }
     }
 
@@ -1318,10 +1425,14 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         let w = match self.ty(inst)? {
             Cty::Bool => 1,
             Cty::Int(w) => w,
+            Cty::Vector(n, lane @ Lane::Int(_)) => {
+                return self.vector_int_binary(inst, opcode, n, lane)
+            }
             _ => {
-                return Err(self
-                    .low
-                    .unsupported(inst, "only scalar integer arithmetic is lowered"))
+                return Err(self.low.unsupported(
+                    inst,
+                    "only integer arithmetic on integers or integer vectors is lowered",
+                ))
             }
         };
         let a = self.op(ir::operand(inst, 0), inst)?;
@@ -1363,6 +1474,117 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
             LLVMOr => format!("({u})({a} | {b})"),
             _ => format!("({u})({a} ^ {b})"),
         })
+    }
+
+    /// Integer vector arithmetic: OpenCL's vector operators do not promote, so unsigned
+    /// lanes wrap as LLVM's do; signed operations reinterpret the lanes.
+    fn vector_int_binary(
+        &mut self,
+        inst: Value,
+        opcode: LLVMOpcode,
+        n: u32,
+        lane: Lane,
+    ) -> Result<String, LowerError> {
+        use LLVMOpcode::*;
+        let a = self.op(ir::operand(inst, 0), inst)?;
+        let b = self.op(ir::operand(inst, 1), inst)?;
+        let (u, s) = (
+            format!("{}{n}", lane.unsigned()),
+            format!("{}{n}", lane.signed()),
+        );
+        let o = match opcode {
+            LLVMAdd => "+",
+            LLVMSub => "-",
+            LLVMMul => "*",
+            LLVMUDiv | LLVMSDiv => "/",
+            LLVMURem | LLVMSRem => "%",
+            LLVMShl => "<<",
+            LLVMLShr | LLVMAShr => ">>",
+            LLVMAnd => "&",
+            LLVMOr => "|",
+            _ => "^",
+        };
+        Ok(match opcode {
+            LLVMSDiv | LLVMSRem => format!("as_{u}(as_{s}({a}) {o} as_{s}({b}))"),
+            LLVMAShr => format!("as_{u}(as_{s}({a}) >> {b})"),
+            _ => format!("{a} {o} {b}"),
+        })
+    }
+
+    /// Vector conversions through OpenCL's `convert_` (C's rules, lane by lane) and
+    /// `as_` (bit reinterpretation).
+    fn vector_cast(
+        &mut self,
+        inst: Value,
+        opcode: LLVMOpcode,
+        from: Cty,
+        to: Cty,
+    ) -> Result<String, LowerError> {
+        use LLVMOpcode::*;
+        let a = self.op(ir::operand(inst, 0), inst)?;
+        let (Cty::Vector(n, fl), Cty::Vector(m, tl)) = (from, to) else {
+            if opcode == LLVMBitCast {
+                let target = match to {
+                    Cty::Int(w) if w >= 8 => ut(w).to_string(),
+                    Cty::F32 => "float".into(),
+                    Cty::F64 => "double".into(),
+                    Cty::Vector(m, tl) if m != 3 => format!("{}{m}", tl.unsigned()),
+                    _ => {
+                        return Err(self
+                            .low
+                            .unsupported(inst, "bitcast between these types is not lowered"))
+                    }
+                };
+                if matches!(from, Cty::Vector(3, _)) {
+                    return Err(self.low.unsupported(
+                        inst,
+                        "bitcast of a 3-lane vector (4 lanes in OpenCL memory)",
+                    ));
+                }
+                return Ok(format!("as_{target}({a})"));
+            }
+            return Err(self
+                .low
+                .unsupported(inst, "conversion between a vector and a scalar"));
+        };
+        if n != m {
+            if opcode == LLVMBitCast && n != 3 && m != 3 {
+                return Ok(format!("as_{}{m}({a})", tl.unsigned()));
+            }
+            return Err(self
+                .low
+                .unsupported(inst, "vector conversion that changes the lane count"));
+        }
+        let (fu, fs) = (
+            format!("{}{n}", fl.unsigned()),
+            format!("{}{n}", fl.signed()),
+        );
+        let (tu, ts) = (
+            format!("{}{n}", tl.unsigned()),
+            format!("{}{n}", tl.signed()),
+        );
+        Ok(match opcode {
+            LLVMBitCast if fl == tl => a,
+            LLVMBitCast if n != 3 => format!("as_{tu}({a})"),
+            LLVMTrunc | LLVMZExt | LLVMUIToFP | LLVMFPToUI | LLVMFPTrunc | LLVMFPExt => {
+                format!("convert_{tu}({a})")
+            }
+            LLVMSExt | LLVMSIToFP => format!("as_{tu}(convert_{ts}(as_{fs}({a})))"),
+            LLVMFPToSI => format!("as_{tu}(convert_{ts}({a}))"),
+            _ => {
+                let _ = fu;
+                return Err(self
+                    .low
+                    .unsupported(inst, "vector conversion is not lowered"));
+            }
+        })
+    }
+
+    fn lane_index(&mut self, idx: Value, at: Value) -> Result<String, LowerError> {
+        if !ir::is_constant_int(idx) {
+            return Err(self.low.unsupported(at, "vector lane chosen at run time"));
+        }
+        Ok(format!("s{:x}", ir::const_int_zext(idx)))
     }
 
     fn icmp(&mut self, inst: Value) -> Result<String, LowerError> {
@@ -1446,6 +1668,9 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         let src = ir::operand(inst, 0);
         let from = self.ty(src)?;
         let to = self.ty(inst)?;
+        if matches!(from, Cty::Vector(..)) || matches!(to, Cty::Vector(..)) {
+            return self.vector_cast(inst, opcode, from, to);
+        }
         let a = self.op(src, inst)?;
         let wf = self.width(src)?;
         let wt = self.width(inst)?;
@@ -1592,6 +1817,12 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         let space = self.space_of(p, inst)?.qualifier();
         let pc = self.op(p, inst)?;
         let ty = self.ty(inst)?;
+        if let Cty::Vector(n, lane) = ty {
+            // vloadN needs only the lane type's alignment, which OpenCL buffers give.
+            let e = format!("vload{n}(0, ({space} {}*)({pc}))", lane.unsigned());
+            self.assign(inst, e);
+            return Ok(());
+        }
         let (c, size) = self.memory_type(inst, ty)?;
         let e = if ir::alignment(inst) >= size || size == 1 {
             format!("*(({space} {c}*)({pc}))")
@@ -1619,6 +1850,13 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         let pc = self.op(p, inst)?;
         let vc = self.op(v, inst)?;
         let ty = self.ty(v)?;
+        if let Cty::Vector(n, lane) = ty {
+            self.line(format!(
+                "vstore{n}({vc}, 0, ({q} {}*)({pc}));",
+                lane.unsigned()
+            ));
+            return Ok(());
+        }
         let (c, size) = self.memory_type(inst, ty)?;
         if ir::alignment(inst) >= size || size == 1 {
             self.line(format!("*(({q} {c}*)({pc})) = ({c})({vc});"));
