@@ -23,7 +23,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What is lowered, and what is refused (then the kernel is CPU-only): see [`lower`].
+//! What is lowered, and what is refused (then the kernel is CPU-only): see the [`lower`](mod@lower) module.
 //! Not in this version: range kernels (they run on the CPU), vector comparisons and
 //! masks, integers wider than 64 bits, pointers stored in memory, mutable globals, a
 //! direct PTX or SPIR-V path.
