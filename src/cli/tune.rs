@@ -101,9 +101,8 @@ const REFERENCE: &[Reference] = &[
     },
 ];
 
-/// Packages a reference kernel from its embedded source. The file is called
-/// `kernel.rs` as in the repository, so the package (and its hash, hence its profile)
-/// is the one `offload package examples/NAME/kernel.rs` makes.
+/// Packages a reference kernel from its embedded source (written to a temporary
+/// `kernel.rs`, so the binary needs no checkout of the repository).
 fn reference_package(reference: &Reference) -> anyhow::Result<Package> {
     let scratch = tempfile::Builder::new()
         .prefix("offload-tune-")
@@ -196,12 +195,17 @@ pub fn tune(cli: &Cli, args: &TuneArgs) -> anyhow::Result<()> {
                     .into_iter()
                     .map(|(n, v)| (n.to_string(), v))
                     .collect();
-                jobs.push((
-                    reference_package(reference)?,
-                    reference.name.to_string(),
-                    items,
-                    scalars,
-                ));
+                let package = reference_package(reference)?;
+                // The package hash depends on the path rustc saw, so a package made by
+                // `offload package` elsewhere is another package: keep this one where
+                // `offload run` can use it with its profile.
+                let dir = cache_root.join(offload::tune::PROFILE_DIR).join("packages");
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                let path = dir.join(format!("{}.okp", reference.name));
+                package.write(&path)?;
+                println!("reference package {}: {}", reference.name, path.display());
+                jobs.push((package, reference.name.to_string(), items, scalars));
             }
             if let Some(unknown) = args
                 .kernels
