@@ -15,7 +15,7 @@
 //! the median over rounds of the per-round time ratio for JIT/native-AOT and
 //! JIT/generic-AOT.
 //!
-//! Times are the bench thread's CPU time (`support/cpu_time.rs`), not wall time: on a
+//! Times are the bench thread's CPU time (`support/cpu_time.rs`, `support/cpu_measurement.rs`), not wall time: on a
 //! shared machine wall time mostly measures the scheduler's queue.
 //!
 //! Run: `cargo bench --bench jit_vs_native`. Set `OFFLOAD_BENCH_KEEP=1` to keep the
@@ -32,6 +32,8 @@ use node_jit::{CompiledKernel, Config, Engine};
 
 #[path = "support/aot.rs"]
 mod aot;
+#[path = "support/cpu_measurement.rs"]
+mod cpu_measurement;
 #[path = "support/cpu_time.rs"]
 mod cpu_time;
 #[path = "support/examples.rs"]
@@ -56,7 +58,8 @@ mod raytrace_ref;
 mod saxpy_ref;
 
 use aot::{AotKernel, Cpu};
-use cpu_time::{thread_cpu_time, ThreadCpuTime};
+use cpu_measurement::ThreadCpuTime;
+use cpu_time::thread_cpu_time;
 
 /// Criterion samples per variant: few, the machine is small and shared.
 const SAMPLE_SIZE: usize = 10;
