@@ -395,6 +395,11 @@ fn main() -> Result<()> {
     group.finish();
     criterion.final_summary();
 
+    if examples::criterion_test_mode() {
+        // `cargo test --benches`: every benchmark ran once; skip the breakdown.
+        return Ok(());
+    }
+
     let engine_new = median_of(|| {
         let start = Instant::now();
         let engine = Engine::new(Config::default().cache_dir(parent.path().join("unused")))?;

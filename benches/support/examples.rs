@@ -74,3 +74,10 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
         _ => Some(values[mid]),
     }
 }
+
+/// Whether criterion runs in test mode (`cargo test --benches` passes `--test`): each
+/// benchmark runs once to check that it works, so the benches skip their extra timing
+/// (the checks of results still run).
+pub fn criterion_test_mode() -> bool {
+    std::env::args().any(|arg| arg == "--test")
+}
