@@ -60,12 +60,12 @@ pub(crate) fn load_source<'ctx>(
         SourceKind::C => compile_c(ctx, source),
         SourceKind::LlvmIr => {
             let buffer = read_buffer(source)?;
-            let module = ctx.create_module_from_ir(buffer).map_err(|e| {
-                PackageError::MalformedIr {
-                    path: source.display().to_string(),
-                    message: e.to_string(),
-                }
-            })?;
+            let module =
+                ctx.create_module_from_ir(buffer)
+                    .map_err(|e| PackageError::MalformedIr {
+                        path: source.display().to_string(),
+                        message: e.to_string(),
+                    })?;
             Ok(FrontEndOutput {
                 module,
                 front_end: "LLVM IR".into(),
@@ -112,6 +112,20 @@ fn compile_rust<'ctx>(
         .arg(source)
         .arg("-o")
         .arg(&out);
+    // Panic locations embed the source path; mapping its folder away makes the package
+    // (and its hash) the same wherever the file lives.
+    if let Some(parent) = std::path::absolute(source)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        cmd.arg(format!("--remap-path-prefix={}=", parent.display()));
+        if let Some(relative_parent) = source.parent().filter(|p| !p.as_os_str().is_empty()) {
+            cmd.arg(format!(
+                "--remap-path-prefix={}=",
+                relative_parent.display()
+            ));
+        }
+    }
     run_front_end(cmd, "rustc", source, "rustup's toolchain (or set RUSTC)")?;
     let module = parse_front_end_bitcode(ctx, &out, source)?;
     Ok(FrontEndOutput {
@@ -172,7 +186,9 @@ fn run_front_end(
         return Err(PackageError::CompileFailed {
             tool: tool.to_string(),
             path: source.display().to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim_end().to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr)
+                .trim_end()
+                .to_string(),
         });
     }
     Ok(())
