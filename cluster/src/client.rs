@@ -270,6 +270,26 @@ impl ClusterClient {
             .collect()
     }
 
+    /// A line per connected node on its QUIC path: datagram size, round-trip time,
+    /// packets sent and lost (diagnostics for benchmarks and `-v`).
+    pub fn transport_summary(&self) -> Vec<String> {
+        self.remotes
+            .iter()
+            .map(|r| {
+                let stats = r.connection.stats();
+                format!(
+                    "{}: MTU {} bytes, RTT {:?}, {} datagrams sent, {} packets lost, {} black holes",
+                    r.addr,
+                    stats.path.current_mtu,
+                    stats.path.rtt,
+                    stats.udp_tx.datagrams,
+                    stats.path.lost_packets,
+                    stats.path.black_holes_detected
+                )
+            })
+            .collect()
+    }
+
     /// Round trip of an empty request to the first node (benchmarks).
     pub fn ping(&self) -> Result<Duration, ClientError> {
         let remote = self

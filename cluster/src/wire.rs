@@ -72,6 +72,10 @@ pub(crate) async fn recv<T: DeserializeOwned>(
 /// Transport settings shared by nodes and clients: keep-alives and an idle timeout so a
 /// paused or vanished peer is noticed within `idle`, large flow-control windows for
 /// bulk buffers, and MTU discovery up to what loopback and jumbo frames allow.
+///
+/// Measured limit (see docs/cluster.md): on this loopback the path MTU stays at 1200
+/// bytes (discovery does not raise it, and an initial MTU above 1200 makes the
+/// handshake fail), which bounds bulk throughput.
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(idle / 4));
@@ -81,13 +85,58 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     t.send_window(256 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(65_000);
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
+/// Largest UDP payload we send or accept (loopback and jumbo frames).
+const MAX_UDP_PAYLOAD: u16 = 65_527;
+
 /// The default time after which a silent peer counts as gone.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(3);
+
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    // Within quinn's accepted range by construction, so the result is always Ok.
+    let _ = config.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    config
+}
+
+/// Binds a UDP socket with large kernel buffers, so bursts of big datagrams are not
+/// dropped before quinn reads them.
+fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
+    {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 16 << 20;
+        // The *FORCE options pass net.core.rmem_max when we may (root); otherwise the
+        // plain ones give what the system allows.
+        for (forced, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            for option in [forced, plain] {
+                // SAFETY: setsockopt on a socket we own with a valid c_int option
+                // value; failure only leaves the default buffer size.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        socket.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        option,
+                        (&size as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if rc == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(socket)
+}
 
 /// A QUIC server endpoint that accepts only cluster members.
 pub(crate) fn server_endpoint(
@@ -100,10 +149,30 @@ pub(crate) fn server_endpoint(
         .map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(idle));
-    quinn::Endpoint::server(config, listen).map_err(|source| EndpointError::Bind {
+    let socket = udp_socket(listen)?;
+    quinn::Endpoint::new(
+        endpoint_config(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| EndpointError::Bind {
         addr: listen,
         source,
     })
+}
+
+/// A QUIC client configuration presenting `credentials`.
+fn client_config(
+    credentials: &Credentials,
+    idle: Duration,
+) -> Result<quinn::ClientConfig, EndpointError> {
+    let tls = credentials.client_config()?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| EndpointError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(idle));
+    Ok(config)
 }
 
 /// A QUIC client endpoint presenting `credentials`.
@@ -111,15 +180,16 @@ pub(crate) fn client_endpoint(
     credentials: &Credentials,
     idle: Duration,
 ) -> Result<quinn::Endpoint, EndpointError> {
-    let tls = credentials.client_config()?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| EndpointError::Tls(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(idle));
     let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .map_err(|source| EndpointError::Bind { addr: bind, source })?;
-    endpoint.set_default_client_config(config);
+    let socket = udp_socket(bind)?;
+    let mut endpoint = quinn::Endpoint::new(
+        endpoint_config(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client_config(credentials, idle)?);
     Ok(endpoint)
 }
 
