@@ -216,10 +216,14 @@ fn main() -> Result<()> {
                 Ok(())
             };
             warm()?; // fill the caches
-            group.bench_function(format!("cached:{name}"), |b| b.iter(|| warm().expect("warm")));
+            group.bench_function(format!("cached:{name}"), |b| {
+                b.iter(|| warm().expect("warm"))
+            });
             let warm_secs = time_it(101, warm)?;
-            row.cold_build.push((name.clone(), Duration::from_secs_f64(cold_secs)));
-            row.cached_build.push((name, Duration::from_secs_f64(warm_secs)));
+            row.cold_build
+                .push((name.clone(), Duration::from_secs_f64(cold_secs)));
+            row.cached_build
+                .push((name, Duration::from_secs_f64(warm_secs)));
         }
         group.finish();
         rows.push(row);
@@ -230,7 +234,10 @@ fn main() -> Result<()> {
     for row in &rows {
         let (items, _) = job(row.kernel);
         if row.devices.is_empty() {
-            println!("| {} | {items} | {:.3e} | (no device) | | | |", row.kernel, row.cpu_items_per_s);
+            println!(
+                "| {} | {items} | {:.3e} | (no device) | | | |",
+                row.kernel, row.cpu_items_per_s
+            );
         }
         for (k, (name, rate)) in row.devices.iter().enumerate() {
             println!(

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use opencl_backend::Discovery;
 use offload::local::DeviceChoice;
+use opencl_backend::Discovery;
 
 use super::package::read_package;
 

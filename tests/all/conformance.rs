@@ -64,7 +64,11 @@ struct Case {
 }
 
 fn read_case(dir: &Path) -> Case {
-    let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let source = ["kernel.rs", "kernel.c"]
         .iter()
         .map(|f| dir.join(f))
@@ -82,12 +86,18 @@ fn read_case(dir: &Path) -> Case {
     };
     let text = std::fs::read_to_string(dir.join("case.toml")).unwrap_or_default();
     let mut in_scalars = false;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         if line.starts_with('[') {
             in_scalars = line == "[scalars]";
             continue;
         }
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         let (key, value) = (key.trim(), value.trim().trim_matches('"'));
         if in_scalars {
             case.scalars.push((key.to_string(), value.to_string()));
@@ -128,10 +138,36 @@ impl Rng {
 }
 
 const F64_EDGES: &[f64] = &[
-    f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1.5, 2.5,
-    -2.5, f64::MAX, f64::MIN, f64::MIN_POSITIVE, 5e-324, 2147483647.0, 2147483648.0,
-    -2147483648.0, -2147483649.0, 4294967295.0, 4294967296.0, 9.223372036854775807e18,
-    -9.223372036854775808e18, 1.8446744073709552e19, 255.0, 256.0, -1e30, 1e30, 3.4028235e38,
+    f64::NAN,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    -0.5,
+    1.5,
+    2.5,
+    -2.5,
+    f64::MAX,
+    f64::MIN,
+    f64::MIN_POSITIVE,
+    5e-324,
+    2147483647.0,
+    2147483648.0,
+    -2147483648.0,
+    -2147483649.0,
+    4294967295.0,
+    4294967296.0,
+    9.223372036854775807e18,
+    -9.223372036854775808e18,
+    1.8446744073709552e19,
+    255.0,
+    256.0,
+    -1e30,
+    1e30,
+    3.4028235e38,
 ];
 
 fn gen_bytes(rng: &mut Rng, elem: ScalarType, count: usize, floats: &str) -> Vec<u8> {
@@ -142,8 +178,24 @@ fn gen_bytes(rng: &mut Rng, elem: ScalarType, count: usize, floats: &str) -> Vec
         let int = match pick {
             0 | 1 => {
                 const EDGES: &[u64] = &[
-                    0, 1, u64::MAX, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 0x8000_0000_0000_0000,
-                    0x7fff_ffff_ffff_ffff, 0xff, 0x80, 0x7f, 0xffff, 0x8000, 31, 32, 33, 63, 64,
+                    0,
+                    1,
+                    u64::MAX,
+                    0x7fff_ffff,
+                    0x8000_0000,
+                    0xffff_ffff,
+                    0x8000_0000_0000_0000,
+                    0x7fff_ffff_ffff_ffff,
+                    0xff,
+                    0x80,
+                    0x7f,
+                    0xffff,
+                    0x8000,
+                    31,
+                    32,
+                    33,
+                    63,
+                    64,
                 ];
                 EDGES[(r >> 8) as usize % EDGES.len()]
             }
@@ -185,7 +237,11 @@ fn make_args(case: &Case, spec: &KernelSpec) -> Vec<ArgValue> {
                     .unwrap_or_else(|| panic!("{}: no value for scalar `{}`", case.name, arg.name));
                 ArgValue::Scalar(ScalarValue::parse(text, ty).expect("scalar"))
             }
-            ArgKind::Buffer { access, elem, shape } => {
+            ArgKind::Buffer {
+                access,
+                elem,
+                shape,
+            } => {
                 let count = match shape {
                     Shape::PerItem(k) => (k * case.items) as usize,
                     Shape::Whole => case.whole_len,
@@ -194,7 +250,12 @@ fn make_args(case: &Case, spec: &KernelSpec) -> Vec<ArgValue> {
                 if access == Access::Sum {
                     ArgValue::Buffer(Buffer::zeroed(count * elem.size()))
                 } else {
-                    ArgValue::Buffer(Buffer::from_bytes(&gen_bytes(&mut rng, elem, count, &case.floats)))
+                    ArgValue::Buffer(Buffer::from_bytes(&gen_bytes(
+                        &mut rng,
+                        elem,
+                        count,
+                        &case.floats,
+                    )))
                 }
             }
         })
@@ -203,8 +264,15 @@ fn make_args(case: &Case, spec: &KernelSpec) -> Vec<ArgValue> {
 
 fn run_cpu(package: &Package, spec: &KernelSpec, items: u64, args: &[ArgValue]) -> Vec<ArgValue> {
     let mut args = args.to_vec();
-    run_local(engine(), package, &spec.name, items, &mut args, &LocalOptions::default().threads(2))
-        .unwrap_or_else(|e| panic!("CPU run of `{}` failed: {e}", spec.name));
+    run_local(
+        engine(),
+        package,
+        &spec.name,
+        items,
+        &mut args,
+        &LocalOptions::default().threads(2),
+    )
+    .unwrap_or_else(|e| panic!("CPU run of `{}` failed: {e}", spec.name));
     args
 }
 
@@ -219,7 +287,9 @@ fn run_device(
     args: &[ArgValue],
 ) -> Result<Vec<ArgValue>, String> {
     let mut args = args.to_vec();
-    let lowered = opencl.lower(package, &spec.name).map_err(|e| e.to_string())?;
+    let lowered = opencl
+        .lower(package, &spec.name)
+        .map_err(|e| e.to_string())?;
     let (mut block, lens): (Vec<u64>, Vec<usize>) = args
         .iter_mut()
         .map(|a| match a {
@@ -228,13 +298,18 @@ fn run_device(
         })
         .unzip();
     // SAFETY: the buffers are live and sized by the manifest for `items`.
-    let mut kernel = unsafe { device.prepare(lowered, &block, &lens) }.map_err(|e| e.to_string())?;
+    let mut kernel =
+        unsafe { device.prepare(lowered, &block, &lens) }.map_err(|e| e.to_string())?;
     let cut1 = items / 3;
     let cut2 = (cut1 + 1).min(items);
     for (start, end) in [(0, cut1), (cut1, cut2), (cut2, items)] {
         let mut partials = Vec::new();
         for (slot, arg) in spec.args.iter().enumerate() {
-            if let ArgKind::Buffer { access: Access::Sum, .. } = arg.kind {
+            if let ArgKind::Buffer {
+                access: Access::Sum,
+                ..
+            } = arg.kind
+            {
                 let mut private = Buffer::zeroed(lens[slot]);
                 block[slot] = private.address();
                 partials.push((slot, private));
@@ -243,7 +318,9 @@ fn run_device(
         // SAFETY: as above; sum slots point at packet-private zeroed buffers.
         unsafe { kernel.run_packet(start, end, &block) }.map_err(|e| e.to_string())?;
         for (slot, partial) in partials {
-            if let (ArgValue::Buffer(total), ArgKind::Buffer { elem, .. }) = (&mut args[slot], spec.args[slot].kind) {
+            if let (ArgValue::Buffer(total), ArgKind::Buffer { elem, .. }) =
+                (&mut args[slot], spec.args[slot].kind)
+            {
                 let mut bytes = total.as_bytes().to_vec();
                 add_into(&mut bytes, partial.as_bytes(), elem);
                 *total = Buffer::from_bytes(&bytes);
@@ -262,7 +339,11 @@ fn ulp_distance_f32(a: f32, b: f32) -> u64 {
     }
     let key = |x: f32| {
         let bits = x.to_bits() as i32;
-        if bits < 0 { i64::from(i32::MIN) - i64::from(bits) } else { i64::from(bits) }
+        if bits < 0 {
+            i64::from(i32::MIN) - i64::from(bits)
+        } else {
+            i64::from(bits)
+        }
     };
     key(a).abs_diff(key(b))
 }
@@ -276,7 +357,11 @@ fn ulp_distance_f64(a: f64, b: f64) -> u64 {
     }
     let key = |x: f64| {
         let bits = x.to_bits() as i64;
-        if bits < 0 { i128::from(i64::MIN) - i128::from(bits) } else { i128::from(bits) }
+        if bits < 0 {
+            i128::from(i64::MIN) - i128::from(bits)
+        } else {
+            i128::from(bits)
+        }
     };
     u64::try_from(key(a).abs_diff(key(b))).unwrap_or(u64::MAX)
 }
@@ -285,20 +370,35 @@ fn ulp_distance_f64(a: f64, b: f64) -> u64 {
 fn compare(spec: &KernelSpec, cpu: &[ArgValue], dev: &[ArgValue], ulp: u64) -> Vec<String> {
     let mut problems = Vec::new();
     for (slot, arg) in spec.args.iter().enumerate() {
-        let ArgKind::Buffer { access, elem, .. } = arg.kind else { continue };
+        let ArgKind::Buffer { access, elem, .. } = arg.kind else {
+            continue;
+        };
         if access == Access::In {
             continue;
         }
-        let (ArgValue::Buffer(c), ArgValue::Buffer(d)) = (&cpu[slot], &dev[slot]) else { continue };
+        let (ArgValue::Buffer(c), ArgValue::Buffer(d)) = (&cpu[slot], &dev[slot]) else {
+            continue;
+        };
         let size = elem.size();
-        for (k, (x, y)) in c.as_bytes().chunks_exact(size).zip(d.as_bytes().chunks_exact(size)).enumerate() {
+        for (k, (x, y)) in c
+            .as_bytes()
+            .chunks_exact(size)
+            .zip(d.as_bytes().chunks_exact(size))
+            .enumerate()
+        {
             let bad = match elem {
                 ScalarType::F32 => {
-                    let (x, y) = (f32::from_le_bytes(x.try_into().unwrap_or_default()), f32::from_le_bytes(y.try_into().unwrap_or_default()));
+                    let (x, y) = (
+                        f32::from_le_bytes(x.try_into().unwrap_or_default()),
+                        f32::from_le_bytes(y.try_into().unwrap_or_default()),
+                    );
                     (ulp_distance_f32(x, y) > ulp).then(|| format!("{x:e} (cpu) vs {y:e} (opencl)"))
                 }
                 ScalarType::F64 => {
-                    let (x, y) = (f64::from_le_bytes(x.try_into().unwrap_or_default()), f64::from_le_bytes(y.try_into().unwrap_or_default()));
+                    let (x, y) = (
+                        f64::from_le_bytes(x.try_into().unwrap_or_default()),
+                        f64::from_le_bytes(y.try_into().unwrap_or_default()),
+                    );
                     (ulp_distance_f64(x, y) > ulp).then(|| format!("{x:e} (cpu) vs {y:e} (opencl)"))
                 }
                 _ => (x != y).then(|| format!("{x:02x?} (cpu) vs {y:02x?} (opencl)")),
@@ -321,7 +421,11 @@ fn check_case(opencl: &OpenCl, case: &Case) -> Vec<String> {
     let package = package_source(&case.source, &manifest)
         .unwrap_or_else(|e| panic!("{}: cannot package: {e}", case.name));
     let mut failures = Vec::new();
-    for spec in manifest.kernels.iter().filter(|k| k.kind == offload::KernelKind::Item) {
+    for spec in manifest
+        .kernels
+        .iter()
+        .filter(|k| k.kind == offload::KernelKind::Item)
+    {
         let args = make_args(case, spec);
         let cpu = run_cpu(&package, spec, case.items, &args);
         for device in opencl.devices() {
@@ -330,7 +434,11 @@ fn check_case(opencl: &OpenCl, case: &Case) -> Vec<String> {
                 Ok(out) => {
                     let problems = compare(spec, &cpu, &out, case.ulp);
                     if !problems.is_empty() {
-                        failures.push(format!("{who} (ulp bound {}):\n    {}", case.ulp, problems.join("\n    ")));
+                        failures.push(format!(
+                            "{who} (ulp bound {}):\n    {}",
+                            case.ulp,
+                            problems.join("\n    ")
+                        ));
                     }
                 }
                 Err(e) => failures.push(format!("{who}: {e}")),
@@ -344,9 +452,18 @@ fn check_case(opencl: &OpenCl, case: &Case) -> Vec<String> {
 fn corpus_matches_cpu_on_every_opencl_device() {
     let Some(opencl) = opencl() else { return };
     let cases = corpus();
-    assert!(cases.len() >= 25, "the corpus has only {} cases", cases.len());
+    assert!(
+        cases.len() >= 25,
+        "the corpus has only {} cases",
+        cases.len()
+    );
     let failures: Vec<String> = cases.iter().flat_map(|c| check_case(&opencl, c)).collect();
-    assert!(failures.is_empty(), "{} conformance failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} conformance failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -366,7 +483,13 @@ fn example_item_kernels_match_cpu_on_every_opencl_device() {
         let dir = repo_path(&format!("examples/{example}"));
         let scalars = match example {
             "saxpy" => vec![("a", "2.5")],
-            "mandelbrot" => vec![("width", "64"), ("max_iter", "200"), ("x0", "-2.0"), ("y0", "-1.25"), ("step", "0.04")],
+            "mandelbrot" => vec![
+                ("width", "64"),
+                ("max_iter", "200"),
+                ("x0", "-2.0"),
+                ("y0", "-1.25"),
+                ("step", "0.04"),
+            ],
             "nbody" => vec![("n", "64"), ("dt", "0.01"), ("softening", "0.1")],
             _ => vec![],
         };
@@ -378,7 +501,10 @@ fn example_item_kernels_match_cpu_on_every_opencl_device() {
             ulp,
             floats: floats.into(),
             whole_len: 256,
-            scalars: scalars.into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            scalars: scalars
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
         };
         failures.extend(check_case(&opencl, &case));
     }
@@ -387,8 +513,14 @@ fn example_item_kernels_match_cpu_on_every_opencl_device() {
 
 fn special_package(name: &str) -> Package {
     let dir = repo_path(&format!("tests/conformance/special/{name}"));
-    let source = ["kernel.rs", "kernel.c"].iter().map(|f| dir.join(f)).find(|p| p.exists()).expect("source");
-    let manifest = Manifest::parse(&std::fs::read_to_string(dir.join("manifest.toml")).expect("manifest")).expect("manifest");
+    let source = ["kernel.rs", "kernel.c"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .expect("source");
+    let manifest =
+        Manifest::parse(&std::fs::read_to_string(dir.join("manifest.toml")).expect("manifest"))
+            .expect("manifest");
     package_source(&source, &manifest).expect("package")
 }
 
@@ -403,24 +535,48 @@ fn unsupported_construct_is_refused_by_name_and_runs_on_cpu() {
     assert!(message.contains("i128"), "{message}");
     assert!(message.contains("runs on the CPU only"), "{message}");
     // The CPU still runs it, and `auto` falls back to the CPU alone.
-    let spec = package.manifest().kernel("mulhi_u128").expect("spec").clone();
-    let a: Vec<u8> = (0..100u64).flat_map(|i| (i << 40 | 0xfff).to_le_bytes()).collect();
-    let make = || vec![ArgValue::Buffer(Buffer::from_bytes(&a)), ArgValue::Buffer(Buffer::zeroed(800))];
+    let spec = package
+        .manifest()
+        .kernel("mulhi_u128")
+        .expect("spec")
+        .clone();
+    let a: Vec<u8> = (0..100u64)
+        .flat_map(|i| (i << 40 | 0xfff).to_le_bytes())
+        .collect();
+    let make = || {
+        vec![
+            ArgValue::Buffer(Buffer::from_bytes(&a)),
+            ArgValue::Buffer(Buffer::zeroed(800)),
+        ]
+    };
     let mut cpu = make();
-    run_local(engine(), &package, "mulhi_u128", 100, &mut cpu, &LocalOptions::default()).expect("cpu");
+    run_local(
+        engine(),
+        &package,
+        "mulhi_u128",
+        100,
+        &mut cpu,
+        &LocalOptions::default(),
+    )
+    .expect("cpu");
     let mut auto = make();
     let options = LocalOptions::default().device(DeviceChoice::Auto);
     let options = match opencl() {
         Some(o) => options.opencl(o),
         None => options,
     };
-    let report = run_local(engine(), &package, "mulhi_u128", 100, &mut auto, &options).expect("auto");
+    let report =
+        run_local(engine(), &package, "mulhi_u128", 100, &mut auto, &options).expect("auto");
     assert_eq!(report.opencl_packets, 0);
     assert!(report.opencl_note.is_some());
-    let (ArgValue::Buffer(x), ArgValue::Buffer(y)) = (&cpu[1], &auto[1]) else { unreachable!() };
+    let (ArgValue::Buffer(x), ArgValue::Buffer(y)) = (&cpu[1], &auto[1]) else {
+        unreachable!()
+    };
     assert_eq!(x.as_bytes(), y.as_bytes());
     let expected: Vec<u8> = (0..100u64)
-        .flat_map(|i| ((((i << 40 | 0xfff) as u128 * 0x1234_5678_9abc_def1u128) >> 64) as u64).to_le_bytes())
+        .flat_map(|i| {
+            ((((i << 40 | 0xfff) as u128 * 0x1234_5678_9abc_def1u128) >> 64) as u64).to_le_bytes()
+        })
         .collect();
     assert_eq!(x.as_bytes(), &expected[..]);
     let _ = spec;
@@ -432,13 +588,31 @@ fn device_panic_is_reported_like_the_cpu() {
     let package = special_package("panics");
     let spec = package.manifest().kernel("panics").expect("spec").clone();
     let table: Vec<u8> = (0..8u32).flat_map(|v| v.to_le_bytes()).collect();
-    let args = vec![ArgValue::Buffer(Buffer::from_bytes(&table)), ArgValue::Buffer(Buffer::zeroed(4 * 100))];
+    let args = vec![
+        ArgValue::Buffer(Buffer::from_bytes(&table)),
+        ArgValue::Buffer(Buffer::zeroed(4 * 100)),
+    ];
     let mut cpu = args.clone();
-    let cpu_error = run_local(engine(), &package, "panics", 100, &mut cpu, &LocalOptions::default()).expect_err("cpu panics");
-    assert!(cpu_error.to_string().contains("index out of bounds"), "{cpu_error}");
+    let cpu_error = run_local(
+        engine(),
+        &package,
+        "panics",
+        100,
+        &mut cpu,
+        &LocalOptions::default(),
+    )
+    .expect_err("cpu panics");
+    assert!(
+        cpu_error.to_string().contains("index out of bounds"),
+        "{cpu_error}"
+    );
     for device in opencl.devices() {
-        let error = run_device(&opencl, device, &package, &spec, 100, &args).expect_err("device panics");
-        assert!(error.contains("kernel `panics` panicked") && error.contains("index out of bounds"), "{error}");
+        let error =
+            run_device(&opencl, device, &package, &spec, 100, &args).expect_err("device panics");
+        assert!(
+            error.contains("kernel `panics` panicked") && error.contains("index out of bounds"),
+            "{error}"
+        );
     }
 }
 
@@ -455,21 +629,48 @@ fn auto_uses_cpu_and_opencl_with_output_identical_to_cpu() {
     let run = |device: &str| {
         let out = dir.path().join(format!("{device}.bin"));
         let output = offload_ok([
-            "-v".as_ref(), "run".as_ref(), pkg.as_os_str(), "--kernel".as_ref(), "mandelbrot".as_ref(),
-            "--items".as_ref(), "1000000".as_ref(), "--arg".as_ref(), "width=1000".as_ref(),
-            "--arg".as_ref(), "max_iter=300".as_ref(), "--arg".as_ref(), "x0=-2.0".as_ref(),
-            "--arg".as_ref(), "y0=-1.0".as_ref(), "--arg".as_ref(), "step=0.002".as_ref(),
-            "--out".as_ref(), format!("iters={}", out.display()).as_ref(),
-            "--device".as_ref(), device.as_ref(),
+            "-v".as_ref(),
+            "run".as_ref(),
+            pkg.as_os_str(),
+            "--kernel".as_ref(),
+            "mandelbrot".as_ref(),
+            "--items".as_ref(),
+            "1000000".as_ref(),
+            "--arg".as_ref(),
+            "width=1000".as_ref(),
+            "--arg".as_ref(),
+            "max_iter=300".as_ref(),
+            "--arg".as_ref(),
+            "x0=-2.0".as_ref(),
+            "--arg".as_ref(),
+            "y0=-1.0".as_ref(),
+            "--arg".as_ref(),
+            "step=0.002".as_ref(),
+            "--out".as_ref(),
+            format!("iters={}", out.display()).as_ref(),
+            "--device".as_ref(),
+            device.as_ref(),
         ]);
-        (std::fs::read(&out).expect("output"), String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            std::fs::read(&out).expect("output"),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     };
     let (cpu, _) = run("cpu");
     let (auto, log) = run("auto");
     assert!(cpu == auto, "--device auto changed the output");
-    let line = log.lines().find(|l| l.starts_with("packets:")).unwrap_or_else(|| panic!("no packet line in:\n{log}"));
-    let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    assert!(numbers.len() == 2 && numbers[0] > 0 && numbers[1] > 0, "auto did not use both kinds: {line}");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("packets:"))
+        .unwrap_or_else(|| panic!("no packet line in:\n{log}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        numbers.len() == 2 && numbers[0] > 0 && numbers[1] > 0,
+        "auto did not use both kinds: {line}"
+    );
 }
 
 #[test]
@@ -481,13 +682,28 @@ fn lower_command_prints_opencl_c_and_names_refusals() {
         dir.path(),
         "saxpy",
     );
-    let out = offload_ok(["lower".as_ref(), pkg.as_os_str(), "--kernel".as_ref(), "saxpy".as_ref()]);
+    let out = offload_ok([
+        "lower".as_ref(),
+        pkg.as_os_str(),
+        "--kernel".as_ref(),
+        "saxpy".as_ref(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("__kernel void offload_saxpy("), "{text}");
     assert!(text.contains("get_global_id(0)"), "{text}");
     let src = repo_path("tests/conformance/special/mulhi_u128");
-    let pkg = crate::common::package(&src.join("kernel.c"), &src.join("manifest.toml"), dir.path(), "mulhi");
-    let out = offload(["lower".as_ref(), pkg.as_os_str(), "--kernel".as_ref(), "mulhi_u128".as_ref()]);
+    let pkg = crate::common::package(
+        &src.join("kernel.c"),
+        &src.join("manifest.toml"),
+        dir.path(),
+        "mulhi",
+    );
+    let out = offload([
+        "lower".as_ref(),
+        pkg.as_os_str(),
+        "--kernel".as_ref(),
+        "mulhi_u128".as_ref(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("i128") && err.contains("mulhi_u128"), "{err}");
@@ -498,5 +714,8 @@ fn devices_lists_opencl_or_says_there_is_none() {
     let out = offload_ok(["devices"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("cpu:"), "{text}");
-    assert!(text.contains("opencl0:") || text.contains("opencl: none"), "{text}");
+    assert!(
+        text.contains("opencl0:") || text.contains("opencl: none"),
+        "{text}"
+    );
 }
