@@ -39,7 +39,7 @@ pub(crate) fn compile_entry_object(
             available: kernel_names(package),
         })?;
     define_panic_hook(&ctx, &module)?;
-    mark_buffers_noalias(kernel_fn, kernel);
+    mark_buffers_noalias(kernel_fn, kernel, kernel.kind.index_params() as u32);
     let entry = build_entry(&ctx, &module, kernel_fn, kernel)?;
     internalize_all_but(&module, &[entry]);
     set_code_attributes(&module, tuning);
@@ -106,7 +106,12 @@ fn define_panic_hook<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>) -> Result<
         .map_err(build)?;
     let code = param(panic_fn, 0)?;
     builder
-        .build_indirect_call(panic_fn.get_type(), handler.into_pointer_value(), &[code.into()], "")
+        .build_indirect_call(
+            panic_fn.get_type(),
+            handler.into_pointer_value(),
+            &[code.into()],
+            "",
+        )
         .map_err(build)?;
     builder.build_unreachable().map_err(build)?;
     panic_fn.set_linkage(Linkage::Internal);
@@ -115,13 +120,12 @@ fn define_panic_hook<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>) -> Result<
 
 /// Buffers of one job are distinct allocations, so kernel pointers never alias; telling
 /// LLVM lets it vectorize without runtime overlap checks.
-fn mark_buffers_noalias(kernel_fn: FunctionValue<'_>, kernel: &KernelSpec) {
-    let ctx = kernel_fn.get_type().get_context();
+fn mark_buffers_noalias(function: FunctionValue<'_>, kernel: &KernelSpec, offset: u32) {
+    let ctx = function.get_type().get_context();
     let noalias = Attribute::get_named_enum_kind_id("noalias");
-    let offset = kernel.kind.index_params() as u32;
     for (index, arg) in kernel.args.iter().enumerate() {
         if matches!(arg.kind, ArgKind::Buffer { .. }) {
-            kernel_fn.add_attribute(
+            function.add_attribute(
                 AttributeLoc::Param(offset + index as u32),
                 ctx.create_enum_attribute(noalias, 0),
             );
@@ -141,10 +145,7 @@ fn build_entry<'ctx>(
     let i64_type = ctx.i64_type();
     let ptr_type = ctx.ptr_type(AddressSpace::default());
     let void = ctx.void_type();
-    let entry_type = void.fn_type(
-        &[i64_type.into(), i64_type.into(), ptr_type.into()],
-        false,
-    );
+    let entry_type = void.fn_type(&[i64_type.into(), i64_type.into(), ptr_type.into()], false);
     let entry = module.add_function(ENTRY_SYMBOL, entry_type, Some(Linkage::External));
     let builder = ctx.create_builder();
     let start_block = ctx.append_basic_block(entry, "unpack");
@@ -170,7 +171,9 @@ fn build_entry<'ctx>(
         }
         .map_err(build)?;
         let value: BasicValueEnum<'ctx> = match arg.kind {
-            ArgKind::Buffer { .. } => builder.build_load(ptr_type, slot_ptr, &arg.name).map_err(build)?,
+            ArgKind::Buffer { .. } => builder
+                .build_load(ptr_type, slot_ptr, &arg.name)
+                .map_err(build)?,
             ArgKind::Scalar(ty) => {
                 let bits = builder
                     .build_load(i64_type, slot_ptr, "bits")
@@ -186,51 +189,96 @@ fn build_entry<'ctx>(
         KernelKind::Range => {
             let mut call_args: Vec<BasicMetadataValueEnum<'ctx>> = vec![start.into(), end.into()];
             call_args.extend(args);
-            builder.build_call(kernel_fn, &call_args, "").map_err(build)?;
+            builder
+                .build_call(kernel_fn, &call_args, "")
+                .map_err(build)?;
             builder.build_return(None).map_err(build)?;
         }
         KernelKind::Item => {
-            let loop_block = ctx.append_basic_block(entry, "item");
-            let exit_block = ctx.append_basic_block(entry, "done");
-            let any = builder
-                .build_int_compare(inkwell::IntPredicate::ULT, start, end, "any")
-                .map_err(build)?;
-            builder
-                .build_conditional_branch(any, loop_block, exit_block)
-                .map_err(build)?;
-            builder.position_at_end(loop_block);
-            let i = builder.build_phi(i64_type, "i").map_err(build)?;
-            i.add_incoming(&[(&start, start_block)]);
-            let mut call_args: Vec<BasicMetadataValueEnum<'ctx>> =
-                vec![i.as_basic_value().into_int_value().into()];
+            let items_fn = build_item_loop(ctx, module, kernel_fn, kernel)?;
+            let mut call_args: Vec<BasicMetadataValueEnum<'ctx>> = vec![start.into(), end.into()];
             call_args.extend(args);
-            builder.build_call(kernel_fn, &call_args, "").map_err(build)?;
-            let next = builder
-                .build_int_nuw_add(
-                    i.as_basic_value().into_int_value(),
-                    i64_type.const_int(1, false),
-                    "next",
-                )
-                .map_err(build)?;
-            i.add_incoming(&[(&next, loop_block)]);
-            let more = builder
-                .build_int_compare(inkwell::IntPredicate::ULT, next, end, "more")
-                .map_err(build)?;
             builder
-                .build_conditional_branch(more, loop_block, exit_block)
+                .build_call(items_fn, &call_args, "")
                 .map_err(build)?;
-            builder.position_at_end(exit_block);
             builder.build_return(None).map_err(build)?;
-            let alwaysinline = Attribute::get_named_enum_kind_id("alwaysinline");
-            let noinline = Attribute::get_named_enum_kind_id("noinline");
-            kernel_fn.remove_enum_attribute(AttributeLoc::Function, noinline);
-            kernel_fn.add_attribute(
-                AttributeLoc::Function,
-                ctx.create_enum_attribute(alwaysinline, 0),
-            );
         }
     }
     Ok(entry)
+}
+
+/// Builds `__offload_items(start, end, args...)`: the loop over a packet's items, calling
+/// the kernel (`alwaysinline`) for each. Its buffer parameters are `noalias`: on the
+/// function that holds the whole loop, the promise covers every iteration, so LLVM's
+/// loop access analysis vectorizes without runtime overlap checks. (On the kernel alone,
+/// inlining would scope it to one iteration.) One call per packet is the price.
+fn build_item_loop<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    kernel_fn: FunctionValue<'ctx>,
+    kernel: &KernelSpec,
+) -> Result<FunctionValue<'ctx>, JitError> {
+    let build = |e: inkwell::builder::BuilderError| JitError::Codegen(e.to_string());
+    let i64_type = ctx.i64_type();
+    let kernel_params = kernel_fn.get_type().get_param_types();
+    let mut params = vec![i64_type.into(), i64_type.into()];
+    params.extend(kernel_params.iter().skip(1).copied());
+    let items_fn = module.add_function(
+        "__offload_items",
+        ctx.void_type().fn_type(&params, false),
+        Some(Linkage::Internal),
+    );
+    mark_buffers_noalias(items_fn, kernel, 2);
+    let builder = ctx.create_builder();
+    let start_block = ctx.append_basic_block(items_fn, "start");
+    let loop_block = ctx.append_basic_block(items_fn, "item");
+    let exit_block = ctx.append_basic_block(items_fn, "done");
+    builder.position_at_end(start_block);
+    let start = param(items_fn, 0)?.into_int_value();
+    let end = param(items_fn, 1)?.into_int_value();
+    let any = builder
+        .build_int_compare(inkwell::IntPredicate::ULT, start, end, "any")
+        .map_err(build)?;
+    builder
+        .build_conditional_branch(any, loop_block, exit_block)
+        .map_err(build)?;
+    builder.position_at_end(loop_block);
+    let i = builder.build_phi(i64_type, "i").map_err(build)?;
+    i.add_incoming(&[(&start, start_block)]);
+    let index = i.as_basic_value().into_int_value();
+    let mut call_args: Vec<BasicMetadataValueEnum<'ctx>> = vec![index.into()];
+    for n in 2..items_fn.count_params() {
+        call_args.push(param(items_fn, n)?.into());
+    }
+    builder
+        .build_call(kernel_fn, &call_args, "")
+        .map_err(build)?;
+    let next = builder
+        .build_int_nuw_add(index, i64_type.const_int(1, false), "next")
+        .map_err(build)?;
+    i.add_incoming(&[(&next, loop_block)]);
+    let more = builder
+        .build_int_compare(inkwell::IntPredicate::ULT, next, end, "more")
+        .map_err(build)?;
+    builder
+        .build_conditional_branch(more, loop_block, exit_block)
+        .map_err(build)?;
+    builder.position_at_end(exit_block);
+    builder.build_return(None).map_err(build)?;
+    let alwaysinline = Attribute::get_named_enum_kind_id("alwaysinline");
+    let noinline = Attribute::get_named_enum_kind_id("noinline");
+    kernel_fn.remove_enum_attribute(AttributeLoc::Function, noinline);
+    kernel_fn.add_attribute(
+        AttributeLoc::Function,
+        ctx.create_enum_attribute(alwaysinline, 0),
+    );
+    // Kept out of line: inlined into the entry, its `noalias` would become scoped
+    // metadata, which loop access analysis does not use to drop the overlap checks.
+    items_fn.add_attribute(
+        AttributeLoc::Function,
+        ctx.create_enum_attribute(noinline, 0),
+    );
+    Ok(items_fn)
 }
 
 fn param<'ctx>(f: FunctionValue<'ctx>, n: u32) -> Result<BasicValueEnum<'ctx>, JitError> {
@@ -284,7 +332,10 @@ fn set_code_attributes(module: &Module<'_>, tuning: &Tuning) {
             continue;
         }
         // 2 = asynchronous unwind tables, what Rust and C compilers emit on Linux.
-        f.add_attribute(AttributeLoc::Function, ctx.create_enum_attribute(uwtable, 2));
+        f.add_attribute(
+            AttributeLoc::Function,
+            ctx.create_enum_attribute(uwtable, 2),
+        );
         if let Some(width) = tuning.prefer_vector_width {
             f.add_attribute(
                 AttributeLoc::Function,

@@ -36,9 +36,8 @@ impl HostTarget {
     /// A generic CPU of `triple`, for ahead-of-time objects. The triple is checked with
     /// target-lexicon and LLVM.
     pub fn generic(triple: &str) -> Result<HostTarget, JitError> {
-        let parsed: target_lexicon::Triple = triple
-            .parse()
-            .map_err(|e| JitError::UnknownTarget {
+        let parsed: target_lexicon::Triple =
+            triple.parse().map_err(|e| JitError::UnknownTarget {
                 triple: triple.to_string(),
                 reason: format!("{e}"),
             })?;
@@ -88,7 +87,10 @@ impl fmt::Display for HostTarget {
             .enabled_features()
             .into_iter()
             .filter(|f| {
-                ["avx512f", "avx2", "fma", "sse4.2", "neon", "sve", "vsx", "v"].contains(f)
+                [
+                    "avx512f", "avx2", "fma", "sse4.2", "neon", "sve", "vsx", "v",
+                ]
+                .contains(f)
             })
             .collect();
         write!(
