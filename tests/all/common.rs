@@ -11,6 +11,12 @@ pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// The code cache the tests' `offload` processes share, under Cargo's scratch folder
+/// for integration tests.
+pub fn test_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("offload-cache")
+}
+
 /// Runs the `offload` binary built for these tests with `args` and returns its output,
 /// whatever its exit status.
 pub fn offload<I, S>(args: I) -> Output
@@ -20,6 +26,8 @@ where
 {
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     Command::new(env!("CARGO_BIN_EXE_offload"))
+        // Tests never touch the user's cache; `--cache-dir` in `args` still wins.
+        .env("OFFLOAD_CACHE_DIR", test_cache_dir())
         .args(&args)
         .output()
         .unwrap_or_else(|e| panic!("cannot start offload {args:?}: {e}"))
