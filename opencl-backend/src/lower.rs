@@ -235,6 +235,9 @@ enum Lane {
     Int(u32),
     F32,
     F64,
+    /// An `i1` lane (a comparison result): a `char` holding -1 (true) or 0, as OpenCL's
+    /// vector comparisons produce.
+    Mask,
 }
 
 impl Lane {
@@ -243,6 +246,17 @@ impl Lane {
             Lane::Int(w) => ut(w),
             Lane::F32 => "float",
             Lane::F64 => "double",
+            Lane::Mask => "char",
+        }
+    }
+
+    /// The signed integer lane type of the same width (what `select` takes as mask).
+    fn same_width_int(self) -> &'static str {
+        match self {
+            Lane::Int(w) => st(w),
+            Lane::F32 => "int",
+            Lane::F64 => "long",
+            Lane::Mask => "char",
         }
     }
 
@@ -413,6 +427,8 @@ const INTRINSICS: &[&str] = &[
     "bitreverse",
     "fshl",
     "fshr",
+    "vector.reduce.or",
+    "vector.reduce.and",
 ];
 
 fn intrinsic_key(name: &str) -> Option<&'static str> {
@@ -556,6 +572,7 @@ impl<'s> Lowering<'s> {
                     {
                         Lane::Int(ir::int_width(e))
                     }
+                    LLVMTypeKind::LLVMIntegerTypeKind if ir::int_width(e) == 1 => Lane::Mask,
                     LLVMTypeKind::LLVMFloatTypeKind => Lane::F32,
                     LLVMTypeKind::LLVMDoubleTypeKind => {
                         self.fp64 = true;
@@ -1140,7 +1157,12 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
                 for k in 0..n {
                     let e = ir::aggregate_element(v, k)
                         .ok_or_else(|| self.low.unsupported(at, "unreadable vector constant"))?;
-                    lanes.push(self.op(e, at)?);
+                    if lane == Lane::Mask {
+                        let on = ir::is_constant_int(e) && ir::const_int_zext(e) & 1 == 1;
+                        lanes.push(if on { "-1" } else { "0" }.to_string());
+                    } else {
+                        lanes.push(self.op(e, at)?);
+                    }
                 }
                 return Ok(format!("(({t})({}))", lanes.join(", ")));
             }
@@ -1287,12 +1309,21 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
             }
             LLVMSelect => {
                 let c = self.op(ir::operand(inst, 0), inst)?;
-                if self.ty(ir::operand(inst, 0))? != Cty::Bool {
-                    return Err(self.low.unsupported(inst, "vector select is not lowered"));
-                }
                 let a = self.op(ir::operand(inst, 1), inst)?;
                 let b = self.op(ir::operand(inst, 2), inst)?;
-                self.assign(inst, format!("{c} ? {a} : {b}"));
+                match (self.ty(ir::operand(inst, 0))?, self.ty(inst)?) {
+                    (Cty::Bool, _) => self.assign(inst, format!("{c} ? {a} : {b}")),
+                    (Cty::Vector(n, Lane::Mask), Cty::Vector(_, lane)) => {
+                        // select(else, then, mask): the mask's sign bit picks `then`.
+                        let m = format!("convert_{}{n}({c})", lane.same_width_int());
+                        self.assign(inst, format!("select({b}, {a}, {m})"));
+                    }
+                    _ => {
+                        return Err(self
+                            .low
+                            .unsupported(inst, "select of this shape is not lowered"))
+                    }
+                }
             }
             LLVMFreeze => {
                 let a = self.op(ir::operand(inst, 0), inst)?;
@@ -1301,13 +1332,22 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
             LLVMExtractElement => {
                 let v = self.op(ir::operand(inst, 0), inst)?;
                 let k = self.lane_index(ir::operand(inst, 1), inst)?;
-                self.assign(inst, format!("{v}.{k}"));
+                if self.ty(inst)? == Cty::Bool {
+                    self.assign(inst, format!("({v}.{k} != 0)"));
+                } else {
+                    self.assign(inst, format!("{v}.{k}"));
+                }
             }
             LLVMInsertElement => {
                 let v = self.op(ir::operand(inst, 0), inst)?;
                 let x = self.op(ir::operand(inst, 1), inst)?;
                 let k = self.lane_index(ir::operand(inst, 2), inst)?;
                 let name = self.names[&inst].clone();
+                let x = if matches!(self.ty(inst)?, Cty::Vector(_, Lane::Mask)) {
+                    format!("({x} ? -1 : 0)")
+                } else {
+                    x
+                };
                 self.line(format!("{name} = {v}; {name}.{k} = {x};"));
             }
             LLVMShuffleVector => {
@@ -1425,7 +1465,7 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         let w = match self.ty(inst)? {
             Cty::Bool => 1,
             Cty::Int(w) => w,
-            Cty::Vector(n, lane @ Lane::Int(_)) => {
+            Cty::Vector(n, lane @ (Lane::Int(_) | Lane::Mask)) => {
                 return self.vector_int_binary(inst, opcode, n, lane)
             }
             _ => {
@@ -1486,6 +1526,11 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         lane: Lane,
     ) -> Result<String, LowerError> {
         use LLVMOpcode::*;
+        if lane == Lane::Mask && !matches!(opcode, LLVMAnd | LLVMOr | LLVMXor) {
+            return Err(self
+                .low
+                .unsupported(inst, "arithmetic on comparison masks is not lowered"));
+        }
         let a = self.op(ir::operand(inst, 0), inst)?;
         let b = self.op(ir::operand(inst, 1), inst)?;
         let (u, s) = (
@@ -1563,6 +1608,23 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
             format!("{}{n}", tl.unsigned()),
             format!("{}{n}", tl.signed()),
         );
+        if fl == Lane::Mask || tl == Lane::Mask {
+            // Masks hold -1/0 per lane.
+            return Ok(match opcode {
+                LLVMZExt | LLVMUIToFP if fl == Lane::Mask => {
+                    format!("convert_{tu}({a} & (char{n})(1))")
+                }
+                LLVMSExt | LLVMSIToFP if fl == Lane::Mask => format!("as_{tu}(convert_{ts}({a}))"),
+                LLVMTrunc if tl == Lane::Mask => {
+                    format!("convert_char{n}(({a} & ({fu})(1)) != ({fu})(0))")
+                }
+                _ => {
+                    return Err(self
+                        .low
+                        .unsupported(inst, "conversion of a comparison mask is not lowered"))
+                }
+            });
+        }
         Ok(match opcode {
             LLVMBitCast if fl == tl => a,
             LLVMBitCast if n != 3 => format!("as_{tu}({a})"),
@@ -1591,10 +1653,28 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         use LLVMIntPredicate::*;
         let (x, y) = (ir::operand(inst, 0), ir::operand(inst, 1));
         let ty = self.ty(x)?;
+        if let Cty::Vector(n, lane @ Lane::Int(_)) = ty {
+            let a = self.op(x, inst)?;
+            let b = self.op(y, inst)?;
+            let s = format!("{}{n}", lane.signed());
+            let e = match ir::icmp_predicate(inst) {
+                LLVMIntEQ => format!("{a} == {b}"),
+                LLVMIntNE => format!("{a} != {b}"),
+                LLVMIntUGT => format!("{a} > {b}"),
+                LLVMIntUGE => format!("{a} >= {b}"),
+                LLVMIntULT => format!("{a} < {b}"),
+                LLVMIntULE => format!("{a} <= {b}"),
+                LLVMIntSGT => format!("as_{s}({a}) > as_{s}({b})"),
+                LLVMIntSGE => format!("as_{s}({a}) >= as_{s}({b})"),
+                LLVMIntSLT => format!("as_{s}({a}) < as_{s}({b})"),
+                LLVMIntSLE => format!("as_{s}({a}) <= as_{s}({b})"),
+            };
+            return Ok(format!("convert_char{n}({e})"));
+        }
         if !matches!(ty, Cty::Bool | Cty::Int(_) | Cty::Ptr) {
             return Err(self
                 .low
-                .unsupported(inst, "vector comparisons are not lowered"));
+                .unsupported(inst, "comparisons of these vectors are not lowered"));
         }
         let w = self.width(x)?;
         let a = self.op(x, inst)?;
@@ -1626,13 +1706,39 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
     fn fcmp(&mut self, inst: Value) -> Result<String, LowerError> {
         use LLVMRealPredicate::*;
         let x = ir::operand(inst, 0);
-        if !matches!(self.ty(x)?, Cty::F32 | Cty::F64) {
-            return Err(self
-                .low
-                .unsupported(inst, "vector comparisons are not lowered"));
-        }
+        let lanes = match self.ty(x)? {
+            Cty::F32 | Cty::F64 => None,
+            Cty::Vector(n, Lane::F32 | Lane::F64) => Some(n),
+            _ => {
+                return Err(self
+                    .low
+                    .unsupported(inst, "comparisons of these vectors are not lowered"))
+            }
+        };
         let a = self.op(x, inst)?;
         let b = self.op(ir::operand(inst, 1), inst)?;
+        if let Some(n) = lanes {
+            // OpenCL's vector comparisons, `!`, `||`, `&&` and `isnan` give -1/0 lanes.
+            let e = match ir::fcmp_predicate(inst) {
+                LLVMRealPredicateFalse => return Ok(format!("((char{n})(0))")),
+                LLVMRealPredicateTrue => return Ok(format!("((char{n})(-1))")),
+                LLVMRealOEQ => format!("{a} == {b}"),
+                LLVMRealOGT => format!("{a} > {b}"),
+                LLVMRealOGE => format!("{a} >= {b}"),
+                LLVMRealOLT => format!("{a} < {b}"),
+                LLVMRealOLE => format!("{a} <= {b}"),
+                LLVMRealONE => format!("({a} < {b}) || ({a} > {b})"),
+                LLVMRealORD => format!("!isnan({a}) && !isnan({b})"),
+                LLVMRealUNO => format!("isnan({a}) || isnan({b})"),
+                LLVMRealUEQ => format!("!(({a} < {b}) || ({a} > {b}))"),
+                LLVMRealUGT => format!("!({a} <= {b})"),
+                LLVMRealUGE => format!("!({a} < {b})"),
+                LLVMRealULT => format!("!({a} >= {b})"),
+                LLVMRealULE => format!("!({a} > {b})"),
+                LLVMRealUNE => format!("{a} != {b}"),
+            };
+            return Ok(format!("convert_char{n}({e})"));
+        }
         // C's relational operators are ordered (false on NaN) and `!=` is unordered;
         // the rest follows by negation.
         Ok(match ir::fcmp_predicate(inst) {
@@ -1817,6 +1923,9 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         let space = self.space_of(p, inst)?.qualifier();
         let pc = self.op(p, inst)?;
         let ty = self.ty(inst)?;
+        if let Cty::Vector(_, Lane::Mask) = ty {
+            return Err(self.low.unsupported(inst, "loading a vector of i1"));
+        }
         if let Cty::Vector(n, lane) = ty {
             // vloadN needs only the lane type's alignment, which OpenCL buffers give.
             let e = format!("vload{n}(0, ({space} {}*)({pc}))", lane.unsigned());
@@ -1850,6 +1959,9 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
         let pc = self.op(p, inst)?;
         let vc = self.op(v, inst)?;
         let ty = self.ty(v)?;
+        if let Cty::Vector(_, Lane::Mask) = ty {
+            return Err(self.low.unsupported(inst, "storing a vector of i1"));
+        }
         if let Cty::Vector(n, lane) = ty {
             self.line(format!(
                 "vstore{n}({vc}, 0, ({q} {}*)({pc}));",
@@ -2122,6 +2234,17 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
                 } else {
                     format!("({s} == 0) ? {y} : ({u})((({wd}){y} >> {s}) | (({wd}){x} << ({w}u - {s})))")
                 }
+            }
+            // any()/all() test the sign bit of each lane, which a mask's -1 sets.
+            "vector.reduce.or" | "vector.reduce.and"
+                if matches!(self.ty(args[0])?, Cty::Vector(_, Lane::Mask)) =>
+            {
+                let f = if key == "vector.reduce.or" {
+                    "any"
+                } else {
+                    "all"
+                };
+                format!("({f}({}) != 0)", a[0])
             }
             "fptosi.sat" | "fptoui.sat" if w > 1 => {
                 // Rust's `as` saturates: NaN gives 0, out-of-range values the nearest bound.
