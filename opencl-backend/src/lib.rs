@@ -25,9 +25,8 @@
 //!
 //! What is lowered, and what is refused (then the kernel is CPU-only): see the [`lower`](mod@lower) module.
 //! Not in this version: range kernels (they run on the CPU), run-time vector lane
-//! indices and most vector reductions, integers wider than 64 bits, pointers stored in memory, mutable globals, a
-//! direct PTX or SPIR-V path.
-//! Devices must be little-endian.
+//! indices and most vector reductions, integers wider than 64 bits, pointers stored in
+//! memory, mutable globals, a direct PTX or SPIR-V path. Devices must be little-endian.
 
 mod device;
 mod ir;

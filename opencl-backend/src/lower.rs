@@ -13,6 +13,8 @@
 //!   offsets computed from the source element type, loads and stores cast;
 //! - the CFG becomes labels and `goto`; a `phi` is a variable assigned on each incoming
 //!   edge (through a shadow copy, so swaps stay correct);
+//! - LLVM vectors of 2-16 lanes become OpenCL vectors; `<N x i1>` masks are `charN`
+//!   lanes of -1/0, as OpenCL's vector comparisons produce;
 //! - `offload_panic(code)` records the code in the status buffer and returns; callers
 //!   return as soon as the status is set.
 //!
