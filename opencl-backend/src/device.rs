@@ -592,7 +592,9 @@ impl PreparedKernel {
         // entry function skips items past the end): PoCL compiles one work-group
         // function per local size, so letting it choose per packet size recompiles.
         let local = self.local_size;
-        let wanted = if self.lowered.has_sums {
+        let wanted = if self.lowered.spec.kind == ir_packager::KernelKind::Range {
+            1
+        } else if self.lowered.has_sums {
             items.min(self.sum_work_items)
         } else {
             items

@@ -1,4 +1,4 @@
-//! The OpenCL back end of offload: lowers item kernels from a package's LLVM IR to
+//! The OpenCL back end of offload: lowers kernels from a package's LLVM IR to
 //! OpenCL C 1.2 and runs packets of a job on OpenCL devices (GPUs; PoCL's CPU device in
 //! tests).
 //!
@@ -24,9 +24,10 @@
 //! ```
 //!
 //! What is lowered, and what is refused (then the kernel is CPU-only): see the [`lower`](mod@lower) module.
-//! Not in this version: range kernels (they run on the CPU), run-time vector lane
-//! indices and most vector reductions, integers wider than 64 bits, pointers stored in
-//! memory, mutable globals, a direct PTX or SPIR-V path. Devices must be little-endian.
+//! Range kernels run as one work-item per packet. Not in this version: run-time vector
+//! lane indices and most vector reductions, integers wider than 64 bits, pointers stored
+//! in memory, mutable globals, a direct PTX or SPIR-V path. Devices must be
+//! little-endian.
 
 mod device;
 mod ir;

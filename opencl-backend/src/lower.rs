@@ -1,4 +1,5 @@
-//! Lowering an item kernel's LLVM IR to OpenCL C 1.2 source.
+//! Lowering a kernel's LLVM IR to OpenCL C 1.2 source (item kernels: one work-item per
+//! item; range kernels: one work-item per packet).
 //!
 //! The package's module is retargeted to a generic 64-bit little-endian data layout, its
 //! helper functions are force-inlined and a light canonicalizing pipeline runs
@@ -60,12 +61,6 @@ pub enum LowerError {
         /// The kernels it has.
         available: String,
     },
-    /// Range kernels are not lowered in this version.
-    #[error("kernel `{kernel}` is a range kernel; the OpenCL back end lowers item kernels only, so it runs on the CPU")]
-    RangeKernel {
-        /// The kernel.
-        kernel: String,
-    },
     /// The package's module could not be loaded.
     #[error("cannot load the package's module: {0}")]
     Load(String),
@@ -103,7 +98,7 @@ pub struct Lowered {
     pub source_hash: [u8; 32],
 }
 
-/// Lowers item kernel `kernel` of `package` to OpenCL C.
+/// Lowers kernel `kernel` of `package` to OpenCL C.
 pub fn lower(package: &Package, kernel: &str) -> Result<Lowered, LowerError> {
     let spec = package
         .manifest()
@@ -119,11 +114,6 @@ pub fn lower(package: &Package, kernel: &str) -> Result<Lowered, LowerError> {
                 .join(", "),
         })?
         .clone();
-    if spec.kind == KernelKind::Range {
-        return Err(LowerError::RangeKernel {
-            kernel: kernel.to_string(),
-        });
-    }
     let ctx = Context::create();
     let module =
         ir_packager::load_module(&ctx, package).map_err(|e| LowerError::Load(e.to_string()))?;
@@ -431,6 +421,10 @@ const INTRINSICS: &[&str] = &[
     "fshr",
     "vector.reduce.or",
     "vector.reduce.and",
+    "uadd.sat",
+    "usub.sat",
+    "sadd.sat",
+    "ssub.sat",
 ];
 
 fn intrinsic_key(name: &str) -> Option<&'static str> {
@@ -802,7 +796,12 @@ impl<'s> Lowering<'s> {
             "__global int* offload_status".to_string(),
         ];
         let mut setup = String::new();
-        let mut call_args = vec!["i".to_string()];
+        let range = self.spec.kind == KernelKind::Range;
+        let mut call_args = if range {
+            vec!["offload_start".to_string(), "offload_end".to_string()]
+        } else {
+            vec!["i".to_string()]
+        };
         let sums = has_sums(self.spec);
         for (k, arg) in self.spec.args.iter().enumerate() {
             let a = format!("a{k}_{}", sanitize(&arg.name));
@@ -856,7 +855,12 @@ impl<'s> Lowering<'s> {
         );
         text.push_str("    ulong offload_gid = (ulong)get_global_id(0);\n");
         text.push_str(&setup);
-        if sums {
+        if range {
+            // A range kernel is sequential over its packet: one work-item runs it.
+            text.push_str("    if (offload_gid != 0) return;\n");
+            let _ = writeln!(text, "    {call};");
+            text.push_str("}\n");
+        } else if sums {
             text.push_str("    ulong offload_stride = (ulong)get_global_size(0);\n");
             text.push_str(
                 "    for (ulong i = offload_start + offload_gid; i < offload_end; i += offload_stride) {\n",
@@ -2212,6 +2216,28 @@ impl<'l, 's> FunctionEmitter<'l, 's> {
                     "umin" | "umax" => format!("({})({f}({}, {}))", ut(w), a[0], a[1]),
                     _ => format!("({})(abs({}))", ut(w), signed(&a[0], w)),
                 }
+            }
+            // OpenCL's add_sat/sub_sat saturate in the operands' own (un)signed type.
+            "uadd.sat" | "usub.sat" if w > 1 => {
+                let f = if key == "uadd.sat" {
+                    "add_sat"
+                } else {
+                    "sub_sat"
+                };
+                format!("({})({f}({}, {}))", ut(w), a[0], a[1])
+            }
+            "sadd.sat" | "ssub.sat" if w > 1 => {
+                let f = if key == "sadd.sat" {
+                    "add_sat"
+                } else {
+                    "sub_sat"
+                };
+                format!(
+                    "({})({f}({}, {}))",
+                    ut(w),
+                    signed(&a[0], w),
+                    signed(&a[1], w)
+                )
             }
             "ctpop" if w > 1 => format!("({})(popcount({}))", ut(w), a[0]),
             "ctlz" if w > 1 => format!("({})(clz({}))", ut(w), a[0]),

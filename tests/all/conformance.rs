@@ -24,6 +24,10 @@ use opencl_backend::{add_into, LowerError, OpenCl};
 
 use crate::common::{offload, offload_ok, repo_path};
 
+#[path = "../../examples/logcrunch/reference.rs"]
+#[allow(dead_code)] // the test uses the generator, not every helper
+mod logcrunch_ref;
+
 /// The OpenCL devices, or `None` (with a printed reason) outside CI when there are none.
 fn opencl() -> Option<Arc<OpenCl>> {
     static OPENCL: OnceLock<Arc<OpenCl>> = OnceLock::new();
@@ -160,8 +164,8 @@ const F64_EDGES: &[f64] = &[
     -2147483649.0,
     4294967295.0,
     4294967296.0,
-    9.223372036854775807e18,
-    -9.223372036854775808e18,
+    9.223372036854776e18,
+    -9.223372036854776e18,
     1.8446744073709552e19,
     255.0,
     256.0,
@@ -507,6 +511,53 @@ fn example_item_kernels_match_cpu_on_every_opencl_device() {
                 .collect(),
         };
         failures.extend(check_case(&opencl, &case));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Range kernels run as one work-item per packet: raytrace (generic scene) and logcrunch
+/// (a generated access log, so every chunk parses), compared with the CPU JIT.
+#[test]
+fn range_kernels_match_cpu_on_every_opencl_device() {
+    let Some(opencl) = opencl() else { return };
+    let dir = repo_path("examples/raytrace");
+    let raytrace = Case {
+        name: "examples/raytrace/kernel.rs".into(),
+        source: dir.join("kernel.rs"),
+        manifest: dir.join("manifest.toml"),
+        items: 32 * 20,
+        ulp: 0,
+        floats: "plain".into(),
+        whole_len: 4 + 8 * 4,
+        scalars: [("width", "32"), ("height", "20"), ("nspheres", "4")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+    };
+    let mut failures = check_case(&opencl, &raytrace);
+    let dir = repo_path("examples/logcrunch");
+    let manifest =
+        Manifest::parse(&std::fs::read_to_string(dir.join("manifest.toml")).expect("manifest"))
+            .expect("manifest");
+    let package = package_source(&dir.join("kernel.rs"), &manifest).expect("package");
+    let spec = manifest.kernel("logcrunch").expect("spec").clone();
+    let log = logcrunch_ref::generate_log(5_000, 3);
+    let chunks = 97u64;
+    let bounds = logcrunch_ref::chunk_bounds(&log, chunks as usize);
+    let bounds_bytes: Vec<u8> = bounds.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let args = vec![
+        ArgValue::Buffer(Buffer::from_bytes(&log)),
+        ArgValue::Scalar(ScalarValue::U64(log.len() as u64)),
+        ArgValue::Buffer(Buffer::from_bytes(&bounds_bytes)),
+        ArgValue::Scalar(ScalarValue::U64(bounds.len() as u64)),
+        ArgValue::Buffer(Buffer::zeroed(6 * 8)),
+    ];
+    let cpu = run_cpu(&package, &spec, chunks, &args);
+    for device in opencl.devices() {
+        match run_device(&opencl, device, &package, &spec, chunks, &args) {
+            Ok(out) => failures.extend(compare(&spec, &cpu, &out, 0)),
+            Err(e) => failures.push(format!("logcrunch on {}: {e}", device.info().name)),
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
