@@ -142,10 +142,13 @@ fn main() -> Result<()> {
         "poly through offload differs from direct Rust"
     );
     let mut rows = Vec::new();
+    // How much of a launch is running packets (the rest: copying arguments in and
+    // results out, checks, the code-cache lookup, starting the workers).
+    let mut packet_time = Vec::new();
     rows.push((
         "offload launch",
         time(1, 9, || {
-            kernels::poly::launch_with(
+            let report = kernels::poly::launch_with(
                 &cluster,
                 &poly,
                 LaunchOptions::default(),
@@ -154,6 +157,7 @@ fn main() -> Result<()> {
                 &x,
                 &mut y,
             )?;
+            packet_time.push(report.run_time);
             Ok(())
         })?,
     ));
@@ -185,6 +189,7 @@ fn main() -> Result<()> {
     ));
     ensure!(y == expected, "poly results changed while timing");
     print_rows("poly (16 terms, f64)", n, &rows);
+    print_packet_time("poly", &mut packet_time);
 
     let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
     let y0: Vec<f32> = values(n, 3).iter().map(|&v| v as f32).collect();
@@ -209,6 +214,7 @@ fn main() -> Result<()> {
     // saxpy updates y in place: each timed run starts from a fresh copy of y0, outside
     // the timing, so every variant does the same arithmetic.
     let mut rows = Vec::new();
+    let mut packet_time = Vec::new();
     for variant in ["offload launch", "rayon direct", "serial direct"] {
         let mut samples = Vec::new();
         for _ in 0..7 {
@@ -216,7 +222,7 @@ fn main() -> Result<()> {
             let started = Instant::now();
             match variant {
                 "offload launch" => {
-                    kernels::saxpy::launch_with(
+                    let report = kernels::saxpy::launch_with(
                         &cluster,
                         &saxpy,
                         LaunchOptions::default(),
@@ -226,6 +232,7 @@ fn main() -> Result<()> {
                         &mut yf,
                     )
                     .context("saxpy launch")?;
+                    packet_time.push(report.run_time);
                 }
                 "rayon direct" => {
                     yf.par_iter_mut()
@@ -254,7 +261,18 @@ fn main() -> Result<()> {
         rows.push((variant, (samples[samples.len() / 2], mean)));
     }
     print_rows("saxpy (f32)", n, &rows);
+    print_packet_time("saxpy", &mut packet_time);
     Ok(())
+}
+
+fn print_packet_time(kernel: &str, samples: &mut [Duration]) {
+    samples.sort();
+    if let Some(median) = samples.get(samples.len() / 2) {
+        println!(
+            "\n{kernel}: offload launches spent a median {:.2} ms running packets\n",
+            median.as_secs_f64() * 1e3
+        );
+    }
 }
 
 fn print_rows(kernel: &str, n: usize, rows: &[(&str, (Duration, Duration))]) {

@@ -473,12 +473,14 @@ impl std::fmt::Debug for Cluster {
 }
 
 enum Backend {
-    /// The embedded local node: `run_local` on this machine's cores.
+    /// The embedded local node: this machine's cores (`in_place::run`, and `run_local`
+    /// for async launches).
     Local { engine: Engine },
     /// The nodes of a cluster. The client runs one job at a time (`run_job` takes
     /// `&mut self`), so launches on one handle take turns.
     Remote {
-        client: Mutex<ClusterClient>,
+        // Boxed: the client is large and the local variant is the common one.
+        client: Box<Mutex<ClusterClient>>,
         nodes: Vec<String>,
     },
 }
@@ -530,7 +532,7 @@ impl Cluster {
             .collect();
         Ok(Cluster {
             backend: Arc::new(Backend::Remote {
-                client: Mutex::new(client),
+                client: Box::new(Mutex::new(client)),
                 nodes,
             }),
         })
@@ -553,7 +555,9 @@ impl Cluster {
     }
 
     /// Runs `kernel` over items `0..items` with `args` (one per manifest argument) and
-    /// blocks until the results are in the `&mut` slices.
+    /// blocks until the results are in the `&mut` slices. On the local node the kernel
+    /// works in the caller's slices directly (no copies; `out` slices are zeroed first);
+    /// on a cluster the slices are copied into the job's buffers and the results back.
     pub fn launch(
         &self,
         kernel: &Kernel,
@@ -561,6 +565,10 @@ impl Cluster {
         args: &mut [KernelArg<'_>],
         options: LaunchOptions,
     ) -> Result<LaunchReport, LaunchError> {
+        if let Backend::Local { engine } = &*self.backend {
+            check(kernel, items, args)?;
+            return in_place::run(engine, kernel, items, args, options);
+        }
         let mut values = prepare(kernel, items, args)?;
         let report = self.backend.run(kernel, items, &mut values, options)?;
         write_back(args, &values);
@@ -670,11 +678,7 @@ impl Backend {
 }
 
 /// Checks `args` against the kernel's manifest and copies them into job buffers.
-fn prepare(
-    kernel: &Kernel,
-    items: u64,
-    args: &[KernelArg<'_>],
-) -> Result<Vec<ArgValue>, LaunchError> {
+fn check(kernel: &Kernel, items: u64, args: &[KernelArg<'_>]) -> Result<(), LaunchError> {
     let spec = kernel.spec();
     if args.len() != spec.args.len() {
         return Err(LaunchError::ArgCount {
@@ -684,54 +688,63 @@ fn prepare(
             given: args.len(),
         });
     }
-    spec.args
-        .iter()
-        .zip(args)
-        .map(|(arg, given)| {
-            let type_error = || LaunchError::ArgType {
-                kernel: spec.name.clone(),
-                arg: arg.name.clone(),
-                spec: arg.to_string(),
-                given: given.describe(),
-            };
-            match (arg.kind, &given.0) {
-                (ArgKind::Scalar(ty), ArgInner::Scalar(v)) if v.scalar_type() == ty => {
-                    Ok(ArgValue::Scalar(*v))
-                }
-                (
-                    ArgKind::Buffer {
-                        access: Access::In,
-                        elem,
-                        shape,
-                    },
-                    ArgInner::Input { elem: e, bytes },
-                ) if *e == elem => {
-                    check_length(spec, arg, items, shape, elem, bytes.len())?;
-                    Ok(ArgValue::Buffer(Buffer::from_bytes(bytes)))
-                }
-                (
-                    ArgKind::Buffer {
-                        access,
-                        elem,
-                        shape,
-                    },
-                    ArgInner::Output {
-                        access: a,
-                        elem: e,
-                        bytes,
-                    },
-                ) if *a == access && *e == elem => {
-                    check_length(spec, arg, items, shape, elem, bytes.len())?;
-                    Ok(ArgValue::Buffer(match access {
-                        Access::InOut => Buffer::from_bytes(bytes),
-                        // `out` contents are not read and `sum` buffers start from zero.
-                        _ => Buffer::zeroed(bytes.len()),
-                    }))
-                }
-                _ => Err(type_error()),
+    for (arg, given) in spec.args.iter().zip(args) {
+        let type_error = || LaunchError::ArgType {
+            kernel: spec.name.clone(),
+            arg: arg.name.clone(),
+            spec: arg.to_string(),
+            given: given.describe(),
+        };
+        match (arg.kind, &given.0) {
+            (ArgKind::Scalar(ty), ArgInner::Scalar(v)) if v.scalar_type() == ty => {}
+            (
+                ArgKind::Buffer {
+                    access: Access::In,
+                    elem,
+                    shape,
+                },
+                ArgInner::Input { elem: e, bytes },
+            ) if *e == elem => check_length(spec, arg, items, shape, elem, bytes.len())?,
+            (
+                ArgKind::Buffer {
+                    access,
+                    elem,
+                    shape,
+                },
+                ArgInner::Output {
+                    access: a,
+                    elem: e,
+                    bytes,
+                },
+            ) if *a == access && *e == elem => {
+                check_length(spec, arg, items, shape, elem, bytes.len())?
             }
+            _ => return Err(type_error()),
+        }
+    }
+    Ok(())
+}
+
+/// Checks `args` against the kernel's manifest and copies them into job buffers (for
+/// back ends that cannot work in the caller's memory: the cluster, and async launches).
+fn prepare(
+    kernel: &Kernel,
+    items: u64,
+    args: &[KernelArg<'_>],
+) -> Result<Vec<ArgValue>, LaunchError> {
+    check(kernel, items, args)?;
+    Ok(args
+        .iter()
+        .map(|given| match &given.0 {
+            ArgInner::Scalar(v) => ArgValue::Scalar(*v),
+            ArgInner::Input { bytes, .. } => ArgValue::Buffer(Buffer::from_bytes(bytes)),
+            ArgInner::Output { access, bytes, .. } => ArgValue::Buffer(match access {
+                Access::InOut => Buffer::from_bytes(bytes),
+                // `out` contents are not read and `sum` buffers start from zero.
+                _ => Buffer::zeroed(bytes.len()),
+            }),
         })
-        .collect()
+        .collect())
 }
 
 fn check_length(
@@ -780,6 +793,247 @@ fn write_back(args: &mut [KernelArg<'_>], values: &[ArgValue]) {
             bytes.copy_from_slice(total.as_bytes());
         } else {
             bytes.copy_from_slice(result.as_bytes());
+        }
+    }
+}
+
+/// The local node's launch without copies: packets run on this machine's cores, scheduled
+/// by the same scheduler core as `run_local`, with the kernel reading and writing the
+/// caller's slices directly. `run_local` takes owned `ArgValue` buffers, so a launch
+/// through it pays a copy of every input and output (measured in `benches/launch.rs`:
+/// most of the time of a memory-bound launch); this path does not.
+mod in_place {
+    use std::collections::HashMap;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use ir_packager::{Access, ArgKind, Shape};
+    use node_jit::{CompiledKernel, Engine, KernelPanic};
+    use scheduler::{Decision, DeviceId, DeviceSpec, Event, JobSpec, Packet, Scheduler};
+
+    use super::{ArgInner, Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport};
+    use crate::buffer::Buffer;
+    use crate::local::RunError;
+
+    /// A `sum` argument: its slot, element type and bytes.
+    type SumSlot = (usize, ir_packager::ScalarType, usize);
+
+    struct Finished {
+        device: DeviceId,
+        packet: Packet,
+        compute_us: u64,
+        outcome: Result<Vec<Buffer>, KernelPanic>,
+    }
+
+    /// Runs the job; `args` were checked against the manifest by the caller.
+    pub(super) fn run(
+        engine: &Engine,
+        kernel: &Kernel,
+        items: u64,
+        args: &mut [KernelArg<'_>],
+        options: LaunchOptions,
+    ) -> Result<LaunchReport, LaunchError> {
+        let compiled = engine
+            .compile_tuned(&kernel.package, kernel.name(), &options.tuning)
+            .map_err(RunError::Jit)?;
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, items.max(1) as usize);
+        let sums: Vec<SumSlot> = kernel
+            .spec()
+            .args
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, arg)| match arg.kind {
+                ArgKind::Buffer {
+                    access: Access::Sum,
+                    elem,
+                    shape: Shape::Fixed(n),
+                } => Some((slot, elem, n as usize * elem.size())),
+                _ => None,
+            })
+            .collect();
+        // One word per argument: scalar bits or the address of the caller's slice.
+        let block: Vec<u64> = args
+            .iter_mut()
+            .map(|a| match &mut a.0 {
+                ArgInner::Scalar(v) => v.to_bits(),
+                ArgInner::Input { bytes, .. } => bytes.as_ptr() as u64,
+                ArgInner::Output { access, bytes, .. } => {
+                    if *access == Access::Out {
+                        // What the kernel does not write reads as zero, as on a cluster.
+                        bytes.fill(0);
+                    }
+                    bytes.as_mut_ptr() as u64
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let (packets, totals) = if items == 0 {
+            (0, Vec::new())
+        } else {
+            execute(
+                &compiled.kernel,
+                kernel.name(),
+                items,
+                block,
+                &sums,
+                threads,
+                &options,
+            )?
+        };
+        // Sum slices get the job's totals added, as a direct call adds into them.
+        for (&(slot, elem, _), total) in sums.iter().zip(&totals) {
+            if let ArgInner::Output { bytes, .. } = &mut args[slot].0 {
+                let mut sum = Buffer::from_bytes(bytes);
+                sum.add_assign(total, elem);
+                bytes.copy_from_slice(sum.as_bytes());
+            }
+        }
+        Ok(LaunchReport {
+            items,
+            packets,
+            workers: threads,
+            code_origin: Some(compiled.origin),
+            compile_time: compiled.elapsed,
+            run_time: started.elapsed(),
+        })
+    }
+
+    fn execute(
+        kernel: &CompiledKernel,
+        name: &str,
+        items: u64,
+        block: Vec<u64>,
+        sums: &[SumSlot],
+        threads: usize,
+        options: &LaunchOptions,
+    ) -> Result<(u64, Vec<Buffer>), LaunchError> {
+        let mut sched = Scheduler::new(JobSpec::new(items).speculation(false));
+        let clock = Instant::now();
+        let now = || clock.elapsed().as_micros() as u64;
+        for w in 0..threads {
+            sched.handle(
+                now(),
+                Event::DeviceJoined {
+                    device: DeviceId(w as u32),
+                    spec: DeviceSpec::local_cpu(format!("cpu{w}")),
+                },
+            );
+        }
+        let (done_tx, done_rx) = mpsc::channel::<Finished>();
+        let mut totals: Vec<Buffer> = sums
+            .iter()
+            .map(|&(_, _, len)| Buffer::zeroed(len))
+            .collect();
+        let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
+        let mut committed = 0u64;
+        std::thread::scope(|scope| -> Result<(), LaunchError> {
+            let mut workers = Vec::with_capacity(threads);
+            for w in 0..threads {
+                let (tx, rx) = mpsc::channel::<Packet>();
+                let done = done_tx.clone();
+                let block = block.clone();
+                scope.spawn(move || worker(kernel, DeviceId(w as u32), block, sums, rx, done));
+                workers.push(tx);
+            }
+            drop(done_tx);
+            loop {
+                while let Some(decision) = sched.poll(now()) {
+                    match decision {
+                        Decision::Run { device, packet } => workers[device.0 as usize]
+                            .send(packet)
+                            .map_err(|_| RunError::WorkerLost)?,
+                        Decision::Commit { device, packet } => {
+                            committed += 1;
+                            if let Some(partials) = pending.remove(&(device, packet.id.0)) {
+                                for (total, (partial, &(_, elem, _))) in
+                                    totals.iter_mut().zip(partials.iter().zip(sums))
+                                {
+                                    total.add_assign(partial, elem);
+                                }
+                            }
+                            if let Some(progress) = &options.progress {
+                                progress(sched.progress().items_committed, items);
+                            }
+                        }
+                        Decision::Discard { device, packet } => {
+                            pending.remove(&(device, packet.id.0));
+                        }
+                        _ => {}
+                    }
+                }
+                if sched.is_done() || sched.failed().is_some() || sched.stalled() {
+                    break;
+                }
+                let finished = done_rx.recv().map_err(|_| RunError::WorkerLost)?;
+                match finished.outcome {
+                    Ok(partials) => {
+                        pending.insert((finished.device, finished.packet.id.0), partials);
+                        sched.handle(
+                            now(),
+                            Event::PacketFinished {
+                                device: finished.device,
+                                packet: finished.packet.id,
+                                compute_us: finished.compute_us,
+                                digest: None,
+                            },
+                        );
+                    }
+                    Err(panic) => {
+                        return Err(RunError::KernelPanicked {
+                            kernel: name.to_string(),
+                            start: finished.packet.start,
+                            end: finished.packet.end,
+                            reason: panic.reason,
+                        }
+                        .into())
+                    }
+                }
+            }
+            // Dropping the senders ends the workers.
+            drop(workers);
+            if sched.is_done() {
+                Ok(())
+            } else {
+                Err(RunError::WorkerLost.into())
+            }
+        })?;
+        Ok((committed, totals))
+    }
+
+    fn worker(
+        kernel: &CompiledKernel,
+        device: DeviceId,
+        mut block: Vec<u64>,
+        sums: &[SumSlot],
+        packets: mpsc::Receiver<Packet>,
+        done: mpsc::Sender<Finished>,
+    ) {
+        for packet in packets {
+            let mut partials: Vec<Buffer> = sums
+                .iter()
+                .map(|&(_, _, len)| Buffer::zeroed(len))
+                .collect();
+            for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
+                block[slot] = partial.address();
+            }
+            let started = Instant::now();
+            // SAFETY: the launch checked every slice against the manifest for the whole
+            // job and holds the caller's borrows until the job ends; packets of one job
+            // cover disjoint items, so split windows never overlap; whole slices are
+            // inputs only; sum buffers are private to this packet.
+            let outcome = unsafe { kernel.run_packet(packet.start, packet.end, &block) };
+            let finished = Finished {
+                device,
+                packet,
+                compute_us: started.elapsed().as_micros() as u64,
+                outcome: outcome.map(|()| partials),
+            };
+            if done.send(finished).is_err() {
+                return;
+            }
         }
     }
 }
