@@ -297,14 +297,14 @@ fn survives(fault: impl FnOnce(&Node)) {
     let cluster = Cluster::new(3);
     // Deep zoom-out inside the set: every item costs max_iter iterations, so the job
     // runs for seconds on the cluster and a fault lands in the middle of it.
-    let job = Mandel::new(cluster.dir.path(), 400, 300, 6000);
+    let job = Mandel::new(cluster.dir.path(), 600, 400, 8000);
     let local = cluster.path("local.bin");
     job.run_local(&local);
     let remote = cluster.path("remote.bin");
     let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
-    // Notice the silent node quickly, well before the job could finish without it
+    // Notice the silent node within a second, well before the job could finish without it
     // (speculative copies of its packets would otherwise complete the job first).
-    command.args(["--node-timeout", "1.5"]);
+    command.args(["--node-timeout", "1"]);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = command.spawn().expect("start offload run");
     let pid = child.id();
@@ -317,7 +317,7 @@ fn survives(fault: impl FnOnce(&Node)) {
         "node 0 never received the job: {}",
         cluster.nodes[0].log()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(100));
     fault(&cluster.nodes[0]);
     let output = match rx.recv_timeout(Duration::from_secs(240)) {
         Ok(output) => output.expect("offload run output"),
