@@ -162,6 +162,21 @@ fn main() -> Result<()> {
         })?,
     ));
     rows.push((
+        "offload, 1 thread",
+        time(1, 9, || {
+            kernels::poly::launch_with(
+                &cluster,
+                &poly,
+                LaunchOptions::default().threads(1),
+                n,
+                &coeffs,
+                &x,
+                &mut y,
+            )?;
+            Ok(())
+        })?,
+    ));
+    rows.push((
         "rayon direct",
         time(1, 9, || {
             y.par_iter_mut()
