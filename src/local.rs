@@ -60,7 +60,9 @@ pub enum RunError {
         given: String,
     },
     /// A buffer of the wrong size.
-    #[error("buffer `{arg}` (`{spec}`) must be {expected} for {items} items, but it has {actual} bytes")]
+    #[error(
+        "buffer `{arg}` (`{spec}`) must be {expected} for {items} items, but it has {actual} bytes"
+    )]
     BufferSize {
         /// The argument.
         arg: String,
@@ -250,7 +252,12 @@ pub fn check_args(spec: &KernelSpec, items: u64, args: &[ArgValue]) -> Result<()
     Ok(())
 }
 
-fn check_buffer_size(arg: &Arg, elem: ScalarType, items: u64, actual: usize) -> Result<(), RunError> {
+fn check_buffer_size(
+    arg: &Arg,
+    elem: ScalarType,
+    items: u64,
+    actual: usize,
+) -> Result<(), RunError> {
     let size_error = |expected: String| RunError::BufferSize {
         arg: arg.name.clone(),
         spec: arg.to_string(),
@@ -282,6 +289,9 @@ fn check_buffer_size(arg: &Arg, elem: ScalarType, items: u64, actual: usize) -> 
         None => Err(size_error("more bytes than a 64-bit count holds".into())),
     }
 }
+
+/// The fewest packets each local thread gets when no tuning profile sets a packet size.
+const PACKETS_PER_THREAD: u64 = 32;
 
 struct Finished {
     device: DeviceId,
@@ -318,9 +328,15 @@ fn plan_opencl(
         });
     }
     let strict = options.device == DeviceChoice::OpenCl;
-    let opencl = options.opencl.clone().unwrap_or_else(|| Arc::new(OpenCl::new()));
+    let opencl = options
+        .opencl
+        .clone()
+        .unwrap_or_else(|| Arc::new(OpenCl::new()));
     if opencl.devices().is_empty() {
-        let note = opencl.note().unwrap_or("no OpenCL device found").to_string();
+        let note = opencl
+            .note()
+            .unwrap_or("no OpenCL device found")
+            .to_string();
         return if strict {
             Err(RunError::NoOpenClDevice { note })
         } else {
@@ -408,7 +424,15 @@ pub fn run_local(
     let counts = if items == 0 {
         Counts::default()
     } else {
-        execute(&compiled.kernel, plan.kernels, &spec, items, args, threads, options)?
+        execute(
+            &compiled.kernel,
+            plan.kernels,
+            &spec,
+            items,
+            args,
+            threads,
+            options,
+        )?
     };
     Ok(RunReport {
         items,
@@ -470,6 +494,12 @@ fn execute(
     let mut job = JobSpec::new(items).speculation(false);
     if let Some(size) = options.packet_items {
         job = job.min_packet(size).max_packet(size);
+    } else {
+        // Item costs vary (a Mandelbrot row inside the set costs 100x one outside), and
+        // a packet here costs microseconds, so at least PACKETS_PER_THREAD packets per
+        // thread keep the threads finishing together whatever the calibration saw.
+        let cap = items.div_ceil(threads as u64 * PACKETS_PER_THREAD).max(1);
+        job = job.max_packet(cap);
     }
     let mut sched = Scheduler::new(job);
     let clock = Instant::now();
@@ -494,7 +524,10 @@ fn execute(
     }
     let mut last_device_error: Option<DeviceError> = None;
     let (done_tx, done_rx) = mpsc::channel::<Finished>();
-    let mut totals: Vec<Buffer> = sums.iter().map(|&(_, _, len)| Buffer::zeroed(len)).collect();
+    let mut totals: Vec<Buffer> = sums
+        .iter()
+        .map(|&(_, _, len)| Buffer::zeroed(len))
+        .collect();
     let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
     let mut counts = Counts::default();
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
@@ -503,9 +536,7 @@ fn execute(
             let (tx, rx) = mpsc::channel::<Packet>();
             let done = done_tx.clone();
             let (block, sums) = (block.clone(), &sums);
-            scope.spawn(move || {
-                worker(kernel, DeviceId(w as u32), block, sums, rx, done)
-            });
+            scope.spawn(move || worker(kernel, DeviceId(w as u32), block, sums, rx, done));
             workers.push(tx);
         }
         for (k, prepared) in opencl.into_iter().enumerate() {
@@ -574,7 +605,12 @@ fn execute(
                 Err(Failure::Device(error)) => {
                     tracing::warn!("{error}; its packets go to the other devices");
                     pending.retain(|(d, _), _| *d != finished.device);
-                    sched.handle(now(), Event::DeviceLost { device: finished.device });
+                    sched.handle(
+                        now(),
+                        Event::DeviceLost {
+                            device: finished.device,
+                        },
+                    );
                     last_device_error = Some(error);
                 }
             }
@@ -606,7 +642,10 @@ fn opencl_worker(
     done: mpsc::Sender<Finished>,
 ) {
     for packet in packets {
-        let mut partials: Vec<Buffer> = sums.iter().map(|&(_, _, len)| Buffer::zeroed(len)).collect();
+        let mut partials: Vec<Buffer> = sums
+            .iter()
+            .map(|&(_, _, len)| Buffer::zeroed(len))
+            .collect();
         for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
             block[slot] = partial.address();
         }
@@ -642,7 +681,10 @@ fn worker(
     done: mpsc::Sender<Finished>,
 ) {
     for packet in packets {
-        let mut partials: Vec<Buffer> = sums.iter().map(|&(_, _, len)| Buffer::zeroed(len)).collect();
+        let mut partials: Vec<Buffer> = sums
+            .iter()
+            .map(|&(_, _, len)| Buffer::zeroed(len))
+            .collect();
         for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
             block[slot] = partial.address();
         }
