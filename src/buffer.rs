@@ -104,7 +104,10 @@ mod tests {
         let mut a = Buffer::from_bytes(&[1u64.to_le_bytes(), u64::MAX.to_le_bytes()].concat());
         let b = Buffer::from_bytes(&[2u64.to_le_bytes(), 2u64.to_le_bytes()].concat());
         a.add_assign(&b, ScalarType::U64);
-        assert_eq!(a.as_bytes(), [3u64.to_le_bytes(), 1u64.to_le_bytes()].concat());
+        assert_eq!(
+            a.as_bytes(),
+            [3u64.to_le_bytes(), 1u64.to_le_bytes()].concat()
+        );
         let mut f = Buffer::from_bytes(&1.5f32.to_le_bytes());
         f.add_assign(&Buffer::from_bytes(&2.25f32.to_le_bytes()), ScalarType::F32);
         assert_eq!(f.as_bytes(), 3.75f32.to_le_bytes());

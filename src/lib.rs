@@ -38,6 +38,17 @@ pub use api::{
     Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport, Scalar,
 };
 pub use buffer::Buffer;
+pub use ir_packager::{
+    package_source, Access, Arg, ArgKind, FormatError, KernelKind, KernelSpec, Manifest,
+    ManifestError, Package, PackageError, PackageHash, ScalarType, ScalarValue, Shape,
+};
+pub use local::{
+    check_args, required_bytes, run_local, ArgValue, DeviceChoice, LocalOptions, RunError,
+    RunReport,
+};
+pub use node_jit::{
+    c_prototype, CodeOrigin, Config, Engine, HostTarget, JitError, OptLevel, Tuning,
+};
 /// `#[offload::kernel]`: marks a plain Rust function as a kernel and generates a typed
 /// launcher module of the same name. See `docs/macros.md` and [`api`].
 ///
@@ -55,16 +66,7 @@ pub use buffer::Buffer;
 /// # Ok::<(), offload::LaunchError>(())
 /// ```
 pub use offload_macros::kernel;
-pub use ir_packager::{
-    package_source, Access, Arg, ArgKind, FormatError, KernelKind, KernelSpec, Manifest,
-    ManifestError, Package, PackageError, PackageHash, ScalarType, ScalarValue, Shape,
-};
-pub use local::{
-    check_args, required_bytes, run_local, ArgValue, DeviceChoice, LocalOptions, RunError,
-    RunReport,
-};
 pub use opencl_backend::{self, OpenCl};
-pub use node_jit::{c_prototype, CodeOrigin, Config, Engine, HostTarget, JitError, OptLevel, Tuning};
 
 /// The package format version this build reads and writes.
 pub fn ir_packager_format_version() -> u16 {

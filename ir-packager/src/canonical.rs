@@ -495,7 +495,10 @@ fn rewrite_panic_paths(module: &Module<'_>) {
     }
     let hook = module.get_function(PANIC_SYMBOL).unwrap_or_else(|| {
         let hook = module.add_function(PANIC_SYMBOL, hook_type, Some(Linkage::External));
-        hook.add_attribute(AttributeLoc::Function, ctx.create_enum_attribute(noreturn, 0));
+        hook.add_attribute(
+            AttributeLoc::Function,
+            ctx.create_enum_attribute(noreturn, 0),
+        );
         hook.add_attribute(AttributeLoc::Function, ctx.create_enum_attribute(cold, 0));
         hook
     });
@@ -574,7 +577,10 @@ fn mark_libm_pure(module: &Module<'_>) {
                 AttributeLoc::Function,
                 ctx.create_enum_attribute(willreturn, 0),
             );
-            function.add_attribute(AttributeLoc::Function, ctx.create_enum_attribute(nounwind, 0));
+            function.add_attribute(
+                AttributeLoc::Function,
+                ctx.create_enum_attribute(nounwind, 0),
+            );
         }
     }
 }

@@ -197,7 +197,12 @@ pub fn package_source(source: &Path, manifest: &Manifest) -> Result<Package, Pac
     let machine = housekeeping_machine()?;
     let ctx = Context::create();
     let output = source::load_source(&ctx, source, kind)?;
-    let origin_triple = output.module.get_triple().as_str().to_string_lossy().into_owned();
+    let origin_triple = output
+        .module
+        .get_triple()
+        .as_str()
+        .to_string_lossy()
+        .into_owned();
     canonical::canonicalize(&output.module, manifest, &machine)?;
     let bitcode = output.module.write_bitcode_to_memory().as_slice().to_vec();
     let provenance = Provenance {
@@ -257,8 +262,14 @@ mod tests {
         let err = load_module(&ctx, &package).expect_err("must be refused");
         let message = err.to_string();
         assert!(matches!(err, LoadError::LlvmTooOld { .. }), "{message}");
-        assert!(message.contains(&package.provenance().llvm_version.to_string()), "{message}");
-        assert!(message.contains(&linked_llvm_version().to_string()), "{message}");
+        assert!(
+            message.contains(&package.provenance().llvm_version.to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains(&linked_llvm_version().to_string()),
+            "{message}"
+        );
     }
 
     #[test]
@@ -271,7 +282,8 @@ mod tests {
             packager: "test".into(),
             origin_triple: "x86_64-unknown-linux-gnu".into(),
         };
-        let package = Package::assemble(provenance, tiny_manifest(), vec![1, 2, 3]).expect("assemble");
+        let package =
+            Package::assemble(provenance, tiny_manifest(), vec![1, 2, 3]).expect("assemble");
         let decoded = Package::from_bytes(package.as_bytes()).expect("decode");
         assert_eq!(decoded.hash(), package.hash());
         let mut bytes = package.as_bytes().to_vec();
@@ -281,7 +293,13 @@ mod tests {
             Err(FormatError::UnsupportedVersion { found: 99, .. })
         ));
         let truncated = &package.as_bytes()[..package.as_bytes().len() - 2];
-        assert!(matches!(Package::from_bytes(truncated), Err(FormatError::Corrupt(_))));
-        assert!(matches!(Package::from_bytes(b"nope"), Err(FormatError::NotAPackage)));
+        assert!(matches!(
+            Package::from_bytes(truncated),
+            Err(FormatError::Corrupt(_))
+        ));
+        assert!(matches!(
+            Package::from_bytes(b"nope"),
+            Err(FormatError::NotAPackage)
+        ));
     }
 }

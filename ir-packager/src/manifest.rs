@@ -555,16 +555,24 @@ impl ScalarValue {
         };
         Ok(match ty {
             ScalarType::I32 => ScalarValue::I32(
-                int(text).and_then(|v| i32::try_from(v).ok()).ok_or_else(bad)?,
+                int(text)
+                    .and_then(|v| i32::try_from(v).ok())
+                    .ok_or_else(bad)?,
             ),
             ScalarType::U32 => ScalarValue::U32(
-                int(text).and_then(|v| u32::try_from(v).ok()).ok_or_else(bad)?,
+                int(text)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(bad)?,
             ),
             ScalarType::I64 => ScalarValue::I64(
-                int(text).and_then(|v| i64::try_from(v).ok()).ok_or_else(bad)?,
+                int(text)
+                    .and_then(|v| i64::try_from(v).ok())
+                    .ok_or_else(bad)?,
             ),
             ScalarType::U64 => ScalarValue::U64(
-                int(text).and_then(|v| u64::try_from(v).ok()).ok_or_else(bad)?,
+                int(text)
+                    .and_then(|v| u64::try_from(v).ok())
+                    .ok_or_else(bad)?,
             ),
             ScalarType::F32 => ScalarValue::F32(text.parse().map_err(|_| bad())?),
             ScalarType::F64 => ScalarValue::F64(text.parse().map_err(|_| bad())?),

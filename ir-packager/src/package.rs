@@ -130,7 +130,9 @@ pub enum FormatError {
     #[error("not an offload package (missing the OKPKG header)")]
     NotAPackage,
     /// Written by a different format version.
-    #[error("package format version {found} is not supported (this offload reads version {supported})")]
+    #[error(
+        "package format version {found} is not supported (this offload reads version {supported})"
+    )]
     UnsupportedVersion {
         /// The version in the file.
         found: u16,

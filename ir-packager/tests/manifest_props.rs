@@ -61,7 +61,11 @@ fn kernel() -> impl Strategy<Value = KernelSpec> {
                 .collect();
             KernelSpec {
                 name,
-                kind: if range { KernelKind::Range } else { KernelKind::Item },
+                kind: if range {
+                    KernelKind::Range
+                } else {
+                    KernelKind::Item
+                },
                 args,
             }
         })

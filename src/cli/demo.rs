@@ -32,14 +32,26 @@ pub struct DemoArgs {
 }
 
 pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.width > 0 && args.height > 0, "the image needs a width and height of at least 1 pixel");
+    anyhow::ensure!(
+        args.width > 0 && args.height > 0,
+        "the image needs a width and height of at least 1 pixel"
+    );
     let engine = cli.engine()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("offload demo: Mandelbrot {}x{}, {} iterations max", args.width, args.height, args.max_iter);
-    println!("devices: local node, cpu {} with {cores} cores", engine.host());
+    println!(
+        "offload demo: Mandelbrot {}x{}, {} iterations max",
+        args.width, args.height, args.max_iter
+    );
+    println!(
+        "devices: local node, cpu {} with {cores} cores",
+        engine.host()
+    );
 
     let started = Instant::now();
-    let scratch = tempfile::Builder::new().prefix("offload-demo-").tempdir().context("cannot create a temporary folder")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("offload-demo-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
     let source = scratch.path().join("mandelbrot.rs");
     std::fs::write(&source, KERNEL_SOURCE).context("cannot write the demo kernel")?;
     let manifest = Manifest::parse(KERNEL_MANIFEST).context("demo manifest")?;
@@ -64,7 +76,14 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         ArgValue::Scalar(ScalarValue::F64(step)),
         ArgValue::Buffer(Buffer::zeroed(items as usize * 4)),
     ];
-    let report = run_local(&engine, &package, "mandelbrot", items, &mut values, &LocalOptions::default())?;
+    let report = run_local(
+        &engine,
+        &package,
+        "mandelbrot",
+        items,
+        &mut values,
+        &LocalOptions::default(),
+    )?;
     println!(
         "compile: {:.2} ms ({})",
         report.compile_time.as_secs_f64() * 1e3,
@@ -81,13 +100,25 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let ArgValue::Buffer(iters) = &values[5] else {
         anyhow::bail!("the kernel's output buffer is missing");
     };
-    write_png(&args.output, args.width, args.height, args.max_iter, iters.as_bytes())?;
+    write_png(
+        &args.output,
+        args.width,
+        args.height,
+        args.max_iter,
+        iters.as_bytes(),
+    )?;
     println!("wrote {}", args.output.display());
     Ok(())
 }
 
 /// Colours escape counts with a smooth palette; points inside the set are black.
-fn write_png(path: &PathBuf, width: u32, height: u32, max_iter: u32, iters: &[u8]) -> anyhow::Result<()> {
+fn write_png(
+    path: &PathBuf,
+    width: u32,
+    height: u32,
+    max_iter: u32,
+    iters: &[u8],
+) -> anyhow::Result<()> {
     let mut rgb = Vec::with_capacity(iters.len() / 4 * 3);
     for chunk in iters.chunks_exact(4) {
         let n = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -96,14 +127,20 @@ fn write_png(path: &PathBuf, width: u32, height: u32, max_iter: u32, iters: &[u8
             continue;
         }
         let t = (f64::from(n) / 64.0).fract();
-        let channel = |phase: f64| (127.5 * (1.0 + (std::f64::consts::TAU * (t + phase)).cos())) as u8;
+        let channel =
+            |phase: f64| (127.5 * (1.0 + (std::f64::consts::TAU * (t + phase)).cos())) as u8;
         rgb.extend_from_slice(&[channel(0.0), channel(0.33), channel(0.67)]);
     }
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut encoder = png::Encoder::new(BufWriter::new(file), width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().with_context(|| format!("cannot write {}", path.display()))?;
-    writer.write_image_data(&rgb).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut writer = encoder
+        .write_header()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writer
+        .write_image_data(&rgb)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -64,7 +64,8 @@ enum Command {
 }
 
 fn parse_opt_level(text: &str) -> Result<OptLevel, String> {
-    OptLevel::parse(text).ok_or_else(|| format!("`{text}` is not an optimization level (0, 1, 2 or 3)"))
+    OptLevel::parse(text)
+        .ok_or_else(|| format!("`{text}` is not an optimization level (0, 1, 2 or 3)"))
 }
 
 impl Cli {

@@ -82,7 +82,11 @@ pub fn package(cli: &Cli, args: &PackageArgs) -> anyhow::Result<()> {
         args.source.display(),
         args.output.display(),
         package.manifest().kernels.len(),
-        if package.manifest().kernels.len() == 1 { "" } else { "s" },
+        if package.manifest().kernels.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
         package.as_bytes().len(),
         &package.hash().to_hex()[..16],
     );
@@ -105,7 +109,10 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     println!("format   version {}", offload::ir_packager_format_version());
     println!("source   {} ({:?})", p.source_name, p.source_kind);
     println!("producer {}", p.front_end);
-    println!("llvm     {} (bitcode writer; nodes need this or newer)", p.llvm_version);
+    println!(
+        "llvm     {} (bitcode writer; nodes need this or newer)",
+        p.llvm_version
+    );
     println!("origin   {}", p.origin_triple);
     println!("bitcode  {} bytes", package.bitcode().len());
     println!("kernels:");
@@ -120,7 +127,13 @@ pub fn compile(cli: &Cli, args: &CompileArgs) -> anyhow::Result<()> {
     let engine = cli.engine()?;
     let object = engine
         .compile_object_for(&package, &args.target)
-        .with_context(|| format!("cannot compile {} for {}", args.package.display(), args.target))?;
+        .with_context(|| {
+            format!(
+                "cannot compile {} for {}",
+                args.package.display(),
+                args.target
+            )
+        })?;
     std::fs::write(&args.output, &object)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     println!(

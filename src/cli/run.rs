@@ -78,7 +78,10 @@ fn flag_for(access: Access) -> &'static str {
 
 /// Matches the command line's bindings to the kernel's arguments, reads input files
 /// and allocates outputs. Returns the values and, per output, the file to write.
-fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Vec<(usize, PathBuf)>)> {
+fn bind(
+    args: &RunArgs,
+    spec: &KernelSpec,
+) -> anyhow::Result<(Vec<ArgValue>, Vec<(usize, PathBuf)>)> {
     let mut bindings = Vec::new();
     for (flag, list) in [
         ("arg", &args.scalars),
@@ -105,7 +108,11 @@ fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Vec
             ArgKind::Buffer { access, .. } => flag_for(access),
         };
         if wanted != b.flag {
-            bail!("argument `{arg}` must be given with --{wanted} {}=..., not --{}", b.name, b.flag);
+            bail!(
+                "argument `{arg}` must be given with --{wanted} {}=..., not --{}",
+                b.name,
+                b.flag
+            );
         }
         if bindings.iter().filter(|o| o.name == b.name).count() > 1 {
             bail!("argument `{}` is given more than once", b.name);
@@ -134,8 +141,9 @@ fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Vec
                     let len = required_bytes(arg, args.items).with_context(|| {
                         format!("buffer `{}` would not fit in memory", arg.name)
                     })?;
-                    let len = usize::try_from(len)
-                        .with_context(|| format!("buffer `{}` would not fit in memory", arg.name))?;
+                    let len = usize::try_from(len).with_context(|| {
+                        format!("buffer `{}` would not fit in memory", arg.name)
+                    })?;
                     ArgValue::Buffer(Buffer::zeroed(len))
                 }
             }
@@ -146,7 +154,10 @@ fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Vec
                         format!("--{} {}=FILE", flag_for(access), arg.name)
                     }
                 };
-                bail!("missing argument `{arg}` of kernel `{}`: pass {how}", spec.name);
+                bail!(
+                    "missing argument `{arg}` of kernel `{}`: pass {how}",
+                    spec.name
+                );
             }
         };
         values.push(value);
@@ -156,7 +167,12 @@ fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Vec
 
 /// A progress bar that appears only on a terminal and only once a run has lasted a
 /// moment, so short runs and pipes stay quiet.
-fn progress_reporter(items: u64) -> (Arc<Mutex<Option<ProgressBar>>>, impl Fn(u64, u64) + Send + Sync) {
+fn progress_reporter(
+    items: u64,
+) -> (
+    Arc<Mutex<Option<ProgressBar>>>,
+    impl Fn(u64, u64) + Send + Sync,
+) {
     let bar: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
     let shared = Arc::clone(&bar);
     let started = Instant::now();
@@ -167,9 +183,9 @@ fn progress_reporter(items: u64) -> (Arc<Mutex<Option<ProgressBar>>>, impl Fn(u6
         let mut slot = shared.lock().unwrap_or_else(|p| p.into_inner());
         let bar = slot.get_or_insert_with(|| {
             let bar = ProgressBar::with_draw_target(Some(items), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} items {per_sec} eta {eta}",
-            ) {
+            if let Ok(style) =
+                ProgressStyle::with_template("{bar:40} {pos}/{len} items {per_sec} eta {eta}")
+            {
                 bar.set_style(style);
             }
             bar
@@ -196,7 +212,12 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         .manifest()
         .kernel(&args.kernel)
         .with_context(|| {
-            let names: Vec<&str> = package.manifest().kernels.iter().map(|k| k.name.as_str()).collect();
+            let names: Vec<&str> = package
+                .manifest()
+                .kernels
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect();
             format!(
                 "package {} has no kernel `{}` (it has: {})",
                 args.package.display(),
@@ -207,7 +228,14 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         .clone();
     let (mut values, outputs) = bind(args, &spec)?;
     if args.cluster.cluster {
-        super::cluster::run_on_cluster(cli, &args.cluster, &package, &spec, args.items, &mut values)?;
+        super::cluster::run_on_cluster(
+            cli,
+            &args.cluster,
+            &package,
+            &spec,
+            args.items,
+            &mut values,
+        )?;
         return write_outputs(&values, &outputs);
     }
     let engine = cli.engine()?;
@@ -226,7 +254,14 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         }
         None => (engine, options),
     };
-    let result = run_local(&engine, &package, &args.kernel, args.items, &mut values, &options);
+    let result = run_local(
+        &engine,
+        &package,
+        &args.kernel,
+        args.items,
+        &mut values,
+        &options,
+    );
     if let Some(bar) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
         bar.finish_and_clear();
     }

@@ -219,5 +219,8 @@ fn unknown_target_triple_is_refused() {
     ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown target `pdp11-unknown-nowhere`"), "{stderr}");
+    assert!(
+        stderr.contains("unknown target `pdp11-unknown-nowhere`"),
+        "{stderr}"
+    );
 }

@@ -2,11 +2,11 @@
 //! so the suite links once.
 
 mod cache;
+mod cluster;
 mod common;
+mod conformance;
 mod cross;
 mod examples;
-mod validation;
-mod conformance;
 mod macros;
-mod cluster;
 mod tune;
+mod validation;

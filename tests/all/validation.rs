@@ -117,7 +117,12 @@ fn signature_mismatch_names_the_parameter() {
     case.refuse(
         &source,
         &SCALE_MANIFEST.replace("a: f32", "a: f64"),
-        &["kernel `scale`", "does not match the manifest", "`a`", "double"],
+        &[
+            "kernel `scale`",
+            "does not match the manifest",
+            "`a`",
+            "double",
+        ],
     );
 }
 
@@ -186,16 +191,17 @@ define void @scale(i64 %i, float %a, ptr %x) {
 }
 "#,
     );
-    case.refuse(&source, SCALE_MANIFEST, &["`scale` contains inline assembly"]);
+    case.refuse(
+        &source,
+        SCALE_MANIFEST,
+        &["`scale` contains inline assembly"],
+    );
 }
 
 #[test]
 fn module_assembly_is_refused() {
     let case = Case::new();
-    let source = case.file(
-        "k.ll",
-        &format!("module asm \".globl evil\"\n{VALID_IR}"),
-    );
+    let source = case.file("k.ll", &format!("module asm \".globl evil\"\n{VALID_IR}"));
     case.refuse(&source, SCALE_MANIFEST, &["module-level inline assembly"]);
 }
 
@@ -253,7 +259,11 @@ fn rust_compile_errors_are_shown() {
         "k.rs",
         "#![no_std]\n#[no_mangle]\npub extern \"C\" fn scale(i: u64, a: f32, x: *mut f32) { this is not rust }\n",
     );
-    case.refuse(&source, SCALE_MANIFEST, &["rustc failed to compile", "k.rs"]);
+    case.refuse(
+        &source,
+        SCALE_MANIFEST,
+        &["rustc failed to compile", "k.rs"],
+    );
 }
 
 #[test]
@@ -281,7 +291,11 @@ fn saxpy_package(case: &Case) -> PathBuf {
         "-o".as_ref(),
         pkg.as_os_str(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     pkg
 }
 
@@ -335,12 +349,21 @@ fn missing_and_misplaced_arguments_say_how_to_pass_them() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let missing = run(&["--arg", "a=1", "--in", &format!("x={}", x.display())]);
-    assert!(missing.contains("missing argument `y: inout f32[1]`"), "{missing}");
+    assert!(
+        missing.contains("missing argument `y: inout f32[1]`"),
+        "{missing}"
+    );
     assert!(missing.contains("--inout y=FILE"), "{missing}");
     let misplaced = run(&["--arg", "a=1", "--inout", &format!("x={}", x.display())]);
-    assert!(misplaced.contains("must be given with --in x="), "{misplaced}");
+    assert!(
+        misplaced.contains("must be given with --in x="),
+        "{misplaced}"
+    );
     let bad_scalar = run(&["--arg", "a=two"]);
-    assert!(bad_scalar.contains("`two` is not a valid f32"), "{bad_scalar}");
+    assert!(
+        bad_scalar.contains("`two` is not a valid f32"),
+        "{bad_scalar}"
+    );
     let unknown_kernel = offload([
         "run".as_ref(),
         pkg.as_os_str(),
@@ -350,5 +373,8 @@ fn missing_and_misplaced_arguments_say_how_to_pass_them() {
         "1".as_ref(),
     ]);
     let stderr = String::from_utf8_lossy(&unknown_kernel.stderr);
-    assert!(stderr.contains("no kernel `saxpyy`") && stderr.contains("saxpy"), "{stderr}");
+    assert!(
+        stderr.contains("no kernel `saxpyy`") && stderr.contains("saxpy"),
+        "{stderr}"
+    );
 }
