@@ -27,6 +27,7 @@ use offload::Buffer;
 use opencl_backend::OpenCl;
 
 #[path = "support/examples.rs"]
+#[allow(dead_code)] // shared with the JIT benches, which use all of it
 mod examples;
 
 const ITEM_KERNELS: [&str; 4] = ["saxpy", "mandelbrot", "nbody", "dot"];

@@ -5,6 +5,9 @@
 //!
 //! `cargo bench -p offload --bench schedule`
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -50,6 +50,9 @@ pub struct RunArgs {
     cluster: super::cluster::ClusterRunArgs,
 }
 
+/// Per output argument: its position and the file its result goes to.
+type OutputFiles = Vec<(usize, PathBuf)>;
+
 struct Binding {
     flag: &'static str,
     name: String,
@@ -78,10 +81,7 @@ fn flag_for(access: Access) -> &'static str {
 
 /// Matches the command line's bindings to the kernel's arguments, reads input files
 /// and allocates outputs. Returns the values and, per output, the file to write.
-fn bind(
-    args: &RunArgs,
-    spec: &KernelSpec,
-) -> anyhow::Result<(Vec<ArgValue>, Vec<(usize, PathBuf)>)> {
+fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, OutputFiles)> {
     let mut bindings = Vec::new();
     for (flag, list) in [
         ("arg", &args.scalars),

@@ -24,9 +24,7 @@ use opencl_backend::{add_into, LowerError, OpenCl};
 
 use crate::common::{offload, offload_ok, repo_path};
 
-#[path = "../../examples/logcrunch/reference.rs"]
-#[allow(dead_code)] // the test uses the generator, not every helper
-mod logcrunch_ref;
+use crate::references::logcrunch_ref;
 
 /// The OpenCL devices, or `None` (with a printed reason) outside CI when there are none.
 fn opencl() -> Option<Arc<OpenCl>> {

@@ -7,9 +7,7 @@ use std::process::Command;
 
 use crate::common::{offload, repo_path};
 
-#[path = "../../examples/mandelbrot/reference.rs"]
-#[allow(dead_code)]
-mod mandelbrot_ref;
+use crate::references::mandelbrot_ref;
 
 /// Drives the three example kernels in a fixed order and prints every result exactly
 /// (`%a` for floats), so outputs of different machines compare as text.

@@ -8,22 +8,12 @@
 //! same terms in a different order than a sequential loop. No tolerance covers a JIT that
 //! reassociates Rust float code on its own: that would be a bug.
 
+use crate::references::{
+    dot_ref, logcrunch_ref, mandelbrot_ref, nbody_ref, raytrace_ref, saxpy_ref,
+};
 use std::path::{Path, PathBuf};
 
 use crate::common::{package, read_le, repo_path, write_le, Run};
-
-#[path = "../../examples/dot/reference.rs"]
-mod dot_ref;
-#[path = "../../examples/logcrunch/reference.rs"]
-mod logcrunch_ref;
-#[path = "../../examples/mandelbrot/reference.rs"]
-mod mandelbrot_ref;
-#[path = "../../examples/nbody/reference.rs"]
-mod nbody_ref;
-#[path = "../../examples/raytrace/reference.rs"]
-mod raytrace_ref;
-#[path = "../../examples/saxpy/reference.rs"]
-mod saxpy_ref;
 
 /// Packages `examples/NAME/FILE` with `examples/NAME/manifest.toml` into `dir`.
 fn package_example(dir: &Path, name: &str, file: &str) -> PathBuf {

@@ -8,5 +8,6 @@ mod conformance;
 mod cross;
 mod examples;
 mod macros;
+mod references;
 mod tune;
 mod validation;

@@ -201,7 +201,7 @@ define void @scale(i64 %i, float %a, ptr %x) {
 #[test]
 fn module_assembly_is_refused() {
     let case = Case::new();
-    let source = case.file("k.ll", &format!("module asm \".globl evil\"\n{VALID_IR}"));
+    let source = case.file("k.ll", format!("module asm \".globl evil\"\n{VALID_IR}"));
     case.refuse(&source, SCALE_MANIFEST, &["module-level inline assembly"]);
 }
 
@@ -210,7 +210,7 @@ fn global_constructors_are_refused() {
     let case = Case::new();
     let source = case.file(
         "k.ll",
-        &format!(
+        format!(
             r#"
 @llvm.global_ctors = appending global [1 x {{ i32, ptr, ptr }}] [{{ i32, ptr, ptr }} {{ i32 65535, ptr @init, ptr null }}]
 define internal void @init() {{
