@@ -324,13 +324,7 @@ impl Kernel {
                 .cloned()
                 .ok_or_else(|| LaunchError::NoSuchKernel {
                     kernel: name.to_string(),
-                    available: package
-                        .manifest()
-                        .kernels
-                        .iter()
-                        .map(|k| k.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    available: package.manifest().kernel_names(),
                 })?;
         Ok(Kernel { package, spec })
     }

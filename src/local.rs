@@ -395,13 +395,7 @@ pub fn run_local(
         .kernel(kernel)
         .ok_or_else(|| node_jit::JitError::NoSuchKernel {
             kernel: kernel.to_string(),
-            available: package
-                .manifest()
-                .kernels
-                .iter()
-                .map(|k| k.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            available: package.manifest().kernel_names(),
         })?
         .clone();
     check_args(&spec, items, args)?;

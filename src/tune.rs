@@ -533,13 +533,7 @@ pub fn tune_kernel(
         .kernel(kernel)
         .ok_or_else(|| TuneError::NoSuchKernel {
             kernel: kernel.to_string(),
-            available: package
-                .manifest()
-                .kernels
-                .iter()
-                .map(|k| k.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            available: package.manifest().kernel_names(),
         })?
         .clone();
     let engines = Engines {

@@ -256,6 +256,12 @@ impl Manifest {
         self.kernels.iter().find(|k| k.name == name)
     }
 
+    /// The kernels' names as a list for messages: `saxpy, dot`.
+    pub fn kernel_names(&self) -> String {
+        let names: Vec<&str> = self.kernels.iter().map(|k| k.name.as_str()).collect();
+        names.join(", ")
+    }
+
     /// Parses manifest TOML and checks it (see [`ManifestError`] for what is refused).
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         let raw: RawManifest =

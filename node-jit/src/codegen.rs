@@ -71,13 +71,7 @@ pub(crate) fn compile_kernels_object(
 }
 
 fn kernel_names(package: &Package) -> String {
-    package
-        .manifest()
-        .kernels
-        .iter()
-        .map(|k| k.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    package.manifest().kernel_names()
 }
 
 fn retarget(module: &Module<'_>, machine: &TargetMachine) {

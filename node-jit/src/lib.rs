@@ -482,13 +482,7 @@ impl Engine {
             .kernel(kernel)
             .ok_or_else(|| JitError::NoSuchKernel {
                 kernel: kernel.to_string(),
-                available: package
-                    .manifest()
-                    .kernels
-                    .iter()
-                    .map(|k| k.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                available: package.manifest().kernel_names(),
             })?
             .clone();
         let key = self.cache_key(package, kernel, tuning);

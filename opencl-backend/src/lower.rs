@@ -105,13 +105,7 @@ pub fn lower(package: &Package, kernel: &str) -> Result<Lowered, LowerError> {
         .kernel(kernel)
         .ok_or_else(|| LowerError::NoSuchKernel {
             kernel: kernel.to_string(),
-            available: package
-                .manifest()
-                .kernels
-                .iter()
-                .map(|k| k.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            available: package.manifest().kernel_names(),
         })?
         .clone();
     let ctx = Context::create();
