@@ -24,9 +24,10 @@ use crate::manifest::{ArgKind, KernelSpec, Manifest, ScalarType};
 /// returning. node-jit defines it per module; see [`panic_reason`].
 pub const PANIC_SYMBOL: &str = "offload_panic";
 
-/// libm functions a kernel may call. Pointer-taking ones (`frexp`, `modf`, `sincos`) are
+/// libm functions a kernel may call, by their double-precision names (the `f`-suffixed
+/// float variants are allowed too). Pointer-taking ones (`frexp`, `modf`, `sincos`) are
 /// left out on purpose: they are marked side-effect free below, which would be false.
-const LIBM_FUNCTIONS: &[&str] = &[
+pub const LIBM_FUNCTIONS: &[&str] = &[
     "sin",
     "cos",
     "tan",

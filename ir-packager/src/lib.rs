@@ -41,7 +41,7 @@ use inkwell::OptimizationLevel;
 
 pub use canonical::{
     display_name, is_allowed_external, is_libm_function, panic_reason, validate_module,
-    ValidationError, PANIC_SYMBOL,
+    ValidationError, LIBM_FUNCTIONS, PANIC_SYMBOL,
 };
 pub use inkwell;
 pub use manifest::{

@@ -429,63 +429,20 @@ fn intrinsic_key(name: &str) -> Option<&'static str> {
         .find(|k| rest == *k || rest.strip_prefix(k).is_some_and(|t| t.starts_with('.')))
 }
 
-/// OpenCL C built-in for a libm function (float variants end in `f`).
+/// OpenCL C built-in for an allow-listed libm function (float variants end in `f`), and
+/// whether it is the float variant. OpenCL C has the same names, but for `nearbyint`.
 fn libm_builtin(name: &str) -> Option<(&'static str, bool)> {
-    const SAME: &[&str] = &[
-        "sin",
-        "cos",
-        "tan",
-        "asin",
-        "acos",
-        "atan",
-        "atan2",
-        "sinh",
-        "cosh",
-        "tanh",
-        "asinh",
-        "acosh",
-        "atanh",
-        "exp",
-        "exp2",
-        "exp10",
-        "expm1",
-        "log",
-        "log2",
-        "log10",
-        "log1p",
-        "pow",
-        "sqrt",
-        "cbrt",
-        "hypot",
-        "fabs",
-        "floor",
-        "ceil",
-        "trunc",
-        "round",
-        "rint",
-        "fmod",
-        "remainder",
-        "fmin",
-        "fmax",
-        "fdim",
-        "fma",
-        "copysign",
-        "erf",
-        "erfc",
-        "tgamma",
-        "lgamma",
-        "ldexp",
-    ];
-    let lookup = |n: &str| -> Option<&'static str> {
-        if n == "nearbyint" {
-            return Some("rint");
-        }
-        SAME.iter().copied().find(|s| *s == n)
+    let find = |n: &str| {
+        ir_packager::LIBM_FUNCTIONS
+            .iter()
+            .copied()
+            .find(|f| *f == n)
     };
-    if let Some(b) = lookup(name) {
-        return Some((b, false));
-    }
-    name.strip_suffix('f').and_then(lookup).map(|b| (b, true))
+    let (base, float) = match find(name) {
+        Some(base) => (base, false),
+        None => (name.strip_suffix('f').and_then(find)?, true),
+    };
+    Some((if base == "nearbyint" { "rint" } else { base }, float))
 }
 
 struct Lowering<'s> {
