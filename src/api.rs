@@ -797,27 +797,14 @@ fn write_back(args: &mut [KernelArg<'_>], values: &[ArgValue]) {
 /// through it pays a copy of every input and output (measured in `benches/launch.rs`:
 /// most of the time of a memory-bound launch); this path does not.
 mod in_place {
-    use std::collections::HashMap;
-    use std::sync::mpsc;
     use std::time::Instant;
 
-    use ir_packager::{Access, ArgKind, Shape};
-    use node_jit::{CompiledKernel, Engine, KernelPanic};
-    use scheduler::{Decision, DeviceId, DeviceSpec, Event, JobSpec, Packet, Scheduler};
+    use ir_packager::Access;
+    use node_jit::Engine;
 
     use super::{ArgInner, Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport};
     use crate::buffer::Buffer;
-    use crate::local::RunError;
-
-    /// A `sum` argument: its slot, element type and bytes.
-    type SumSlot = (usize, ir_packager::ScalarType, usize);
-
-    struct Finished {
-        device: DeviceId,
-        packet: Packet,
-        compute_us: u64,
-        outcome: Result<Vec<Buffer>, KernelPanic>,
-    }
+    use crate::local::{sum_slots, BlockJob, RunError};
 
     /// Runs the job; `args` were checked against the manifest by the caller.
     pub(super) fn run(
@@ -834,20 +821,7 @@ mod in_place {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, items.max(1) as usize);
-        let sums: Vec<SumSlot> = kernel
-            .spec()
-            .args
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, arg)| match arg.kind {
-                ArgKind::Buffer {
-                    access: Access::Sum,
-                    elem,
-                    shape: Shape::Fixed(n),
-                } => Some((slot, elem, n as usize * elem.size())),
-                _ => None,
-            })
-            .collect();
+        let sums = sum_slots(kernel.spec());
         // One word per argument: scalar bits or the address of the caller's slice.
         let block: Vec<u64> = args
             .iter_mut()
@@ -867,15 +841,21 @@ mod in_place {
         let (packets, totals) = if items == 0 {
             (0, Vec::new())
         } else {
-            execute(
-                &compiled.kernel,
-                kernel.name(),
+            let job = BlockJob {
+                kernel: &compiled.kernel,
+                opencl: Vec::new(),
+                name: kernel.name(),
                 items,
                 block,
-                &sums,
+                sums: &sums,
                 threads,
-                &options,
-            )?
+                packet_items: None,
+                progress: options.progress.as_deref(),
+            };
+            // SAFETY: the caller checked every slice against the manifest for `items`,
+            // and `args` borrows the slices until this call returns.
+            let (counts, totals) = unsafe { job.run() }?;
+            (counts.cpu, totals)
         };
         // Sum slices get the job's totals added, as a direct call adds into them.
         for (&(slot, elem, _), total) in sums.iter().zip(&totals) {
@@ -893,141 +873,5 @@ mod in_place {
             compile_time: compiled.elapsed,
             run_time: started.elapsed(),
         })
-    }
-
-    fn execute(
-        kernel: &CompiledKernel,
-        name: &str,
-        items: u64,
-        block: Vec<u64>,
-        sums: &[SumSlot],
-        threads: usize,
-        options: &LaunchOptions,
-    ) -> Result<(u64, Vec<Buffer>), LaunchError> {
-        let mut sched = Scheduler::new(JobSpec::new(items).speculation(false));
-        let clock = Instant::now();
-        let now = || clock.elapsed().as_micros() as u64;
-        for w in 0..threads {
-            sched.handle(
-                now(),
-                Event::DeviceJoined {
-                    device: DeviceId(w as u32),
-                    spec: DeviceSpec::local_cpu(format!("cpu{w}")),
-                },
-            );
-        }
-        let (done_tx, done_rx) = mpsc::channel::<Finished>();
-        let mut totals: Vec<Buffer> = sums
-            .iter()
-            .map(|&(_, _, len)| Buffer::zeroed(len))
-            .collect();
-        let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
-        let mut committed = 0u64;
-        std::thread::scope(|scope| -> Result<(), LaunchError> {
-            let mut workers = Vec::with_capacity(threads);
-            for w in 0..threads {
-                let (tx, rx) = mpsc::channel::<Packet>();
-                let done = done_tx.clone();
-                let block = block.clone();
-                scope.spawn(move || worker(kernel, DeviceId(w as u32), block, sums, rx, done));
-                workers.push(tx);
-            }
-            drop(done_tx);
-            loop {
-                while let Some(decision) = sched.poll(now()) {
-                    match decision {
-                        Decision::Run { device, packet } => workers[device.0 as usize]
-                            .send(packet)
-                            .map_err(|_| RunError::WorkerLost)?,
-                        Decision::Commit { device, packet } => {
-                            committed += 1;
-                            if let Some(partials) = pending.remove(&(device, packet.id.0)) {
-                                for (total, (partial, &(_, elem, _))) in
-                                    totals.iter_mut().zip(partials.iter().zip(sums))
-                                {
-                                    total.add_assign(partial, elem);
-                                }
-                            }
-                            if let Some(progress) = &options.progress {
-                                progress(sched.progress().items_committed, items);
-                            }
-                        }
-                        Decision::Discard { device, packet } => {
-                            pending.remove(&(device, packet.id.0));
-                        }
-                        _ => {}
-                    }
-                }
-                if sched.is_done() || sched.failed().is_some() || sched.stalled() {
-                    break;
-                }
-                let finished = done_rx.recv().map_err(|_| RunError::WorkerLost)?;
-                match finished.outcome {
-                    Ok(partials) => {
-                        pending.insert((finished.device, finished.packet.id.0), partials);
-                        sched.handle(
-                            now(),
-                            Event::PacketFinished {
-                                device: finished.device,
-                                packet: finished.packet.id,
-                                compute_us: finished.compute_us,
-                                digest: None,
-                            },
-                        );
-                    }
-                    Err(panic) => {
-                        return Err(RunError::KernelPanicked {
-                            kernel: name.to_string(),
-                            start: finished.packet.start,
-                            end: finished.packet.end,
-                            reason: panic.reason,
-                        }
-                        .into())
-                    }
-                }
-            }
-            // Dropping the senders ends the workers.
-            drop(workers);
-            if sched.is_done() {
-                Ok(())
-            } else {
-                Err(RunError::WorkerLost.into())
-            }
-        })?;
-        Ok((committed, totals))
-    }
-
-    fn worker(
-        kernel: &CompiledKernel,
-        device: DeviceId,
-        mut block: Vec<u64>,
-        sums: &[SumSlot],
-        packets: mpsc::Receiver<Packet>,
-        done: mpsc::Sender<Finished>,
-    ) {
-        for packet in packets {
-            let mut partials: Vec<Buffer> = sums
-                .iter()
-                .map(|&(_, _, len)| Buffer::zeroed(len))
-                .collect();
-            for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
-                block[slot] = partial.address();
-            }
-            let started = Instant::now();
-            // SAFETY: the launch checked every slice against the manifest for the whole
-            // job and holds the caller's borrows until the job ends; packets of one job
-            // cover disjoint items, so split windows never overlap; whole slices are
-            // inputs only; sum buffers are private to this packet.
-            let outcome = unsafe { kernel.run_packet(packet.start, packet.end, &block) };
-            let finished = Finished {
-                device,
-                packet,
-                compute_us: started.elapsed().as_micros() as u64,
-                outcome: outcome.map(|()| partials),
-            };
-            if done.send(finished).is_err() {
-                return;
-            }
-        }
     }
 }

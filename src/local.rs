@@ -444,7 +444,7 @@ pub fn run_local(
 }
 
 /// Sum-buffer positions and element types of a kernel's arguments.
-fn sum_slots(spec: &KernelSpec) -> Vec<(usize, ScalarType, usize)> {
+pub(crate) fn sum_slots(spec: &KernelSpec) -> Vec<SumSlot> {
     spec.args
         .iter()
         .enumerate()
@@ -461,9 +461,9 @@ fn sum_slots(spec: &KernelSpec) -> Vec<(usize, ScalarType, usize)> {
 
 /// Committed packets per device kind.
 #[derive(Default)]
-struct Counts {
-    cpu: u64,
-    opencl: u64,
+pub(crate) struct Counts {
+    pub cpu: u64,
+    pub opencl: u64,
 }
 
 fn execute(
@@ -483,157 +483,252 @@ fn execute(
         })
         .collect();
     let sums = sum_slots(spec);
-    // The job's buffers are shared by the workers: packets write disjoint slices of
-    // split buffers and private copies of sum buffers.
-    let mut job = JobSpec::new(items).speculation(false);
-    if let Some(size) = options.packet_items {
-        job = job.min_packet(size).max_packet(size);
-    } else {
-        // Item costs vary (a Mandelbrot row inside the set costs 100x one outside), and
-        // a packet here costs microseconds, so at least PACKETS_PER_THREAD packets per
-        // thread keep the threads finishing together whatever the calibration saw.
-        let cap = items.div_ceil(threads as u64 * PACKETS_PER_THREAD).max(1);
-        job = job.max_packet(cap);
-    }
-    let mut sched = Scheduler::new(job);
-    let clock = Instant::now();
-    let now = || clock.elapsed().as_micros() as u64;
-    for w in 0..threads {
-        sched.handle(
-            now(),
-            Event::DeviceJoined {
-                device: DeviceId(w as u32),
-                spec: DeviceSpec::local_cpu(format!("cpu{w}")),
-            },
-        );
-    }
-    for (k, prepared) in opencl.iter().enumerate() {
-        sched.handle(
-            now(),
-            Event::DeviceJoined {
-                device: DeviceId((threads + k) as u32),
-                spec: DeviceSpec::local_opencl(prepared.device().info().name.clone()),
-            },
-        );
-    }
-    let mut last_device_error: Option<DeviceError> = None;
-    let (done_tx, done_rx) = mpsc::channel::<Finished>();
-    let mut totals: Vec<Buffer> = sums
-        .iter()
-        .map(|&(_, _, len)| Buffer::zeroed(len))
-        .collect();
-    let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
-    let mut counts = Counts::default();
-    let result = std::thread::scope(|scope| -> Result<(), RunError> {
-        let mut workers = Vec::with_capacity(threads);
-        for w in 0..threads {
-            let (tx, rx) = mpsc::channel::<Packet>();
-            let done = done_tx.clone();
-            let (block, sums) = (block.clone(), &sums);
-            scope.spawn(move || worker(kernel, DeviceId(w as u32), block, sums, rx, done));
-            workers.push(tx);
-        }
-        for (k, prepared) in opencl.into_iter().enumerate() {
-            let (tx, rx) = mpsc::channel::<Packet>();
-            let done = done_tx.clone();
-            let (block, sums) = (block.clone(), &sums);
-            let device = DeviceId((threads + k) as u32);
-            scope.spawn(move || opencl_worker(prepared, device, block, sums, rx, done));
-            workers.push(tx);
-        }
-        drop(done_tx);
-        loop {
-            while let Some(decision) = sched.poll(now()) {
-                match decision {
-                    Decision::Run { device, packet } => workers[device.0 as usize]
-                        .send(packet)
-                        .map_err(|_| RunError::WorkerLost)?,
-                    Decision::Commit { device, packet } => {
-                        if (device.0 as usize) < threads {
-                            counts.cpu += 1;
-                        } else {
-                            counts.opencl += 1;
-                        }
-                        if let Some(partials) = pending.remove(&(device, packet.id.0)) {
-                            for (total, (partial, &(_, elem, _))) in
-                                totals.iter_mut().zip(partials.iter().zip(&sums))
-                            {
-                                total.add_assign(partial, elem);
-                            }
-                        }
-                        if let Some(progress) = &options.progress {
-                            progress(sched.progress().items_committed, items);
-                        }
-                    }
-                    Decision::Discard { device, packet } => {
-                        pending.remove(&(device, packet.id.0));
-                    }
-                    Decision::Cancel { .. } => {}
-                }
-            }
-            if sched.is_done() || sched.failed().is_some() || sched.stalled() {
-                break;
-            }
-            let finished = done_rx.recv().map_err(|_| RunError::WorkerLost)?;
-            match finished.outcome {
-                Ok(partials) => {
-                    pending.insert((finished.device, finished.packet.id.0), partials);
-                    sched.handle(
-                        now(),
-                        Event::PacketFinished {
-                            device: finished.device,
-                            packet: finished.packet.id,
-                            compute_us: finished.compute_us,
-                            digest: None,
-                        },
-                    );
-                }
-                Err(Failure::Panic(reason)) => {
-                    return Err(RunError::KernelPanicked {
-                        kernel: spec.name.clone(),
-                        start: finished.packet.start,
-                        end: finished.packet.end,
-                        reason,
-                    });
-                }
-                Err(Failure::Device(error)) => {
-                    tracing::warn!("{error}; its packets go to the other devices");
-                    pending.retain(|(d, _), _| *d != finished.device);
-                    sched.handle(
-                        now(),
-                        Event::DeviceLost {
-                            device: finished.device,
-                        },
-                    );
-                    last_device_error = Some(error);
-                }
-            }
-        }
-        // Dropping the senders ends the workers.
-        drop(workers);
-        if sched.is_done() {
-            Ok(())
-        } else if let Some(error) = last_device_error.take() {
-            Err(RunError::OpenCl(Box::new(error)))
-        } else {
-            Err(RunError::WorkerLost)
-        }
-    });
-    result?;
+    let job = BlockJob {
+        kernel,
+        opencl,
+        name: &spec.name,
+        items,
+        block,
+        sums: &sums,
+        threads,
+        packet_items: options.packet_items,
+        progress: options.progress.as_deref(),
+    };
+    // SAFETY: `run_local` checked every buffer against the manifest (`check_args`), and
+    // the buffers live in `args` until this call returns.
+    let (counts, totals) = unsafe { job.run() }?;
     for ((slot, _, _), total) in sums.iter().zip(totals) {
         args[*slot] = ArgValue::Buffer(total);
     }
     Ok(counts)
 }
 
-/// Runs the packets sent to one OpenCL device.
+/// A job whose arguments are already an argument block (scalar bits and buffer
+/// addresses), ready to run on the local CPU threads and OpenCL devices. Shared by
+/// [`run_local`] (owned buffers) and the Rust API's in-place launches (caller's slices).
+pub(crate) struct BlockJob<'a> {
+    pub kernel: &'a CompiledKernel,
+    pub opencl: Vec<PreparedKernel>,
+    pub name: &'a str,
+    pub items: u64,
+    pub block: Vec<u64>,
+    pub sums: &'a [SumSlot],
+    pub threads: usize,
+    pub packet_items: Option<u64>,
+    pub progress: Option<&'a ProgressFn>,
+}
+
+/// A `sum` argument: its slot, element type and length in bytes.
+pub(crate) type SumSlot = (usize, ScalarType, usize);
+
+impl BlockJob<'_> {
+    /// Runs every packet and returns the committed packets per device kind and the
+    /// totals of the sum buffers (the block's sum slots are replaced per packet).
+    ///
+    /// # Safety
+    /// Every buffer address in the block must be valid for the kernel's accesses over
+    /// items `0..items` (what `check_args` establishes), for the whole call.
+    pub(crate) unsafe fn run(self) -> Result<(Counts, Vec<Buffer>), RunError> {
+        let BlockJob {
+            kernel,
+            opencl,
+            name,
+            items,
+            block,
+            sums,
+            threads,
+            packet_items,
+            progress,
+        } = self;
+        // The job's buffers are shared by the workers: packets write disjoint slices of
+        // split buffers and private copies of sum buffers.
+        let mut job = JobSpec::new(items).speculation(false);
+        if let Some(size) = packet_items {
+            job = job.min_packet(size).max_packet(size);
+        } else {
+            // Item costs vary (a Mandelbrot row inside the set costs 100x one outside), and
+            // a packet here costs microseconds, so at least PACKETS_PER_THREAD packets per
+            // thread keep the threads finishing together whatever the calibration saw.
+            let cap = items.div_ceil(threads as u64 * PACKETS_PER_THREAD).max(1);
+            job = job.max_packet(cap);
+        }
+        let mut sched = Scheduler::new(job);
+        let clock = Instant::now();
+        let now = || clock.elapsed().as_micros() as u64;
+        for w in 0..threads {
+            sched.handle(
+                now(),
+                Event::DeviceJoined {
+                    device: DeviceId(w as u32),
+                    spec: DeviceSpec::local_cpu(format!("cpu{w}")),
+                },
+            );
+        }
+        for (k, prepared) in opencl.iter().enumerate() {
+            sched.handle(
+                now(),
+                Event::DeviceJoined {
+                    device: DeviceId((threads + k) as u32),
+                    spec: DeviceSpec::local_opencl(prepared.device().info().name.clone()),
+                },
+            );
+        }
+        let mut last_device_error: Option<DeviceError> = None;
+        let (done_tx, done_rx) = mpsc::channel::<Finished>();
+        let mut totals: Vec<Buffer> = sums
+            .iter()
+            .map(|&(_, _, len)| Buffer::zeroed(len))
+            .collect();
+        let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
+        let mut counts = Counts::default();
+        let result = std::thread::scope(|scope| -> Result<(), RunError> {
+            let mut workers = Vec::with_capacity(threads);
+            for w in 0..threads {
+                let (tx, rx) = mpsc::channel::<Packet>();
+                let done = done_tx.clone();
+                let block = block.clone();
+                scope.spawn(move || worker(kernel, DeviceId(w as u32), block, sums, rx, done));
+                workers.push(tx);
+            }
+            for (k, prepared) in opencl.into_iter().enumerate() {
+                let (tx, rx) = mpsc::channel::<Packet>();
+                let done = done_tx.clone();
+                let block = block.clone();
+                let device = DeviceId((threads + k) as u32);
+                scope.spawn(move || opencl_worker(prepared, device, block, sums, rx, done));
+                workers.push(tx);
+            }
+            drop(done_tx);
+            loop {
+                while let Some(decision) = sched.poll(now()) {
+                    match decision {
+                        Decision::Run { device, packet } => workers[device.0 as usize]
+                            .send(packet)
+                            .map_err(|_| RunError::WorkerLost)?,
+                        Decision::Commit { device, packet } => {
+                            if (device.0 as usize) < threads {
+                                counts.cpu += 1;
+                            } else {
+                                counts.opencl += 1;
+                            }
+                            if let Some(partials) = pending.remove(&(device, packet.id.0)) {
+                                for (total, (partial, &(_, elem, _))) in
+                                    totals.iter_mut().zip(partials.iter().zip(sums))
+                                {
+                                    total.add_assign(partial, elem);
+                                }
+                            }
+                            if let Some(progress) = progress {
+                                progress(sched.progress().items_committed, items);
+                            }
+                        }
+                        Decision::Discard { device, packet } => {
+                            pending.remove(&(device, packet.id.0));
+                        }
+                        Decision::Cancel { .. } => {}
+                    }
+                }
+                if sched.is_done() || sched.failed().is_some() || sched.stalled() {
+                    break;
+                }
+                let finished = done_rx.recv().map_err(|_| RunError::WorkerLost)?;
+                match finished.outcome {
+                    Ok(partials) => {
+                        pending.insert((finished.device, finished.packet.id.0), partials);
+                        sched.handle(
+                            now(),
+                            Event::PacketFinished {
+                                device: finished.device,
+                                packet: finished.packet.id,
+                                compute_us: finished.compute_us,
+                                digest: None,
+                            },
+                        );
+                    }
+                    Err(Failure::Panic(reason)) => {
+                        return Err(RunError::KernelPanicked {
+                            kernel: name.to_string(),
+                            start: finished.packet.start,
+                            end: finished.packet.end,
+                            reason,
+                        });
+                    }
+                    Err(Failure::Device(error)) => {
+                        tracing::warn!("{error}; its packets go to the other devices");
+                        pending.retain(|(d, _), _| *d != finished.device);
+                        sched.handle(
+                            now(),
+                            Event::DeviceLost {
+                                device: finished.device,
+                            },
+                        );
+                        last_device_error = Some(error);
+                    }
+                }
+            }
+            // Dropping the senders ends the workers.
+            drop(workers);
+            if sched.is_done() {
+                Ok(())
+            } else if let Some(error) = last_device_error.take() {
+                Err(RunError::OpenCl(Box::new(error)))
+            } else {
+                Err(RunError::WorkerLost)
+            }
+        });
+        result?;
+        Ok((counts, totals))
+    }
+}
+
+/// Runs the packets sent to one OpenCL device; it stops after a failure (the device
+/// leaves the job).
 fn opencl_worker(
     mut kernel: PreparedKernel,
     device: DeviceId,
-    mut block: Vec<u64>,
-    sums: &[(usize, ScalarType, usize)],
+    block: Vec<u64>,
+    sums: &[SumSlot],
     packets: mpsc::Receiver<Packet>,
     done: mpsc::Sender<Finished>,
+) {
+    serve_packets(device, block, sums, packets, done, |start, end, block| {
+        // SAFETY: as for the CPU workers: buffers checked against the manifest, packets
+        // disjoint, sum buffers private to this packet.
+        match unsafe { kernel.run_packet(start, end, block) } {
+            Ok(()) => Ok(()),
+            Err(DeviceError::Panicked { reason, .. }) => Err(Failure::Panic(reason)),
+            Err(e) => Err(Failure::Device(e)),
+        }
+    });
+}
+
+/// Runs the packets sent to one CPU worker thread.
+fn worker(
+    kernel: &CompiledKernel,
+    device: DeviceId,
+    block: Vec<u64>,
+    sums: &[SumSlot],
+    packets: mpsc::Receiver<Packet>,
+    done: mpsc::Sender<Finished>,
+) {
+    serve_packets(device, block, sums, packets, done, |start, end, block| {
+        // SAFETY: `check_args` verified every buffer against the manifest for the whole
+        // job, packets of one job cover disjoint item ranges, and sum buffers are private
+        // to this packet.
+        unsafe { kernel.run_packet(start, end, block) }
+            .map_err(|panic| Failure::Panic(panic.reason))
+    });
+}
+
+/// The loop every device thread runs: give each packet fresh zeroed sum buffers, run it,
+/// time it and report it. Ends when the coordinator hangs up or after a failure.
+fn serve_packets(
+    device: DeviceId,
+    mut block: Vec<u64>,
+    sums: &[SumSlot],
+    packets: mpsc::Receiver<Packet>,
+    done: mpsc::Sender<Finished>,
+    mut run: impl FnMut(u64, u64, &[u64]) -> Result<(), Failure>,
 ) {
     for packet in packets {
         let mut partials: Vec<Buffer> = sums
@@ -644,59 +739,16 @@ fn opencl_worker(
             block[slot] = partial.address();
         }
         let started = Instant::now();
-        // SAFETY: as for the CPU workers: buffers checked against the manifest, packets
-        // disjoint, sum buffers private to this packet.
-        let outcome = unsafe { kernel.run_packet(packet.start, packet.end, &block) };
+        let outcome = run(packet.start, packet.end, &block);
         let compute_us = started.elapsed().as_micros() as u64;
-        let outcome = match outcome {
-            Ok(()) => Ok(partials),
-            Err(DeviceError::Panicked { reason, .. }) => Err(Failure::Panic(reason)),
-            Err(e) => Err(Failure::Device(e)),
-        };
         let failed = outcome.is_err();
         let finished = Finished {
             device,
             packet,
             compute_us,
-            outcome,
+            outcome: outcome.map(|()| partials),
         };
         if done.send(finished).is_err() || failed {
-            return;
-        }
-    }
-}
-
-fn worker(
-    kernel: &CompiledKernel,
-    device: DeviceId,
-    mut block: Vec<u64>,
-    sums: &[(usize, ScalarType, usize)],
-    packets: mpsc::Receiver<Packet>,
-    done: mpsc::Sender<Finished>,
-) {
-    for packet in packets {
-        let mut partials: Vec<Buffer> = sums
-            .iter()
-            .map(|&(_, _, len)| Buffer::zeroed(len))
-            .collect();
-        for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
-            block[slot] = partial.address();
-        }
-        let started = Instant::now();
-        // SAFETY: `check_args` verified every buffer against the manifest for the whole
-        // job, packets of one job cover disjoint item ranges, and sum buffers are private
-        // to this packet.
-        let outcome = unsafe { kernel.run_packet(packet.start, packet.end, &block) };
-        let compute_us = started.elapsed().as_micros() as u64;
-        let finished = Finished {
-            device,
-            packet,
-            compute_us,
-            outcome: outcome
-                .map(|()| partials)
-                .map_err(|panic| Failure::Panic(panic.reason)),
-        };
-        if done.send(finished).is_err() {
             return;
         }
     }
