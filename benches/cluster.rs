@@ -5,7 +5,8 @@
 //!
 //! `cargo bench --bench cluster`. It starts its own `offload node` processes on
 //! 127.0.0.1 and kills them at the end. `OFFLOAD_BENCH_QUICK=1` shrinks every figure's
-//! sample for a smoke run.
+//! sample for a smoke run; `OFFLOAD_BENCH_ONLY=rtt|bulk|job` runs one section (for
+//! profiling).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -72,6 +73,8 @@ fn connect(credentials: &Path, nodes: &[&Node]) -> ClusterClient {
 
 fn main() {
     let quick = std::env::var_os("OFFLOAD_BENCH_QUICK").is_some();
+    let only = std::env::var("OFFLOAD_BENCH_ONLY").ok();
+    let section = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let dir = tempfile::tempdir().expect("temp dir");
     let creds = dir.path().join("cluster");
     credentials::init(&creds).expect("cluster init");
@@ -82,6 +85,23 @@ fn main() {
     for _ in 0..200 {
         client.ping().expect("warm-up ping");
     }
+    if section("rtt") {
+        round_trips(&client, quick);
+    }
+    if section("bulk") {
+        bulk(&client, &creds, quick);
+    }
+    for line in client.transport_summary() {
+        println!("quic path {line}");
+    }
+    drop(client);
+    drop(node);
+    if section("job") {
+        three_node_job(&creds, quick);
+    }
+}
+
+fn round_trips(client: &ClusterClient, quick: bool) {
     let samples = if quick { 500 } else { 5000 };
     let mut rtts: Vec<Duration> = (0..samples).map(|_| client.ping().expect("ping")).collect();
     rtts.sort();
@@ -100,15 +120,17 @@ fn main() {
             count as f64 / elapsed.as_secs_f64()
         );
     }
+}
 
-    // Bulk: whole-buffer uploads over QUIC vs TCP and TLS over TCP, same bytes.
+/// Whole-buffer uploads over QUIC vs TCP and TLS over TCP, same bytes.
+fn bulk(client: &ClusterClient, creds: &Path, quick: bool) {
     let size = 64usize << 20;
     let rounds = if quick { 2 } else { 8 };
     let total = (size * rounds) as u64;
     let bytes = Arc::new(vec![0x5au8; size]);
     let gbs = |d: Duration| total as f64 / d.as_secs_f64() / 1e9;
     let tcp = cluster::baseline::tcp_copy(total).expect("tcp copy");
-    let credentials = Credentials::load(&creds).expect("credentials");
+    let credentials = Credentials::load(creds).expect("credentials");
     let tls = cluster::baseline::tls_copy(&credentials, total).expect("tls copy");
     println!(
         "bulk {} MiB: plain TCP copy {:.2} GB/s",
@@ -131,13 +153,10 @@ fn main() {
             gbs(quic)
         );
     }
-    for line in client.transport_summary() {
-        println!("quic path {line}");
-    }
-    drop(client);
-    drop(node);
+}
 
-    // A mandelbrot job: 3 nodes of 1 worker each vs this machine's cores.
+/// A mandelbrot job: 3 nodes of 1 worker each vs this machine's cores.
+fn three_node_job(creds: &Path, quick: bool) {
     let manifest = Manifest::parse(
         &std::fs::read_to_string("examples/mandelbrot/manifest.toml").expect("manifest"),
     )
@@ -182,8 +201,8 @@ fn main() {
     .expect("local run");
     let local_time = started.elapsed();
 
-    let nodes: Vec<Node> = (0..3).map(|_| start_node(&creds, 1)).collect();
-    let mut client = connect(&creds, &nodes.iter().collect::<Vec<_>>());
+    let nodes: Vec<Node> = (0..3).map(|_| start_node(creds, 1)).collect();
+    let mut client = connect(creds, &nodes.iter().collect::<Vec<_>>());
     let mut out = vec![0u8; items as usize * 4];
     let mut run = |out: &mut Vec<u8>| {
         let mut args: Vec<JobArg<'_>> = scalars.iter().map(|s| JobArg::Scalar(*s)).collect();

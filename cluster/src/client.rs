@@ -352,32 +352,29 @@ impl ClusterClient {
         let connection = remote.connection.clone();
         self.runtime
             .block_on(async move {
-                let frame = Arc::new(protocol::encode(
-                    &Request::Buffer(bytes.as_ref().clone()),
-                    MAX_DATA,
-                )?);
                 let started = Instant::now();
                 let semaphore = Arc::new(tokio::sync::Semaphore::new(streams.max(1)));
                 let mut tasks = tokio::task::JoinSet::new();
                 for _ in 0..count {
                     let permit = Arc::clone(&semaphore).acquire_owned().await;
                     let connection = connection.clone();
-                    let frame = Arc::clone(&frame);
+                    let bytes = Arc::clone(&bytes);
                     tasks.spawn(async move {
                         let _permit = permit;
-                        let (mut send, mut recv) = connection.open_bi().await?;
-                        wire::send_frame(&mut send, &frame).await?;
-                        wire::recv::<Response>(&mut recv, MAX_CONTROL).await
+                        upload_buffer(&connection, bytes).await
                     });
                 }
                 while let Some(done) = tasks.join_next().await {
-                    if let Ok(Err(e)) = done {
-                        return Err(e);
+                    match done {
+                        Ok(Ok(Response::Stored(_))) => {}
+                        Ok(Ok(other)) => return Err(format!("upload refused: {other:?}")),
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Err(e) => return Err(format!("upload task failed: {e}")),
                     }
                 }
-                Ok::<_, WireError>(started.elapsed())
+                Ok::<_, String>(started.elapsed())
             })
-            .map_err(|e| ClientError::AllNodesLost(vec![e.to_string()]))
+            .map_err(|e| ClientError::AllNodesLost(vec![e]))
     }
 
     /// Runs `kernel` of `package` over items `0..items` on the connected nodes. On
@@ -488,6 +485,28 @@ async fn request(connection: &quinn::Connection, request: &Request) -> Result<Re
     let (mut send, mut recv) = connection.open_bi().await?;
     wire::send(&mut send, request, MAX_DATA).await?;
     wire::recv(&mut recv, MAX_DATA).await
+}
+
+/// Uploads a whole buffer: a [`Request::Buffer`] frame, then its bytes raw, without a
+/// copy on this side.
+async fn upload_buffer(
+    connection: &quinn::Connection,
+    bytes: Arc<Vec<u8>>,
+) -> Result<Response, WireError> {
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let len = bytes.len() as u64;
+    let payload = bytes::Bytes::from_owner(SharedBytes(bytes));
+    wire::send_with_payload(&mut send, &Request::Buffer { len }, payload).await?;
+    wire::recv(&mut recv, MAX_CONTROL).await
+}
+
+/// A shared buffer lent to quinn as [`bytes::Bytes`] without copying it.
+struct SharedBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// How each argument travels, derived once from the manifest and the job.
@@ -770,7 +789,7 @@ impl JobRun {
             {
                 continue;
             }
-            match request(&connection, &Request::Buffer(bytes.as_ref().clone()))
+            match upload_buffer(&connection, Arc::clone(&bytes))
                 .await
                 .map_err(text)?
             {

@@ -273,7 +273,7 @@ async fn serve_connection(
         let jobs = Arc::clone(&jobs);
         tokio::spawn(async move {
             let response = match wire::recv::<Request>(&mut recv, protocol::request_limit()).await {
-                Ok(request) => handle(&shared, &jobs, request).await,
+                Ok(request) => handle(&shared, &jobs, request, &mut recv).await,
                 Err(WireError::Decode(e)) => {
                     tracing::warn!("refused a message: {e}");
                     Response::Error(format!("refused: {e}"))
@@ -304,6 +304,7 @@ async fn handle(
     shared: &Shared,
     jobs: &std::sync::Mutex<HashMap<u64, Arc<Job>>>,
     request: Request,
+    recv: &mut quinn::RecvStream,
 ) -> Response {
     match request {
         Request::Ping => Response::Pong,
@@ -321,8 +322,14 @@ async fn handle(
                 Response::Error(format!("package refused: {e}"))
             }
         },
-        Request::Buffer(bytes) => {
-            let hash = *blake3::hash(&bytes).as_bytes();
+        Request::Buffer { len } => {
+            let (bytes, hash) = match wire::recv_payload(recv, len, MAX_DATA).await {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::warn!("refused a buffer upload: {e}");
+                    return Response::Error(format!("buffer upload refused: {e}"));
+                }
+            };
             let mut buffers = lock(&shared.buffers);
             let held: usize = buffers.values().map(|b| b.len()).sum();
             if held + bytes.len() > NODE_BUFFER_BYTES {

@@ -15,13 +15,15 @@
 //! Caching: the client asks [`Request::HavePackage`] / [`Request::HaveBuffer`] with a
 //! blake3 hash first and uploads only what the node lacks; whole `in` buffers are thus
 //! sent once per node, and a [`Request::Run`] carries only the packet's slices of split
-//! buffers. The worker pipe between a node and its kernel process uses the same framing
-//! with [`ToWorker`] and [`FromWorker`].
+//! buffers. A whole buffer's bytes do not go through bincode: [`Request::Buffer`] announces
+//! their length and they follow raw on the same stream, so neither side copies them into
+//! or out of a frame and the node hashes them as they arrive. The worker pipe between a
+//! node and its kernel process uses the same framing with [`ToWorker`] and [`FromWorker`].
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The ALPN protocol name of offload's QUIC connections.
 pub const ALPN: &[u8] = b"offload/1";
@@ -119,8 +121,13 @@ pub enum Request {
     Package(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Does the node hold the buffer with this hash?
     HaveBuffer(Hash),
-    /// A whole buffer's bytes; the node hashes them itself.
-    Buffer(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A whole buffer of `len` bytes, which follow this frame raw on the same stream
+    /// (and then the stream ends); the node hashes them itself. `len` is at most
+    /// [`MAX_DATA`].
+    Buffer {
+        /// The number of raw bytes after the frame.
+        len: u64,
+    },
     /// Sets up a job: the kernel of a cached package and how its arguments travel.
     Prepare {
         /// The client's job number (unique per connection).
@@ -466,7 +473,7 @@ mod tests {
         body.extend_from_slice(&[0xfc, 0, 0, 0, 0x40]);
         assert!(decode::<Hello>(&body, MAX_CONTROL).is_err());
         // Encoding refuses what the peer would refuse.
-        let big = Request::Buffer(vec![0; MAX_CONTROL + 1]);
+        let big = Request::Package(vec![0; MAX_CONTROL + 1]);
         assert!(matches!(
             encode(&big, MAX_CONTROL),
             Err(EncodeError::TooLarge { .. })

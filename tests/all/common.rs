@@ -102,6 +102,12 @@ impl Run {
         self
     }
 
+    /// Appends further flags as they are (e.g. `--cluster --peer ADDR`).
+    pub fn flags<A: Into<OsString>>(mut self, flags: impl IntoIterator<Item = A>) -> Self {
+        self.args.extend(flags.into_iter().map(Into::into));
+        self
+    }
+
     /// Runs it and returns the output, whatever the exit status.
     pub fn output(self) -> Output {
         offload(&self.args)
