@@ -160,7 +160,7 @@ struct Remote {
 
 /// A client connected to the nodes of a cluster.
 pub struct ClusterClient {
-    runtime: tokio::runtime::Runtime,
+    runtime: crate::driver::Driver,
     endpoint: quinn::Endpoint,
     config: ClientConfig,
     addrs: Vec<SocketAddr>,
@@ -173,11 +173,7 @@ impl ClusterClient {
     /// reached or refuse us are reported through the event callback; at least one must
     /// accept.
     pub fn connect(config: ClientConfig) -> Result<ClusterClient, ClientError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(ClientError::Runtime)?;
+        let runtime = crate::driver::Driver::new().map_err(ClientError::Runtime)?;
         let endpoint = {
             let _guard = runtime.enter();
             wire::client_endpoint(&config.credentials, config.idle_timeout)?
@@ -430,6 +426,12 @@ impl Drop for ClusterClient {
     fn drop(&mut self) {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"client done");
+        // Drive the runtime until the close frames are out, so nodes see a clean close
+        // rather than waiting for their idle timeout; bounded, in case a node is gone.
+        let endpoint = self.endpoint.clone();
+        self.runtime.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(250), endpoint.wait_idle()).await;
+        });
     }
 }
 

@@ -49,6 +49,7 @@ pub mod baseline;
 pub mod client;
 pub mod credentials;
 pub mod discovery;
+mod driver;
 pub mod node;
 pub mod protocol;
 mod wire;
