@@ -821,7 +821,8 @@ impl JobRun {
         }
     }
 
-    /// Prepares the job on a node just connected again (see [`JobRun::rejoin`]).
+    /// Uploads what a node lacks and prepares this job on it, as a future that owns its
+    /// data (so it can be spawned).
     fn prepare_task(
         &self,
         connection: quinn::Connection,

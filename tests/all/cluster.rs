@@ -478,12 +478,28 @@ fn discovery_finds_nodes_in_a_private_network_namespace() {
         "--dir".into(),
         creds.clone().into(),
     ]);
+    // disc-a has a tuned rate to advertise.
+    let job = Mandel::new(dir.path(), 64, 64, 50);
+    let cache = dir.path().join("cache-a");
+    offload_ok([
+        OsArg::from("--cache-dir"),
+        cache.clone().into(),
+        "tune".into(),
+        job.pkg.clone().into(),
+        "--kernel".into(),
+        "mandelbrot".into(),
+        "--items".into(),
+        "4096".into(),
+        "--arg".into(),
+        "max_iter=100".into(),
+        "--quick".into(),
+    ]);
     let script = format!(
         r#"set -e
 ip link set lo up
 ip link set lo multicast on
 ip route add 224.0.0.0/4 dev lo
-"{bin}" node --listen 127.0.0.1:0 --credentials "{creds}" --cores 1 --name disc-a > /dev/null 2>&1 &
+"{bin}" --cache-dir "{cache}" node --listen 127.0.0.1:0 --credentials "{creds}" --cores 1 --name disc-a > /dev/null 2>&1 &
 A=$!
 "{bin}" node --listen 127.0.0.1:0 --credentials "{creds}" --cores 1 --name disc-b > /dev/null 2>&1 &
 B=$!
@@ -492,7 +508,8 @@ sleep 1
 "{bin}" nodes --loopback --wait 2 --credentials "{creds}"
 "#,
         bin = BIN,
-        creds = creds.display()
+        creds = creds.display(),
+        cache = cache.display()
     );
     let output = run_bounded(
         {
@@ -511,6 +528,8 @@ sleep 1
             .unwrap_or_else(|| panic!("{name} not discovered:\n{}", text(&output)));
         assert!(line.contains("devices: cpu:1"), "{line}");
         assert!(line.contains("accepts our credentials"), "{line}");
+        let tuned = line.contains("tuned (items/s per worker): mandelbrot@");
+        assert_eq!(tuned, name == "disc-a", "{line}");
     }
 }
 
