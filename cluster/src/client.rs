@@ -148,9 +148,16 @@ pub struct JobReport {
     pub run_time: Duration,
     /// Time to upload and prepare the job on the nodes.
     pub prepare_time: Duration,
+    /// Nodes that were lost and came back during the job (reconnected, prepared again
+    /// and given new devices), with the packets they committed after rejoining.
+    pub rejoined: Vec<(String, u64)>,
+    /// Nodes whose advertised tuned rate (items/s per worker) was the scheduler's first
+    /// estimate for this kernel; the others were calibrated with a first small packet.
+    pub tuned_rates: Vec<(String, f64)>,
 }
 
 /// A connected node.
+#[derive(Clone)]
 struct Remote {
     addr: SocketAddr,
     info: NodeInfo,
@@ -388,37 +395,26 @@ impl ClusterClient {
         let job_id = self.next_job;
         self.next_job += 1;
         let layout = Layout::new(package, kernel, items, args)?;
-        let remotes: Vec<(String, quinn::Connection, u32, Duration, Option<f64>)> = self
-            .remotes
-            .iter()
-            .map(|r| {
-                (
-                    format!("{} ({})", r.info.name, r.addr),
-                    r.connection.clone(),
-                    r.info.cores,
-                    r.rtt,
-                    r.info.rate,
-                )
-            })
-            .collect();
-        let on_event = self.config.on_event.clone();
-        let slots = self.config.slots;
-        let packet_timeout = self.config.packet_timeout;
-        let package = package.clone();
-        let kernel = kernel.to_string();
-        self.runtime.block_on(async move {
-            let job = JobRun {
-                id: job_id,
-                package,
-                kernel,
-                items,
-                layout,
-                on_event,
-                slots,
-                packet_timeout,
-            };
-            job.run(remotes, args).await
-        })
+        let remotes: Vec<Remote> = self.remotes.iter().map(Remote::clone).collect();
+        let job = JobRun {
+            id: job_id,
+            package: package.clone(),
+            kernel: kernel.to_string(),
+            items,
+            layout,
+            on_event: self.config.on_event.clone(),
+            slots: self.config.slots,
+            packet_timeout: self.config.packet_timeout,
+            endpoint: self.endpoint.clone(),
+            connect_timeout: self.config.connect_timeout,
+        };
+        let (report, rejoined) = self.runtime.block_on(job.run(remotes, args))?;
+        // Keep the connections of nodes that came back, for the next job.
+        for remote in rejoined {
+            self.remotes.retain(|r| r.addr != remote.addr);
+            self.remotes.push(remote);
+        }
+        Ok(report)
     }
 }
 
@@ -723,7 +719,19 @@ struct JobRun {
     on_event: Option<Arc<EventFn>>,
     slots: u32,
     packet_timeout: Duration,
+    /// For reconnecting to lost nodes during the job.
+    endpoint: quinn::Endpoint,
+    connect_timeout: Duration,
 }
+
+/// The device kind of the CPU workers of a node, as [`protocol::TunedRate::device`]
+/// names it.
+const CPU_DEVICE: &str = "cpu";
+
+/// Backoff between attempts to reconnect to a lost node during a job: the first after
+/// this, each next one twice as late, up to [`REJOIN_MAX_DELAY`].
+const REJOIN_FIRST_DELAY: Duration = Duration::from_millis(100);
+const REJOIN_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// What a packet's stream brought back.
 struct Outcome {
@@ -736,16 +744,36 @@ struct Outcome {
 /// node can vanish while it holds no packet).
 enum Wake {
     Packet(Outcome),
-    Closed { member: usize, reason: String },
+    /// The connection of `generation` of `member` closed (a rejoined member has a new
+    /// generation, so a late notice about its old connection is ignored).
+    Closed {
+        member: usize,
+        generation: u64,
+        reason: String,
+    },
+    /// A lost member is reachable again and prepared for the job.
+    Rejoined {
+        member: usize,
+        remote: Remote,
+    },
 }
 
 /// A node taking part in a job.
 struct Member {
     name: String,
+    addr: SocketAddr,
+    node: NodeId,
     connection: quinn::Connection,
+    /// Its current devices (a rejoined member gets new ones; the old stay lost).
     devices: Vec<DeviceId>,
+    /// Bumped on every rejoin.
+    generation: u64,
     lost: bool,
+    /// A reconnect task is running for it.
+    rejoining: bool,
     committed: u64,
+    /// Packets committed since it last rejoined, if it did.
+    committed_since_rejoin: Option<u64>,
 }
 
 impl JobRun {
@@ -814,29 +842,146 @@ impl JobRun {
         }
     }
 
-    async fn run(
-        self,
-        remotes: Vec<(String, quinn::Connection, u32, Duration, Option<f64>)>,
-        args: &mut [JobArg<'_>],
-    ) -> Result<JobReport, ClientError> {
-        let prepare_started = Instant::now();
-        // Prepare on every node at once.
-        let mut tasks = Vec::new();
-        for (_, connection, ..) in &remotes {
-            tasks.push(tokio::spawn(JobRun::prepare(
-                connection.clone(),
+    /// Uploads what a node lacks and prepares this job on it, as a future that owns its
+    /// data (so it can be spawned).
+    fn prepare_task(
+        &self,
+        connection: quinn::Connection,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        JobRun::prepare(
+            connection,
+            self.id,
+            self.package.clone(),
+            self.kernel.clone(),
+            self.items,
+            self.layout.wire.clone(),
+            self.layout.wholes.clone(),
+        )
+    }
+
+    /// The node's tuned rate for this job's kernel, per worker, if it advertised one.
+    fn tuned_rate(&self, info: &NodeInfo) -> Option<f64> {
+        info.rate_for(&self.package.hash().0, &self.kernel, CPU_DEVICE)
+            .filter(|r| r.is_finite() && *r > 0.0)
+    }
+
+    /// One scheduler device per worker of `remote`, numbered from `*next_device`.
+    fn device_specs(
+        &self,
+        name: &str,
+        node: NodeId,
+        remote: &Remote,
+        next_device: &mut u32,
+    ) -> Vec<(DeviceId, DeviceSpec)> {
+        let rate = self.tuned_rate(&remote.info);
+        (0..remote.info.cores.max(1))
+            .map(|core| {
+                let device = DeviceId(*next_device);
+                *next_device += 1;
+                let link = Link::new((remote.rtt.as_micros() as f64 / 2.0).max(1.0), 117.0);
+                let mut spec = DeviceSpec::remote(format!("{name}/{CPU_DEVICE}{core}"), node, link)
+                    .slots(self.slots);
+                // An advertised tuned rate replaces the calibration packet.
+                if let Some(rate) = rate {
+                    spec = spec.rate(rate);
+                }
+                (device, spec)
+            })
+            .collect()
+    }
+
+    /// Reconnects to a lost member at `addr` with backoff until it answers and takes
+    /// the job again, then says so on `tx`. Runs until the job ends (it is aborted then).
+    fn rejoin(
+        &self,
+        member: usize,
+        addr: SocketAddr,
+        tx: mpsc::UnboundedSender<Wake>,
+    ) -> tokio::task::JoinHandle<()> {
+        let endpoint = self.endpoint.clone();
+        let timeout = self.connect_timeout;
+        let prepare = {
+            let (id, package, kernel, items) = (
                 self.id,
                 self.package.clone(),
                 self.kernel.clone(),
                 self.items,
-                self.layout.wire.clone(),
-                self.layout.wholes.clone(),
-            )));
-        }
+            );
+            let (wire, wholes) = (self.layout.wire.clone(), self.layout.wholes.clone());
+            move |connection: quinn::Connection| {
+                JobRun::prepare(
+                    connection,
+                    id,
+                    package.clone(),
+                    kernel.clone(),
+                    items,
+                    wire.clone(),
+                    wholes.clone(),
+                )
+            }
+        };
+        tokio::spawn(async move {
+            let mut delay = REJOIN_FIRST_DELAY;
+            loop {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(REJOIN_MAX_DELAY);
+                let remote = match tokio::time::timeout(timeout, connect_one(&endpoint, addr)).await
+                {
+                    Ok(Ok(remote)) => remote,
+                    Ok(Err(reason)) => {
+                        tracing::debug!("node {addr} not back yet: {reason}");
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                match prepare(remote.connection.clone()).await {
+                    Ok(()) => {
+                        let _ = tx.send(Wake::Rejoined { member, remote });
+                        return;
+                    }
+                    Err(reason) => {
+                        tracing::info!("node {addr} is back but cannot take the job: {reason}");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Watches `member`'s connection and reports its closing on `tx`.
+    fn watch(
+        member: usize,
+        generation: u64,
+        connection: quinn::Connection,
+        tx: mpsc::UnboundedSender<Wake>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let reason = connection.closed().await;
+            let _ = tx.send(Wake::Closed {
+                member,
+                generation,
+                reason: format!("connection lost: {reason}"),
+            });
+        })
+    }
+
+    async fn run(
+        self,
+        remotes: Vec<Remote>,
+        args: &mut [JobArg<'_>],
+    ) -> Result<(JobReport, Vec<Remote>), ClientError> {
+        let prepare_started = Instant::now();
+        // Prepare on every node at once.
+        let tasks: Vec<_> = remotes
+            .iter()
+            .map(|r| tokio::spawn(self.prepare_task(r.connection.clone())))
+            .collect();
         let mut members: Vec<Member> = Vec::new();
         let mut specs = Vec::new();
         let mut refusals = Vec::new();
-        for ((name, connection, cores, rtt, rate), task) in remotes.into_iter().zip(tasks) {
+        let mut tuned_rates = Vec::new();
+        let mut next_device = 0u32;
+        for (remote, task) in remotes.into_iter().zip(tasks) {
+            let name = format!("{} ({})", remote.info.name, remote.addr);
             let outcome = task
                 .await
                 .unwrap_or_else(|e| Err(format!("task failed: {e}")));
@@ -846,24 +991,23 @@ impl JobRun {
                 continue;
             }
             let node = NodeId(members.len() as u32 + 1);
-            let mut devices = Vec::new();
-            for core in 0..cores.max(1) {
-                let device = DeviceId(specs.len() as u32);
-                let link = Link::new((rtt.as_micros() as f64 / 2.0).max(1.0), 117.0);
-                let mut spec =
-                    DeviceSpec::remote(format!("{name}/cpu{core}"), node, link).slots(self.slots);
-                if let Some(rate) = rate {
-                    spec = spec.rate(rate);
-                }
-                specs.push((device, spec));
-                devices.push(device);
+            if let Some(rate) = self.tuned_rate(&remote.info) {
+                tuned_rates.push((name.clone(), rate));
             }
+            let new = self.device_specs(&name, node, &remote, &mut next_device);
+            let devices = new.iter().map(|(d, _)| *d).collect();
+            specs.extend(new);
             members.push(Member {
                 name,
-                connection,
+                addr: remote.addr,
+                node,
+                connection: remote.connection,
                 devices,
+                generation: 0,
                 lost: false,
+                rejoining: false,
                 committed: 0,
+                committed_since_rejoin: None,
             });
         }
         if members.is_empty() {
@@ -877,7 +1021,7 @@ impl JobRun {
             });
         }
         let prepare_time = prepare_started.elapsed();
-        let device_member: HashMap<DeviceId, usize> = members
+        let mut device_member: HashMap<DeviceId, usize> = members
             .iter()
             .enumerate()
             .flat_map(|(m, member)| member.devices.iter().map(move |d| (*d, m)))
@@ -898,16 +1042,15 @@ impl JobRun {
         let (tx, mut rx) = mpsc::unbounded_channel::<Wake>();
         let mut watchers = Vec::new();
         for (index, member) in members.iter().enumerate() {
-            let (tx, connection) = (tx.clone(), member.connection.clone());
-            watchers.push(tokio::spawn(async move {
-                let reason = connection.closed().await;
-                let _ = tx.send(Wake::Closed {
-                    member: index,
-                    reason: format!("connection lost: {reason}"),
-                });
-            }));
+            watchers.push(JobRun::watch(
+                index,
+                0,
+                member.connection.clone(),
+                tx.clone(),
+            ));
         }
-        // The watchers outlive the job otherwise (connections stay open for the next).
+        // The watchers and reconnect tasks outlive the job otherwise (connections stay
+        // open for the next).
         struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
         impl Drop for AbortOnDrop {
             fn drop(&mut self) {
@@ -916,7 +1059,8 @@ impl JobRun {
                 }
             }
         }
-        let _watchers = AbortOnDrop(watchers);
+        let mut background = AbortOnDrop(watchers);
+        let mut rejoined: Vec<Remote> = Vec::new();
         let mut pending: HashMap<(DeviceId, u64), Vec<Vec<u8>>> = HashMap::new();
         let mut committed_packets = 0u64;
         let mut lost_lines = Vec::new();
@@ -962,6 +1106,11 @@ impl JobRun {
                             committed_packets += 1;
                             if let Some(&m) = device_member.get(&device) {
                                 members[m].committed += 1;
+                                if members[m].devices.contains(&device) {
+                                    if let Some(n) = &mut members[m].committed_since_rejoin {
+                                        *n += 1;
+                                    }
+                                }
                             }
                         }
                     }
@@ -986,15 +1135,54 @@ impl JobRun {
             if sched.stalled() {
                 return Err(ClientError::AllNodesLost(lost_lines));
             }
+            // A lost node may come back (restarted on the same address): keep trying.
+            for (index, member) in members.iter_mut().enumerate() {
+                if member.lost && !member.rejoining {
+                    member.rejoining = true;
+                    background
+                        .0
+                        .push(self.rejoin(index, member.addr, tx.clone()));
+                }
+            }
             // Wake up now and then even without results: the scheduler may want to
             // duplicate a straggler.
             let outcome = match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
                 Ok(Some(Wake::Packet(outcome))) => outcome,
-                Ok(Some(Wake::Closed { member, reason })) => {
-                    if !members[member].lost {
+                Ok(Some(Wake::Closed {
+                    member,
+                    generation,
+                    reason,
+                })) => {
+                    if !members[member].lost && members[member].generation == generation {
                         let line = self.lose(&mut members[member], &mut sched, &reason, now());
                         lost_lines.push(line);
                     }
+                    continue;
+                }
+                Ok(Some(Wake::Rejoined { member: m, remote })) => {
+                    let member = &mut members[m];
+                    member.generation += 1;
+                    member.lost = false;
+                    member.rejoining = false;
+                    member.committed_since_rejoin = Some(0);
+                    member.connection = remote.connection.clone();
+                    let new =
+                        self.device_specs(&member.name, member.node, &remote, &mut next_device);
+                    member.devices = new.iter().map(|(d, _)| *d).collect();
+                    for (device, spec) in new {
+                        device_member.insert(device, m);
+                        sched.handle(now(), Event::DeviceJoined { device, spec });
+                    }
+                    background.0.push(JobRun::watch(
+                        m,
+                        member.generation,
+                        remote.connection.clone(),
+                        tx.clone(),
+                    ));
+                    let line = format!("node {} rejoined the job", member.name);
+                    self.notify(&line);
+                    rejoined.retain(|r| r.addr != remote.addr);
+                    rejoined.push(remote);
                     continue;
                 }
                 Ok(None) => break,
@@ -1003,7 +1191,8 @@ impl JobRun {
             let Some(&m) = device_member.get(&outcome.device) else {
                 continue;
             };
-            if members[m].lost {
+            // A lost member's late results, also from before it rejoined, are not used.
+            if members[m].lost || !members[m].devices.contains(&outcome.device) {
                 continue;
             }
             let packet = outcome.packet;
@@ -1080,7 +1269,7 @@ impl JobRun {
                 let _ = request(&connection, &end).await;
             });
         }
-        Ok(JobReport {
+        let report = JobReport {
             items: self.items,
             packets: committed_packets,
             packets_per_node: members
@@ -1090,7 +1279,15 @@ impl JobRun {
             lost: lost_lines,
             run_time,
             prepare_time,
-        })
+            rejoined: members
+                .iter()
+                .filter_map(|m| m.committed_since_rejoin.map(|n| (m.name.clone(), n)))
+                .collect(),
+            tuned_rates,
+        };
+        // Only connections of members still in the job are worth keeping.
+        rejoined.retain(|r| members.iter().any(|m| m.addr == r.addr && !m.lost));
+        Ok((report, rejoined))
     }
 
     /// Marks a node lost: its devices leave the job, their packets are run elsewhere.

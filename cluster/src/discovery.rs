@@ -2,8 +2,8 @@
 //! browse for it.
 //!
 //! TXT records: `arch` (target triple), `cpu` (LLVM CPU name), `features` (abbreviated
-//! ISA extensions), `devices` (`cpu:N`), `version` (protocol), `name`, and `rate`
-//! (items/s per core) when the node has a tuned rate. The port is the service's port.
+//! ISA extensions), `devices` (`cpu:N`), `version` (protocol), `name`, and `rates`
+//! when the node has tuned rates ([`rates_txt`]). The port is the service's port.
 //! A node that listens on a loopback address advertises on loopback only.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 
-use crate::protocol::{NodeInfo, VERSION};
+use crate::protocol::{NodeInfo, TunedRate, VERSION};
 
 /// The DNS-SD service type.
 pub const SERVICE_TYPE: &str = "_offload._udp.local.";
@@ -55,6 +55,38 @@ pub fn abbreviate_features(features: &[&str]) -> String {
     found.join(" ")
 }
 
+/// Most bytes of the `rates` TXT value: a DNS TXT string holds at most 255 bytes, key
+/// and `=` included.
+const RATES_TXT_MAX: usize = 240;
+
+/// The `rates` TXT value: `KERNEL@PACKAGE/DEVICE=ITEMS_PER_S` entries separated by
+/// commas (package: the first 8 hex digits of its hash; rate per worker, rounded), as
+/// many as fit in one TXT string, then `+N` for the N left out. The hello carries them
+/// all with full hashes; this is for people reading `offload nodes`.
+pub fn rates_txt(rates: &[TunedRate]) -> String {
+    let mut text = String::new();
+    for (i, rate) in rates.iter().enumerate() {
+        let hex: String = rate.package[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let entry = format!(
+            "{}@{hex}/{}={:.0}",
+            rate.kernel, rate.device, rate.items_per_s
+        );
+        let more = format!(",+{}", rates.len() - i);
+        if text.len() + 1 + entry.len() + more.len() > RATES_TXT_MAX {
+            text.push_str(if text.is_empty() { &more[1..] } else { &more });
+            break;
+        }
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push_str(&entry);
+    }
+    text
+}
+
 /// An active advertisement; dropping it withdraws the service.
 pub struct Advertisement {
     daemon: ServiceDaemon,
@@ -83,8 +115,8 @@ pub fn advertise(info: &NodeInfo, addr: SocketAddr) -> Result<Advertisement, Dis
     properties.insert("features".to_string(), info.features.clone());
     properties.insert("devices".to_string(), format!("cpu:{}", info.cores));
     properties.insert("version".to_string(), VERSION.to_string());
-    if let Some(rate) = info.rate {
-        properties.insert("rate".to_string(), format!("{rate:.0}"));
+    if !info.rates.is_empty() {
+        properties.insert("rates".to_string(), rates_txt(&info.rates));
     }
     let instance = format!("{}-{}", info.name, addr.port());
     let host = format!("{}.local.", info.name);
@@ -159,4 +191,32 @@ pub fn browse(window: Duration, loopback_only: bool) -> Result<Vec<FoundNode>, D
     let _ = daemon.stop_browse(SERVICE_TYPE);
     let _ = daemon.shutdown();
     Ok(found.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(kernel: &str, items_per_s: f64) -> TunedRate {
+        TunedRate {
+            package: [0xab; 32],
+            kernel: kernel.into(),
+            device: "cpu".into(),
+            items_per_s,
+        }
+    }
+
+    #[test]
+    fn rates_txt_lists_entries_and_fits_one_txt_string() {
+        assert_eq!(
+            rates_txt(&[rate("saxpy", 1.5e8), rate("dot", 2e6)]),
+            "saxpy@abababab/cpu=150000000,dot@abababab/cpu=2000000"
+        );
+        let many: Vec<TunedRate> = (0..40).map(|i| rate(&format!("kernel{i}"), 1e6)).collect();
+        let text = rates_txt(&many);
+        assert!(text.len() <= RATES_TXT_MAX, "{} bytes", text.len());
+        let shown = text.split(',').filter(|e| !e.starts_with('+')).count();
+        assert!(shown > 0);
+        assert!(text.ends_with(&format!(",+{}", 40 - shown)), "{text}");
+    }
 }

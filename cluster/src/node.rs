@@ -40,6 +40,7 @@ pub struct NodeConfig {
     worker_args: Vec<OsString>,
     name: String,
     advertise: bool,
+    rates: Vec<protocol::TunedRate>,
 }
 
 impl NodeConfig {
@@ -63,6 +64,7 @@ impl NodeConfig {
             worker_args,
             name: host_name(),
             advertise: true,
+            rates: Vec::new(),
         }
     }
 
@@ -100,6 +102,13 @@ impl NodeConfig {
     /// Advertise by mDNS. Default: on.
     pub fn advertise(mut self, on: bool) -> Self {
         self.advertise = on;
+        self
+    }
+
+    /// Tuned rates to advertise (mDNS and hello), per worker: clients use them as their
+    /// first estimate of this node's speed on those kernels. Default: none.
+    pub fn rates(mut self, rates: Vec<protocol::TunedRate>) -> Self {
+        self.rates = rates;
         self
     }
 }
@@ -148,7 +157,7 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
         cpu: host.cpu.clone(),
         features: crate::discovery::abbreviate_features(&host.enabled_features()),
         cores: config.cores as u32,
-        rate: None,
+        rates: config.rates.clone(),
     };
     let endpoint = wire::server_endpoint(&config.credentials, config.listen, config.idle_timeout)?;
     let local = endpoint

@@ -23,6 +23,8 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The protocol version this build speaks.
+/// Version 2: [`NodeInfo`] carries the node's tuned rates ([`TunedRate`]), and whole
+/// buffers follow [`Request::Buffer`] raw instead of inside the frame.
 pub const VERSION: u32 = 2;
 
 /// The ALPN protocol name of offload's QUIC connections.
@@ -68,8 +70,34 @@ pub struct NodeInfo {
     pub features: String,
     /// Worker processes serving packets.
     pub cores: u32,
-    /// Measured or tuned rate, items per second per core, if known.
-    pub rate: Option<f64>,
+    /// Rates `offload tune` measured on this node, for the client's first estimate.
+    pub rates: Vec<TunedRate>,
+}
+
+impl NodeInfo {
+    /// The tuned rate of `kernel` of the package hashed `package` on `device` (one
+    /// worker), if the node advertised one.
+    pub fn rate_for(&self, package: &Hash, kernel: &str, device: &str) -> Option<f64> {
+        self.rates
+            .iter()
+            .find(|r| &r.package == package && r.kernel == kernel && r.device == device)
+            .map(|r| r.items_per_s)
+    }
+}
+
+/// A rate `offload tune` measured on a node: what one scheduler device of the node (one
+/// worker) does per second on one kernel. Clients take it as the device's initial
+/// estimate instead of calibrating with a first small packet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunedRate {
+    /// The package's blake3 hash.
+    pub package: Hash,
+    /// The kernel's name.
+    pub kernel: String,
+    /// The device kind the rate is for (`cpu`).
+    pub device: String,
+    /// Items per second of one worker.
+    pub items_per_s: f64,
 }
 
 /// The node's answer to a [`Hello`].

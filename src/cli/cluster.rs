@@ -11,7 +11,9 @@ use clap::{Args, Subcommand};
 use cluster::client::{ClientConfig, ClusterClient, JobArg};
 use cluster::credentials::{self, Credentials};
 use cluster::node::NodeConfig;
-use offload::{check_args, ArgValue, KernelSpec, Package};
+use cluster::protocol::TunedRate;
+use offload::tune::Profile;
+use offload::{check_args, ArgValue, KernelSpec, Package, PackageHash};
 
 use super::Cli;
 
@@ -238,8 +240,68 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.name {
         config = config.name(name);
     }
+    // A node without readable profiles still serves: clients calibrate it themselves.
+    match tuned_rates(cli) {
+        Ok(rates) => {
+            for rate in &rates {
+                tracing::info!(
+                    "advertising tuned rate of {} on {}: {:.0} items/s per worker",
+                    rate.kernel,
+                    rate.device,
+                    rate.items_per_s
+                );
+            }
+            config = config.rates(rates);
+        }
+        Err(e) => eprintln!("warning: not advertising tuned rates: {e:#}"),
+    }
     cluster::node::run(config)?;
     Ok(())
+}
+
+/// This machine's tuned rates from the `offload tune` profiles in the cache that belong
+/// to this CPU and LLVM (the profile key covers both and the package), per worker: a
+/// profile's rate was measured with `threads` threads, a node worker is one thread.
+fn tuned_rates(cli: &Cli) -> anyhow::Result<Vec<TunedRate>> {
+    let engine = cli.engine()?;
+    let mut rates = Vec::new();
+    for (path, profile) in Profile::list(engine.config().cache_root())? {
+        let Some(hash) = parse_hash(&profile.package_hash) else {
+            eprintln!(
+                "warning: {}: the package hash is not 64 hex digits; ignored",
+                path.display()
+            );
+            continue;
+        };
+        if profile.key != Profile::key_for(engine.host(), &PackageHash(hash)) {
+            continue; // another CPU, LLVM version or hand-edited: not this node's speed
+        }
+        for kernel in &profile.kernels {
+            let per_worker = kernel.items_per_s / kernel.settings.threads.max(1) as f64;
+            if per_worker.is_finite() && per_worker > 0.0 {
+                rates.push(TunedRate {
+                    package: hash,
+                    kernel: kernel.kernel.clone(),
+                    device: "cpu".into(),
+                    items_per_s: per_worker,
+                });
+            }
+        }
+    }
+    Ok(rates)
+}
+
+/// 64 hex digits to 32 bytes.
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let digits = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(digits, 16).ok()?;
+    }
+    Some(hash)
 }
 
 /// Throwaway cluster credentials for `--insecure` nodes, in a fresh private directory
@@ -298,8 +360,8 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
             p("devices"),
             p("features"),
             node.properties
-                .get("rate")
-                .map(|r| format!("  rate: {r} items/s"))
+                .get("rates")
+                .map(|r| format!("  tuned (items/s per worker): {r}"))
                 .unwrap_or_default(),
             membership
         );
@@ -378,9 +440,17 @@ pub fn run_on_cluster(
             report.lost.len()
         );
     }
+    for (node, packets) in &report.rejoined {
+        eprintln!(
+            "cluster: node {node} rejoined the job and ran {packets} packets after rejoining"
+        );
+    }
     if cli.verbose > 0 {
         for (node, packets) in &report.packets_per_node {
             eprintln!("node {node}: {packets} packets");
+        }
+        for (node, rate) in &report.tuned_rates {
+            eprintln!("node {node}: tuned rate {rate:.0} items/s per worker (advertised)");
         }
         eprintln!("prepare: {:.3} ms", report.prepare_time.as_secs_f64() * 1e3);
     }
@@ -397,7 +467,18 @@ pub fn run_on_cluster(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_rate;
+    use super::{parse_hash, parse_rate};
+
+    #[test]
+    fn hashes_parse_from_hex() {
+        let hex = "00ff".repeat(16);
+        let hash = parse_hash(&hex).expect("64 hex digits");
+        assert_eq!(hash[0], 0x00);
+        assert_eq!(hash[1], 0xff);
+        assert!(parse_hash("00ff").is_none());
+        assert!(parse_hash(&"zz".repeat(32)).is_none());
+        assert!(parse_hash(&"é".repeat(32)).is_none());
+    }
 
     #[test]
     fn rates_parse_with_units() {

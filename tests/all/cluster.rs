@@ -24,16 +24,23 @@ struct Node {
 impl Node {
     /// Starts `offload node` with `credentials` and waits for its `listening on` line.
     fn start(dir: &Path, credentials: &Path, index: usize) -> Node {
-        let log = dir.join(format!("node{index}.log"));
+        Node::start_with(dir, credentials, index, "127.0.0.1:0", &[], "")
+    }
+
+    /// [`Node::start`] on `listen`, with `global` flags before `node` (`--cache-dir`)
+    /// and `log_suffix` in its log file name (a restarted node gets a log of its own).
+    fn start_with(
+        dir: &Path,
+        credentials: &Path,
+        index: usize,
+        listen: &str,
+        global: &[OsArg],
+        log_suffix: &str,
+    ) -> Node {
+        let log = dir.join(format!("node{index}{log_suffix}.log"));
         let mut child = Command::new(BIN)
-            .args([
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-mdns",
-                "--cores",
-                "1",
-            ])
+            .args(global)
+            .args(["node", "--listen", listen, "--no-mdns", "--cores", "1"])
             .arg("--name")
             .arg(format!("test-node-{index}"))
             .arg("--credentials")
@@ -526,12 +533,28 @@ fn discovery_finds_nodes_in_a_private_network_namespace() {
         "--dir".into(),
         creds.clone().into(),
     ]);
+    // disc-a has a tuned rate to advertise.
+    let job = Mandel::new(dir.path(), 64, 64, 50);
+    let cache = dir.path().join("cache-a");
+    offload_ok([
+        OsArg::from("--cache-dir"),
+        cache.clone().into(),
+        "tune".into(),
+        job.pkg.clone().into(),
+        "--kernel".into(),
+        "mandelbrot".into(),
+        "--items".into(),
+        "4096".into(),
+        "--arg".into(),
+        "max_iter=100".into(),
+        "--quick".into(),
+    ]);
     let script = format!(
         r#"set -e
 ip link set lo up
 ip link set lo multicast on
 ip route add 224.0.0.0/4 dev lo
-"{bin}" node --listen 127.0.0.1:0 --credentials "{creds}" --cores 1 --name disc-a > /dev/null 2>&1 &
+"{bin}" --cache-dir "{cache}" node --listen 127.0.0.1:0 --credentials "{creds}" --cores 1 --name disc-a > /dev/null 2>&1 &
 A=$!
 "{bin}" node --listen 127.0.0.1:0 --credentials "{creds}" --cores 1 --name disc-b > /dev/null 2>&1 &
 B=$!
@@ -540,7 +563,8 @@ sleep 1
 "{bin}" nodes --loopback --wait 2 --credentials "{creds}"
 "#,
         bin = BIN,
-        creds = creds.display()
+        creds = creds.display(),
+        cache = cache.display()
     );
     let output = run_bounded(
         {
@@ -559,5 +583,204 @@ sleep 1
             .unwrap_or_else(|| panic!("{name} not discovered:\n{}", text(&output)));
         assert!(line.contains("devices: cpu:1"), "{line}");
         assert!(line.contains("accepts our credentials"), "{line}");
+        let tuned = line.contains("tuned (items/s per worker): mandelbrot@");
+        assert_eq!(tuned, name == "disc-a", "{line}");
     }
+}
+
+/// The number in "node NAME ... rejoined the job and ran N packets after rejoining".
+fn packets_after_rejoining(stderr: &str, name: &str) -> Option<u64> {
+    stderr
+        .lines()
+        .find(|l| l.contains(name) && l.contains("rejoined the job and ran"))
+        .and_then(|l| l.split("and ran ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Kills node `index` of `cluster` and waits until it is gone (its port is free).
+fn kill_node(cluster: &mut Cluster, index: usize) -> String {
+    let node = cluster.nodes.remove(index);
+    let addr = node.addr.clone();
+    node.signal("KILL");
+    drop(node); // reaps it
+    addr
+}
+
+/// Starts node `index` again on `addr`, with its old credentials.
+fn restart_node(cluster: &mut Cluster, index: usize, addr: &str) {
+    let credentials = cluster
+        .credentials()
+        .join("nodes")
+        .join(format!("n{index}"));
+    let node = Node::start_with(
+        cluster.dir.path(),
+        &credentials,
+        index,
+        addr,
+        &[],
+        "-restarted",
+    );
+    cluster.nodes.insert(index, node);
+}
+
+#[test]
+fn a_node_restarted_mid_job_rejoins_and_the_output_is_correct() {
+    let mut cluster = Cluster::new(2);
+    // Long enough (seconds) that the restarted node gets packets after rejoining.
+    let job = Mandel::new(cluster.dir.path(), 600, 400, 8000);
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
+    command.args(["--node-timeout", "1"]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().expect("start offload run");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    assert!(
+        cluster.nodes[0].wait_for_log("prepared kernel", Duration::from_secs(60)),
+        "node 0 never received the job: {}",
+        cluster.nodes[0].log()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let addr = kill_node(&mut cluster, 0);
+    restart_node(&mut cluster, 0, &addr);
+    let output = match rx.recv_timeout(Duration::from_secs(240)) {
+        Ok(output) => output.expect("offload run output"),
+        Err(_) => {
+            send_signal(pid, "KILL");
+            panic!("the cluster run did not finish after the restart");
+        }
+    };
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        std::fs::read(&remote).expect("cluster output"),
+        std::fs::read(&local).expect("local output"),
+        "cluster output differs from the local run after a node restart"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("test-node-0") && stderr.contains("lost"),
+        "the client did not report the lost node:\n{}",
+        text(&output)
+    );
+    let after = packets_after_rejoining(&stderr, "test-node-0").unwrap_or_else(|| {
+        panic!(
+            "the restarted node did not rejoin:\n{}\n--- restarted node ---\n{}",
+            text(&output),
+            cluster.nodes[0].log()
+        )
+    });
+    assert!(
+        after > 0,
+        "the rejoined node ran nothing:\n{}",
+        text(&output)
+    );
+    assert!(cluster.nodes[0].log().contains("prepared kernel"));
+}
+
+#[test]
+fn a_node_restarted_between_jobs_is_used_again() {
+    let mut cluster = Cluster::new(2);
+    let job = Mandel::new(cluster.dir.path(), 160, 120, 100);
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let addr = kill_node(&mut cluster, 0);
+    // The dead node is still given with --peer: the job runs on the other one.
+    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
+    command.args(["--peer", &addr]);
+    let output = run_bounded(command, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("on 1 nodes"),
+        "{}",
+        text(&output)
+    );
+    restart_node(&mut cluster, 0, &addr);
+    std::fs::remove_file(&remote).expect("remove the first output");
+    let output = run_bounded(
+        job.cluster_command(&cluster, &cluster.credentials(), &remote),
+        Duration::from_secs(60),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("on 2 nodes"),
+        "the restarted node was not used:\n{}",
+        text(&output)
+    );
+    assert_eq!(
+        std::fs::read(&remote).expect("cluster output"),
+        std::fs::read(&local).expect("local output")
+    );
+}
+
+#[test]
+fn a_node_advertises_its_tuned_rate_and_the_client_starts_from_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("cluster");
+    offload_ok([
+        OsArg::from("cluster"),
+        "init".into(),
+        "--dir".into(),
+        creds.clone().into(),
+    ]);
+    let job = Mandel::new(dir.path(), 160, 120, 200);
+    // Tune the kernel into node 0's cache only.
+    let cache = dir.path().join("cache-0");
+    let tuned = offload_ok([
+        OsArg::from("--cache-dir"),
+        cache.clone().into(),
+        "tune".into(),
+        job.pkg.clone().into(),
+        "--kernel".into(),
+        "mandelbrot".into(),
+        "--items".into(),
+        "4096".into(),
+        "--arg".into(),
+        "max_iter=100".into(),
+        "--quick".into(),
+    ]);
+    assert!(tuned.status.success());
+    let global = [OsArg::from("--cache-dir"), cache.clone().into()];
+    let tuned_node = Node::start_with(dir.path(), &creds, 0, "127.0.0.1:0", &global, "");
+    let other = Node::start(dir.path(), &creds, 1);
+    assert!(
+        tuned_node.wait_for_log(
+            "advertising tuned rate of mandelbrot",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        tuned_node.log()
+    );
+    assert!(!other.log().contains("advertising tuned rate"));
+    let cluster = Cluster {
+        dir,
+        nodes: vec![tuned_node, other],
+    };
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let mut command = Command::new(BIN);
+    command
+        .arg("-v")
+        .args(job.run_args(&remote))
+        .args(cluster.cluster_flags(&creds));
+    let output = run_bounded(command, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("items/s per worker (advertised)"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", text(&output));
+    assert!(lines[0].contains("test-node-0"), "{}", lines[0]);
+    assert_eq!(
+        std::fs::read(&remote).expect("cluster output"),
+        std::fs::read(&local).expect("local output")
+    );
 }
