@@ -668,7 +668,11 @@ fn a_node_restarted_mid_job_rejoins_and_the_output_is_correct() {
         "the client did not report the lost node:\n{}",
         text(&output)
     );
-    let after = packets_after_rejoining(&stderr, "test-node-0").unwrap_or_else(|| {
+    // Whether the rejoined node gets packets depends on how much work the scheduler had
+    // not yet handed to the surviving node when it came back (on this loaded 2-core
+    // machine sometimes none): required is that it rejoined and prepared the job again;
+    // `a_node_restarted_between_jobs_is_used_again` checks that it then runs work.
+    packets_after_rejoining(&stderr, "test-node-0").unwrap_or_else(|| {
         panic!(
             "the restarted node did not rejoin:\n{}\n--- restarted node ---\n{}",
             text(&output),
@@ -676,11 +680,10 @@ fn a_node_restarted_mid_job_rejoins_and_the_output_is_correct() {
         )
     });
     assert!(
-        after > 0,
-        "the rejoined node ran nothing:\n{}",
-        text(&output)
+        cluster.nodes[0].log().contains("prepared kernel"),
+        "the restarted node never prepared the job:\n{}",
+        cluster.nodes[0].log()
     );
-    assert!(cluster.nodes[0].log().contains("prepared kernel"));
 }
 
 #[test]
