@@ -195,6 +195,7 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
         info,
         packages: std::sync::Mutex::new(HashMap::new()),
         buffers: std::sync::Mutex::new(HashMap::new()),
+        spares: std::sync::Mutex::new(SpareBuffers::default()),
         pool,
         gate,
         bucket: config.max_bandwidth.map(TokenBucket::new),
@@ -223,6 +224,7 @@ struct Shared {
     info: NodeInfo,
     packages: std::sync::Mutex<HashMap<Hash, Arc<Package>>>,
     buffers: std::sync::Mutex<HashMap<Hash, Arc<Vec<u8>>>>,
+    spares: std::sync::Mutex<SpareBuffers>,
     pool: Arc<WorkerPool>,
     gate: watch::Receiver<bool>,
     bucket: Option<TokenBucket>,
@@ -332,7 +334,8 @@ async fn handle(
             }
         },
         Request::Buffer { len } => {
-            let (bytes, hash) = match wire::recv_payload(recv, len, MAX_DATA).await {
+            let spare = lock(&shared.spares).take(usize::try_from(len).unwrap_or(usize::MAX));
+            let (bytes, hash) = match wire::recv_payload(recv, len, MAX_DATA, spare).await {
                 Ok(received) => received,
                 Err(e) => {
                     tracing::warn!("refused a buffer upload: {e}");
@@ -345,9 +348,14 @@ async fn handle(
                 // Prepared jobs hold their buffers themselves; the cache only saves
                 // uploads, so dropping it all is safe.
                 tracing::info!("buffer cache over {NODE_BUFFER_BYTES} bytes: emptied");
-                buffers.clear();
+                let mut spares = lock(&shared.spares);
+                for (_, old) in buffers.drain() {
+                    spares.give(old);
+                }
             }
-            buffers.insert(hash, Arc::new(bytes));
+            if let Some(old) = buffers.insert(hash, Arc::new(bytes)) {
+                lock(&shared.spares).give(old);
+            }
             Response::Stored(hash)
         }
         Request::Prepare {
@@ -564,6 +572,63 @@ enum WorkerFault {
     TimedOut(Duration),
     #[error("worker pipe: {0}")]
     Protocol(String),
+}
+
+/// Large buffers the cache let go of, kept a short while for the next upload: memory
+/// fresh from the kernel costs a page fault and a page clearing per 4 KiB, which on a
+/// virtual machine took more of the node's time than decrypting the transfer.
+#[derive(Default)]
+struct SpareBuffers {
+    buffers: Vec<(Instant, Vec<u8>)>,
+    bytes: usize,
+}
+
+/// At most this much memory is kept spare, and for at most [`SPARE_TTL`].
+const SPARE_BYTES: usize = 256 << 20;
+const SPARE_TTL: Duration = Duration::from_secs(10);
+/// Smaller buffers are left to the allocator, which recycles them itself.
+const SPARE_MIN: usize = 1 << 20;
+
+impl SpareBuffers {
+    /// A spare buffer that can hold `len` bytes without wasting more than as much again.
+    fn take(&mut self, len: usize) -> Option<Vec<u8>> {
+        self.expire();
+        let index = self.buffers.iter().position(|(_, b)| {
+            b.capacity() >= len && b.capacity() / 2 <= len && len >= SPARE_MIN
+        })?;
+        let (_, buffer) = self.buffers.swap_remove(index);
+        self.bytes -= buffer.capacity();
+        Some(buffer)
+    }
+
+    /// Keeps `buffer`'s memory if nobody else holds it and it is worth keeping.
+    fn give(&mut self, buffer: Arc<Vec<u8>>) {
+        self.expire();
+        let Ok(buffer) = Arc::try_unwrap(buffer) else {
+            return;
+        };
+        if !(SPARE_MIN..=SPARE_BYTES).contains(&buffer.capacity()) {
+            return;
+        }
+        self.bytes += buffer.capacity();
+        self.buffers.push((Instant::now(), buffer));
+        while self.bytes > SPARE_BYTES {
+            let (_, oldest) = self.buffers.remove(0);
+            self.bytes -= oldest.capacity();
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let bytes = &mut self.bytes;
+        self.buffers.retain(|(since, b)| {
+            let keep = now.duration_since(*since) < SPARE_TTL;
+            if !keep {
+                *bytes -= b.capacity();
+            }
+            keep
+        });
+    }
 }
 
 /// Whole buffers cached by the node above this are dropped before more are stored.
@@ -851,6 +916,32 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spare_buffers_are_reused_only_when_they_fit_and_nobody_holds_them() {
+        let mut spares = SpareBuffers::default();
+        let big = Arc::new(vec![7u8; 4 << 20]);
+        let address = big.as_ptr();
+        let held = Arc::clone(&big);
+        spares.give(big);
+        assert!(spares.take(4 << 20).is_none(), "kept a buffer still in use");
+        spares.give(held);
+        assert!(
+            spares.take(1 << 10).is_none(),
+            "a tiny request takes a big buffer"
+        );
+        assert!(
+            spares.take(9 << 20).is_none(),
+            "a buffer too small was offered"
+        );
+        let reused = spares.take(3 << 20).expect("a fitting spare");
+        assert_eq!(reused.as_ptr(), address);
+        assert_eq!(spares.bytes, 0);
+        for _ in 0..100 {
+            spares.give(Arc::new(Vec::with_capacity(8 << 20)));
+        }
+        assert!(spares.bytes <= SPARE_BYTES, "{} bytes kept", spares.bytes);
+    }
 
     #[tokio::test]
     async fn token_bucket_holds_the_rate() {

@@ -77,12 +77,13 @@ pub(crate) async fn send_with_payload<T: Serialize>(
 const MAX_HEADER: usize = protocol::MAX_CONTROL;
 
 /// Reads the `len` raw bytes announced by a frame, up to the end of the stream, hashing
-/// them as they arrive (while they are in cache). `len` must be within `limit`, and the
-/// stream must end right after them.
+/// them as they arrive (while they are in cache), into `reuse` if it is given and large
+/// enough. `len` must be within `limit`, and the stream must end right after them.
 pub(crate) async fn recv_payload(
     stream: &mut quinn::RecvStream,
     len: u64,
     limit: usize,
+    reuse: Option<Vec<u8>>,
 ) -> Result<(Vec<u8>, protocol::Hash), WireError> {
     let len = usize::try_from(len)
         .ok()
@@ -91,8 +92,17 @@ pub(crate) async fn recv_payload(
             size: usize::try_from(len).unwrap_or(usize::MAX),
             limit,
         })?;
-    let mut bytes = Vec::with_capacity(len);
-    advise_huge_pages(&bytes);
+    let mut bytes = match reuse {
+        Some(mut spare) if spare.capacity() >= len => {
+            spare.clear();
+            spare
+        }
+        _ => {
+            let fresh = Vec::with_capacity(len);
+            advise_huge_pages(&fresh);
+            fresh
+        }
+    };
     let mut hasher = blake3::Hasher::new();
     while let Some(chunk) = stream.read_chunk(len - bytes.len(), true).await? {
         hasher.update(&chunk.bytes);
@@ -339,7 +349,7 @@ mod tests {
             let Request::Buffer { len } = request else {
                 panic!("expected a buffer header, got {request:?}")
             };
-            let result = recv_payload(&mut recv, len, limit).await;
+            let result = recv_payload(&mut recv, len, limit, None).await;
             connection.close(0u32.into(), b"done");
             let _ = sender.await;
             result.map(|(bytes, hash)| {
