@@ -353,10 +353,11 @@ fn whole_input_buffers_reach_the_nodes_and_the_output_equals_the_local_run() {
     );
 }
 
-/// Starts a long cluster job, does `fault` to node 0 once the node is running it, and
-/// checks that the output is still the local one and that the loss was reported.
-fn survives(fault: impl FnOnce(&Node)) {
-    let cluster = Cluster::new(3);
+/// Starts a long job on `nodes` nodes, does `fault` to the cluster once node 0 is running
+/// it, and checks that the output is still the local one and that node 0's loss was
+/// reported. Returns the cluster and the client's output for further checks.
+fn survives(nodes: usize, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Output) {
+    let mut cluster = Cluster::new(nodes);
     // Deep zoom-out inside the set: every item costs max_iter iterations, so the job
     // runs for seconds on the cluster and a fault lands in the middle of it.
     let job = Mandel::new(cluster.dir.path(), 600, 400, 8000);
@@ -380,7 +381,7 @@ fn survives(fault: impl FnOnce(&Node)) {
         cluster.nodes[0].log()
     );
     std::thread::sleep(Duration::from_millis(100));
-    fault(&cluster.nodes[0]);
+    fault(&mut cluster);
     let output = match rx.recv_timeout(Duration::from_secs(240)) {
         Ok(output) => output.expect("offload run output"),
         Err(_) => {
@@ -400,16 +401,17 @@ fn survives(fault: impl FnOnce(&Node)) {
         "the client did not report the lost node:\n{}",
         text(&output)
     );
+    (cluster, output)
 }
 
 #[test]
 fn a_node_killed_mid_job_still_gives_the_correct_output() {
-    survives(|node| node.signal("KILL"));
+    survives(3, |cluster| cluster.nodes[0].signal("KILL"));
 }
 
 #[test]
 fn a_node_paused_mid_job_still_gives_the_correct_output() {
-    survives(|node| node.signal("STOP"));
+    survives(3, |cluster| cluster.nodes[0].signal("STOP"));
 }
 
 #[test]
@@ -626,52 +628,15 @@ fn restart_node(cluster: &mut Cluster, index: usize, addr: &str) {
 
 #[test]
 fn a_node_restarted_mid_job_rejoins_and_the_output_is_correct() {
-    let mut cluster = Cluster::new(2);
-    // Long enough (seconds) that the restarted node gets packets after rejoining.
-    let job = Mandel::new(cluster.dir.path(), 600, 400, 8000);
-    let local = cluster.path("local.bin");
-    job.run_local(&local);
-    let remote = cluster.path("remote.bin");
-    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
-    command.args(["--node-timeout", "1"]);
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = command.spawn().expect("start offload run");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
+    let (cluster, output) = survives(2, |cluster| {
+        let addr = kill_node(cluster, 0);
+        restart_node(cluster, 0, &addr);
     });
-    assert!(
-        cluster.nodes[0].wait_for_log("prepared kernel", Duration::from_secs(60)),
-        "node 0 never received the job: {}",
-        cluster.nodes[0].log()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    let addr = kill_node(&mut cluster, 0);
-    restart_node(&mut cluster, 0, &addr);
-    let output = match rx.recv_timeout(Duration::from_secs(240)) {
-        Ok(output) => output.expect("offload run output"),
-        Err(_) => {
-            send_signal(pid, "KILL");
-            panic!("the cluster run did not finish after the restart");
-        }
-    };
-    assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(
-        std::fs::read(&remote).expect("cluster output"),
-        std::fs::read(&local).expect("local output"),
-        "cluster output differs from the local run after a node restart"
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("test-node-0") && stderr.contains("lost"),
-        "the client did not report the lost node:\n{}",
-        text(&output)
-    );
     // Whether the rejoined node gets packets depends on how much work the scheduler had
     // not yet handed to the surviving node when it came back (on this loaded 2-core
     // machine sometimes none): required is that it rejoined and prepared the job again;
     // `a_node_restarted_between_jobs_is_used_again` checks that it then runs work.
+    let stderr = String::from_utf8_lossy(&output.stderr);
     packets_after_rejoining(&stderr, "test-node-0").unwrap_or_else(|| {
         panic!(
             "the restarted node did not rejoin:\n{}\n--- restarted node ---\n{}",
