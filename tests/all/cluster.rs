@@ -232,6 +232,23 @@ impl Mandel {
         run_args(&self.pkg, "mandelbrot", items, &scalars, ("iters", out))
     }
 
+    /// `offload tune --quick` of the kernel, with its profile stored in `cache`.
+    fn tune_into(&self, cache: &Path) {
+        offload_ok([
+            OsArg::from("--cache-dir"),
+            cache.into(),
+            "tune".into(),
+            self.pkg.clone().into(),
+            "--kernel".into(),
+            "mandelbrot".into(),
+            "--items".into(),
+            "4096".into(),
+            "--arg".into(),
+            "max_iter=100".into(),
+            "--quick".into(),
+        ]);
+    }
+
     /// Runs the job on this machine.
     fn run_local(&self, out: &Path) {
         offload_ok(self.run_args(out));
@@ -538,19 +555,7 @@ fn discovery_finds_nodes_in_a_private_network_namespace() {
     // disc-a has a tuned rate to advertise.
     let job = Mandel::new(dir.path(), 64, 64, 50);
     let cache = dir.path().join("cache-a");
-    offload_ok([
-        OsArg::from("--cache-dir"),
-        cache.clone().into(),
-        "tune".into(),
-        job.pkg.clone().into(),
-        "--kernel".into(),
-        "mandelbrot".into(),
-        "--items".into(),
-        "4096".into(),
-        "--arg".into(),
-        "max_iter=100".into(),
-        "--quick".into(),
-    ]);
+    job.tune_into(&cache);
     let script = format!(
         r#"set -e
 ip link set lo up
@@ -700,20 +705,7 @@ fn a_node_advertises_its_tuned_rate_and_the_client_starts_from_it() {
     let job = Mandel::new(dir.path(), 160, 120, 200);
     // Tune the kernel into node 0's cache only.
     let cache = dir.path().join("cache-0");
-    let tuned = offload_ok([
-        OsArg::from("--cache-dir"),
-        cache.clone().into(),
-        "tune".into(),
-        job.pkg.clone().into(),
-        "--kernel".into(),
-        "mandelbrot".into(),
-        "--items".into(),
-        "4096".into(),
-        "--arg".into(),
-        "max_iter=100".into(),
-        "--quick".into(),
-    ]);
-    assert!(tuned.status.success());
+    job.tune_into(&cache);
     let global = [OsArg::from("--cache-dir"), cache.clone().into()];
     let tuned_node = Node::start_with(dir.path(), &creds, 0, "127.0.0.1:0", &global, "");
     let other = Node::start(dir.path(), &creds, 1);
