@@ -915,7 +915,8 @@ impl JobRun {
         specs
     }
 
-    /// Says which of a node's OpenCL devices run this job, or why none does.
+    /// Says which of a node's OpenCL devices run this job (info), or that none does
+    /// (a warning and an event: the node's log says why).
     fn notify_opencl(&self, name: &str, remote: &Remote, opencl: &[u32]) {
         if remote.info.opencl.is_empty() {
             return;
@@ -933,11 +934,12 @@ impl JobRun {
                     format!("opencl{i} ({})", device.map_or("?", |d| d.name.as_str()))
                 })
                 .collect();
-            self.notify(&format!(
+            // Not a warning: `-v` shows it, and the report counts each device's packets.
+            tracing::info!(
                 "node {name}: kernel `{}` runs on its CPU workers and {}",
                 self.kernel,
                 names.join(", ")
-            ));
+            );
         }
     }
 

@@ -237,6 +237,27 @@ mod tests {
     }
 
     #[test]
+    fn opencl_txt_names_devices_and_fits_one_txt_string() {
+        let device = |name: &str| OpenClDevice {
+            name: name.into(),
+            kind: "gpu".into(),
+            compute_units: 40,
+        };
+        assert_eq!(
+            opencl_txt(&[device("A"), device("B")]),
+            "A (gpu, 40 CU); B (gpu, 40 CU)"
+        );
+        let many: Vec<OpenClDevice> = (0..20).map(|i| device(&format!("card {i:02}"))).collect();
+        let text = opencl_txt(&many);
+        assert!(text.len() <= RATES_TXT_MAX, "{} bytes", text.len());
+        assert!(text.starts_with("card 00 (gpu, 40 CU)"), "{text}");
+        // Every device is either listed or counted in the `+N` at the end.
+        let (listed, rest) = text.rsplit_once("; +").expect("a `+N` for the rest");
+        let left_out: usize = rest.parse().expect("N");
+        assert_eq!(listed.split("; ").count() + left_out, many.len(), "{text}");
+    }
+
+    #[test]
     fn rates_txt_lists_entries_and_fits_one_txt_string() {
         assert_eq!(
             rates_txt(&[rate("saxpy", 1.5e8), rate("dot", 2e6)]),
