@@ -142,6 +142,10 @@ pub struct JobReport {
     pub packets: u64,
     /// Packets committed per node name.
     pub packets_per_node: Vec<(String, u64)>,
+    /// Packets committed per scheduler device (`NODE/cpuN` for a CPU worker,
+    /// `NODE/openclN: DEVICE` for an OpenCL device of the node), in the order the
+    /// devices joined; devices that committed nothing are listed with 0.
+    pub packets_per_device: Vec<(String, u64)>,
     /// Nodes lost during the job, with the reason.
     pub lost: Vec<String>,
     /// Time from the first packet to the last commit.
@@ -751,10 +755,12 @@ enum Wake {
         generation: u64,
         reason: String,
     },
-    /// A lost member is reachable again and prepared for the job.
+    /// A lost member is reachable again and prepared for the job (also on these of
+    /// its OpenCL devices).
     Rejoined {
         member: usize,
         remote: Remote,
+        opencl: Vec<u32>,
     },
 }
 
@@ -781,7 +787,8 @@ impl JobRun {
         notify(&self.on_event, line);
     }
 
-    /// Uploads what the node lacks and prepares the job there.
+    /// Uploads what the node lacks and prepares the job there. Returns the node's
+    /// OpenCL devices that took the job too.
     async fn prepare(
         connection: quinn::Connection,
         job: u64,
@@ -790,7 +797,7 @@ impl JobRun {
         items: u64,
         wire_args: Vec<WireArg>,
         wholes: Vec<(Hash, Arc<Vec<u8>>)>,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<u32>, String> {
         let hash = package.hash().0;
         let text = |e: WireError| e.to_string();
         if request(&connection, &Request::HavePackage(hash))
@@ -836,7 +843,7 @@ impl JobRun {
             args: wire_args,
         };
         match request(&connection, &prepare).await.map_err(text)? {
-            Response::Prepared => Ok(()),
+            Response::Prepared { opencl } => Ok(opencl),
             Response::Error(e) => Err(e),
             other => Err(format!("unexpected answer to prepare: {other:?}")),
         }
@@ -847,7 +854,7 @@ impl JobRun {
     fn prepare_task(
         &self,
         connection: quinn::Connection,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<Vec<u32>, String>> + Send + 'static {
         JobRun::prepare(
             connection,
             self.id,
@@ -865,29 +872,75 @@ impl JobRun {
             .filter(|r| r.is_finite() && *r > 0.0)
     }
 
-    /// One scheduler device per worker of `remote`, numbered from `*next_device`.
+    /// One scheduler device per worker of `remote`, then one per OpenCL device of it
+    /// in `opencl` (those that took the job), numbered from `*next_device`. Each comes
+    /// with where its packets run on the node ([`Request::Run`]'s `device`).
     fn device_specs(
         &self,
         name: &str,
         node: NodeId,
         remote: &Remote,
+        opencl: &[u32],
         next_device: &mut u32,
-    ) -> Vec<(DeviceId, DeviceSpec)> {
+    ) -> Vec<(DeviceId, DeviceSpec, Option<u32>)> {
         let rate = self.tuned_rate(&remote.info);
-        (0..remote.info.cores.max(1))
+        let link = Link::new((remote.rtt.as_micros() as f64 / 2.0).max(1.0), 117.0);
+        let mut specs: Vec<(DeviceId, DeviceSpec, Option<u32>)> = (0..remote.info.cores.max(1))
             .map(|core| {
                 let device = DeviceId(*next_device);
                 *next_device += 1;
-                let link = Link::new((remote.rtt.as_micros() as f64 / 2.0).max(1.0), 117.0);
                 let mut spec = DeviceSpec::remote(format!("{name}/{CPU_DEVICE}{core}"), node, link)
                     .slots(self.slots);
                 // An advertised tuned rate replaces the calibration packet.
                 if let Some(rate) = rate {
                     spec = spec.rate(rate);
                 }
-                (device, spec)
+                (device, spec, None)
             })
-            .collect()
+            .collect();
+        // Each OpenCL device is a scheduler device of its own, with its own rate model
+        // (calibrated: tuned rates are for CPU workers).
+        for &index in opencl {
+            let device = DeviceId(*next_device);
+            *next_device += 1;
+            let label = remote
+                .info
+                .opencl
+                .get(index as usize)
+                .map_or_else(|| "?".to_string(), |d| d.name.clone());
+            let spec = DeviceSpec::remote(format!("{name}/opencl{index}: {label}"), node, link)
+                .slots(self.slots);
+            specs.push((device, spec, Some(index)));
+        }
+        specs
+    }
+
+    /// Says which of a node's OpenCL devices run this job (info), or that none does
+    /// (a warning and an event: the node's log says why).
+    fn notify_opencl(&self, name: &str, remote: &Remote, opencl: &[u32]) {
+        if remote.info.opencl.is_empty() {
+            return;
+        }
+        if opencl.is_empty() {
+            self.notify(&format!(
+                "node {name}: kernel `{}` does not run on its OpenCL devices (the node's log says why); its CPU workers take the job",
+                self.kernel
+            ));
+        } else {
+            let names: Vec<String> = opencl
+                .iter()
+                .map(|&i| {
+                    let device = remote.info.opencl.get(i as usize);
+                    format!("opencl{i} ({})", device.map_or("?", |d| d.name.as_str()))
+                })
+                .collect();
+            // Not a warning: `-v` shows it, and the report counts each device's packets.
+            tracing::info!(
+                "node {name}: kernel `{}` runs on its CPU workers and {}",
+                self.kernel,
+                names.join(", ")
+            );
+        }
     }
 
     /// Reconnects to a lost member at `addr` with backoff until it answers and takes
@@ -935,8 +988,12 @@ impl JobRun {
                     Err(_) => continue,
                 };
                 match prepare(remote.connection.clone()).await {
-                    Ok(()) => {
-                        let _ = tx.send(Wake::Rejoined { member, remote });
+                    Ok(opencl) => {
+                        let _ = tx.send(Wake::Rejoined {
+                            member,
+                            remote,
+                            opencl,
+                        });
                         return;
                     }
                     Err(reason) => {
@@ -985,17 +1042,21 @@ impl JobRun {
             let outcome = task
                 .await
                 .unwrap_or_else(|e| Err(format!("task failed: {e}")));
-            if let Err(reason) = outcome {
-                self.notify(&format!("node {name} cannot take the job: {reason}"));
-                refusals.push(format!("{name}: {reason}"));
-                continue;
-            }
+            let opencl = match outcome {
+                Ok(opencl) => opencl,
+                Err(reason) => {
+                    self.notify(&format!("node {name} cannot take the job: {reason}"));
+                    refusals.push(format!("{name}: {reason}"));
+                    continue;
+                }
+            };
             let node = NodeId(members.len() as u32 + 1);
             if let Some(rate) = self.tuned_rate(&remote.info) {
                 tuned_rates.push((name.clone(), rate));
             }
-            let new = self.device_specs(&name, node, &remote, &mut next_device);
-            let devices = new.iter().map(|(d, _)| *d).collect();
+            self.notify_opencl(&name, &remote, &opencl);
+            let new = self.device_specs(&name, node, &remote, &opencl, &mut next_device);
+            let devices = new.iter().map(|(d, _, _)| *d).collect();
             specs.extend(new);
             members.push(Member {
                 name,
@@ -1036,7 +1097,13 @@ impl JobRun {
         );
         let clock = Instant::now();
         let now = || clock.elapsed().as_micros() as u64;
-        for (device, spec) in specs {
+        // Where each device's packets run on its node, and its name and committed
+        // packets for the report.
+        let mut device_target: HashMap<DeviceId, Option<u32>> = HashMap::new();
+        let mut device_packets: Vec<(DeviceId, String, u64)> = Vec::new();
+        for (device, spec, target) in specs {
+            device_target.insert(device, target);
+            device_packets.push((device, spec.name.clone(), 0));
             sched.handle(now(), Event::DeviceJoined { device, spec });
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Wake>();
@@ -1078,6 +1145,7 @@ impl JobRun {
                             packet: packet.id.0,
                             start: packet.start,
                             end: packet.end,
+                            device: device_target.get(&device).copied().flatten(),
                             slices: self.layout.slices(args, packet.start, packet.end),
                         };
                         let tx = tx.clone();
@@ -1104,6 +1172,11 @@ impl JobRun {
                         if let Some(outputs) = pending.remove(&(device, packet.id.0)) {
                             self.layout.commit(args, packet.start, outputs);
                             committed_packets += 1;
+                            if let Some(entry) =
+                                device_packets.iter_mut().find(|(d, _, _)| *d == device)
+                            {
+                                entry.2 += 1;
+                            }
                             if let Some(&m) = device_member.get(&device) {
                                 members[m].committed += 1;
                                 if members[m].devices.contains(&device) {
@@ -1159,18 +1232,29 @@ impl JobRun {
                     }
                     continue;
                 }
-                Ok(Some(Wake::Rejoined { member: m, remote })) => {
+                Ok(Some(Wake::Rejoined {
+                    member: m,
+                    remote,
+                    opencl,
+                })) => {
                     let member = &mut members[m];
                     member.generation += 1;
                     member.lost = false;
                     member.rejoining = false;
                     member.committed_since_rejoin = Some(0);
                     member.connection = remote.connection.clone();
-                    let new =
-                        self.device_specs(&member.name, member.node, &remote, &mut next_device);
-                    member.devices = new.iter().map(|(d, _)| *d).collect();
-                    for (device, spec) in new {
+                    let new = self.device_specs(
+                        &member.name,
+                        member.node,
+                        &remote,
+                        &opencl,
+                        &mut next_device,
+                    );
+                    member.devices = new.iter().map(|(d, _, _)| *d).collect();
+                    for (device, spec, target) in new {
                         device_member.insert(device, m);
+                        device_target.insert(device, target);
+                        device_packets.push((device, spec.name.clone(), 0));
                         sched.handle(now(), Event::DeviceJoined { device, spec });
                     }
                     background.0.push(JobRun::watch(
@@ -1276,6 +1360,17 @@ impl JobRun {
                 .iter()
                 .map(|m| (m.name.clone(), m.committed))
                 .collect(),
+            packets_per_device: {
+                // A rejoined node's new devices carry the names of its old ones.
+                let mut per_name: Vec<(String, u64)> = Vec::new();
+                for (_, name, packets) in device_packets {
+                    match per_name.iter_mut().find(|(n, _)| *n == name) {
+                        Some(entry) => entry.1 += packets,
+                        None => per_name.push((name, packets)),
+                    }
+                }
+                per_name
+            },
             lost: lost_lines,
             run_time,
             prepare_time,

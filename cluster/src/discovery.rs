@@ -2,8 +2,10 @@
 //! browse for it.
 //!
 //! TXT records: `arch` (target triple), `cpu` (LLVM CPU name), `features` (abbreviated
-//! ISA extensions), `devices` (`cpu:N`), `version` (protocol), `name`, and `rates`
-//! when the node has tuned rates ([`rates_txt`]). The port is the service's port.
+//! ISA extensions), `devices` (`cpu:N`, or `cpu:N,opencl:M` for a node serving M
+//! OpenCL devices), `version` (protocol), `name`, `opencl` (the OpenCL devices,
+//! [`opencl_txt`]) when it serves any, and `rates` when the node has tuned rates
+//! ([`rates_txt`]). The port is the service's port.
 //! A node that listens on a loopback address advertises on loopback only.
 
 use std::collections::BTreeMap;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 
-use crate::protocol::{NodeInfo, TunedRate, VERSION};
+use crate::protocol::{NodeInfo, OpenClDevice, TunedRate, VERSION};
 
 /// The DNS-SD service type.
 pub const SERVICE_TYPE: &str = "_offload._udp.local.";
@@ -87,6 +89,28 @@ pub fn rates_txt(rates: &[TunedRate]) -> String {
     text
 }
 
+/// The `opencl` TXT value: `NAME (KIND, N CU)` per OpenCL device the node serves,
+/// separated by `; `, as many as fit in one TXT string, then `+N` for the rest.
+pub fn opencl_txt(devices: &[OpenClDevice]) -> String {
+    let mut text = String::new();
+    for (i, device) in devices.iter().enumerate() {
+        let entry = format!(
+            "{} ({}, {} CU)",
+            device.name, device.kind, device.compute_units
+        );
+        let more = format!("; +{}", devices.len() - i);
+        if text.len() + 2 + entry.len() + more.len() > RATES_TXT_MAX {
+            text.push_str(if text.is_empty() { &more[2..] } else { &more });
+            break;
+        }
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&entry);
+    }
+    text
+}
+
 /// An active advertisement; dropping it withdraws the service.
 pub struct Advertisement {
     daemon: ServiceDaemon,
@@ -113,7 +137,13 @@ pub fn advertise(info: &NodeInfo, addr: SocketAddr) -> Result<Advertisement, Dis
     properties.insert("arch".to_string(), info.arch.clone());
     properties.insert("cpu".to_string(), info.cpu.clone());
     properties.insert("features".to_string(), info.features.clone());
-    properties.insert("devices".to_string(), format!("cpu:{}", info.cores));
+    let devices = if info.opencl.is_empty() {
+        format!("cpu:{}", info.cores)
+    } else {
+        properties.insert("opencl".to_string(), opencl_txt(&info.opencl));
+        format!("cpu:{},opencl:{}", info.cores, info.opencl.len())
+    };
+    properties.insert("devices".to_string(), devices);
     properties.insert("version".to_string(), VERSION.to_string());
     if !info.rates.is_empty() {
         properties.insert("rates".to_string(), rates_txt(&info.rates));
@@ -204,6 +234,27 @@ mod tests {
             device: "cpu".into(),
             items_per_s,
         }
+    }
+
+    #[test]
+    fn opencl_txt_names_devices_and_fits_one_txt_string() {
+        let device = |name: &str| OpenClDevice {
+            name: name.into(),
+            kind: "gpu".into(),
+            compute_units: 40,
+        };
+        assert_eq!(
+            opencl_txt(&[device("A"), device("B")]),
+            "A (gpu, 40 CU); B (gpu, 40 CU)"
+        );
+        let many: Vec<OpenClDevice> = (0..20).map(|i| device(&format!("card {i:02}"))).collect();
+        let text = opencl_txt(&many);
+        assert!(text.len() <= RATES_TXT_MAX, "{} bytes", text.len());
+        assert!(text.starts_with("card 00 (gpu, 40 CU)"), "{text}");
+        // Every device is either listed or counted in the `+N` at the end.
+        let (listed, rest) = text.rsplit_once("; +").expect("a `+N` for the rest");
+        let left_out: usize = rest.parse().expect("N");
+        assert_eq!(listed.split("; ").count() + left_out, many.len(), "{text}");
     }
 
     #[test]

@@ -1,10 +1,17 @@
-//! The node agent: serves this machine's CPU to cluster members over QUIC.
+//! The node agent: serves this machine's CPU (and, with [`NodeConfig::opencl`], its
+//! OpenCL devices) to cluster members over QUIC.
 //!
 //! Packets run in worker processes (see [`crate::worker`]), one per core given to the
 //! cluster, so a kernel that crashes or hangs costs one worker, never the node: the
 //! packet is reported failed with the reason, the worker is started again, and the node
 //! goes on serving. Owner controls: the number of workers (`cores`), nice 19 for the
 //! workers, an idle-only gate on the machine's load, and a bandwidth cap on results.
+//!
+//! OpenCL devices get one worker process each (`offload __worker --opencl-device N`),
+//! in a pool of their own: a client sends a packet to the CPU workers or to one device
+//! ([`Request::Run`]'s `device`). A job's kernel is loaded on every device at prepare
+//! time; a device that cannot lower or build it is left out of that job (logged) and
+//! the job runs on the CPU workers and the other devices.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -41,6 +48,7 @@ pub struct NodeConfig {
     name: String,
     advertise: bool,
     rates: Vec<protocol::TunedRate>,
+    opencl: bool,
 }
 
 impl NodeConfig {
@@ -65,6 +73,7 @@ impl NodeConfig {
             name: host_name(),
             advertise: true,
             rates: Vec::new(),
+            opencl: false,
         }
     }
 
@@ -111,6 +120,14 @@ impl NodeConfig {
         self.rates = rates;
         self
     }
+
+    /// Also serve every OpenCL device of this machine, one worker process each, started
+    /// as the worker command plus `--opencl-device N`. Default: off (PoCL's CPU device
+    /// shares the cores the CPU workers use; a GPU node turns it on).
+    pub fn opencl(mut self, on: bool) -> Self {
+        self.opencl = on;
+        self
+    }
 }
 
 fn host_name() -> String {
@@ -151,14 +168,37 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
 
 async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     let host = node_jit::HostTarget::detect();
-    let info = NodeInfo {
+    let mut info = NodeInfo {
         name: config.name.clone(),
         arch: host.triple.clone(),
         cpu: host.cpu.clone(),
         features: crate::discovery::abbreviate_features(&host.enabled_features()),
         cores: config.cores as u32,
         rates: config.rates.clone(),
+        opencl: Vec::new(),
     };
+    let mut opencl_pools = Vec::new();
+    if config.opencl {
+        let found = opencl_backend::discover();
+        if found.devices.is_empty() {
+            tracing::warn!(
+                "--opencl: no OpenCL device found{}; serving the CPU workers only",
+                found.note.map(|n| format!(" ({n})")).unwrap_or_default()
+            );
+        }
+        for (index, device) in found.devices.iter().enumerate() {
+            tracing::info!("serving OpenCL device {index}: {device}");
+            info.opencl.push(protocol::OpenClDevice {
+                name: device.name.clone(),
+                kind: device.kind.to_string(),
+                compute_units: device.compute_units,
+            });
+            let mut args = config.worker_args.clone();
+            args.push("--opencl-device".into());
+            args.push(index.to_string().into());
+            opencl_pools.push(WorkerPool::new(1, &config.worker_program, &args));
+        }
+    }
     let endpoint = wire::server_endpoint(&config.credentials, config.listen, config.idle_timeout)?;
     let local = endpoint
         .local_addr()
@@ -186,7 +226,7 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     } else {
         None
     };
-    let pool = WorkerPool::new(&config);
+    let pool = WorkerPool::new(config.cores, &config.worker_program, &config.worker_args);
     let (gate_tx, gate) = watch::channel(true);
     if let Some(threshold) = config.idle_only {
         tokio::spawn(watch_load(threshold, Arc::clone(&pool), gate_tx));
@@ -197,6 +237,7 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
         buffers: std::sync::Mutex::new(HashMap::new()),
         spares: std::sync::Mutex::new(SpareBuffers::default()),
         pool,
+        opencl_pools,
         gate,
         bucket: config.max_bandwidth.map(TokenBucket::new),
         packet_timeout: config.packet_timeout,
@@ -226,6 +267,8 @@ struct Shared {
     buffers: std::sync::Mutex<HashMap<Hash, Arc<Vec<u8>>>>,
     spares: std::sync::Mutex<SpareBuffers>,
     pool: Arc<WorkerPool>,
+    /// One single-worker pool per OpenCL device, indexed as in [`NodeInfo::opencl`].
+    opencl_pools: Vec<Arc<WorkerPool>>,
     gate: watch::Receiver<bool>,
     bucket: Option<TokenBucket>,
     packet_timeout: Duration,
@@ -238,6 +281,8 @@ struct Job {
     args: Vec<WireArg>,
     /// Whole buffers (hash, bytes) the workers need.
     wholes: Vec<(Hash, Arc<Vec<u8>>)>,
+    /// The OpenCL devices that loaded the kernel (indices into `Shared::opencl_pools`).
+    opencl: Vec<u32>,
 }
 
 fn peer_name(connection: &quinn::Connection) -> String {
@@ -366,8 +411,9 @@ async fn handle(
             args,
         } => match prepare(shared, package, &kernel, items, args).await {
             Ok(prepared) => {
+                let opencl = prepared.opencl.clone();
                 lock(jobs).insert(job, Arc::new(prepared));
-                Response::Prepared
+                Response::Prepared { opencl }
             }
             Err(e) => {
                 tracing::warn!("cannot prepare job {job}: {e}");
@@ -376,19 +422,32 @@ async fn handle(
         },
         Request::EndJob(job) => {
             lock(jobs).remove(&job);
-            Response::Prepared
+            Response::Prepared { opencl: Vec::new() }
         }
         Request::Run {
             job,
             packet,
             start,
             end,
+            device,
             slices,
         } => {
             let Some(job) = lock(jobs).get(&job).cloned() else {
                 return Response::Error(format!("job {job} is not prepared on this node"));
             };
-            run_packet(shared, &job, packet, start, end, slices).await
+            let pool = match device {
+                None => &shared.pool,
+                Some(index) => match shared.opencl_pools.get(index as usize) {
+                    Some(pool) if job.opencl.contains(&index) => pool,
+                    _ => {
+                        return Response::Error(format!(
+                            "OpenCL device {index} of this node does not run job {}'s kernel",
+                            job.kernel
+                        ))
+                    }
+                },
+            };
+            run_packet(shared, pool, &job, packet, start, end, slices).await
         }
     }
 }
@@ -471,22 +530,51 @@ async fn prepare(
             ));
         }
     }
-    let job = Job {
+    let mut job = Job {
         package,
         kernel: kernel.to_string(),
         args,
         wholes,
+        opencl: Vec::new(),
     };
     let mut worker = shared.pool.acquire().await;
     let loaded = worker.ensure_loaded(&job).await;
     shared.pool.release(worker).await;
     loaded?;
-    tracing::info!("prepared kernel `{kernel}` for {items} items");
+    // Each OpenCL device lowers and builds the kernel now; one that cannot is left out
+    // of the job, which then runs on the CPU workers (and the other devices).
+    for (index, pool) in shared.opencl_pools.iter().enumerate() {
+        let mut worker = pool.acquire().await;
+        let loaded = worker.ensure_loaded(&job).await;
+        pool.release(worker).await;
+        match loaded {
+            Ok(()) => job.opencl.push(index as u32),
+            Err(reason) => {
+                let name = shared
+                    .info
+                    .opencl
+                    .get(index)
+                    .map_or("?", |d| d.name.as_str());
+                tracing::warn!(
+                    "kernel `{kernel}` does not run on OpenCL device {index} ({name}): {reason}; \
+                     its packets run on the CPU workers"
+                );
+            }
+        }
+    }
+    tracing::info!(
+        "prepared kernel `{kernel}` for {items} items (CPU workers{})",
+        job.opencl
+            .iter()
+            .map(|i| format!(", OpenCL device {i}"))
+            .collect::<String>()
+    );
     Ok(job)
 }
 
 async fn run_packet(
     shared: &Shared,
+    pool: &WorkerPool,
     job: &Job,
     packet: u64,
     start: u64,
@@ -498,7 +586,7 @@ async fn run_packet(
     if gate.wait_for(|open| *open).await.is_err() {
         tracing::debug!("load gate gone");
     }
-    let mut worker = shared.pool.acquire().await;
+    let mut worker = pool.acquire().await;
     let failed = |reason: String, retryable: bool| Response::Failed {
         packet,
         reason,
@@ -543,7 +631,7 @@ async fn run_packet(
             }
         }
     };
-    shared.pool.release(worker).await;
+    pool.release(worker).await;
     response
 }
 
@@ -800,21 +888,22 @@ struct WorkerPool {
 }
 
 impl WorkerPool {
-    fn new(config: &NodeConfig) -> Arc<WorkerPool> {
-        let workers = (0..config.cores)
+    /// `count` workers, each the process `program args...`.
+    fn new(count: usize, program: &std::path::Path, args: &[OsString]) -> Arc<WorkerPool> {
+        let workers = (0..count)
             .map(|index| Worker {
                 index,
                 process: None,
                 loaded: HashSet::new(),
                 buffers: HashSet::new(),
                 buffer_bytes: 0,
-                program: config.worker_program.clone(),
-                args: config.worker_args.clone(),
+                program: program.to_path_buf(),
+                args: args.to_vec(),
             })
             .collect();
         Arc::new(WorkerPool {
             free: Mutex::new(workers),
-            available: Semaphore::new(config.cores),
+            available: Semaphore::new(count),
             busy: std::sync::atomic::AtomicUsize::new(0),
         })
     }

@@ -23,8 +23,9 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-/// Version 2: [`NodeInfo`] carries the node's tuned rates ([`TunedRate`]), and whole
-/// buffers follow [`Request::Buffer`] raw instead of inside the frame.
+/// Version 2: [`NodeInfo`] carries the node's tuned rates ([`TunedRate`]) and OpenCL
+/// devices ([`OpenClDevice`]), whole buffers follow [`Request::Buffer`] raw instead of
+/// inside the frame, and [`Request::Run`] names the node device that runs the packet.
 pub const VERSION: u32 = 2;
 
 /// The ALPN protocol name of offload's QUIC connections.
@@ -72,6 +73,20 @@ pub struct NodeInfo {
     pub cores: u32,
     /// Rates `offload tune` measured on this node, for the client's first estimate.
     pub rates: Vec<TunedRate>,
+    /// The OpenCL devices the node serves besides its CPU workers (`offload node
+    /// --opencl`), in the order [`Request::Run`]'s `device` numbers them.
+    pub opencl: Vec<OpenClDevice>,
+}
+
+/// An OpenCL device a node serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenClDevice {
+    /// The device's name (e.g. `cpu-cascadelake-AVX512`).
+    pub name: String,
+    /// `gpu`, `cpu`, `accelerator` or `other`.
+    pub kind: String,
+    /// Compute units.
+    pub compute_units: u32,
 }
 
 impl NodeInfo {
@@ -179,6 +194,9 @@ pub enum Request {
         start: u64,
         /// One past the last item.
         end: u64,
+        /// Where it runs: `None` on the CPU workers, `Some(i)` on OpenCL device `i` of
+        /// [`NodeInfo::opencl`] (one the job's [`Response::Prepared`] listed).
+        device: Option<u32>,
         /// The packet's slices of the `input` split buffers, in argument order.
         #[serde(with = "byte_lists")]
         slices: Vec<Vec<u8>>,
@@ -196,8 +214,14 @@ pub enum Response {
     Has(bool),
     /// The upload is stored (under the hash the node computed).
     Stored(Hash),
-    /// The job is prepared (its kernel compiled on this node).
-    Prepared,
+    /// The job is prepared (its kernel compiled on this node's CPU workers); `opencl`
+    /// lists the node's OpenCL devices (indices into [`NodeInfo::opencl`]) that took it
+    /// too. A kernel that cannot be lowered or built for OpenCL runs on the CPU workers
+    /// only. Also the answer to [`Request::EndJob`] (with no devices).
+    Prepared {
+        /// The OpenCL devices that run this job's packets as well.
+        opencl: Vec<u32>,
+    },
     /// A packet's results.
     Done {
         /// The packet.
@@ -445,6 +469,7 @@ mod tests {
             packet: 9,
             start: 100,
             end: 200,
+            device: Some(1),
             slices: vec![vec![1, 2, 3], vec![]],
         };
         let frame = encode(&request, MAX_DATA).expect("encode");
@@ -548,7 +573,7 @@ mod tests {
         #[test]
         fn run_requests_round_trip(job in any::<u64>(), start in any::<u64>(), len in 0u64..1000,
                                    slices in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..4)) {
-            let request = Request::Run { job, packet: job ^ 1, start, end: start.wrapping_add(len), slices };
+            let request = Request::Run { job, packet: job ^ 1, start, end: start.wrapping_add(len), device: None, slices };
             let frame = encode(&request, MAX_DATA).expect("encode");
             prop_assert_eq!(decode_frame::<Request>(&frame, MAX_DATA), Ok(request));
         }

@@ -1,10 +1,18 @@
 //! The kernel worker process: runs packets for a node, so that a kernel that crashes
 //! (an out-of-bounds write is a SIGSEGV) or hangs takes down only this process.
 //!
-//! The node starts it as `offload __worker` (see [`crate::node::NodeConfig::worker`])
+//! The node starts it as `offload __worker` (see [`crate::node::NodeConfig::new`])
 //! and talks to it over stdin/stdout with [`ToWorker`]/[`FromWorker`] frames. The
 //! worker lowers its own priority first when asked to (nice 19: the machine's owner
 //! comes first).
+//!
+//! A worker runs packets either with the CPU JIT ([`serve`]) or on one OpenCL device
+//! ([`serve_opencl`], `offload __worker --opencl-device N`): the same frames, the same
+//! packet storage (split slices shifted by the packet's start, zeroed `sum` partials),
+//! so the node and the client treat both alike. An OpenCL worker lowers and builds the
+//! kernel at [`ToWorker::Load`] (a kernel it cannot take fails the load, and the node
+//! leaves the device out of the job) and uploads a job's whole buffers to the device
+//! once, on the job's first packet.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -13,6 +21,7 @@ use std::time::Instant;
 
 use ir_packager::Package;
 use node_jit::{CompiledKernel, Engine};
+use opencl_backend::{Device, DeviceError, Lowered, PreparedKernel};
 
 use crate::protocol::{self, FromWorker, Hash, ToWorker, WireArg, MAX_DATA};
 
@@ -67,30 +76,92 @@ pub enum WorkerError {
     /// The JIT could not start.
     #[error(transparent)]
     Jit(#[from] node_jit::JitError),
+    /// The OpenCL device this worker was started for does not exist (any more).
+    #[error("OpenCL device {index} not found ({found} found){}", note.as_ref().map(|n| format!(": {n}")).unwrap_or_default())]
+    NoOpenClDevice {
+        /// The index asked for.
+        index: usize,
+        /// How many devices there are.
+        found: usize,
+        /// Why there are fewer, if known.
+        note: Option<String>,
+    },
+    /// The OpenCL device could not be opened.
+    #[error(transparent)]
+    OpenCl(#[from] DeviceError),
+}
+
+/// What runs the packets.
+enum Runner {
+    /// The CPU JIT: compiled kernels by (package, kernel).
+    Jit {
+        engine: Engine,
+        kernels: HashMap<(Hash, String), Arc<CompiledKernel>>,
+    },
+    /// One OpenCL device: lowered kernels by (package, kernel), and kernels prepared
+    /// with their whole buffers on the device by (package, kernel, whole buffers).
+    OpenCl {
+        device: Arc<Device>,
+        lowered: HashMap<(Hash, String), Arc<Lowered>>,
+        prepared: HashMap<(Hash, String, Vec<Hash>), PreparedKernel>,
+    },
 }
 
 struct State {
-    engine: Engine,
-    kernels: HashMap<(Hash, String), Arc<CompiledKernel>>,
+    runner: Runner,
     buffers: HashMap<Hash, Aligned>,
+}
+
+fn lower_priority() {
+    // SAFETY: plain libc call on this process; failure only leaves the priority.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if rc != 0 {
+        tracing::warn!(
+            "cannot lower the worker's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Serves one node over stdin/stdout until stdin closes. `nice`: lower this process's
 /// priority to 19 first.
 pub fn serve(engine_config: node_jit::Config, nice: bool) -> Result<(), WorkerError> {
     if nice {
-        // SAFETY: plain libc call on this process; failure only leaves the priority.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-        if rc != 0 {
-            tracing::warn!(
-                "cannot lower the worker's priority: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        lower_priority();
     }
-    let mut state = State {
+    let runner = Runner::Jit {
         engine: Engine::new(engine_config)?,
         kernels: HashMap::new(),
+    };
+    serve_with(runner)
+}
+
+/// Serves one node over stdin/stdout until stdin closes, running packets on OpenCL
+/// device `index` (in [`opencl_backend::discover`]'s order, which the node used to
+/// number its devices). `nice`: lower this process's priority to 19 first.
+pub fn serve_opencl(index: usize, nice: bool) -> Result<(), WorkerError> {
+    if nice {
+        lower_priority();
+    }
+    let found = opencl_backend::discover();
+    let Some(info) = found.devices.get(index) else {
+        return Err(WorkerError::NoOpenClDevice {
+            index,
+            found: found.devices.len(),
+            note: found.note,
+        });
+    };
+    let runner = Runner::OpenCl {
+        device: Arc::new(Device::open(info)?),
+        lowered: HashMap::new(),
+        prepared: HashMap::new(),
+    };
+    serve_with(runner)
+}
+
+fn serve_with(runner: Runner) -> Result<(), WorkerError> {
+    let mut state = State {
+        runner,
         buffers: HashMap::new(),
     };
     let stdin = std::io::stdin();
@@ -128,6 +199,10 @@ impl State {
             }
             ToWorker::Forget(hash) => {
                 self.buffers.remove(&hash);
+                if let Runner::OpenCl { prepared, .. } = &mut self.runner {
+                    // The device copy goes with the host copy.
+                    prepared.retain(|(_, _, wholes), _| !wholes.contains(&hash));
+                }
                 FromWorker::Ready
             }
             ToWorker::Run {
@@ -143,12 +218,25 @@ impl State {
 
     fn load(&mut self, package: &[u8], kernel: &str) -> Result<(), String> {
         let package = Package::from_bytes(package).map_err(|e| format!("package refused: {e}"))?;
-        let compiled = self
-            .engine
-            .compile(&package, kernel)
-            .map_err(|e| format!("cannot compile kernel `{kernel}`: {e}"))?;
-        self.kernels
-            .insert((package.hash().0, kernel.to_string()), compiled);
+        let key = (package.hash().0, kernel.to_string());
+        match &mut self.runner {
+            Runner::Jit { engine, kernels } => {
+                let compiled = engine
+                    .compile(&package, kernel)
+                    .map_err(|e| format!("cannot compile kernel `{kernel}`: {e}"))?;
+                kernels.insert(key, compiled);
+            }
+            Runner::OpenCl {
+                device, lowered, ..
+            } => {
+                let lowering = opencl_backend::lower(&package, kernel)
+                    .map_err(|e| format!("cannot lower kernel `{kernel}` to OpenCL: {e}"))?;
+                // Build now, so that a program the device refuses is known at prepare
+                // time (the node then leaves this device out of the job).
+                device.program(&lowering).map_err(|e| e.to_string())?;
+                lowered.insert(key, Arc::new(lowering));
+            }
+        }
         Ok(())
     }
 
@@ -161,13 +249,17 @@ impl State {
         args: &[WireArg],
         slices: Vec<Vec<u8>>,
     ) -> FromWorker {
-        let Some(compiled) = self.kernels.get(&(package, kernel.clone())).cloned() else {
+        let key = (package, kernel.clone());
+        let arity = match &self.runner {
+            Runner::Jit { kernels, .. } => kernels.get(&key).map(|k| k.spec().args.len()),
+            Runner::OpenCl { lowered, .. } => lowered.get(&key).map(|l| l.spec.args.len()),
+        };
+        let Some(arity) = arity else {
             return FromWorker::Error(format!("kernel `{kernel}` is not loaded in the worker"));
         };
-        if args.len() != compiled.spec().args.len() || end < start {
+        if args.len() != arity || end < start {
             return FromWorker::Error(format!(
-                "packet {start}..{end} does not match kernel `{kernel}` ({} arguments)",
-                compiled.spec().args.len()
+                "packet {start}..{end} does not match kernel `{kernel}` ({arity} arguments)"
             ));
         }
         let items = end - start;
@@ -228,15 +320,76 @@ impl State {
             }
         }
         let started = Instant::now();
-        // SAFETY: every buffer address covers the packet's global indices: split slices
-        // hold exactly `items × bytes_per_item` bytes, shifted by `start`; whole buffers
-        // and sum partials are complete. A kernel that writes outside them is exactly
-        // what this process exists to contain.
-        let outcome = unsafe { compiled.run_packet(start, end, &block) };
-        let compute_us = started.elapsed().as_micros() as u64;
-        if let Err(panic) = outcome {
-            return FromWorker::Panicked(panic.reason.to_string());
+        match &mut self.runner {
+            Runner::Jit { kernels, .. } => {
+                let Some(compiled) = kernels.get(&key) else {
+                    return FromWorker::Error(format!("kernel `{kernel}` is not loaded"));
+                };
+                // SAFETY: every buffer address covers the packet's global indices: split
+                // slices hold exactly `items × bytes_per_item` bytes, shifted by `start`;
+                // whole buffers and sum partials are complete. A kernel that writes
+                // outside them is exactly what this process exists to contain.
+                let outcome = unsafe { compiled.run_packet(start, end, &block) };
+                if let Err(panic) = outcome {
+                    return FromWorker::Panicked(panic.reason.to_string());
+                }
+            }
+            Runner::OpenCl {
+                device,
+                lowered,
+                prepared,
+            } => {
+                let wholes: Vec<Hash> = args
+                    .iter()
+                    .filter_map(|a| match a {
+                        WireArg::Whole(hash) => Some(*hash),
+                        _ => None,
+                    })
+                    .collect();
+                let prepared_key = (package, kernel.clone(), wholes);
+                if !prepared.contains_key(&prepared_key) {
+                    let Some(lowering) = lowered.get(&key) else {
+                        return FromWorker::Error(format!("kernel `{kernel}` is not loaded"));
+                    };
+                    // Only whole buffers are read by `prepare` (uploaded to the device
+                    // once for every packet of the job); their lengths come from here.
+                    let lens: Vec<usize> = args
+                        .iter()
+                        .map(|a| match a {
+                            WireArg::Whole(hash) => self.buffers.get(hash).map_or(0, |b| b.len),
+                            _ => 0,
+                        })
+                        .collect();
+                    // SAFETY: the whole buffers' addresses in `block` point at
+                    // `self.buffers` entries of exactly `lens` bytes, alive for the call.
+                    match unsafe { device.prepare(Arc::clone(lowering), &block, &lens) } {
+                        Ok(kernel) => {
+                            prepared.insert(prepared_key.clone(), kernel);
+                        }
+                        Err(e) => return FromWorker::Error(e.to_string()),
+                    }
+                }
+                let Some(prepared_kernel) = prepared.get_mut(&prepared_key) else {
+                    return FromWorker::Error(format!("kernel `{kernel}` is not prepared"));
+                };
+                // SAFETY: as for the JIT: split slots point `start × bytes_per_item`
+                // before packet-private storage of exactly the packet's slice, sum slots
+                // at zeroed packet-private arrays of the manifest length.
+                match unsafe { prepared_kernel.run_packet(start, end, &block) } {
+                    Ok(()) => {}
+                    Err(DeviceError::Panicked { reason, .. }) => {
+                        return FromWorker::Panicked(reason.to_string())
+                    }
+                    Err(e) => {
+                        // A device in trouble: forget its prepared state, so that a
+                        // later packet starts afresh.
+                        prepared.remove(&prepared_key);
+                        return FromWorker::Error(e.to_string());
+                    }
+                }
+            }
         }
+        let compute_us = started.elapsed().as_micros() as u64;
         let outputs = owned
             .into_iter()
             .filter(|(slot, _)| match &args[*slot] {

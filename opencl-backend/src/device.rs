@@ -553,7 +553,9 @@ impl PreparedKernel {
     ///
     /// # Safety
     /// `block` follows [`Device::prepare`]'s layout: split buffers valid for the job's
-    /// items (the packet's slice is read and, for `out`/`inout`, written), sum buffers
+    /// items (the packet's slice is read and, for `out`/`inout`, written; only that
+    /// slice is touched, so an address shifted back by `start` items in front of
+    /// packet-private storage, as cluster workers pass, is valid too), sum buffers
     /// pointing at a zeroed packet-private array of the manifest length (the packet's
     /// total is added into it). No other thread may touch the packet's slices meanwhile.
     pub unsafe fn run_packet(
@@ -626,7 +628,7 @@ impl PreparedKernel {
                     // SAFETY: the caller guarantees the packet's slice is valid.
                     let data = unsafe {
                         std::slice::from_raw_parts(
-                            (bits as *const u8).add(*per_item * start as usize),
+                            (bits as *const u8).wrapping_add(*per_item * start as usize),
                             len,
                         )
                     };
@@ -718,7 +720,7 @@ impl PreparedKernel {
                     // SAFETY: the caller guarantees the packet's slice is valid and ours.
                     let data = unsafe {
                         std::slice::from_raw_parts_mut(
-                            (bits as *mut u8).add(*per_item * start as usize),
+                            (bits as *mut u8).wrapping_add(*per_item * start as usize),
                             len,
                         )
                     };

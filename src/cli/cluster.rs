@@ -82,6 +82,11 @@ pub struct NodeArgs {
     /// printed (clients pass it as --credentials). Only with a loopback --listen.
     #[arg(long)]
     insecure: bool,
+    /// Also serve this machine's OpenCL devices (one worker process each). Kernels a
+    /// device cannot lower or build run on the CPU workers. Off by default: PoCL's CPU
+    /// device shares the cores the CPU workers already use.
+    #[arg(long)]
+    opencl: bool,
 }
 
 /// `offload nodes`: list the nodes discovery finds.
@@ -104,6 +109,10 @@ pub struct WorkerArgs {
     /// Lower the worker's priority to nice 19.
     #[arg(long)]
     nice: bool,
+    /// Run packets on this OpenCL device (index in `offload devices`' OpenCL order)
+    /// instead of the CPU JIT.
+    #[arg(long, value_name = "N")]
+    opencl_device: Option<usize>,
 }
 
 /// The flags `offload run` takes for cluster runs.
@@ -236,7 +245,8 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         .idle_only(idle)
         .max_bandwidth(args.max_bandwidth)
         .packet_timeout(Duration::from_secs(args.packet_timeout.max(1)))
-        .advertise(!args.no_mdns);
+        .advertise(!args.no_mdns)
+        .opencl(args.opencl);
     if let Some(name) = &args.name {
         config = config.name(name);
     }
@@ -346,18 +356,24 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
     };
     for node in &found {
         let p = |key: &str| node.properties.get(key).map_or("?", String::as_str);
+        let opencl = node
+            .properties
+            .get("opencl")
+            .map(|d| format!("  opencl: {d}"))
+            .unwrap_or_default();
         let membership = match &args.credentials {
             None => "",
             Some(_) if accepted.contains(&node.addr) => "  [accepts our credentials]",
             Some(_) => "  [refused us or unreachable]",
         };
         println!(
-            "{}  {}  {} {}  devices: {}  features: {}{}{}",
+            "{}  {}  {} {}  devices: {}{}  features: {}{}{}",
             p("name"),
             node.addr,
             p("arch"),
             p("cpu"),
             p("devices"),
+            opencl,
             p("features"),
             node.properties
                 .get("rates")
@@ -374,7 +390,10 @@ pub fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
     if let Some(dir) = &cli.cache_dir {
         config = config.cache_dir(dir);
     }
-    cluster::worker::serve(config, args.nice)?;
+    match args.opencl_device {
+        Some(index) => cluster::worker::serve_opencl(index, args.nice)?,
+        None => cluster::worker::serve(config, args.nice)?,
+    }
     Ok(())
 }
 
@@ -424,6 +443,12 @@ pub fn run_on_cluster(
                 "node {} at {addr}: {} cores, {} {} [{}]",
                 info.name, info.cores, info.arch, info.cpu, info.features
             );
+            for (index, device) in info.opencl.iter().enumerate() {
+                eprintln!(
+                    "node {} at {addr}: opencl{index} {} ({}, {} compute units)",
+                    info.name, device.name, device.kind, device.compute_units
+                );
+            }
         }
     }
     let mut job_args: Vec<JobArg<'_>> = values
@@ -448,6 +473,9 @@ pub fn run_on_cluster(
     if cli.verbose > 0 {
         for (node, packets) in &report.packets_per_node {
             eprintln!("node {node}: {packets} packets");
+        }
+        for (device, packets) in &report.packets_per_device {
+            eprintln!("device {device}: {packets} packets");
         }
         for (node, rate) in &report.tuned_rates {
             eprintln!("node {node}: tuned rate {rate:.0} items/s per worker (advertised)");

@@ -37,10 +37,28 @@ impl Node {
         global: &[OsArg],
         log_suffix: &str,
     ) -> Node {
+        Node::spawn(dir, credentials, index, listen, global, &[], log_suffix)
+    }
+
+    /// [`Node::start`] with `flags` after `node` (`--opencl`).
+    fn start_flags(dir: &Path, credentials: &Path, index: usize, flags: &[&str]) -> Node {
+        Node::spawn(dir, credentials, index, "127.0.0.1:0", &[], flags, "")
+    }
+
+    fn spawn(
+        dir: &Path,
+        credentials: &Path,
+        index: usize,
+        listen: &str,
+        global: &[OsArg],
+        flags: &[&str],
+        log_suffix: &str,
+    ) -> Node {
         let log = dir.join(format!("node{index}{log_suffix}.log"));
         let mut child = Command::new(BIN)
             .args(global)
             .args(["node", "--listen", listen, "--no-mdns", "--cores", "1"])
+            .args(flags)
             .arg("--name")
             .arg(format!("test-node-{index}"))
             .arg("--credentials")
@@ -743,4 +761,184 @@ fn a_node_advertises_its_tuned_rate_and_the_client_starts_from_it() {
         std::fs::read(&remote).expect("cluster output"),
         std::fs::read(&local).expect("local output")
     );
+}
+
+/// Whether this machine has an OpenCL device (PoCL here and in CI); says why not.
+fn opencl_device_present() -> bool {
+    let found = opencl_backend::discover();
+    if found.devices.is_empty() {
+        println!(
+            "no OpenCL device ({}): checking the CPU fallback of `offload node --opencl` only",
+            found.note.as_deref().unwrap_or("none found")
+        );
+        return false;
+    }
+    true
+}
+
+/// One node with `--opencl` (1 CPU worker plus every OpenCL device) in a fresh cluster.
+fn opencl_cluster() -> Cluster {
+    let mut cluster = Cluster::new(0);
+    let creds = cluster.credentials();
+    offload_ok([
+        OsArg::from("cluster"),
+        "add-node".into(),
+        "--dir".into(),
+        creds.clone().into(),
+        "--name".into(),
+        "gpu".into(),
+    ]);
+    let node = Node::start_flags(
+        cluster.dir.path(),
+        &creds.join("nodes").join("gpu"),
+        0,
+        &["--opencl"],
+    );
+    cluster.nodes.push(node);
+    cluster
+}
+
+/// Packets the `-v` report says device names containing `needle` committed.
+fn device_packets(stderr: &str, needle: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("device "))
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            l.rsplit(": ")
+                .next()?
+                .strip_suffix(" packets")?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn a_node_serving_its_opencl_device_runs_packets_there_and_equals_the_local_run() {
+    let present = opencl_device_present();
+    let cluster = opencl_cluster();
+    let job = Mandel::new(cluster.dir.path(), 320, 240, 300);
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
+    command.arg("-v");
+    let output = run_bounded(command, Duration::from_secs(180));
+    assert!(output.status.success(), "{}", text(&output));
+    // mandelbrot writes integers: the OpenCL device's packets must be bit-exact.
+    assert!(
+        std::fs::read(&remote).expect("cluster output")
+            == std::fs::read(&local).expect("local output"),
+        "cluster output differs from the local run"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let log = cluster.nodes[0].log();
+    if present {
+        assert!(
+            stderr.contains("opencl0 "),
+            "no OpenCL device listed:\n{stderr}"
+        );
+        let on_device = device_packets(&stderr, "/opencl0: ");
+        assert!(on_device > 0, "the OpenCL device ran no packet:\n{stderr}");
+        assert!(device_packets(&stderr, "/cpu0") > 0, "{stderr}");
+        assert!(log.contains("serving OpenCL device 0"), "{log}");
+    } else {
+        assert_eq!(device_packets(&stderr, "/opencl"), 0, "{stderr}");
+        assert!(log.contains("no OpenCL device found"), "{log}");
+    }
+}
+
+#[test]
+fn whole_buffers_and_sums_on_a_node_opencl_device_equal_the_local_run() {
+    let present = opencl_device_present();
+    let cluster = opencl_cluster();
+    let dir = cluster.dir.path();
+    let pkg = package(
+        &repo_path("examples/logcrunch/kernel.rs"),
+        &repo_path("examples/logcrunch/manifest.toml"),
+        dir,
+        "logcrunch",
+    );
+    // Whole `in` buffers (the log and the chunk bounds) go to the device once; each
+    // packet's histogram partial comes back and is added up like the CPU's.
+    let log = crate::references::logcrunch_ref::generate_log(20_000, 7);
+    let chunks = 400u64;
+    let bounds = crate::references::logcrunch_ref::chunk_bounds(&log, chunks as usize);
+    let (log_file, bounds_file) = (dir.join("log.bin"), dir.join("bounds.bin"));
+    std::fs::write(&log_file, &log).expect("log file");
+    write_le(&bounds_file, &bounds);
+    let run = |tag: &str, flags: Vec<OsArg>| {
+        let hist = dir.join(format!("hist-{tag}.bin"));
+        let output = Run::new(&pkg, "logcrunch", chunks)
+            .buffer("in", "log", &log_file)
+            .arg("log_len", log.len())
+            .buffer("in", "bounds", &bounds_file)
+            .arg("bounds_len", bounds.len())
+            .buffer("sum", "hist", &hist)
+            .flags(flags)
+            .ok();
+        let hist: Vec<u64> = read_le(&hist);
+        (output, hist)
+    };
+    let (_, local) = run("local", Vec::new());
+    let mut flags = cluster.cluster_flags(&cluster.credentials());
+    flags.push("-v".into());
+    let (output, remote) = run("cluster", flags);
+    assert_eq!(remote, local, "histogram differs from the local run");
+    assert_eq!(
+        local,
+        crate::references::logcrunch_ref::count(&log),
+        "the local run differs from the reference"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if present {
+        assert!(
+            device_packets(&stderr, "/opencl0: ") > 0,
+            "the OpenCL device ran no packet:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_kernel_the_node_cannot_lower_runs_on_its_cpu_workers() {
+    let present = opencl_device_present();
+    let cluster = opencl_cluster();
+    let dir = cluster.dir.path();
+    let special = repo_path("tests/conformance/special/mulhi_u128");
+    let pkg = package(
+        &special.join("kernel.c"),
+        &special.join("manifest.toml"),
+        dir,
+        "mulhi",
+    );
+    let a: Vec<u64> = (0..1000u64).map(|i| i << 40 | 0xfff).collect();
+    let a_file = dir.join("a.bin");
+    write_le(&a_file, &a);
+    let out = dir.join("out.bin");
+    let mut flags = cluster.cluster_flags(&cluster.credentials());
+    flags.push("-v".into());
+    let output = Run::new(&pkg, "mulhi_u128", a.len() as u64)
+        .buffer("in", "a", &a_file)
+        .buffer("out", "out", &out)
+        .flags(flags)
+        .ok();
+    let expected: Vec<u64> = a
+        .iter()
+        .map(|&x| ((u128::from(x) * 0x1234_5678_9abc_def1u128) >> 64) as u64)
+        .collect();
+    assert_eq!(read_le::<u64>(&out), expected);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(device_packets(&stderr, "/opencl"), 0, "{stderr}");
+    if present {
+        assert!(
+            stderr.contains("does not run on its OpenCL devices"),
+            "no fallback line:\n{stderr}"
+        );
+        let log = cluster.nodes[0].log();
+        assert!(
+            log.contains("does not run on OpenCL device 0") && log.contains("i128"),
+            "the node did not log why:\n{log}"
+        );
+    }
 }
