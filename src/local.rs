@@ -549,7 +549,9 @@ impl BlockJob<'_> {
             // Item costs vary (a Mandelbrot row inside the set costs 100x one outside), and
             // a packet here costs microseconds, so at least PACKETS_PER_THREAD packets per
             // thread keep the threads finishing together whatever the calibration saw.
-            let cap = items.div_ceil(threads as u64 * PACKETS_PER_THREAD).max(1);
+            // Counting the OpenCL devices too: with `--device opencl` there are no threads.
+            let devices = (threads + opencl.len()).max(1) as u64;
+            let cap = items.div_ceil(devices * PACKETS_PER_THREAD).max(1);
             job = job.max_packet(cap);
         }
         let mut sched = Scheduler::new(job);

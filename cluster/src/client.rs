@@ -29,6 +29,7 @@ pub struct ClientConfig {
     connect_timeout: Duration,
     packet_timeout: Duration,
     slots: u32,
+    redundancy: u32,
     on_event: Option<Arc<EventFn>>,
 }
 
@@ -43,6 +44,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             packet_timeout: Duration::from_secs(330),
             slots: 2,
+            redundancy: 1,
             on_event: None,
         }
     }
@@ -80,6 +82,16 @@ impl ClientConfig {
         self
     }
 
+    /// Runs every packet on this many different nodes and keeps the result the majority
+    /// agrees on (by digest); a node whose result disagrees is reported in
+    /// [`JobReport::disagreements`] and excluded from the rest of the job. For clusters
+    /// with machines nobody vouches for. A job fails with [`ClientError::TooFewNodes`]
+    /// when fewer nodes than this take it (or remain). Default: 1 (no redundancy).
+    pub fn redundancy(mut self, copies: u32) -> Self {
+        self.redundancy = copies.max(1);
+        self
+    }
+
     /// Receives a line for each notable event. Default: events go to `tracing` only.
     pub fn on_event(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Arc::new(f));
@@ -111,9 +123,25 @@ pub enum ClientError {
         /// What happened.
         reason: String,
     },
+    /// Redundancy needs more nodes than took the job (or remain in it).
+    #[error("redundancy {copies} runs every packet on {copies} different nodes, but {}", describe_nodes(*.nodes))]
+    TooFewNodes {
+        /// Copies of each packet asked for.
+        copies: u32,
+        /// Nodes available.
+        nodes: usize,
+    },
     /// Every node was lost before the job finished.
     #[error("every node was lost before the job finished: {}", .0.join("; "))]
     AllNodesLost(Vec<String>),
+}
+
+fn describe_nodes(nodes: usize) -> String {
+    match nodes {
+        0 => "no node is left".into(),
+        1 => "only 1 node is available".into(),
+        n => format!("only {n} nodes are available"),
+    }
 }
 
 fn describe_tried(tried: &[String]) -> String {
@@ -148,6 +176,9 @@ pub struct JobReport {
     pub packets_per_device: Vec<(String, u64)>,
     /// Nodes lost during the job, with the reason.
     pub lost: Vec<String>,
+    /// Nodes excluded because a result of theirs disagreed with the majority of a
+    /// packet's copies (with redundancy), one line each naming the node and the items.
+    pub disagreements: Vec<String>,
     /// Time from the first packet to the last commit.
     pub run_time: Duration,
     /// Time to upload and prepare the job on the nodes.
@@ -408,6 +439,7 @@ impl ClusterClient {
             layout,
             on_event: self.config.on_event.clone(),
             slots: self.config.slots,
+            redundancy: self.config.redundancy,
             packet_timeout: self.config.packet_timeout,
             endpoint: self.endpoint.clone(),
             connect_timeout: self.config.connect_timeout,
@@ -722,6 +754,7 @@ struct JobRun {
     layout: Layout,
     on_event: Option<Arc<EventFn>>,
     slots: u32,
+    redundancy: u32,
     packet_timeout: Duration,
     /// For reconnecting to lost nodes during the job.
     endpoint: quinn::Endpoint,
@@ -777,6 +810,8 @@ struct Member {
     lost: bool,
     /// A reconnect task is running for it.
     rejoining: bool,
+    /// Excluded for a result that disagreed with the majority (redundancy).
+    excluded: bool,
     committed: u64,
     /// Packets committed since it last rejoined, if it did.
     committed_since_rejoin: Option<u64>,
@@ -1067,6 +1102,7 @@ impl JobRun {
                 generation: 0,
                 lost: false,
                 rejoining: false,
+                excluded: false,
                 committed: 0,
                 committed_since_rejoin: None,
             });
@@ -1081,6 +1117,12 @@ impl JobRun {
                 }
             });
         }
+        if self.redundancy as usize > members.len() {
+            return Err(ClientError::TooFewNodes {
+                copies: self.redundancy,
+                nodes: members.len(),
+            });
+        }
         let prepare_time = prepare_started.elapsed();
         let mut device_member: HashMap<DeviceId, usize> = members
             .iter()
@@ -1093,7 +1135,8 @@ impl JobRun {
             JobSpec::new(self.items)
                 .bytes_in_per_item(self.layout.bytes_per_item(true))
                 .bytes_out_per_item(self.layout.bytes_per_item(false))
-                .broadcast_bytes(broadcast),
+                .broadcast_bytes(broadcast)
+                .redundancy(self.redundancy),
         );
         let clock = Instant::now();
         let now = || clock.elapsed().as_micros() as u64;
@@ -1132,6 +1175,7 @@ impl JobRun {
         let mut committed_packets = 0u64;
         let mut lost_lines = Vec::new();
         let mut failure: Option<(String, String)> = None;
+        let mut disagreements = Vec::new();
         loop {
             while let Some(decision) = sched.poll(now()) {
                 match decision {
@@ -1196,6 +1240,7 @@ impl JobRun {
             if let Some((node, reason)) = failure.take() {
                 return Err(ClientError::KernelFailed { node, reason });
             }
+            self.exclude_disagreeing(&mut members, &mut sched, &mut disagreements, now());
             if sched.is_done() {
                 break;
             }
@@ -1206,6 +1251,13 @@ impl JobRun {
                 });
             }
             if sched.stalled() {
+                let left = members.iter().filter(|m| !m.lost && !m.excluded).count();
+                if self.redundancy > 1 && left > 0 {
+                    return Err(ClientError::TooFewNodes {
+                        copies: self.redundancy,
+                        nodes: left,
+                    });
+                }
                 return Err(ClientError::AllNodesLost(lost_lines));
             }
             // A lost node may come back (restarted on the same address): keep trying.
@@ -1275,8 +1327,12 @@ impl JobRun {
             let Some(&m) = device_member.get(&outcome.device) else {
                 continue;
             };
-            // A lost member's late results, also from before it rejoined, are not used.
-            if members[m].lost || !members[m].devices.contains(&outcome.device) {
+            // A lost or excluded member's late results, also from before it rejoined, are
+            // not used.
+            if members[m].lost
+                || members[m].excluded
+                || !members[m].devices.contains(&outcome.device)
+            {
                 continue;
             }
             let packet = outcome.packet;
@@ -1347,6 +1403,7 @@ impl JobRun {
         }
         let run_time = clock.elapsed();
         for member in members.iter().filter(|m| !m.lost) {
+            // Excluded nodes too: they still hold the job's state.
             let connection = member.connection.clone();
             let end = Request::EndJob(self.id);
             tokio::spawn(async move {
@@ -1372,6 +1429,7 @@ impl JobRun {
                 per_name
             },
             lost: lost_lines,
+            disagreements,
             run_time,
             prepare_time,
             rejoined: members
@@ -1383,6 +1441,50 @@ impl JobRun {
         // Only connections of members still in the job are worth keeping.
         rejoined.retain(|r| members.iter().any(|m| m.addr == r.addr && !m.lost));
         Ok((report, rejoined))
+    }
+
+    /// Excludes the nodes of the scheduler's new disagreements: the scheduler excluded the
+    /// core that disagreed, the node's other cores leave the job too (the same machine
+    /// computed them), and a line naming the node and the items goes to the report.
+    fn exclude_disagreeing(
+        &self,
+        members: &mut [Member],
+        sched: &mut Scheduler,
+        lines: &mut Vec<String>,
+        now: u64,
+    ) {
+        let new: Vec<scheduler::Disagreement> = sched
+            .disagreements()
+            .iter()
+            .skip(lines.len())
+            .copied()
+            .collect();
+        for d in new {
+            // Members are numbered from node 1 in the order they joined (see `run`).
+            let member = (d.node.0 as usize)
+                .checked_sub(1)
+                .and_then(|m| members.get_mut(m));
+            let line = match member {
+                Some(member) => {
+                    if !member.excluded {
+                        member.excluded = true;
+                        for device in &member.devices {
+                            sched.handle(now, Event::DeviceLost { device: *device });
+                        }
+                    }
+                    format!(
+                        "node {} returned a result for items {}..{} that disagrees with the majority; it is excluded from the job",
+                        member.name, d.packet.start, d.packet.end
+                    )
+                }
+                None => format!(
+                    "{} returned a result for items {}..{} that disagrees with the majority; it is excluded from the job",
+                    d.device, d.packet.start, d.packet.end
+                ),
+            };
+            self.notify(&line);
+            lines.push(line);
+        }
     }
 
     /// Marks a node lost: its devices leave the job, their packets are run elsewhere.

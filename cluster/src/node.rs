@@ -610,7 +610,7 @@ async fn run_packet(
                 }) => Response::Done {
                     packet,
                     compute_us,
-                    outputs,
+                    outputs: corrupt_for_tests(outputs),
                 },
                 Ok(FromWorker::Panicked(reason)) => failed(
                     format!(
@@ -1000,6 +1000,22 @@ impl TokenBucket {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// Test-only fault injection: with `OFFLOAD_TEST_CORRUPT_RESULTS=1` in its environment
+/// the node flips the first byte of every result it sends, so that tests can check that
+/// `--redundancy` outvotes, reports and excludes a node returning wrong results. Not a
+/// feature: it is read once, never set by offload itself, and has no command-line flag.
+fn corrupt_for_tests(mut outputs: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    static CORRUPT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let corrupt = *CORRUPT
+        .get_or_init(|| std::env::var_os("OFFLOAD_TEST_CORRUPT_RESULTS").is_some_and(|v| v == "1"));
+    if corrupt {
+        if let Some(byte) = outputs.iter_mut().find_map(|o| o.first_mut()) {
+            *byte ^= 0xff;
+        }
+    }
+    outputs
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! The [`Scheduler`] state machine.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use thiserror::Error;
 
 use crate::job::{JobSpec, JobSpecError};
 use crate::model::RobustLine;
+use crate::table::PacketTable;
 use crate::types::{Decision, DeviceId, DeviceSpec, Event, NodeId, Packet, PacketId};
 
 /// Fastest devices compared against when a device considers taking tail work.
@@ -233,7 +234,7 @@ pub struct Scheduler {
     nodes: Vec<Node>,
     node_index: BTreeMap<NodeId, usize>,
     active_nodes: u32,
-    packets: BTreeMap<PacketId, PacketState>,
+    packets: PacketTable<PacketState>,
     next_packet: u64,
     pool: BTreeMap<u64, u64>,
     unassigned: u64,
@@ -242,7 +243,11 @@ pub struct Scheduler {
     parked: BTreeSet<(Reverse<u64>, usize)>,
     by_speed: BTreeSet<(Reverse<u64>, usize)>,
     retry_parked: bool,
-    stragglers: BTreeSet<(u64, PacketId)>,
+    /// Running packets with a single copy by predicted result time, latest on top. Lazy:
+    /// an entry is current only while it equals its packet's `straggler`; stale ones are
+    /// dropped when they reach the top (or by [`Scheduler::compact_stragglers`]), which
+    /// is cheaper than removing each from an ordered set.
+    stragglers: BinaryHeap<(u64, PacketId)>,
     needs_copy: BTreeSet<PacketId>,
     canceled: BTreeMap<(PacketId, usize), Packet>,
     /// Copies still running after their packet was decided by majority (redundancy):
@@ -278,7 +283,7 @@ impl Scheduler {
             nodes: Vec::new(),
             node_index: BTreeMap::new(),
             active_nodes: 0,
-            packets: BTreeMap::new(),
+            packets: PacketTable::new(),
             next_packet: 0,
             pool,
             unassigned: job.items,
@@ -287,7 +292,7 @@ impl Scheduler {
             parked: BTreeSet::new(),
             by_speed: BTreeSet::new(),
             retry_parked: false,
-            stragglers: BTreeSet::new(),
+            stragglers: BinaryHeap::new(),
             needs_copy: BTreeSet::new(),
             canceled: BTreeMap::new(),
             verify: BTreeMap::new(),
@@ -755,7 +760,9 @@ impl Scheduler {
             (dev.avail - attempt.compute_est).max(now)
         };
         self.sync(d);
-        let ps = &self.packets[&pid];
+        let Some(ps) = self.packets.get(&pid) else {
+            return;
+        };
         if self.job.redundancy == 1 {
             if ps.running() == 0 {
                 let packet = ps.packet;
@@ -772,7 +779,7 @@ impl Scheduler {
 
     /// Emits `Cancel` for every running copy after the job failed.
     fn cancel_everything(&mut self) {
-        let pids: Vec<PacketId> = self.packets.keys().copied().collect();
+        let pids: Vec<PacketId> = self.packets.keys().collect();
         for pid in pids {
             let Some(ps) = self.packets.get(&pid) else {
                 continue;
@@ -1013,7 +1020,7 @@ impl Scheduler {
     /// Duplicates the straggler predicted to finish last, if `d` would finish it clearly
     /// sooner.
     fn speculate(&mut self, d: usize) -> Option<Decision> {
-        let &(_, pid) = self.stragglers.last()?;
+        let pid = self.top_straggler()?;
         let ps = self.packets.get(&pid)?;
         let a = ps
             .attempts
@@ -1267,23 +1274,48 @@ impl Scheduler {
             None
         };
         if want != ps.straggler {
-            if let Some(old) = ps.straggler {
-                self.stragglers.remove(&old);
-            }
-            if let Some(new) = want {
-                self.stragglers.insert(new);
-            }
+            // The old entry, if any, goes stale in the heap.
             if let Some(ps) = self.packets.get_mut(&pid) {
                 ps.straggler = want;
+            }
+            if let Some(new) = want {
+                self.stragglers.push(new);
+                self.compact_stragglers();
             }
         }
     }
 
     fn unlink_straggler(&mut self, pid: PacketId) {
         if let Some(ps) = self.packets.get_mut(&pid) {
-            if let Some(old) = ps.straggler.take() {
-                self.stragglers.remove(&old);
+            // Its entry goes stale in the heap.
+            ps.straggler = None;
+        }
+    }
+
+    fn is_current_straggler(&self, entry: (u64, PacketId)) -> bool {
+        self.packets
+            .get(&entry.1)
+            .is_some_and(|ps| ps.straggler == Some(entry))
+    }
+
+    /// The straggler predicted to finish last (the greatest current entry).
+    fn top_straggler(&mut self) -> Option<PacketId> {
+        while let Some(&entry) = self.stragglers.peek() {
+            if self.is_current_straggler(entry) {
+                return Some(entry.1);
             }
+            self.stragglers.pop();
+        }
+        None
+    }
+
+    /// Drops the stale entries once they outnumber the live packets, so that the heap
+    /// stays within a constant factor of the packets running.
+    fn compact_stragglers(&mut self) {
+        if self.stragglers.len() > 2 * self.packets.len() + 64 {
+            let mut heap = std::mem::take(&mut self.stragglers);
+            heap.retain(|&entry| self.is_current_straggler(entry));
+            self.stragglers = heap;
         }
     }
 

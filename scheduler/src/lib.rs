@@ -61,6 +61,7 @@ mod core;
 mod job;
 mod model;
 pub mod sim;
+mod table;
 mod types;
 
 pub use crate::core::{DeviceEstimate, Disagreement, EventError, Failure, Progress, Scheduler};

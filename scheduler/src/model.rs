@@ -29,6 +29,14 @@ pub(crate) struct RobustLine {
     run_sign: f64,
     run_len: usize,
     samples: u64,
+    /// The window's per-sample slopes (samples with `x > 0`), sorted, as computed with
+    /// the intercept `sorted_for`; `None` when not current. While the intercept stays
+    /// put (packet sizes too alike to fit it, the common steady state), each new sample
+    /// updates this in O(window) moves instead of a fresh selection: a third of the
+    /// scheduler's cost per decision was that refit.
+    sorted_for: Option<f64>,
+    sorted: [f64; WINDOW],
+    sorted_len: usize,
 }
 
 impl RobustLine {
@@ -44,6 +52,9 @@ impl RobustLine {
             run_sign: 0.0,
             run_len: 0,
             samples: 0,
+            sorted_for: None,
+            sorted: [0.0; WINDOW],
+            sorted_len: 0,
         }
     }
 
@@ -69,12 +80,61 @@ impl RobustLine {
             return;
         }
         self.track_change(x, y);
+        let evicted = (self.len == WINDOW).then(|| (self.xs[self.head], self.ys[self.head]));
         self.xs[self.head] = x;
         self.ys[self.head] = y;
         self.head = (self.head + 1) % WINDOW;
         self.len = (self.len + 1).min(WINDOW);
         self.samples += 1;
-        self.refit();
+        self.refit(evicted, (x, y));
+    }
+
+    /// The slope sample `(x, y)` gives with intercept `c` (`None` for `x == 0`).
+    fn sample_slope(x: f64, y: f64, c: f64) -> Option<f64> {
+        (x > 0.0).then(|| ((y - c) / x).max(0.0))
+    }
+
+    /// Brings the sorted slopes up to date for the current window and intercept after
+    /// `evicted` left and `added` came in; returns `false` (nothing updated) when the
+    /// cache is not current and must be rebuilt.
+    fn update_sorted(&mut self, evicted: Option<(f64, f64)>, added: (f64, f64)) -> bool {
+        let c = self.intercept;
+        if self.sorted_for != Some(c) {
+            return false;
+        }
+        if let Some(old) = evicted.and_then(|(x, y)| Self::sample_slope(x, y, c)) {
+            // The same arithmetic on the same sample gives the same bits.
+            let Some(i) = self.sorted[..self.sorted_len]
+                .iter()
+                .position(|v| v.to_bits() == old.to_bits())
+            else {
+                return false;
+            };
+            self.sorted.copy_within(i + 1..self.sorted_len, i);
+            self.sorted_len -= 1;
+        }
+        if let Some(new) = Self::sample_slope(added.0, added.1, c) {
+            let n = self.sorted_len;
+            let i = self.sorted[..n].partition_point(|v| v.total_cmp(&new).is_lt());
+            self.sorted.copy_within(i..n, i + 1);
+            self.sorted[i] = new;
+            self.sorted_len += 1;
+        }
+        true
+    }
+
+    fn rebuild_sorted(&mut self) {
+        let c = self.intercept;
+        let mut m = 0;
+        for i in 0..self.len {
+            if let Some(v) = Self::sample_slope(self.xs[i], self.ys[i], c) {
+                self.sorted[m] = v;
+                m += 1;
+            }
+        }
+        self.sorted[..m].sort_unstable_by(f64::total_cmp);
+        self.sorted_len = m;
+        self.sorted_for = Some(c);
     }
 
     /// Flushes all but the last `CHANGE_RUN - 1` samples (plus the one being added) when
@@ -113,10 +173,11 @@ impl RobustLine {
             self.len = keep;
             self.head = keep % WINDOW;
             self.run_len = 0;
+            self.sorted_for = None;
         }
     }
 
-    fn refit(&mut self) {
+    fn refit(&mut self, evicted: Option<(f64, f64)>, added: (f64, f64)) {
         let n = self.len;
         let (mut min_x, mut max_x, mut min_y) = (f64::INFINITY, 0.0f64, f64::INFINITY);
         for i in 0..n {
@@ -127,8 +188,32 @@ impl RobustLine {
         // The intercept is only identifiable when packet sizes differ enough; otherwise
         // keep the prior (start-up cost from the device's spec) and fit the slope alone.
         let spread = max_x > 0.0 && min_x < 0.5 * max_x;
+        if !spread {
+            // Only the slope is fitted, against a fixed intercept: the median of the
+            // sorted slopes, kept up to date sample by sample. Same result as the
+            // selection below (the median of the same values).
+            if !self.update_sorted(evicted, added) {
+                self.rebuild_sorted();
+            }
+            let m = self.sorted_len;
+            if m > 0 {
+                let mid = m / 2;
+                self.slope = if m % 2 == 1 {
+                    self.sorted[mid]
+                } else {
+                    0.5 * (self.sorted[mid - 1] + self.sorted[mid])
+                };
+            }
+            if n > 0 && self.xs[..n].iter().all(|&x| x == 0.0) {
+                let mut ys = self.ys;
+                self.intercept = median(&mut ys[..n]);
+            }
+            return;
+        }
+        // The intercept moves on every sample here: the sorted slopes go stale.
+        self.sorted_for = None;
         let mut buf = [0.0; WINDOW];
-        for _ in 0..if spread { 2 } else { 1 } {
+        for _ in 0..2 {
             let mut m = 0;
             for i in 0..n {
                 if self.xs[i] > 0.0 {
@@ -139,19 +224,14 @@ impl RobustLine {
             if m > 0 {
                 self.slope = median(&mut buf[..m]);
             }
-            if spread {
-                // Residuals weighted by 1/y²: the noise of a timing grows with its length,
-                // so short packets say most about the fixed cost.
-                let mut pairs = [(0.0, 0.0); WINDOW];
-                for (pair, (&x, &y)) in pairs.iter_mut().zip(self.xs.iter().zip(&self.ys)).take(n) {
-                    let w = y.max(1e-9);
-                    *pair = (y - self.slope * x, 1.0 / (w * w));
-                }
-                self.intercept = weighted_median(&mut pairs[..n]).clamp(0.0, min_y);
-            } else if n > 0 && self.xs[..n].iter().all(|&x| x == 0.0) {
-                let mut ys = self.ys;
-                self.intercept = median(&mut ys[..n]);
+            // Residuals weighted by 1/y²: the noise of a timing grows with its length, so
+            // short packets say most about the fixed cost.
+            let mut pairs = [(0.0, 0.0); WINDOW];
+            for (pair, (&x, &y)) in pairs.iter_mut().zip(self.xs.iter().zip(&self.ys)).take(n) {
+                let w = y.max(1e-9);
+                *pair = (y - self.slope * x, 1.0 / (w * w));
             }
+            self.intercept = weighted_median(&mut pairs[..n]).clamp(0.0, min_y);
         }
     }
 }
@@ -234,5 +314,37 @@ mod tests {
     fn median_of_even_and_odd() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    /// The incremental refit gives exactly what a fresh fit of the same window gives.
+    #[test]
+    fn incremental_refit_equals_a_fresh_fit() {
+        let mut m = RobustLine::new(3.0, 1.0);
+        let mut seed = 7u64;
+        for i in 0..500 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let noise = (seed >> 40) as f64 / (1u64 << 24) as f64;
+            // Long runs of equal sizes (slope only), then mixed sizes (both fitted).
+            let x = if (i / 100) % 2 == 0 {
+                1000.0
+            } else {
+                100.0 + 900.0 * noise
+            };
+            let slow = if (200..260).contains(&i) { 3.0 } else { 1.0 };
+            let y = slow * (5.0 + 0.5 * x) * (0.9 + 0.2 * noise);
+            // The same model without its sorted slopes fits the window from scratch.
+            let mut fresh = m.clone();
+            fresh.sorted_for = None;
+            fresh.add(x, y);
+            m.add(x, y);
+            assert_eq!(m.slope().to_bits(), fresh.slope().to_bits(), "sample {i}");
+            assert_eq!(
+                m.intercept().to_bits(),
+                fresh.intercept().to_bits(),
+                "sample {i}"
+            );
+        }
     }
 }

@@ -133,6 +133,12 @@ pub struct ClusterRunArgs {
     /// Seconds of silence after which a node counts as gone.
     #[arg(long, default_value_t = 3.0, requires = "cluster")]
     node_timeout: f64,
+    /// Run every packet on K different nodes and keep the result the majority agrees on;
+    /// a node whose result disagrees is reported and excluded (for machines nobody
+    /// vouches for). Needs at least K nodes.
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "cluster",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    redundancy: u32,
 }
 
 /// Parses a rate: a number with an optional K/M/G suffix (bytes, powers of 1000), or
@@ -435,8 +441,17 @@ pub fn run_on_cluster(
         .peers(peers)
         .discover((!args.no_discovery).then(|| Duration::from_millis(1500)))
         .idle_timeout(Duration::from_secs_f64(args.node_timeout.clamp(0.5, 600.0)))
+        .redundancy(args.redundancy)
         .on_event(|line| eprintln!("cluster: {line}"));
     let mut client = ClusterClient::connect(config)?;
+    if args.redundancy as usize > client.nodes().len() {
+        bail!(
+            "--redundancy {} runs every packet on {} different nodes, but only {} node(s) answered; add nodes or lower --redundancy",
+            args.redundancy,
+            args.redundancy,
+            client.nodes().len()
+        );
+    }
     if cli.verbose > 0 {
         for (addr, info) in client.nodes() {
             eprintln!(
@@ -470,6 +485,15 @@ pub fn run_on_cluster(
             "cluster: node {node} rejoined the job and ran {packets} packets after rejoining"
         );
     }
+    for line in &report.disagreements {
+        eprintln!("cluster: {line}");
+    }
+    if !report.disagreements.is_empty() {
+        eprintln!(
+            "cluster: {} result(s) disagreed with the majority; the output holds the majority's results",
+            report.disagreements.len()
+        );
+    }
     if cli.verbose > 0 {
         for (node, packets) in &report.packets_per_node {
             eprintln!("node {node}: {packets} packets");
@@ -482,8 +506,13 @@ pub fn run_on_cluster(
         }
         eprintln!("prepare: {:.3} ms", report.prepare_time.as_secs_f64() * 1e3);
     }
+    let copies = if args.redundancy > 1 {
+        format!(" ({} copies each, majority vote)", args.redundancy)
+    } else {
+        String::new()
+    };
     println!(
-        "ran {} over {} items in {} packets on {} nodes: {:.3} ms",
+        "ran {} over {} items in {} packets{copies} on {} nodes: {:.3} ms",
         spec.name,
         report.items,
         report.packets,

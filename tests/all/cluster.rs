@@ -21,10 +21,35 @@ struct Node {
     log: PathBuf,
 }
 
+/// How a test node is started, beyond its credentials.
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    listen: &'a str,
+    /// Flags before `node` (`--cache-dir`).
+    global: &'a [OsArg],
+    /// Flags after `node` (`--opencl`).
+    flags: &'a [&'a str],
+    env: &'a [(&'a str, &'a str)],
+    /// Part of the log file's name (a restarted node gets a log of its own).
+    log_suffix: &'a str,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            listen: "127.0.0.1:0",
+            global: &[],
+            flags: &[],
+            env: &[],
+            log_suffix: "",
+        }
+    }
+}
+
 impl Node {
     /// Starts `offload node` with `credentials` and waits for its `listening on` line.
     fn start(dir: &Path, credentials: &Path, index: usize) -> Node {
-        Node::start_with(dir, credentials, index, "127.0.0.1:0", &[], "")
+        Node::spawn(dir, credentials, index, &Launch::default())
     }
 
     /// [`Node::start`] on `listen`, with `global` flags before `node` (`--cache-dir`)
@@ -37,23 +62,41 @@ impl Node {
         global: &[OsArg],
         log_suffix: &str,
     ) -> Node {
-        Node::spawn(dir, credentials, index, listen, global, &[], log_suffix)
+        let launch = Launch {
+            listen,
+            global,
+            log_suffix,
+            ..Launch::default()
+        };
+        Node::spawn(dir, credentials, index, &launch)
     }
 
     /// [`Node::start`] with `flags` after `node` (`--opencl`).
     fn start_flags(dir: &Path, credentials: &Path, index: usize, flags: &[&str]) -> Node {
-        Node::spawn(dir, credentials, index, "127.0.0.1:0", &[], flags, "")
+        let launch = Launch {
+            flags,
+            ..Launch::default()
+        };
+        Node::spawn(dir, credentials, index, &launch)
     }
 
-    fn spawn(
-        dir: &Path,
-        credentials: &Path,
-        index: usize,
-        listen: &str,
-        global: &[OsArg],
-        flags: &[&str],
-        log_suffix: &str,
-    ) -> Node {
+    /// [`Node::start`] with extra environment variables (for test-only fault injection).
+    fn start_with_env(dir: &Path, credentials: &Path, index: usize, env: &[(&str, &str)]) -> Node {
+        let launch = Launch {
+            env,
+            ..Launch::default()
+        };
+        Node::spawn(dir, credentials, index, &launch)
+    }
+
+    fn spawn(dir: &Path, credentials: &Path, index: usize, launch: &Launch<'_>) -> Node {
+        let Launch {
+            listen,
+            global,
+            flags,
+            env,
+            log_suffix,
+        } = *launch;
         let log = dir.join(format!("node{index}{log_suffix}.log"));
         let mut child = Command::new(BIN)
             .args(global)
@@ -64,6 +107,7 @@ impl Node {
             .arg("--credentials")
             .arg(credentials)
             .env("OFFLOAD_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("node log file"))
             .spawn()
@@ -128,6 +172,12 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize) -> Cluster {
+        Cluster::with_liar(n, None)
+    }
+
+    /// A cluster whose node `liar` (if any) corrupts every result it sends, through the
+    /// node's test-only `OFFLOAD_TEST_CORRUPT_RESULTS` switch.
+    fn with_liar(n: usize, liar: Option<usize>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let creds = dir.path().join("cluster");
         offload_ok([
@@ -147,7 +197,17 @@ impl Cluster {
                 "--name".into(),
                 name.clone().into(),
             ]);
-            nodes.push(Node::start(dir.path(), &creds.join("nodes").join(&name), i));
+            let env: &[(&str, &str)] = if liar == Some(i) {
+                &[("OFFLOAD_TEST_CORRUPT_RESULTS", "1")]
+            } else {
+                &[]
+            };
+            nodes.push(Node::start_with_env(
+                dir.path(),
+                &creds.join("nodes").join(&name),
+                i,
+                env,
+            ));
         }
         Cluster { dir, nodes }
     }
@@ -385,6 +445,72 @@ fn whole_input_buffers_reach_the_nodes_and_the_output_equals_the_local_run() {
     assert!(
         cluster_new == local_new,
         "new_pos differs from the local run"
+    );
+}
+
+/// Runs a small mandelbrot job with `--redundancy copies` on `cluster`, checks that it
+/// succeeds with the local run's output, and returns its stderr.
+fn redundant_run_equals_the_local_run(cluster: &Cluster, copies: u32) -> String {
+    let job = Mandel::new(cluster.dir.path(), 320, 240, 300);
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let mut command = job.cluster_command(cluster, &cluster.credentials(), &remote);
+    command.args(["--redundancy", &copies.to_string()]);
+    let output = run_bounded(command, Duration::from_secs(120));
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        std::fs::read(&remote).expect("cluster output"),
+        std::fs::read(&local).expect("local output"),
+        "redundant cluster output differs from the local run"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("({copies} copies each, majority vote)")),
+        "{}",
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn redundancy_3_on_three_honest_nodes_equals_the_local_run() {
+    let cluster = Cluster::new(3);
+    let stderr = redundant_run_equals_the_local_run(&cluster, 3);
+    assert!(!stderr.contains("disagrees"), "{stderr}");
+}
+
+#[test]
+fn a_node_returning_wrong_results_is_outvoted_reported_and_excluded() {
+    // Node 0 flips a byte of every result; with 2 copies per packet, a disagreement
+    // brings in a third copy on the third node, the majority wins, node 0 is excluded.
+    let cluster = Cluster::with_liar(3, Some(0));
+    let stderr = redundant_run_equals_the_local_run(&cluster, 2);
+    assert!(
+        stderr.contains("node test-node-0") && stderr.contains("disagrees with the majority"),
+        "{stderr}"
+    );
+    for honest in ["test-node-1", "test-node-2"] {
+        assert!(
+            !stderr.contains(&format!("node {honest} (")),
+            "an honest node was blamed: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn redundancy_above_the_node_count_is_refused() {
+    let cluster = Cluster::new(2);
+    let job = Mandel::new(cluster.dir.path(), 64, 48, 50);
+    let out = cluster.path("out.bin");
+    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &out);
+    command.args(["--redundancy", "3"]);
+    let output = run_bounded(command, Duration::from_secs(60));
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--redundancy 3") && stderr.contains("only 2 node"),
+        "{stderr}"
     );
 }
 

@@ -708,6 +708,9 @@ fn auto_uses_cpu_and_opencl_with_output_identical_to_cpu() {
     let (cpu, _) = run("cpu");
     let (auto, log) = run("auto");
     assert!(cpu == auto, "--device auto changed the output");
+    // OpenCL alone: no CPU threads at all (this once divided by zero sizing packets).
+    let (opencl_only, _) = run("opencl");
+    assert!(cpu == opencl_only, "--device opencl changed the output");
     let line = log
         .lines()
         .find(|l| l.starts_with("packets:"))

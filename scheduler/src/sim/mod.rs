@@ -429,6 +429,11 @@ pub fn simulate(scenario: &Scenario, policy: &mut dyn Policy) -> SimReport {
         wake: None,
     };
     for (n, node) in scenario.nodes.iter().enumerate() {
+        // A node that fails before it would join never takes part (the lower bound
+        // counts it so).
+        if node.fails_at_us.is_some_and(|t| t <= node.joins_at_us) {
+            continue;
+        }
         sim.push(node.joins_at_us, Ev::Join(n));
         if let Some(t) = node.fails_at_us {
             sim.push(t, Ev::Fail(n));
