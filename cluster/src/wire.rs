@@ -26,6 +26,9 @@ pub enum WireError {
     /// Reading a raw payload failed.
     #[error("receiving failed: {0}")]
     ReadPayload(#[from] quinn::ReadError),
+    /// Hashing a received payload did not finish (the runtime is shutting down).
+    #[error("hashing a received buffer failed: {0}")]
+    Hashing(String),
     /// The stream was closed.
     #[error("stream closed: {0}")]
     Closed(#[from] quinn::ClosedStream),
@@ -103,10 +106,10 @@ pub(crate) async fn recv_payload(
             fresh
         }
     };
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = ChunkHasher::new(len);
     while let Some(chunk) = stream.read_chunk(len - bytes.len(), true).await? {
-        hasher.update(&chunk.bytes);
         bytes.extend_from_slice(&chunk.bytes);
+        hasher.update(chunk.bytes);
         if bytes.len() == len {
             break;
         }
@@ -124,7 +127,60 @@ pub(crate) async fn recv_payload(
             return Err(DecodeError::Trailing(extra.bytes.len()).into());
         }
     }
-    Ok((bytes, *hasher.finalize().as_bytes()))
+    Ok((bytes, hasher.finalize().await?))
+}
+
+/// Hashes a payload's chunks as they arrive: inline for small payloads, on a blocking
+/// thread for large ones, so that the connection's thread goes on receiving (and
+/// decrypting) while another core hashes. The chunks are shared, not copied.
+enum ChunkHasher {
+    Inline(Box<blake3::Hasher>),
+    Threaded {
+        chunks: std::sync::mpsc::Sender<bytes::Bytes>,
+        hash: tokio::task::JoinHandle<protocol::Hash>,
+    },
+}
+
+impl ChunkHasher {
+    /// Payloads below this are hashed inline: a thread hand-off costs more than it saves.
+    const THREADED_FROM: usize = 1 << 20;
+
+    fn new(len: usize) -> ChunkHasher {
+        if len < Self::THREADED_FROM {
+            return ChunkHasher::Inline(Box::default());
+        }
+        let (chunks, arriving) = std::sync::mpsc::channel::<bytes::Bytes>();
+        let hash = tokio::task::spawn_blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            for chunk in arriving {
+                hasher.update(&chunk);
+            }
+            *hasher.finalize().as_bytes()
+        });
+        ChunkHasher::Threaded { chunks, hash }
+    }
+
+    fn update(&mut self, chunk: bytes::Bytes) {
+        match self {
+            ChunkHasher::Inline(hasher) => {
+                hasher.update(&chunk);
+            }
+            ChunkHasher::Threaded { chunks, .. } => {
+                // The receiver lives until `finalize` drops the sender.
+                let _ = chunks.send(chunk);
+            }
+        }
+    }
+
+    async fn finalize(self) -> Result<protocol::Hash, WireError> {
+        match self {
+            ChunkHasher::Inline(hasher) => Ok(*hasher.finalize().as_bytes()),
+            ChunkHasher::Threaded { chunks, hash } => {
+                drop(chunks);
+                hash.await.map_err(|e| WireError::Hashing(e.to_string()))
+            }
+        }
+    }
 }
 
 /// Asks the kernel to back a large fresh allocation with transparent huge pages: a
@@ -371,16 +427,19 @@ mod tests {
 
     #[test]
     fn a_raw_payload_arrives_whole_with_its_hash() {
-        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let got = receive(
-            Request::Buffer {
-                len: bytes.len() as u64,
-            },
-            bytes.clone(),
-            protocol::MAX_DATA,
-        )
-        .expect("received");
-        assert_eq!(got, bytes);
+        // Below and above the size from which chunks are hashed on another thread.
+        for len in [300_000u32, 3 << 20] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let got = receive(
+                Request::Buffer {
+                    len: bytes.len() as u64,
+                },
+                bytes.clone(),
+                protocol::MAX_DATA,
+            )
+            .expect("received");
+            assert!(got == bytes, "{len} bytes arrived changed");
+        }
     }
 
     #[test]
