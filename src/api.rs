@@ -209,30 +209,6 @@ pub enum LaunchError {
         /// The package's signature.
         found: String,
     },
-    /// Wrong number of arguments.
-    #[error("kernel `{kernel}` takes {expected} arguments ({signature}) but {given} were given")]
-    ArgCount {
-        /// The kernel.
-        kernel: String,
-        /// Its signature.
-        signature: String,
-        /// How many it takes.
-        expected: usize,
-        /// How many were given.
-        given: usize,
-    },
-    /// An argument of the wrong kind or type.
-    #[error("argument `{arg}` of kernel `{kernel}` is `{spec}`, but {given} was given")]
-    ArgType {
-        /// The kernel.
-        kernel: String,
-        /// The argument.
-        arg: String,
-        /// Its manifest spelling.
-        spec: String,
-        /// What was given.
-        given: String,
-    },
     /// A slice of the wrong length.
     #[error("slice `{arg}` (`{spec}`) must hold {expected} elements for {items} items, but it holds {actual}")]
     SliceLength {
@@ -247,7 +223,8 @@ pub enum LaunchError {
         /// Elements it holds.
         actual: u64,
     },
-    /// The job failed while running (compilation, a kernel panic, a lost worker).
+    /// Arguments that do not match the kernel (count or types), or the job failed while
+    /// running (compilation, a kernel panic, a lost worker).
     #[error(transparent)]
     Run(#[from] RunError),
     /// The cluster credentials could not be loaded.
@@ -675,19 +652,22 @@ impl Backend {
 fn check(kernel: &Kernel, items: u64, args: &[KernelArg<'_>]) -> Result<(), LaunchError> {
     let spec = kernel.spec();
     if args.len() != spec.args.len() {
-        return Err(LaunchError::ArgCount {
+        return Err(RunError::ArgCount {
             kernel: spec.name.clone(),
             signature: spec.signature(),
             expected: spec.args.len(),
             given: args.len(),
-        });
+        }
+        .into());
     }
     for (arg, given) in spec.args.iter().zip(args) {
-        let type_error = || LaunchError::ArgType {
-            kernel: spec.name.clone(),
-            arg: arg.name.clone(),
-            spec: arg.to_string(),
-            given: given.describe(),
+        let type_error = || {
+            LaunchError::from(RunError::ArgType {
+                kernel: spec.name.clone(),
+                arg: arg.name.clone(),
+                spec: arg.to_string(),
+                given: given.describe(),
+            })
         };
         match (arg.kind, &given.0) {
             (ArgKind::Scalar(ty), ArgInner::Scalar(v)) if v.scalar_type() == ty => {}

@@ -328,13 +328,17 @@ impl ClusterClient {
             .collect()
     }
 
+    /// The first node's connection (the benchmarks talk to one node).
+    fn first_connection(&self) -> Result<quinn::Connection, ClientError> {
+        self.remotes
+            .first()
+            .map(|remote| remote.connection.clone())
+            .ok_or(ClientError::NoNodes(Vec::new()))
+    }
+
     /// Round trip of an empty request to the first node (benchmarks).
     pub fn ping(&self) -> Result<Duration, ClientError> {
-        let remote = self
-            .remotes
-            .first()
-            .ok_or(ClientError::NoNodes(Vec::new()))?;
-        let connection = remote.connection.clone();
+        let connection = self.first_connection()?;
         self.runtime
             .block_on(async move {
                 let started = Instant::now();
@@ -347,32 +351,13 @@ impl ClusterClient {
     /// Sends `count` empty requests to the first node with up to `window` in flight and
     /// returns the time taken (benchmarks: packets per second with pipelining).
     pub fn ping_pipelined(&self, count: usize, window: usize) -> Result<Duration, ClientError> {
-        let remote = self
-            .remotes
-            .first()
-            .ok_or(ClientError::NoNodes(Vec::new()))?;
-        let connection = remote.connection.clone();
-        self.runtime
-            .block_on(async move {
-                let started = Instant::now();
-                let semaphore = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
-                let mut tasks = tokio::task::JoinSet::new();
-                for _ in 0..count {
-                    let permit = Arc::clone(&semaphore).acquire_owned().await;
-                    let connection = connection.clone();
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        request(&connection, &Request::Ping).await
-                    });
-                }
-                while let Some(done) = tasks.join_next().await {
-                    if let Ok(Err(e)) = done {
-                        return Err(e);
-                    }
-                }
-                Ok::<_, WireError>(started.elapsed())
-            })
-            .map_err(|e| ClientError::AllNodesLost(vec![e.to_string()]))
+        self.pipelined(count, window, |connection| async move {
+            match request(&connection, &Request::Ping).await {
+                Ok(Response::Pong) => Ok(()),
+                Ok(other) => Err(format!("unexpected answer to a ping: {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 
     /// Uploads `bytes` as a whole buffer to the first node `count` times over `streams`
@@ -383,32 +368,46 @@ impl ClusterClient {
         count: usize,
         streams: usize,
     ) -> Result<Duration, ClientError> {
-        let remote = self
-            .remotes
-            .first()
-            .ok_or(ClientError::NoNodes(Vec::new()))?;
-        let connection = remote.connection.clone();
+        self.pipelined(count, streams, move |connection| {
+            let bytes = Arc::clone(&bytes);
+            async move {
+                match upload_buffer(&connection, bytes).await {
+                    Ok(Response::Stored(_)) => Ok(()),
+                    Ok(other) => Err(format!("upload refused: {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+    }
+
+    /// Runs `count` exchanges made by `exchange` with the first node, at most `window` at
+    /// a time, and returns the time taken; the first failure ends it.
+    fn pipelined<F, Fut>(
+        &self,
+        count: usize,
+        window: usize,
+        exchange: F,
+    ) -> Result<Duration, ClientError>
+    where
+        F: Fn(quinn::Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let connection = self.first_connection()?;
         self.runtime
             .block_on(async move {
                 let started = Instant::now();
-                let semaphore = Arc::new(tokio::sync::Semaphore::new(streams.max(1)));
+                let semaphore = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
                 let mut tasks = tokio::task::JoinSet::new();
                 for _ in 0..count {
                     let permit = Arc::clone(&semaphore).acquire_owned().await;
-                    let connection = connection.clone();
-                    let bytes = Arc::clone(&bytes);
+                    let one = exchange(connection.clone());
                     tasks.spawn(async move {
                         let _permit = permit;
-                        upload_buffer(&connection, bytes).await
+                        one.await
                     });
                 }
                 while let Some(done) = tasks.join_next().await {
-                    match done {
-                        Ok(Ok(Response::Stored(_))) => {}
-                        Ok(Ok(other)) => return Err(format!("upload refused: {other:?}")),
-                        Ok(Err(e)) => return Err(e.to_string()),
-                        Err(e) => return Err(format!("upload task failed: {e}")),
-                    }
+                    done.map_err(|e| format!("task failed: {e}"))??;
                 }
                 Ok::<_, String>(started.elapsed())
             })
