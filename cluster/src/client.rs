@@ -361,17 +361,19 @@ impl ClusterClient {
     }
 
     /// Uploads `bytes` as a whole buffer to the first node `count` times over `streams`
-    /// parallel streams and returns the time taken (benchmarks: bulk throughput).
+    /// parallel streams and returns the time taken (benchmarks: bulk throughput). The
+    /// bytes are hashed once, before the clock starts, as a job hashes its buffers once.
     pub fn upload_bulk(
         &self,
         bytes: Arc<Vec<u8>>,
         count: usize,
         streams: usize,
     ) -> Result<Duration, ClientError> {
+        let hash = *blake3::hash(&bytes).as_bytes();
         self.pipelined(count, streams, move |connection| {
             let bytes = Arc::clone(&bytes);
             async move {
-                match upload_buffer(&connection, bytes).await {
+                match upload_buffer(&connection, hash, bytes).await {
                     Ok(Response::Stored(_)) => Ok(()),
                     Ok(other) => Err(format!("upload refused: {other:?}")),
                     Err(e) => Err(e.to_string()),
@@ -524,12 +526,13 @@ async fn request(connection: &quinn::Connection, request: &Request) -> Result<Re
 /// copy on this side.
 async fn upload_buffer(
     connection: &quinn::Connection,
+    hash: Hash,
     bytes: Arc<Vec<u8>>,
 ) -> Result<Response, WireError> {
     let (mut send, mut recv) = connection.open_bi().await?;
     let len = bytes.len() as u64;
     let payload = bytes::Bytes::from_owner(SharedBytes(bytes));
-    wire::send_with_payload(&mut send, &Request::Buffer { len }, payload).await?;
+    wire::send_with_payload(&mut send, &Request::Buffer { len, hash }, payload).await?;
     wire::recv(&mut recv, MAX_CONTROL).await
 }
 
@@ -860,7 +863,7 @@ impl JobRun {
             {
                 continue;
             }
-            match upload_buffer(&connection, Arc::clone(&bytes))
+            match upload_buffer(&connection, hash, Arc::clone(&bytes))
                 .await
                 .map_err(text)?
             {

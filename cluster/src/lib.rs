@@ -46,6 +46,7 @@
 //! This crate has no feature flags.
 
 pub mod baseline;
+mod buffer_cache;
 pub mod client;
 pub mod credentials;
 pub mod discovery;

@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{watch, Mutex, Semaphore};
 
+use crate::buffer_cache::{self, BufferCache, ConnectionId};
 use crate::credentials::Credentials;
 use crate::protocol::{
     self, FromWorker, Hash, Hello, HelloReply, NodeInfo, Request, Response, ToWorker, WireArg,
@@ -234,7 +235,8 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     let shared = Arc::new(Shared {
         info,
         packages: std::sync::Mutex::new(HashMap::new()),
-        buffers: std::sync::Mutex::new(HashMap::new()),
+        buffers: std::sync::Mutex::new(BufferCache::default()),
+        next_connection: std::sync::atomic::AtomicU64::new(0),
         spares: std::sync::Mutex::new(SpareBuffers::default()),
         pool,
         opencl_pools,
@@ -264,7 +266,9 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
 struct Shared {
     info: NodeInfo,
     packages: std::sync::Mutex<HashMap<Hash, Arc<Package>>>,
-    buffers: std::sync::Mutex<HashMap<Hash, Arc<Vec<u8>>>>,
+    buffers: std::sync::Mutex<BufferCache>,
+    /// Numbers connections for the buffer cache's trust rule.
+    next_connection: std::sync::atomic::AtomicU64,
     spares: std::sync::Mutex<SpareBuffers>,
     pool: Arc<WorkerPool>,
     /// One single-worker pool per OpenCL device, indexed as in [`NodeInfo::opencl`].
@@ -302,6 +306,9 @@ async fn serve_connection(
     connection: quinn::Connection,
 ) -> Result<(), WireError> {
     let peer = peer_name(&connection);
+    let connection_id = shared
+        .next_connection
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // The hello comes first, on the first stream.
     let (mut send, mut recv) = connection.accept_bi().await?;
     let hello: Hello = wire::recv(&mut recv, MAX_CONTROL).await?;
@@ -329,7 +336,7 @@ async fn serve_connection(
         let jobs = Arc::clone(&jobs);
         tokio::spawn(async move {
             let response = match wire::recv::<Request>(&mut recv, protocol::request_limit()).await {
-                Ok(request) => handle(&shared, &jobs, request, &mut recv).await,
+                Ok(request) => handle(&shared, connection_id, &jobs, request, &mut recv).await,
                 Err(WireError::Decode(e)) => {
                     tracing::warn!("refused a message: {e}");
                     Response::Error(format!("refused: {e}"))
@@ -358,6 +365,7 @@ async fn serve_connection(
 
 async fn handle(
     shared: &Shared,
+    connection: ConnectionId,
     jobs: &std::sync::Mutex<HashMap<u64, Arc<Job>>>,
     request: Request,
     recv: &mut quinn::RecvStream,
@@ -365,7 +373,11 @@ async fn handle(
     match request {
         Request::Ping => Response::Pong,
         Request::HavePackage(hash) => Response::Has(lock(&shared.packages).contains_key(&hash)),
-        Request::HaveBuffer(hash) => Response::Has(lock(&shared.buffers).contains_key(&hash)),
+        Request::HaveBuffer(hash) => Response::Has(
+            buffer_cache::usable(&shared.buffers, hash, connection)
+                .await
+                .is_some(),
+        ),
         Request::Package(bytes) => match Package::from_bytes(&bytes) {
             Ok(package) => {
                 let hash = package.hash().0;
@@ -378,28 +390,21 @@ async fn handle(
                 Response::Error(format!("package refused: {e}"))
             }
         },
-        Request::Buffer { len } => {
+        Request::Buffer { len, hash } => {
             let spare = lock(&shared.spares).take(usize::try_from(len).unwrap_or(usize::MAX));
-            let (bytes, hash) = match wire::recv_payload(recv, len, MAX_DATA, spare).await {
-                Ok(received) => received,
+            let bytes = match wire::recv_payload(recv, len, MAX_DATA, spare).await {
+                Ok(bytes) => bytes,
                 Err(e) => {
                     tracing::warn!("refused a buffer upload: {e}");
                     return Response::Error(format!("buffer upload refused: {e}"));
                 }
             };
-            let mut buffers = lock(&shared.buffers);
-            let held: usize = buffers.values().map(|b| b.len()).sum();
-            if held + bytes.len() > NODE_BUFFER_BYTES {
-                // Prepared jobs hold their buffers themselves; the cache only saves
-                // uploads, so dropping it all is safe.
-                tracing::info!("buffer cache over {NODE_BUFFER_BYTES} bytes: emptied");
+            let released = lock(&shared.buffers).insert(hash, bytes, connection, NODE_BUFFER_BYTES);
+            if !released.is_empty() {
                 let mut spares = lock(&shared.spares);
-                for (_, old) in buffers.drain() {
+                for old in released {
                     spares.give(old);
                 }
-            }
-            if let Some(old) = buffers.insert(hash, Arc::new(bytes)) {
-                lock(&shared.spares).give(old);
             }
             Response::Stored(hash)
         }
@@ -409,7 +414,7 @@ async fn handle(
             kernel,
             items,
             args,
-        } => match prepare(shared, package, &kernel, items, args).await {
+        } => match prepare(shared, connection, package, &kernel, items, args).await {
             Ok(prepared) => {
                 let opencl = prepared.opencl.clone();
                 lock(jobs).insert(job, Arc::new(prepared));
@@ -460,6 +465,7 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// that a compile error fails the job at once.
 async fn prepare(
     shared: &Shared,
+    connection: ConnectionId,
     package: Hash,
     kernel: &str,
     items: u64,
@@ -492,9 +498,11 @@ async fn prepare(
                 },
                 WireArg::Whole(hash),
             ) => {
-                let bytes = lock(&shared.buffers).get(hash).cloned().ok_or_else(|| {
-                    format!("buffer `{}` was not uploaded to this node", arg.name)
-                })?;
+                let bytes = buffer_cache::usable(&shared.buffers, *hash, connection)
+                    .await
+                    .ok_or_else(|| {
+                        format!("buffer `{}` was not uploaded to this node", arg.name)
+                    })?;
                 wholes.push((*hash, bytes.clone()));
                 bytes.len() % elem.size() == 0
             }
@@ -640,7 +648,11 @@ struct Worker {
     index: usize,
     process: Option<(Child, ChildStdin, ChildStdout)>,
     loaded: HashSet<(Hash, String)>,
-    buffers: HashSet<Hash>,
+    /// The whole buffers the worker holds, by hash, and which cached buffer each copy
+    /// came from: the cache may replace the bytes under a hash (a dropped lie, then an
+    /// honest upload), and the worker must then get the new ones. The weak pointer keeps
+    /// the allocation's address from being reused while we compare it.
+    buffers: HashMap<Hash, (std::sync::Weak<Vec<u8>>, usize)>,
     buffer_bytes: usize,
     program: PathBuf,
     args: Vec<OsString>,
@@ -830,11 +842,15 @@ impl Worker {
             }
         }
         for (hash, bytes) in &job.wholes {
-            if self.buffers.contains(hash) {
+            if self
+                .buffers
+                .get(hash)
+                .is_some_and(|(held, _)| std::ptr::eq(held.as_ptr(), Arc::as_ptr(bytes)))
+            {
                 continue;
             }
             if self.buffer_bytes + bytes.len() > WORKER_BUFFER_BYTES {
-                for old in std::mem::take(&mut self.buffers) {
+                for (old, _) in std::mem::take(&mut self.buffers) {
                     let _ = self.call(&ToWorker::Forget(old), load_timeout).await;
                 }
                 self.buffer_bytes = 0;
@@ -845,7 +861,10 @@ impl Worker {
             };
             match self.call(&request, load_timeout).await {
                 Ok(FromWorker::Ready) => {
-                    self.buffers.insert(*hash);
+                    let copy = (Arc::downgrade(bytes), bytes.len());
+                    if let Some((_, replaced)) = self.buffers.insert(*hash, copy) {
+                        self.buffer_bytes -= replaced;
+                    }
                     self.buffer_bytes += bytes.len();
                 }
                 Ok(other) => return Err(format!("worker answered {other:?} to a buffer")),
@@ -895,7 +914,7 @@ impl WorkerPool {
                 index,
                 process: None,
                 loaded: HashSet::new(),
-                buffers: HashSet::new(),
+                buffers: HashMap::new(),
                 buffer_bytes: 0,
                 program: program.to_path_buf(),
                 args: args.to_vec(),

@@ -26,7 +26,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Version 2: [`NodeInfo`] carries the node's tuned rates ([`TunedRate`]) and OpenCL
 /// devices ([`OpenClDevice`]), whole buffers follow [`Request::Buffer`] raw instead of
 /// inside the frame, and [`Request::Run`] names the node device that runs the packet.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The ALPN protocol name of offload's QUIC connections.
 pub const ALPN: &[u8] = b"offload/1";
@@ -165,11 +165,14 @@ pub enum Request {
     /// Does the node hold the buffer with this hash?
     HaveBuffer(Hash),
     /// A whole buffer of `len` bytes, which follow this frame raw on the same stream
-    /// (and then the stream ends); the node hashes them itself. `len` is at most
-    /// [`MAX_DATA`].
+    /// (and then the stream ends). `len` is at most [`MAX_DATA`]. The node takes
+    /// `hash` on trust for this connection's own jobs and checks it before any other
+    /// connection may use the buffer (see `docs/cluster.md`, "Buffer cache").
     Buffer {
         /// The number of raw bytes after the frame.
         len: u64,
+        /// The uploader's blake3 hash of those bytes.
+        hash: Hash,
     },
     /// Sets up a job: the kernel of a cached package and how its arguments travel.
     Prepare {

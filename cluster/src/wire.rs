@@ -26,9 +26,6 @@ pub enum WireError {
     /// Reading a raw payload failed.
     #[error("receiving failed: {0}")]
     ReadPayload(#[from] quinn::ReadError),
-    /// Hashing a received payload did not finish (the runtime is shutting down).
-    #[error("hashing a received buffer failed: {0}")]
-    Hashing(String),
     /// The stream was closed.
     #[error("stream closed: {0}")]
     Closed(#[from] quinn::ClosedStream),
@@ -79,15 +76,14 @@ pub(crate) async fn send_with_payload<T: Serialize>(
 /// Frames announcing a raw payload are small.
 const MAX_HEADER: usize = protocol::MAX_CONTROL;
 
-/// Reads the `len` raw bytes announced by a frame, up to the end of the stream, hashing
-/// them as they arrive (while they are in cache), into `reuse` if it is given and large
-/// enough. `len` must be within `limit`, and the stream must end right after them.
+/// Reads the `len` raw bytes announced by a frame, into `reuse` if it is given and
+/// large enough. `len` must be within `limit`, and the stream must end right after them.
 pub(crate) async fn recv_payload(
     stream: &mut quinn::RecvStream,
     len: u64,
     limit: usize,
     reuse: Option<Vec<u8>>,
-) -> Result<(Vec<u8>, protocol::Hash), WireError> {
+) -> Result<Vec<u8>, WireError> {
     let len = usize::try_from(len)
         .ok()
         .filter(|&len| len <= limit)
@@ -106,10 +102,8 @@ pub(crate) async fn recv_payload(
             fresh
         }
     };
-    let mut hasher = ChunkHasher::new(len);
     while let Some(chunk) = stream.read_chunk(len - bytes.len(), true).await? {
         bytes.extend_from_slice(&chunk.bytes);
-        hasher.update(chunk.bytes);
         if bytes.len() == len {
             break;
         }
@@ -127,60 +121,7 @@ pub(crate) async fn recv_payload(
             return Err(DecodeError::Trailing(extra.bytes.len()).into());
         }
     }
-    Ok((bytes, hasher.finalize().await?))
-}
-
-/// Hashes a payload's chunks as they arrive: inline for small payloads, on a blocking
-/// thread for large ones, so that the connection's thread goes on receiving (and
-/// decrypting) while another core hashes. The chunks are shared, not copied.
-enum ChunkHasher {
-    Inline(Box<blake3::Hasher>),
-    Threaded {
-        chunks: std::sync::mpsc::Sender<bytes::Bytes>,
-        hash: tokio::task::JoinHandle<protocol::Hash>,
-    },
-}
-
-impl ChunkHasher {
-    /// Payloads below this are hashed inline: a thread hand-off costs more than it saves.
-    const THREADED_FROM: usize = 1 << 20;
-
-    fn new(len: usize) -> ChunkHasher {
-        if len < Self::THREADED_FROM {
-            return ChunkHasher::Inline(Box::default());
-        }
-        let (chunks, arriving) = std::sync::mpsc::channel::<bytes::Bytes>();
-        let hash = tokio::task::spawn_blocking(move || {
-            let mut hasher = blake3::Hasher::new();
-            for chunk in arriving {
-                hasher.update(&chunk);
-            }
-            *hasher.finalize().as_bytes()
-        });
-        ChunkHasher::Threaded { chunks, hash }
-    }
-
-    fn update(&mut self, chunk: bytes::Bytes) {
-        match self {
-            ChunkHasher::Inline(hasher) => {
-                hasher.update(&chunk);
-            }
-            ChunkHasher::Threaded { chunks, .. } => {
-                // The receiver lives until `finalize` drops the sender.
-                let _ = chunks.send(chunk);
-            }
-        }
-    }
-
-    async fn finalize(self) -> Result<protocol::Hash, WireError> {
-        match self {
-            ChunkHasher::Inline(hasher) => Ok(*hasher.finalize().as_bytes()),
-            ChunkHasher::Threaded { chunks, hash } => {
-                drop(chunks);
-                hash.await.map_err(|e| WireError::Hashing(e.to_string()))
-            }
-        }
-    }
+    Ok(bytes)
 }
 
 /// Asks the kernel to back a large fresh allocation with transparent huge pages: a
@@ -216,15 +157,20 @@ pub(crate) async fn recv<T: DeserializeOwned>(
 }
 
 /// Transport settings shared by nodes and clients: keep-alives and an idle timeout so a
-/// paused or vanished peer is noticed within `idle`, large flow-control windows for
-/// bulk buffers, and MTU discovery up to what loopback and jumbo frames allow.
+/// paused or vanished peer is noticed within `idle`, flow-control windows, and MTU
+/// discovery up to what loopback and jumbo frames allow.
 ///
+/// The windows (8 MiB a stream, 16 MiB a connection) are many times a LAN's
+/// bandwidth-delay product yet smaller than what the UDP socket buffer holds, so a
+/// receiver that falls behind slows the sender by flow control instead of by dropped
+/// datagrams: with 64/256 MiB windows 1-4 % of bulk datagrams were lost on loopback,
+/// each a retransmission and a congestion-window cut (docs/cluster.md).
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(idle / 4));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
-    t.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
-    t.receive_window(quinn::VarInt::from_u32(256 << 20));
+    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.receive_window(quinn::VarInt::from_u32(16 << 20));
     t.send_window(256 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
@@ -402,20 +348,13 @@ mod tests {
                 .expect("accept");
             let (_send, mut recv) = connection.accept_bi().await.expect("stream");
             let request: Request = recv_frame(&mut recv).await;
-            let Request::Buffer { len } = request else {
+            let Request::Buffer { len, .. } = request else {
                 panic!("expected a buffer header, got {request:?}")
             };
             let result = recv_payload(&mut recv, len, limit, None).await;
             connection.close(0u32.into(), b"done");
             let _ = sender.await;
-            result.map(|(bytes, hash)| {
-                assert_eq!(
-                    hash,
-                    *blake3::hash(&bytes).as_bytes(),
-                    "hash of what arrived"
-                );
-                bytes
-            })
+            result
         })
     }
 
@@ -426,13 +365,13 @@ mod tests {
     }
 
     #[test]
-    fn a_raw_payload_arrives_whole_with_its_hash() {
-        // Below and above the size from which chunks are hashed on another thread.
+    fn a_raw_payload_arrives_whole() {
         for len in [300_000u32, 3 << 20] {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let got = receive(
                 Request::Buffer {
                     len: bytes.len() as u64,
+                    hash: *blake3::hash(&bytes).as_bytes(),
                 },
                 bytes.clone(),
                 protocol::MAX_DATA,
@@ -444,8 +383,15 @@ mod tests {
 
     #[test]
     fn a_payload_over_the_limit_is_refused_before_reading() {
-        let err = receive(Request::Buffer { len: 1 << 20 }, vec![0; 10], 1000)
-            .expect_err("over the limit");
+        let err = receive(
+            Request::Buffer {
+                len: 1 << 20,
+                hash: [0; 32],
+            },
+            vec![0; 10],
+            1000,
+        )
+        .expect_err("over the limit");
         assert!(
             matches!(err, WireError::Decode(DecodeError::TooLarge { size, limit: 1000 }) if size == 1 << 20),
             "{err}"
@@ -455,14 +401,20 @@ mod tests {
     #[test]
     fn a_short_or_long_payload_is_refused() {
         let err = receive(
-            Request::Buffer { len: 100 },
+            Request::Buffer {
+                len: 100,
+                hash: [0; 32],
+            },
             vec![1; 60],
             protocol::MAX_DATA,
         )
         .expect_err("short");
         assert!(err.to_string().contains("60 of the 100"), "{err}");
         let err = receive(
-            Request::Buffer { len: 100 },
+            Request::Buffer {
+                len: 100,
+                hash: [0; 32],
+            },
             vec![1; 160],
             protocol::MAX_DATA,
         )

@@ -187,6 +187,13 @@ fn serve_with(runner: Runner) -> Result<(), WorkerError> {
 }
 
 impl State {
+    /// Drops the kernels prepared on the device with the whole buffer `hash`.
+    fn forget_device_copies(&mut self, hash: &Hash) {
+        if let Runner::OpenCl { prepared, .. } = &mut self.runner {
+            prepared.retain(|(_, _, wholes), _| !wholes.contains(hash));
+        }
+    }
+
     fn handle(&mut self, request: ToWorker) -> FromWorker {
         match request {
             ToWorker::Load { package, kernel } => match self.load(&package, &kernel) {
@@ -194,15 +201,20 @@ impl State {
                 Err(e) => FromWorker::Error(e),
             },
             ToWorker::Buffer { hash, bytes } => {
-                self.buffers.insert(hash, Aligned::from_bytes(&bytes));
+                // New bytes under a hash we hold replace the old ones (the node's cache
+                // dropped a buffer that did not match its hash): device copies go too.
+                if self
+                    .buffers
+                    .insert(hash, Aligned::from_bytes(&bytes))
+                    .is_some()
+                {
+                    self.forget_device_copies(&hash);
+                }
                 FromWorker::Ready
             }
             ToWorker::Forget(hash) => {
                 self.buffers.remove(&hash);
-                if let Runner::OpenCl { prepared, .. } = &mut self.runner {
-                    // The device copy goes with the host copy.
-                    prepared.retain(|(_, _, wholes), _| !wholes.contains(&hash));
-                }
+                self.forget_device_copies(&hash);
                 FromWorker::Ready
             }
             ToWorker::Run {
