@@ -163,7 +163,7 @@ pub(crate) async fn recv<T: DeserializeOwned>(
 /// The windows (8 MiB a stream, 16 MiB a connection) are many times a LAN's
 /// bandwidth-delay product yet smaller than what the UDP socket buffer holds, so a
 /// receiver that falls behind slows the sender by flow control instead of by dropped
-/// datagrams: with 64/256 MiB windows 1-4 % of bulk datagrams were lost on loopback,
+/// datagrams: with 64/256 MiB windows up to 4 % of bulk datagrams were lost on loopback,
 /// each a retransmission and a congestion-window cut (docs/cluster.md).
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
