@@ -131,6 +131,11 @@ pub(crate) async fn usable(
     let matches = actual == hash;
     lock(cache).checked(&hash, &unchecked, matches);
     if matches {
+        tracing::info!(
+            "cached buffer {} ({} bytes) checked against its hash: shared with other connections",
+            blake3::Hash::from_bytes(hash).to_hex(),
+            unchecked.len()
+        );
         Some(unchecked)
     } else {
         tracing::warn!(

@@ -446,6 +446,20 @@ fn whole_input_buffers_reach_the_nodes_and_the_output_equals_the_local_run() {
         cluster_new == local_new,
         "new_pos differs from the local run"
     );
+    // A second client (a new connection) finds `pos` in each node's cache; the node
+    // hashes it once before sharing it, since it was uploaded by another connection.
+    let (_, again_vel, again_new) = run("again", cluster.cluster_flags(&cluster.credentials()));
+    assert!(
+        again_vel == local_vel && again_new == local_new,
+        "second run differs"
+    );
+    for node in &cluster.nodes {
+        let log = node.log();
+        assert!(
+            log.contains("checked against its hash: shared with other connections"),
+            "the node did not check and share the cached buffer:\n{log}"
+        );
+    }
 }
 
 /// Runs a small mandelbrot job with `--redundancy copies` on `cluster`, checks that it
