@@ -659,9 +659,7 @@ impl Scheduler {
             (dev.avail + (now - attempt.result_at)).max(now)
         };
         self.sync(d);
-        if self.devices[d].has_free_slot() && self.devices[d].place != Place::Free {
-            self.place(d, Place::Free);
-        }
+        self.mark_free_if_slot(d);
         self.resolve(pid);
         Ok(())
     }
@@ -750,16 +748,7 @@ impl Scheduler {
         let attempt = ps.attempts[a];
         ps.attempts[a].state = AttemptState::Dropped;
         let d = attempt.device;
-        self.running -= 1;
-        let now = self.now;
-        let dev = &mut self.devices[d];
-        dev.in_flight.retain(|&p| p != pid);
-        dev.avail = if dev.in_flight.is_empty() {
-            now
-        } else {
-            (dev.avail - attempt.compute_est).max(now)
-        };
-        self.sync(d);
+        self.release_slot(d, pid, attempt.compute_est);
         let Some(ps) = self.packets.get(&pid) else {
             return;
         };
@@ -887,19 +876,8 @@ impl Scheduler {
                         packet,
                     });
                     self.canceled.insert((pid, d), packet);
-                    self.running -= 1;
-                    let now = self.now;
-                    let dev = &mut self.devices[d];
-                    dev.in_flight.retain(|&p| p != pid);
-                    dev.avail = if dev.in_flight.is_empty() {
-                        now
-                    } else {
-                        (dev.avail - a.compute_est).max(now)
-                    };
-                    self.sync(d);
-                    if self.devices[d].has_free_slot() && self.devices[d].place != Place::Free {
-                        self.place(d, Place::Free);
-                    }
+                    self.release_slot(d, pid, a.compute_est);
+                    self.mark_free_if_slot(d);
                 }
                 AttemptState::Finished(g) if i != w => {
                     if self.job.redundancy > 1 && g != majority {
@@ -942,6 +920,14 @@ impl Scheduler {
     /// majority's digest.
     fn end_verify(&mut self, d: usize, pid: PacketId) -> Option<(Packet, Option<[u8; 32]>)> {
         let (packet, majority, compute_est) = self.verify.remove(&(pid, d))?;
+        self.release_slot(d, pid, compute_est);
+        self.mark_free_if_slot(d);
+        Some((packet, majority))
+    }
+
+    /// Takes attempt `pid` off device `d` before it delivered: the device's queue
+    /// shortens by the attempt's estimated compute time.
+    fn release_slot(&mut self, d: usize, pid: PacketId, compute_est: f64) {
         self.running -= 1;
         let now = self.now;
         let dev = &mut self.devices[d];
@@ -952,10 +938,13 @@ impl Scheduler {
             (dev.avail - compute_est).max(now)
         };
         self.sync(d);
+    }
+
+    /// Puts device `d` among the free ones if it has a slot and is not there yet.
+    fn mark_free_if_slot(&mut self, d: usize) {
         if self.devices[d].has_free_slot() && self.devices[d].place != Place::Free {
             self.place(d, Place::Free);
         }
-        Some((packet, majority))
     }
 
     // ----- policy -------------------------------------------------------------------
