@@ -180,12 +180,7 @@ impl Cluster {
     fn with_liar(n: usize, liar: Option<usize>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let creds = dir.path().join("cluster");
-        offload_ok([
-            OsArg::from("cluster"),
-            "init".into(),
-            "--dir".into(),
-            creds.clone().into(),
-        ]);
+        cluster_init(&creds);
         let mut nodes = Vec::new();
         for i in 0..n {
             let name = format!("n{i}");
@@ -239,6 +234,16 @@ impl Cluster {
 type OsArg = std::ffi::OsString;
 
 /// `kill -SIGNAL PID` (the process may already be gone).
+/// `offload cluster init --dir dir`: a fresh cluster identity.
+fn cluster_init(dir: &Path) {
+    offload_ok([
+        OsArg::from("cluster"),
+        "init".into(),
+        "--dir".into(),
+        dir.into(),
+    ]);
+}
+
 fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
@@ -594,12 +599,7 @@ fn a_client_without_cluster_credentials_is_refused_and_runs_nothing() {
     let cluster = Cluster::new(1);
     // An outsider: a perfectly valid identity of another cluster.
     let outsider = cluster.path("outsider");
-    offload_ok([
-        OsArg::from("cluster"),
-        "init".into(),
-        "--dir".into(),
-        outsider.clone().into(),
-    ]);
+    cluster_init(&outsider);
     let job = Mandel::new(cluster.dir.path(), 64, 64, 50);
     let out = cluster.path("out.bin");
     let output = run_bounded(
@@ -704,12 +704,7 @@ fn discovery_finds_nodes_in_a_private_network_namespace() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let creds = dir.path().join("cluster");
-    offload_ok([
-        OsArg::from("cluster"),
-        "init".into(),
-        "--dir".into(),
-        creds.clone().into(),
-    ]);
+    cluster_init(&creds);
     // disc-a has a tuned rate to advertise.
     let job = Mandel::new(dir.path(), 64, 64, 50);
     let cache = dir.path().join("cache-a");
@@ -854,12 +849,7 @@ fn a_node_restarted_between_jobs_is_used_again() {
 fn a_node_advertises_its_tuned_rate_and_the_client_starts_from_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let creds = dir.path().join("cluster");
-    offload_ok([
-        OsArg::from("cluster"),
-        "init".into(),
-        "--dir".into(),
-        creds.clone().into(),
-    ]);
+    cluster_init(&creds);
     let job = Mandel::new(dir.path(), 160, 120, 200);
     // Tune the kernel into node 0's cache only.
     let cache = dir.path().join("cache-0");
