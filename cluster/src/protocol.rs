@@ -16,8 +16,9 @@
 //! blake3 hash first and uploads only what the node lacks; whole `in` buffers are thus
 //! sent once per node, and a [`Request::Run`] carries only the packet's slices of split
 //! buffers. A whole buffer's bytes do not go through bincode: [`Request::Buffer`] announces
-//! their length and they follow raw on the same stream, so neither side copies them into
-//! or out of a frame and the node hashes them as they arrive. The worker pipe between a
+//! their length and hash and they follow raw on the same stream, so neither side copies
+//! them into or out of a frame; the node checks the hash only before another connection
+//! uses the buffer (`docs/cluster.md`, "Buffer cache"). The worker pipe between a
 //! node and its kernel process uses the same framing with [`ToWorker`] and [`FromWorker`].
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
