@@ -290,18 +290,22 @@ impl SimReport {
 
     /// `true` when the commits cover `0..items` exactly once.
     pub fn exactly_once(&self) -> bool {
-        let mut ranges: Vec<(u64, u64)> =
-            self.commits.iter().map(|(_, p)| (p.start, p.end)).collect();
-        ranges.sort_unstable();
-        let mut next = 0;
-        for (start, end) in ranges {
-            if start != next || end <= start {
-                return false;
-            }
-            next = end;
-        }
-        next == self.items
+        covers_exactly_once(&self.commits, self.items)
     }
+}
+
+/// `true` when the committed packets cover `0..items` exactly once: no gap, no overlap.
+pub fn covers_exactly_once(commits: &[(DeviceId, Packet)], items: u64) -> bool {
+    let mut ranges: Vec<(u64, u64)> = commits.iter().map(|(_, p)| (p.start, p.end)).collect();
+    ranges.sort_unstable();
+    let mut next = 0;
+    for (start, end) in ranges {
+        if start != next || end <= start {
+            return false;
+        }
+        next = end;
+    }
+    next == items
 }
 
 /// Runs the scenario with the [`Scheduler`] configured by [`Scenario::job_spec`].

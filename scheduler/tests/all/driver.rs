@@ -73,16 +73,23 @@ impl Driver {
 
     /// `true` when the commits cover `0..items` exactly once.
     pub fn covered_exactly_once(&self, items: u64) -> bool {
-        let mut ranges: Vec<(u64, u64)> =
-            self.commits.iter().map(|(_, p)| (p.start, p.end)).collect();
-        ranges.sort_unstable();
-        let mut next = 0;
-        for (start, end) in ranges {
-            if start != next || end <= start {
-                return false;
-            }
-            next = end;
+        scheduler::sim::covers_exactly_once(&self.commits, items)
+    }
+
+    /// The first packet run on `device`.
+    pub fn first_run_on(&self, device: DeviceId) -> Packet {
+        self.runs
+            .iter()
+            .find(|(d, _)| *d == device)
+            .expect("a packet ran on the device")
+            .1
+    }
+
+    /// Finishes every packet `device` is running, and the ones it gets next, until it has
+    /// none (each taking as many µs as it has items).
+    pub fn finish_all_on(&mut self, device: DeviceId) {
+        while let Some((&(d, _), &p)) = self.running.iter().find(|(&(d, _), _)| d == device) {
+            self.finish(d, p, p.items(), None);
         }
-        next == items
     }
 }

@@ -46,18 +46,8 @@ fn packets_are_sized_by_device_speed() {
     drv.sched.handle(0, cpu(0, 1e6));
     drv.sched.handle(0, cpu(1, 8e6));
     drv.drain();
-    let slow = drv
-        .runs
-        .iter()
-        .find(|(d, _)| *d == DeviceId(0))
-        .expect("run")
-        .1;
-    let fast = drv
-        .runs
-        .iter()
-        .find(|(d, _)| *d == DeviceId(1))
-        .expect("run")
-        .1;
+    let slow = drv.first_run_on(DeviceId(0));
+    let fast = drv.first_run_on(DeviceId(1));
     let ratio = fast.items() as f64 / slow.items() as f64;
     assert!((6.0..10.0).contains(&ratio), "{ratio}");
 }
@@ -71,15 +61,8 @@ fn stragglers_are_duplicated_and_the_first_result_wins() {
     drv.handle(cpu(0, 1e6));
     drv.handle(cpu(1, 1e6));
     // Device 1 hangs on its first packet; device 0 works through the rest.
-    let stuck = drv
-        .runs
-        .iter()
-        .find(|(d, _)| *d == DeviceId(1))
-        .expect("run")
-        .1;
-    while let Some((&(d, _), &p)) = drv.running.iter().find(|(&(d, _), _)| d == DeviceId(0)) {
-        drv.finish(d, p, p.items(), None);
-    }
+    let stuck = drv.first_run_on(DeviceId(1));
+    drv.finish_all_on(DeviceId(0));
     let dup = drv
         .runs
         .iter()
@@ -103,15 +86,8 @@ fn without_speculation_no_packet_runs_twice() {
     let mut drv = Driver::new(Scheduler::new(JobSpec::new(items).speculation(false)));
     drv.handle(cpu(0, 1e6));
     drv.handle(cpu(1, 1e6));
-    let stuck = drv
-        .runs
-        .iter()
-        .find(|(d, _)| *d == DeviceId(1))
-        .expect("run")
-        .1;
-    while let Some((&(d, _), &p)) = drv.running.iter().find(|(&(d, _), _)| d == DeviceId(0)) {
-        drv.finish(d, p, p.items(), None);
-    }
+    let stuck = drv.first_run_on(DeviceId(1));
+    drv.finish_all_on(DeviceId(0));
     assert!(!drv.sched.is_done());
     assert_eq!(drv.sched.progress().duplicates_issued, 0);
     drv.finish(DeviceId(1), stuck, 1_000_000, None);
