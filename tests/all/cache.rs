@@ -1,26 +1,9 @@
 //! Compiled kernels are cached on disk: a second process does not compile again.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use crate::common::{offload, repo_path};
-
-/// Packages the saxpy example into `dir`.
-fn saxpy_package(dir: &Path) -> PathBuf {
-    let pkg = dir.join("saxpy.okp");
-    let out = offload([
-        "package".as_ref(),
-        repo_path("examples/saxpy/kernel.rs").as_os_str(),
-        "-o".as_ref(),
-        pkg.as_os_str(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    pkg
-}
+use crate::common::{offload, saxpy_package};
 
 /// `offload -v --opt-level LEVEL --cache-dir CACHE run PKG` over 256 saxpy items.
 fn run_saxpy(cache: &Path, pkg: &Path, dir: &Path, opt_level: &str) -> Output {

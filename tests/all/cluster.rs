@@ -234,6 +234,19 @@ impl Cluster {
 type OsArg = std::ffi::OsString;
 
 /// `kill -SIGNAL PID` (the process may already be gone).
+/// Fails with `what` unless the cluster run's output file equals the local run's (compared
+/// whole, without printing megabytes of bytes).
+fn assert_same_output(remote: &Path, local: &Path, what: &str) {
+    let remote = std::fs::read(remote).expect("cluster output");
+    let local = std::fs::read(local).expect("local output");
+    assert!(
+        remote == local,
+        "{what} ({} vs {} bytes)",
+        remote.len(),
+        local.len()
+    );
+}
+
 /// `offload cluster init --dir dir`: a fresh cluster identity.
 fn cluster_init(dir: &Path) {
     offload_ok([
@@ -389,11 +402,7 @@ fn a_job_across_three_nodes_equals_the_local_run() {
         Duration::from_secs(120),
     );
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(
-        std::fs::read(&remote).expect("cluster output"),
-        std::fs::read(&local).expect("local output"),
-        "cluster output differs from the local run"
-    );
+    assert_same_output(&remote, &local, "cluster output differs from the local run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("on 3 nodes"), "{stdout}");
 }
@@ -478,10 +487,10 @@ fn redundant_run_equals_the_local_run(cluster: &Cluster, copies: u32) -> String 
     command.args(["--redundancy", &copies.to_string()]);
     let output = run_bounded(command, Duration::from_secs(120));
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(
-        std::fs::read(&remote).expect("cluster output"),
-        std::fs::read(&local).expect("local output"),
-        "redundant cluster output differs from the local run"
+    assert_same_output(
+        &remote,
+        &local,
+        "redundant cluster output differs from the local run",
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -570,10 +579,10 @@ fn survives(nodes: usize, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Output)
         }
     };
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(
-        std::fs::read(&remote).expect("cluster output"),
-        std::fs::read(&local).expect("local output"),
-        "cluster output differs from the local run after a node fault"
+    assert_same_output(
+        &remote,
+        &local,
+        "cluster output differs from the local run after a node fault",
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -839,10 +848,7 @@ fn a_node_restarted_between_jobs_is_used_again() {
         "the restarted node was not used:\n{}",
         text(&output)
     );
-    assert_eq!(
-        std::fs::read(&remote).expect("cluster output"),
-        std::fs::read(&local).expect("local output")
-    );
+    assert_same_output(&remote, &local, "cluster output differs from the local run");
 }
 
 #[test]
@@ -887,10 +893,7 @@ fn a_node_advertises_its_tuned_rate_and_the_client_starts_from_it() {
         .collect();
     assert_eq!(lines.len(), 1, "{}", text(&output));
     assert!(lines[0].contains("test-node-0"), "{}", lines[0]);
-    assert_eq!(
-        std::fs::read(&remote).expect("cluster output"),
-        std::fs::read(&local).expect("local output")
-    );
+    assert_same_output(&remote, &local, "cluster output differs from the local run");
 }
 
 /// Whether this machine has an OpenCL device (PoCL here and in CI); says why not.
@@ -957,11 +960,7 @@ fn a_node_serving_its_opencl_device_runs_packets_there_and_equals_the_local_run(
     let output = run_bounded(command, Duration::from_secs(180));
     assert!(output.status.success(), "{}", text(&output));
     // mandelbrot writes integers: the OpenCL device's packets must be bit-exact.
-    assert!(
-        std::fs::read(&remote).expect("cluster output")
-            == std::fs::read(&local).expect("local output"),
-        "cluster output differs from the local run"
-    );
+    assert_same_output(&remote, &local, "cluster output differs from the local run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let log = cluster.nodes[0].log();
     if present {

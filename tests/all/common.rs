@@ -66,6 +66,19 @@ pub fn package(source: &Path, manifest: &Path, dir: &Path, name: &str) -> PathBu
     pkg
 }
 
+/// `offload package examples/saxpy/kernel.rs -o DIR/saxpy.okp` (its manifest found next
+/// to the source); returns the package path.
+pub fn saxpy_package(dir: &Path) -> PathBuf {
+    let pkg = dir.join("saxpy.okp");
+    offload_ok([
+        OsStr::new("package"),
+        repo_path("examples/saxpy/kernel.rs").as_os_str(),
+        OsStr::new("-o"),
+        pkg.as_os_str(),
+    ]);
+    pkg
+}
+
 /// Command line of one `offload run`, built argument by argument.
 pub struct Run {
     args: Vec<OsString>,

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{offload, repo_path};
+use crate::common::{offload, saxpy_package};
 
 /// A kernel in LLVM IR with one valid item kernel; tests splice in what they break.
 const VALID_IR: &str = r#"
@@ -283,26 +283,10 @@ fn a_file_that_is_not_a_package_is_refused() {
     assert!(stderr.contains("not an offload package"), "{stderr}");
 }
 
-fn saxpy_package(case: &Case) -> PathBuf {
-    let pkg = case.dir.path().join("saxpy.okp");
-    let out = offload([
-        "package".as_ref(),
-        repo_path("examples/saxpy/kernel.rs").as_os_str(),
-        "-o".as_ref(),
-        pkg.as_os_str(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    pkg
-}
-
 #[test]
 fn buffer_of_the_wrong_size_is_refused_before_running() {
     let case = Case::new();
-    let pkg = saxpy_package(&case);
+    let pkg = saxpy_package(case.dir.path());
     let x = case.file("x.bin", vec![0u8; 4 * 1000]);
     let y = case.file("y.bin", vec![0u8; 4 * 999]);
     let out = offload([
@@ -332,7 +316,7 @@ fn buffer_of_the_wrong_size_is_refused_before_running() {
 #[test]
 fn missing_and_misplaced_arguments_say_how_to_pass_them() {
     let case = Case::new();
-    let pkg = saxpy_package(&case);
+    let pkg = saxpy_package(case.dir.path());
     let x = case.file("x.bin", vec![0u8; 40]);
     let run = |extra: &[&str]| {
         let mut args: Vec<String> = vec![
