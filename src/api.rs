@@ -762,9 +762,7 @@ fn write_back(args: &mut [KernelArg<'_>], values: &[ArgValue]) {
             continue;
         };
         if *access == Access::Sum {
-            let mut total = Buffer::from_bytes(bytes);
-            total.add_assign(result, *elem);
-            bytes.copy_from_slice(total.as_bytes());
+            elem.add_into(bytes, result.as_bytes());
         } else {
             bytes.copy_from_slice(result.as_bytes());
         }
@@ -783,7 +781,6 @@ mod in_place {
     use node_jit::Engine;
 
     use super::{ArgInner, Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport};
-    use crate::buffer::Buffer;
     use crate::local::{sum_slots, BlockJob, RunError};
 
     /// Runs the job; `args` were checked against the manifest by the caller.
@@ -840,9 +837,7 @@ mod in_place {
         // Sum slices get the job's totals added, as a direct call adds into them.
         for (&(slot, elem, _), total) in sums.iter().zip(&totals) {
             if let ArgInner::Output { bytes, .. } = &mut args[slot].0 {
-                let mut sum = Buffer::from_bytes(bytes);
-                sum.add_assign(total, elem);
-                bytes.copy_from_slice(sum.as_bytes());
+                elem.add_into(bytes, total.as_bytes());
             }
         }
         Ok(LaunchReport {

@@ -1,7 +1,5 @@
 //! Kernel buffers: byte storage aligned for every element type of the kernel model.
 
-use std::ops::Add;
-
 use ir_packager::ScalarType;
 
 /// A byte buffer whose storage is 8-byte aligned, so it can be handed to a kernel as
@@ -65,33 +63,7 @@ impl Buffer {
     /// Adds `other` element-wise into `self`, reading both as arrays of `elem`: how `sum`
     /// buffers combine. Integers wrap, as they do in the kernels.
     pub fn add_assign(&mut self, other: &Buffer, elem: ScalarType) {
-        let size = elem.size();
-        let (dst, src) = (self.as_bytes_mut(), other.as_bytes());
-        for (d, s) in dst.chunks_exact_mut(size).zip(src.chunks_exact(size)) {
-            add_element(d, s, elem);
-        }
-    }
-}
-
-fn add_element(d: &mut [u8], s: &[u8], elem: ScalarType) {
-    macro_rules! add_as {
-        ($t:ty, $op:ident) => {{
-            let mut a = [0u8; std::mem::size_of::<$t>()];
-            let mut b = a;
-            a.copy_from_slice(d);
-            b.copy_from_slice(s);
-            let sum = <$t>::from_le_bytes(a).$op(<$t>::from_le_bytes(b));
-            d.copy_from_slice(&sum.to_le_bytes());
-        }};
-    }
-    match elem {
-        ScalarType::U8 => d[0] = d[0].wrapping_add(s[0]),
-        ScalarType::I32 => add_as!(i32, wrapping_add),
-        ScalarType::U32 => add_as!(u32, wrapping_add),
-        ScalarType::I64 => add_as!(i64, wrapping_add),
-        ScalarType::U64 => add_as!(u64, wrapping_add),
-        ScalarType::F32 => add_as!(f32, add),
-        ScalarType::F64 => add_as!(f64, add),
+        elem.add_into(self.as_bytes_mut(), other.as_bytes());
     }
 }
 

@@ -711,40 +711,10 @@ impl Layout {
                 }
             } else if let Some(elem) = sum {
                 if let Some(partial) = outputs.next() {
-                    add_elements(bytes, &partial, *elem);
+                    elem.add_into(bytes, &partial);
                 }
             }
         }
-    }
-}
-
-/// Element-wise `dst += src` as arrays of `elem`: how sum buffers combine (integers
-/// wrap, as in the kernels and the local runner).
-fn add_elements(dst: &mut [u8], src: &[u8], elem: ScalarType) {
-    use std::ops::Add;
-    macro_rules! add_as {
-        ($t:ty, $op:ident) => {{
-            const N: usize = std::mem::size_of::<$t>();
-            for (d, s) in dst.chunks_exact_mut(N).zip(src.chunks_exact(N)) {
-                let (mut a, mut b) = ([0u8; N], [0u8; N]);
-                a.copy_from_slice(d);
-                b.copy_from_slice(s);
-                d.copy_from_slice(
-                    &<$t>::from_le_bytes(a)
-                        .$op(<$t>::from_le_bytes(b))
-                        .to_le_bytes(),
-                );
-            }
-        }};
-    }
-    match elem {
-        ScalarType::U8 => add_as!(u8, wrapping_add),
-        ScalarType::I32 => add_as!(i32, wrapping_add),
-        ScalarType::U32 => add_as!(u32, wrapping_add),
-        ScalarType::I64 => add_as!(i64, wrapping_add),
-        ScalarType::U64 => add_as!(u64, wrapping_add),
-        ScalarType::F32 => add_as!(f32, add),
-        ScalarType::F64 => add_as!(f64, add),
     }
 }
 

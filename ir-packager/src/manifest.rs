@@ -69,6 +69,34 @@ impl ScalarType {
         }
     }
 
+    /// Element-wise `total += part`, both read as little-endian arrays of this type: how
+    /// `sum` buffers combine. Integers wrap, as they do in the kernels. Elements past the
+    /// shorter slice are left alone.
+    pub fn add_into(self, total: &mut [u8], part: &[u8]) {
+        use std::ops::Add;
+        macro_rules! add_as {
+            ($t:ty, $op:ident) => {{
+                const N: usize = std::mem::size_of::<$t>();
+                for (d, s) in total.chunks_exact_mut(N).zip(part.chunks_exact(N)) {
+                    let (mut a, mut b) = ([0u8; N], [0u8; N]);
+                    a.copy_from_slice(d);
+                    b.copy_from_slice(s);
+                    let sum = <$t>::from_le_bytes(a).$op(<$t>::from_le_bytes(b));
+                    d.copy_from_slice(&sum.to_le_bytes());
+                }
+            }};
+        }
+        match self {
+            ScalarType::U8 => add_as!(u8, wrapping_add),
+            ScalarType::I32 => add_as!(i32, wrapping_add),
+            ScalarType::U32 => add_as!(u32, wrapping_add),
+            ScalarType::I64 => add_as!(i64, wrapping_add),
+            ScalarType::U64 => add_as!(u64, wrapping_add),
+            ScalarType::F32 => add_as!(f32, add),
+            ScalarType::F64 => add_as!(f64, add),
+        }
+    }
+
     /// Whether this is a floating-point type.
     pub fn is_float(self) -> bool {
         matches!(self, ScalarType::F32 | ScalarType::F64)
@@ -627,6 +655,26 @@ impl fmt::Display for ScalarValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_sums_wrap_integers_and_add_floats() {
+        let mut total = u32::MAX.to_le_bytes().to_vec();
+        ScalarType::U32.add_into(&mut total, &2u32.to_le_bytes());
+        assert_eq!(total, 1u32.to_le_bytes());
+        let mut total = [i64::MIN.to_le_bytes(), 5i64.to_le_bytes()].concat();
+        let part = [(-1i64).to_le_bytes(), 7i64.to_le_bytes()].concat();
+        ScalarType::I64.add_into(&mut total, &part);
+        assert_eq!(
+            total,
+            [i64::MAX.to_le_bytes(), 12i64.to_le_bytes()].concat()
+        );
+        let mut total = 1.5f64.to_le_bytes().to_vec();
+        ScalarType::F64.add_into(&mut total, &2.25f64.to_le_bytes());
+        assert_eq!(total, 3.75f64.to_le_bytes());
+        let mut total = vec![250u8, 1];
+        ScalarType::U8.add_into(&mut total, &[10, 2]);
+        assert_eq!(total, [4, 3]);
+    }
 
     #[test]
     fn parses_the_documented_example() {

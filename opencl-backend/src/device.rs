@@ -760,7 +760,7 @@ impl PreparedKernel {
                     // SAFETY: the caller guarantees a packet-private array of `bytes`.
                     let total = unsafe { std::slice::from_raw_parts_mut(bits as *mut u8, *bytes) };
                     for part in partials.chunks_exact(*bytes) {
-                        add_into(total, part, *elem);
+                        elem.add_into(total, part);
                     }
                 }
                 _ => {}
@@ -782,43 +782,6 @@ fn ensure<'m>(
     Ok(&mem.get_or_insert_with(|| unreachable!("just filled")).0)
 }
 
-/// Element-wise `total += part` with the manifest's semantics (integers wrap).
-pub fn add_into(total: &mut [u8], part: &[u8], elem: ScalarType) {
-    let size = elem.size();
-    for (d, s) in total.chunks_exact_mut(size).zip(part.chunks_exact(size)) {
-        macro_rules! add {
-            ($t:ty, $op:ident) => {{
-                let mut a = [0u8; std::mem::size_of::<$t>()];
-                let mut b = a;
-                a.copy_from_slice(d);
-                b.copy_from_slice(s);
-                d.copy_from_slice(
-                    &<$t>::from_le_bytes(a)
-                        .$op(<$t>::from_le_bytes(b))
-                        .to_le_bytes(),
-                );
-            }};
-        }
-        match elem {
-            ScalarType::U8 => d[0] = d[0].wrapping_add(s[0]),
-            ScalarType::I32 | ScalarType::U32 => add!(u32, wrapping_add),
-            ScalarType::I64 | ScalarType::U64 => add!(u64, wrapping_add),
-            ScalarType::F32 => {
-                let a = f32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-                let b = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-                d.copy_from_slice(&(a + b).to_le_bytes());
-            }
-            ScalarType::F64 => {
-                let mut a = [0u8; 8];
-                let mut b = [0u8; 8];
-                a.copy_from_slice(d);
-                b.copy_from_slice(s);
-                d.copy_from_slice(&(f64::from_le_bytes(a) + f64::from_le_bytes(b)).to_le_bytes());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,15 +792,5 @@ mod tests {
         is_send::<PreparedKernel>();
         fn is_sync<T: Send + Sync>() {}
         is_sync::<Device>();
-    }
-
-    #[test]
-    fn partial_sums_wrap_integers_and_add_floats() {
-        let mut total = u32::MAX.to_le_bytes().to_vec();
-        add_into(&mut total, &2u32.to_le_bytes(), ScalarType::U32);
-        assert_eq!(total, 1u32.to_le_bytes());
-        let mut total = 1.5f64.to_le_bytes().to_vec();
-        add_into(&mut total, &2.25f64.to_le_bytes(), ScalarType::F64);
-        assert_eq!(total, 3.75f64.to_le_bytes());
     }
 }

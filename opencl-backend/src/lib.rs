@@ -39,8 +39,7 @@ use std::sync::{Arc, Mutex};
 use ir_packager::{Package, PackageHash};
 
 pub use device::{
-    add_into, discover, Device, DeviceError, DeviceInfo, DeviceKind, Discovery, PreparedKernel,
-    Program,
+    discover, Device, DeviceError, DeviceInfo, DeviceKind, Discovery, PreparedKernel, Program,
 };
 pub use lower::{LowerError, Lowered};
 

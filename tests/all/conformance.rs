@@ -20,7 +20,7 @@ use offload::{
     package_source, run_local, Access, ArgKind, ArgValue, Buffer, Config, Engine, KernelSpec,
     LocalOptions, Manifest, Package, ScalarType, ScalarValue, Shape,
 };
-use opencl_backend::{add_into, LowerError, OpenCl};
+use opencl_backend::{LowerError, OpenCl};
 
 use crate::common::{offload, offload_ok, repo_path};
 
@@ -324,7 +324,7 @@ fn run_device(
                 (&mut args[slot], spec.args[slot].kind)
             {
                 let mut bytes = total.as_bytes().to_vec();
-                add_into(&mut bytes, partial.as_bytes(), elem);
+                elem.add_into(&mut bytes, partial.as_bytes());
                 *total = Buffer::from_bytes(&bytes);
             }
         }
