@@ -664,6 +664,28 @@ impl Layout {
             .sum()
     }
 
+    /// The most items one packet may hold so that its message each way (the input
+    /// slices going out, the output slices and `sum` partials coming back) stays within
+    /// [`MAX_DATA`], with room for the framing. Without this cap a large job on few
+    /// devices would get packets no message can carry.
+    fn max_packet_items(&self) -> u64 {
+        const FRAMING: u64 = 1 << 20;
+        let sums: u64 = self
+            .wire
+            .iter()
+            .map(|arg| match arg {
+                WireArg::Sum(bytes) => *bytes,
+                _ => 0,
+            })
+            .sum();
+        let per_item = self
+            .bytes_per_item(true)
+            .max(self.bytes_per_item(false))
+            .max(1);
+        let room = (MAX_DATA as u64).saturating_sub(FRAMING + sums);
+        (room / per_item).max(1)
+    }
+
     /// The packet's slices of the input split buffers.
     fn slices(&self, args: &[JobArg<'_>], start: u64, end: u64) -> Vec<Vec<u8>> {
         let mut slices = Vec::new();
@@ -1108,6 +1130,7 @@ impl JobRun {
                 .bytes_in_per_item(self.layout.bytes_per_item(true))
                 .bytes_out_per_item(self.layout.bytes_per_item(false))
                 .broadcast_bytes(broadcast)
+                .max_packet(self.layout.max_packet_items())
                 .redundancy(self.redundancy),
         );
         let clock = Instant::now();
@@ -1316,11 +1339,16 @@ impl JobRun {
                 }) if id == packet.id.0 => {
                     match self.layout.check_outputs(&outputs, packet.items()) {
                         Ok(()) => {
-                            let mut hasher = blake3::Hasher::new();
-                            for o in &outputs {
-                                hasher.update(&(o.len() as u64).to_le_bytes());
-                                hasher.update(o);
-                            }
+                            // Digests are compared only between redundant copies: without
+                            // redundancy, hashing every result would only slow this loop.
+                            let digest = (self.redundancy > 1).then(|| {
+                                let mut hasher = blake3::Hasher::new();
+                                for o in &outputs {
+                                    hasher.update(&(o.len() as u64).to_le_bytes());
+                                    hasher.update(o);
+                                }
+                                *hasher.finalize().as_bytes()
+                            });
                             pending.insert((outcome.device, packet.id.0), outputs);
                             sched.handle(
                                 now(),
@@ -1328,7 +1356,7 @@ impl JobRun {
                                     device: outcome.device,
                                     packet: packet.id,
                                     compute_us,
-                                    digest: Some(*hasher.finalize().as_bytes()),
+                                    digest,
                                 },
                             );
                         }
@@ -1472,5 +1500,50 @@ impl JobRun {
         );
         self.notify(&line);
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(splits: Vec<Option<(u64, bool, bool)>>, sum_bytes: u64) -> Layout {
+        let mut wire: Vec<WireArg> = splits
+            .iter()
+            .map(|s| {
+                let (bytes_per_item, input, output) = s.unwrap_or((0, false, false));
+                WireArg::Split {
+                    bytes_per_item,
+                    input,
+                    output,
+                }
+            })
+            .collect();
+        wire.push(WireArg::Sum(sum_bytes));
+        let mut sums = vec![None; splits.len()];
+        sums.push(Some(ScalarType::U64));
+        let mut all_splits = splits;
+        all_splits.push(None);
+        Layout {
+            wire,
+            wholes: Vec::new(),
+            splits: all_splits,
+            sums,
+        }
+    }
+
+    #[test]
+    fn a_packet_fits_in_one_message_each_way() {
+        // 16 bytes in and 4 bytes out per item: the input side decides.
+        let l = layout(vec![Some((16, true, false)), Some((4, false, true))], 4096);
+        let items = l.max_packet_items();
+        assert!(items * 16 + 4096 <= MAX_DATA as u64);
+        assert!((items + 1) * 16 + 4096 + (1 << 20) > MAX_DATA as u64);
+        // An `inout` buffer counts both ways; outputs larger than inputs decide.
+        let l = layout(vec![Some((8, true, true)), Some((64, false, true))], 0);
+        assert_eq!(l.max_packet_items(), (MAX_DATA as u64 - (1 << 20)) / 72);
+        // Even an item bigger than a message gets packets of one item, not zero.
+        let l = layout(vec![Some((2 << 30, true, false))], 0);
+        assert_eq!(l.max_packet_items(), 1);
     }
 }

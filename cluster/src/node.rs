@@ -501,7 +501,12 @@ async fn prepare(
                 let bytes = buffer_cache::usable(&shared.buffers, *hash, connection)
                     .await
                     .ok_or_else(|| {
-                        format!("buffer `{}` was not uploaded to this node", arg.name)
+                        format!(
+                            "buffer `{}` is not in this node's cache: it was not uploaded, or \
+                             was evicted (a node caches at most {} GiB of whole buffers)",
+                            arg.name,
+                            NODE_BUFFER_BYTES >> 30
+                        )
                     })?;
                 wholes.push((*hash, bytes.clone()));
                 bytes.len() % elem.size() == 0
@@ -850,10 +855,19 @@ impl Worker {
                 continue;
             }
             if self.buffer_bytes + bytes.len() > WORKER_BUFFER_BYTES {
-                for (old, _) in std::mem::take(&mut self.buffers) {
+                // Make room from other jobs' buffers only: this job needs all of its own.
+                let others: Vec<Hash> = self
+                    .buffers
+                    .keys()
+                    .filter(|held| !job.wholes.iter().any(|(hash, _)| hash == *held))
+                    .copied()
+                    .collect();
+                for old in others {
+                    if let Some((_, len)) = self.buffers.remove(&old) {
+                        self.buffer_bytes -= len;
+                    }
                     let _ = self.call(&ToWorker::Forget(old), load_timeout).await;
                 }
-                self.buffer_bytes = 0;
             }
             let request = ToWorker::Buffer {
                 hash: *hash,

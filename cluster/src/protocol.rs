@@ -27,6 +27,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Version 2: [`NodeInfo`] carries the node's tuned rates ([`TunedRate`]) and OpenCL
 /// devices ([`OpenClDevice`]), whole buffers follow [`Request::Buffer`] raw instead of
 /// inside the frame, and [`Request::Run`] names the node device that runs the packet.
+/// Version 3: [`Request::Buffer`] carries the uploader's hash of the bytes.
 pub const VERSION: u32 = 3;
 
 /// The ALPN protocol name of offload's QUIC connections.
