@@ -34,9 +34,7 @@ use std::sync::Once;
 
 use inkwell::context::Context;
 use inkwell::module::Module;
-use inkwell::targets::{
-    CodeModel, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
-};
+use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine};
 use inkwell::OptimizationLevel;
 
 pub use canonical::{
@@ -231,11 +229,6 @@ pub fn load_module<'ctx>(ctx: &'ctx Context, package: &Package) -> Result<Module
         });
     }
     canonical::parse_and_validate(ctx, package.bitcode(), package.manifest())
-}
-
-/// A triple in LLVM's form.
-pub fn triple(text: &str) -> TargetTriple {
-    TargetTriple::create(text)
 }
 
 #[cfg(test)]

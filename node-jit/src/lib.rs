@@ -33,7 +33,6 @@ mod host;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -246,17 +245,6 @@ impl CodeOrigin {
     }
 }
 
-/// Cache counters since the engine was created.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CacheStats {
-    /// Kernels compiled.
-    pub compiled: u64,
-    /// Kernels loaded from disk.
-    pub disk_hits: u64,
-    /// Kernels found already loaded.
-    pub memory_hits: u64,
-}
-
 /// Native code for one kernel, ready to run packets.
 pub struct CompiledKernel {
     // Keeps the code mapped; `entry` points into it.
@@ -353,9 +341,6 @@ struct EngineInner {
     config: Config,
     host: HostTarget,
     loaded: Mutex<HashMap<String, Arc<CompiledKernel>>>,
-    compiled: AtomicU64,
-    disk_hits: AtomicU64,
-    memory_hits: AtomicU64,
     // Only used when the disk cache is off, to keep libraries until the engine drops.
     scratch: Option<tempfile::TempDir>,
 }
@@ -400,9 +385,6 @@ impl Engine {
                 host: HostTarget::detect(),
                 config,
                 loaded: Mutex::new(HashMap::new()),
-                compiled: AtomicU64::new(0),
-                disk_hits: AtomicU64::new(0),
-                memory_hits: AtomicU64::new(0),
                 scratch,
             }),
         })
@@ -416,15 +398,6 @@ impl Engine {
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.inner.config
-    }
-
-    /// Cache counters.
-    pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            compiled: self.inner.compiled.load(Ordering::Relaxed),
-            disk_hits: self.inner.disk_hits.load(Ordering::Relaxed),
-            memory_hits: self.inner.memory_hits.load(Ordering::Relaxed),
-        }
     }
 
     fn library_dir(&self) -> PathBuf {
@@ -494,7 +467,6 @@ impl Engine {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(kernel) = loaded.get(&key) {
-            self.inner.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(CompileReport {
                 kernel: Arc::clone(kernel),
                 origin: CodeOrigin::MemoryCache,
@@ -504,7 +476,6 @@ impl Engine {
         let dir = self.library_dir();
         let library_path = dir.join(format!("{key}.so"));
         let origin = if library_path.is_file() {
-            self.inner.disk_hits.fetch_add(1, Ordering::Relaxed);
             CodeOrigin::DiskCache
         } else {
             let object = codegen::compile_entry_object(
@@ -515,7 +486,6 @@ impl Engine {
                 tuning,
             )?;
             self.link_library(&object, &dir, &library_path)?;
-            self.inner.compiled.fetch_add(1, Ordering::Relaxed);
             CodeOrigin::Compiled
         };
         let kernel = Arc::new(load_library(&library_path, spec, key.clone())?);

@@ -486,7 +486,7 @@ impl<'s> Lowering<'s> {
     fn unsupported_type(&self, at: Value, t: Type) -> LowerError {
         let reason = match ir::kind(t) {
             LLVMTypeKind::LLVMVectorTypeKind | LLVMTypeKind::LLVMScalableVectorTypeKind => {
-                "only vectors of 2, 3, 4, 8 or 16 integers (8 to 64 bits) or floats have an OpenCL type (vector comparisons and masks are not lowered)".to_string()
+                "only vectors of 2, 3, 4, 8 or 16 integers (8 to 64 bits) or floats have an OpenCL type".to_string()
             }
             _ => format!(
                 "type `{}` has no OpenCL C counterpart here",

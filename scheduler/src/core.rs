@@ -693,12 +693,11 @@ impl Scheduler {
             return Ok(());
         }
         self.drop_attempt(pid, a);
-        let dev = &mut self.devices[d];
-        dev.failures_in_a_row += 1;
-        if dev.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
+        self.devices[d].failures_in_a_row += 1;
+        if self.devices[d].failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
             self.remove_device(d, Status::Excluded);
-        } else if dev.has_free_slot() && dev.place != Place::Free {
-            self.place(d, Place::Free);
+        } else {
+            self.mark_free_if_slot(d);
         }
         Ok(())
     }
@@ -715,12 +714,8 @@ impl Scheduler {
             }
             if let Some(a) = self.attempt_of(d, pid) {
                 if announce {
-                    if let Some(ps) = self.packets.get(&pid) {
-                        self.out.push_back(Decision::Cancel {
-                            device: self.devices[d].id,
-                            packet: ps.packet,
-                        });
-                        self.canceled.insert((pid, d), ps.packet);
+                    if let Some(packet) = self.packets.get(&pid).map(|ps| ps.packet) {
+                        self.cancel_copy(d, pid, packet);
                     }
                 }
                 self.drop_attempt(pid, a);
@@ -773,26 +768,20 @@ impl Scheduler {
             let Some(ps) = self.packets.get(&pid) else {
                 continue;
             };
-            let running: Vec<(usize, usize)> = ps
+            let running: Vec<(usize, Attempt)> = ps
                 .attempts
                 .iter()
+                .copied()
                 .enumerate()
                 .filter(|(_, a)| a.state == AttemptState::Running)
-                .map(|(i, a)| (i, a.device))
                 .collect();
             let packet = ps.packet;
-            for (i, d) in running {
-                self.out.push_back(Decision::Cancel {
-                    device: self.devices[d].id,
-                    packet,
-                });
-                self.canceled.insert((pid, d), packet);
+            for (i, a) in running {
+                self.cancel_copy(a.device, pid, packet);
                 if let Some(ps) = self.packets.get_mut(&pid) {
                     ps.attempts[i].state = AttemptState::Dropped;
                 }
-                self.devices[d].in_flight.retain(|&p| p != pid);
-                self.running -= 1;
-                self.sync(d);
+                self.release_slot(a.device, pid, a.compute_est);
             }
         }
     }
@@ -871,11 +860,7 @@ impl Scheduler {
                 }
                 AttemptState::Running => {
                     let d = a.device;
-                    self.out.push_back(Decision::Cancel {
-                        device: self.devices[d].id,
-                        packet,
-                    });
-                    self.canceled.insert((pid, d), packet);
+                    self.cancel_copy(d, pid, packet);
                     self.release_slot(d, pid, a.compute_est);
                     self.mark_free_if_slot(d);
                 }
@@ -938,6 +923,15 @@ impl Scheduler {
             (dev.avail - compute_est).max(now)
         };
         self.sync(d);
+    }
+
+    /// Tells the runner to cancel `packet` on device `d`; its late result is discarded.
+    fn cancel_copy(&mut self, d: usize, pid: PacketId, packet: Packet) {
+        self.out.push_back(Decision::Cancel {
+            device: self.devices[d].id,
+            packet,
+        });
+        self.canceled.insert((pid, d), packet);
     }
 
     /// Puts device `d` among the free ones if it has a slot and is not there yet.

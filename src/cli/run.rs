@@ -8,8 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use offload::{
-    required_bytes, run_local, Access, ArgKind, ArgValue, Buffer, KernelSpec, LocalOptions,
-    ScalarValue,
+    required_bytes, run_local, ArgKind, ArgValue, Buffer, KernelSpec, LocalOptions, ScalarValue,
 };
 
 use super::package::read_package;
@@ -70,15 +69,6 @@ fn split_binding(flag: &'static str, text: &str) -> anyhow::Result<Binding> {
     })
 }
 
-fn flag_for(access: Access) -> &'static str {
-    match access {
-        Access::In => "in",
-        Access::InOut => "inout",
-        Access::Out => "out",
-        Access::Sum => "sum",
-    }
-}
-
 /// Matches the command line's bindings to the kernel's arguments, reads input files
 /// and allocates outputs. Returns the values and, per output, the file to write.
 fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, OutputFiles)> {
@@ -105,7 +95,7 @@ fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Out
         };
         let wanted = match arg.kind {
             ArgKind::Scalar(_) => "arg",
-            ArgKind::Buffer { access, .. } => flag_for(access),
+            ArgKind::Buffer { access, .. } => access.name(),
         };
         if wanted != b.flag {
             bail!(
@@ -151,7 +141,7 @@ fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Out
                 let how = match kind {
                     ArgKind::Scalar(_) => format!("--arg {}=VALUE", arg.name),
                     ArgKind::Buffer { access, .. } => {
-                        format!("--{} {}=FILE", flag_for(access), arg.name)
+                        format!("--{} {}=FILE", access.name(), arg.name)
                     }
                 };
                 bail!(
@@ -212,17 +202,11 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         .manifest()
         .kernel(&args.kernel)
         .with_context(|| {
-            let names: Vec<&str> = package
-                .manifest()
-                .kernels
-                .iter()
-                .map(|k| k.name.as_str())
-                .collect();
             format!(
                 "package {} has no kernel `{}` (it has: {})",
                 args.package.display(),
                 args.kernel,
-                names.join(", ")
+                package.manifest().kernel_names()
             )
         })?
         .clone();

@@ -146,16 +146,10 @@ pub fn tune(cli: &Cli, args: &TuneArgs) -> anyhow::Result<()> {
             };
             for kernel in kernels {
                 let Some(spec) = package.manifest().kernel(&kernel) else {
-                    let names: Vec<&str> = package
-                        .manifest()
-                        .kernels
-                        .iter()
-                        .map(|k| k.name.as_str())
-                        .collect();
                     bail!(
                         "package {} has no kernel `{kernel}` (it has: {})",
                         path.display(),
-                        names.join(", ")
+                        package.manifest().kernel_names()
                     );
                 };
                 let mut scalars = Vec::new();
