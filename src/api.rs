@@ -648,7 +648,7 @@ impl Backend {
     }
 }
 
-/// Checks `args` against the kernel's manifest and copies them into job buffers.
+/// Checks `args` against the kernel's manifest: count, types and slice lengths.
 fn check(kernel: &Kernel, items: u64, args: &[KernelArg<'_>]) -> Result<(), LaunchError> {
     let spec = kernel.spec();
     if args.len() != spec.args.len() {

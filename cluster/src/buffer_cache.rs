@@ -148,7 +148,9 @@ pub(crate) async fn usable(
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex of the node's shared state; a panic elsewhere while it was held does not
+/// make the state unusable (each update is complete before the lock is released).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -57,58 +57,61 @@ pub fn abbreviate_features(features: &[&str]) -> String {
     found.join(" ")
 }
 
-/// Most bytes of the `rates` TXT value: a DNS TXT string holds at most 255 bytes, key
-/// and `=` included.
-const RATES_TXT_MAX: usize = 240;
+/// Most bytes of one TXT value: a DNS TXT string holds at most 255 bytes, key and `=`
+/// included.
+const TXT_VALUE_MAX: usize = 240;
 
-/// The `rates` TXT value: `KERNEL@PACKAGE/DEVICE=ITEMS_PER_S` entries separated by
-/// commas (package: the first 8 hex digits of its hash; rate per worker, rounded), as
-/// many as fit in one TXT string, then `+N` for the N left out. The hello carries them
-/// all with full hashes; this is for people reading `offload nodes`.
-pub fn rates_txt(rates: &[TunedRate]) -> String {
+/// `entries` joined by `separator`, as many as fit in one TXT value, then `+N` for the
+/// N left out.
+fn fit_txt(entries: impl ExactSizeIterator<Item = String>, separator: &str) -> String {
+    let total = entries.len();
     let mut text = String::new();
-    for (i, rate) in rates.iter().enumerate() {
-        let hex: String = rate.package[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let entry = format!(
-            "{}@{hex}/{}={:.0}",
-            rate.kernel, rate.device, rate.items_per_s
-        );
-        let more = format!(",+{}", rates.len() - i);
-        if text.len() + 1 + entry.len() + more.len() > RATES_TXT_MAX {
-            text.push_str(if text.is_empty() { &more[1..] } else { &more });
+    for (i, entry) in entries.enumerate() {
+        let more = format!("{separator}+{}", total - i);
+        if text.len() + separator.len() + entry.len() + more.len() > TXT_VALUE_MAX {
+            text.push_str(if text.is_empty() {
+                &more[separator.len()..]
+            } else {
+                &more
+            });
             break;
         }
         if !text.is_empty() {
-            text.push(',');
+            text.push_str(separator);
         }
         text.push_str(&entry);
     }
     text
 }
 
+/// The `rates` TXT value: `KERNEL@PACKAGE/DEVICE=ITEMS_PER_S` entries separated by
+/// commas (package: the first 8 hex digits of its hash; rate per worker, rounded), as
+/// many as fit in one TXT string, then `+N` for the N left out. The hello carries them
+/// all with full hashes; this is for people reading `offload nodes`.
+pub fn rates_txt(rates: &[TunedRate]) -> String {
+    let entries = rates.iter().map(|rate| {
+        let hex: String = rate.package[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "{}@{hex}/{}={:.0}",
+            rate.kernel, rate.device, rate.items_per_s
+        )
+    });
+    fit_txt(entries, ",")
+}
+
 /// The `opencl` TXT value: `NAME (KIND, N CU)` per OpenCL device the node serves,
 /// separated by `; `, as many as fit in one TXT string, then `+N` for the rest.
 pub fn opencl_txt(devices: &[OpenClDevice]) -> String {
-    let mut text = String::new();
-    for (i, device) in devices.iter().enumerate() {
-        let entry = format!(
+    let entries = devices.iter().map(|device| {
+        format!(
             "{} ({}, {} CU)",
             device.name, device.kind, device.compute_units
-        );
-        let more = format!("; +{}", devices.len() - i);
-        if text.len() + 2 + entry.len() + more.len() > RATES_TXT_MAX {
-            text.push_str(if text.is_empty() { &more[2..] } else { &more });
-            break;
-        }
-        if !text.is_empty() {
-            text.push_str("; ");
-        }
-        text.push_str(&entry);
-    }
-    text
+        )
+    });
+    fit_txt(entries, "; ")
 }
 
 /// An active advertisement; dropping it withdraws the service.
@@ -249,7 +252,7 @@ mod tests {
         );
         let many: Vec<OpenClDevice> = (0..20).map(|i| device(&format!("card {i:02}"))).collect();
         let text = opencl_txt(&many);
-        assert!(text.len() <= RATES_TXT_MAX, "{} bytes", text.len());
+        assert!(text.len() <= TXT_VALUE_MAX, "{} bytes", text.len());
         assert!(text.starts_with("card 00 (gpu, 40 CU)"), "{text}");
         // Every device is either listed or counted in the `+N` at the end.
         let (listed, rest) = text.rsplit_once("; +").expect("a `+N` for the rest");
@@ -265,7 +268,7 @@ mod tests {
         );
         let many: Vec<TunedRate> = (0..40).map(|i| rate(&format!("kernel{i}"), 1e6)).collect();
         let text = rates_txt(&many);
-        assert!(text.len() <= RATES_TXT_MAX, "{} bytes", text.len());
+        assert!(text.len() <= TXT_VALUE_MAX, "{} bytes", text.len());
         let shown = text.split(',').filter(|e| !e.starts_with('+')).count();
         assert!(shown > 0);
         assert!(text.ends_with(&format!(",+{}", 40 - shown)), "{text}");

@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{watch, Mutex, Semaphore};
 
-use crate::buffer_cache::{self, BufferCache, ConnectionId};
+use crate::buffer_cache::{self, lock, BufferCache, ConnectionId};
 use crate::credentials::Credentials;
 use crate::protocol::{
     self, FromWorker, Hash, Hello, HelloReply, NodeInfo, Request, Response, ToWorker, WireArg,
@@ -455,10 +455,6 @@ async fn handle(
             run_packet(shared, pool, &job, packet, start, end, slices).await
         }
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Checks a job against the package's manifest and compiles its kernel in a worker, so
