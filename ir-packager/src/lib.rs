@@ -288,8 +288,32 @@ mod tests {
         let truncated = &package.as_bytes()[..package.as_bytes().len() - 2];
         assert!(matches!(
             Package::from_bytes(truncated),
+            Err(FormatError::ChecksumMismatch)
+        ));
+        // Every single flipped bit after the header is caught by the checksum, before
+        // bincode or LLVM sees the body.
+        for index in 8..package.as_bytes().len() {
+            let mut flipped = package.as_bytes().to_vec();
+            flipped[index] ^= 0x10;
+            assert!(
+                matches!(
+                    Package::from_bytes(&flipped),
+                    Err(FormatError::ChecksumMismatch)
+                ),
+                "bit flip at byte {index} not caught"
+            );
+        }
+        let header_only = &package.as_bytes()[..20];
+        assert!(matches!(
+            Package::from_bytes(header_only),
             Err(FormatError::Corrupt(_))
         ));
+        let mut old = package.as_bytes().to_vec();
+        old[6] = 1;
+        let message = Package::from_bytes(&old)
+            .expect_err("version 1 is refused")
+            .to_string();
+        assert!(message.contains("offload package SOURCE"), "{message}");
         assert!(matches!(
             Package::from_bytes(b"nope"),
             Err(FormatError::NotAPackage)

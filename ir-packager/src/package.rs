@@ -1,9 +1,15 @@
-//! The package file: a versioned header, then the bincode-encoded body.
+//! The package file: a versioned header with a checksum, then the bincode-encoded body.
 //!
-//! Layout: `b"OKPKG\0"`, the format version as a little-endian `u16`, then the body
-//! (provenance, manifest, bitcode) encoded with bincode's standard configuration. The
+//! Layout (format version 2): `b"OKPKG\0"`, the format version as a little-endian `u16`,
+//! the blake3 hash of the body (32 bytes), then the body (provenance, manifest, bitcode)
+//! encoded with bincode's standard configuration. The checksum is verified before
+//! anything of the body is decoded, so a flipped bit is reported as such and never
+//! reaches bincode or LLVM's bitcode reader (which can crash on corrupt input). The
 //! package's identity is the blake3 hash of the whole file, so two packages with the same
 //! hash are byte-for-byte the same artifact.
+//!
+//! Version 1 had no checksum; such files are refused with a message that says how to
+//! make them again.
 
 use std::fmt;
 use std::path::Path;
@@ -16,7 +22,10 @@ use crate::manifest::{Manifest, ManifestError};
 pub const MAGIC: &[u8; 6] = b"OKPKG\0";
 
 /// The package format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+
+/// Bytes before the body: magic, format version, body checksum.
+const HEADER_LEN: usize = MAGIC.len() + 2 + 32;
 
 /// Packages larger than this are refused before decoding (bitcode of kernels is small;
 /// the limit stops a hostile length prefix from allocating without bound).
@@ -131,7 +140,8 @@ pub enum FormatError {
     NotAPackage,
     /// Written by a different format version.
     #[error(
-        "package format version {found} is not supported (this offload reads version {supported})"
+        "package format version {found} is not supported (this offload reads version {supported}){}",
+        repackage_hint(*.found, *.supported)
     )]
     UnsupportedVersion {
         /// The version in the file.
@@ -140,13 +150,16 @@ pub enum FormatError {
         supported: u16,
     },
     /// Larger than [`MAX_PACKAGE_BYTES`].
-    #[error("package is {size} bytes, over the limit of {limit} bytes")]
+    #[error("package is larger than the limit of {limit} bytes ({size} bytes or more)")]
     TooLarge {
-        /// Its size.
+        /// Its size (when read from a file: what was read before the limit stopped it).
         size: usize,
         /// The limit.
         limit: usize,
     },
+    /// The body's checksum does not match: the file was damaged after it was written.
+    #[error("package is corrupt: its checksum does not match its contents (the file was damaged or truncated after it was written); package the source again")]
+    ChecksumMismatch,
     /// The body does not decode.
     #[error("package is corrupt: {0}")]
     Corrupt(String),
@@ -163,8 +176,40 @@ pub enum FormatError {
     },
 }
 
+fn repackage_hint(found: u16, supported: u16) -> &'static str {
+    if found < supported {
+        "; it was written by an older offload: make it again with `offload package SOURCE -o FILE`"
+    } else {
+        "; it was written by a newer offload: upgrade this one"
+    }
+}
+
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_PACKAGE_BYTES>()
+}
+
+/// bincode's decode errors in words (its `Display` prints Rust debug syntax).
+pub fn describe_decode_error(error: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as E;
+    match error {
+        E::UnexpectedEnd { additional } => {
+            format!("the data ends {additional} byte(s) too early")
+        }
+        E::LimitExceeded => "a length inside the data exceeds the size limit".into(),
+        E::InvalidIntegerType { .. } | E::InvalidBooleanValue(_) | E::InvalidCharEncoding(_) => {
+            "a value inside the data is not of the expected type".into()
+        }
+        E::UnexpectedVariant { found, .. } => {
+            format!("an unknown variant number {found} inside the data")
+        }
+        E::Utf8 { .. } => "a string inside the data is not valid UTF-8".into(),
+        E::OutsideUsizeRange(n) => format!("a length inside the data ({n}) is too large"),
+        E::EmptyEnum { .. } => "a value of an empty type inside the data".into(),
+        E::Io { inner, .. } => format!("reading failed: {inner}"),
+        E::OtherString(text) => text.clone(),
+        E::Serde(_) => "the data uses a form this decoder does not read".into(),
+        _ => "the data is not a valid encoding".into(),
+    }
 }
 
 impl Package {
@@ -180,18 +225,20 @@ impl Package {
             manifest,
             bitcode,
         };
-        let mut bytes = Vec::with_capacity(body.bitcode.len() + 1024);
+        let encoded = bincode::serde::encode_to_vec(&body, bincode_config())
+            .map_err(|e| FormatError::Corrupt(format!("cannot encode the package: {e}")))?;
+        let mut bytes = Vec::with_capacity(HEADER_LEN + encoded.len());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        let encoded = bincode::serde::encode_to_vec(&body, bincode_config())
-            .map_err(|e| FormatError::Corrupt(e.to_string()))?;
+        bytes.extend_from_slice(blake3::hash(&encoded).as_bytes());
         bytes.extend_from_slice(&encoded);
         let hash = PackageHash(*blake3::hash(&bytes).as_bytes());
         Ok(Package { body, bytes, hash })
     }
 
-    /// Decodes a package file's bytes, checking header, version, size and manifest.
-    /// The bitcode is checked when it is loaded ([`crate::load_module`]).
+    /// Decodes a package file's bytes, checking header, version, size, checksum and
+    /// manifest, in that order: nothing is decoded before the checksum matched. The
+    /// bitcode is checked when it is loaded ([`crate::load_module`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Package, FormatError> {
         if bytes.len() > MAX_PACKAGE_BYTES {
             return Err(FormatError::TooLarge {
@@ -199,24 +246,36 @@ impl Package {
                 limit: MAX_PACKAGE_BYTES,
             });
         }
-        let header_len = MAGIC.len() + 2;
-        if bytes.len() < header_len || &bytes[..MAGIC.len()] != MAGIC {
+        let Some(version) = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .and_then(|rest| rest.first_chunk::<2>())
+        else {
             return Err(FormatError::NotAPackage);
-        }
-        let version = u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]);
+        };
+        let version = u16::from_le_bytes(*version);
         if version != FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
             });
         }
+        if bytes.len() < HEADER_LEN {
+            return Err(FormatError::Corrupt(format!(
+                "the file ends inside its header ({} of {HEADER_LEN} bytes)",
+                bytes.len()
+            )));
+        }
+        let (checksum, body_bytes) = bytes[MAGIC.len() + 2..].split_at(32);
+        if blake3::hash(body_bytes).as_bytes() != checksum {
+            return Err(FormatError::ChecksumMismatch);
+        }
         let (body, used): (PackageBody, usize) =
-            bincode::serde::decode_from_slice(&bytes[header_len..], bincode_config())
-                .map_err(|e| FormatError::Corrupt(e.to_string()))?;
-        if header_len + used != bytes.len() {
+            bincode::serde::decode_from_slice(body_bytes, bincode_config())
+                .map_err(|e| FormatError::Corrupt(describe_decode_error(&e)))?;
+        if used != body_bytes.len() {
             return Err(FormatError::Corrupt(format!(
                 "{} trailing bytes after the package body",
-                bytes.len() - header_len - used
+                body_bytes.len() - used
             )));
         }
         body.manifest.check()?;
@@ -228,24 +287,48 @@ impl Package {
         })
     }
 
-    /// Reads and decodes a package file.
+    /// Reads and decodes a package file. At most [`MAX_PACKAGE_BYTES`] are read, so a
+    /// device or an endless pipe given as a package is refused, not read forever.
     pub fn read(path: &Path) -> Result<Package, FormatError> {
-        let bytes = std::fs::read(path).map_err(|source| FormatError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Package::from_bytes(&bytes)
-    }
-
-    /// Writes the package file (atomically: a temporary file renamed into place).
-    pub fn write(&self, path: &Path) -> Result<(), FormatError> {
+        use std::io::Read;
         let io_err = |source| FormatError::Io {
             path: path.display().to_string(),
             source,
         };
-        let tmp = path.with_extension("okp.tmp");
-        std::fs::write(&tmp, &self.bytes).map_err(io_err)?;
-        std::fs::rename(&tmp, path).map_err(io_err)
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_PACKAGE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        if bytes.len() > MAX_PACKAGE_BYTES {
+            return Err(FormatError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_PACKAGE_BYTES,
+            });
+        }
+        Package::from_bytes(&bytes)
+    }
+
+    /// Writes the package file atomically: a temporary file beside it, flushed to disk,
+    /// then renamed into place, so a reader sees the old file or the whole new one.
+    pub fn write(&self, path: &Path) -> Result<(), FormatError> {
+        use std::io::Write;
+        let io_err = |source| FormatError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".okp-")
+            .tempfile_in(dir)
+            .map_err(io_err)?;
+        tmp.write_all(&self.bytes).map_err(io_err)?;
+        tmp.as_file().sync_all().map_err(io_err)?;
+        tmp.persist(path).map_err(|e| io_err(e.error))?;
+        Ok(())
     }
 
     /// The encoded file.
