@@ -36,6 +36,14 @@ pub const NOISE: f64 = 0.03;
 /// Sub-folder of the cache root holding profiles.
 pub const PROFILE_DIR: &str = "tune";
 
+/// Checks (creating them private if missing) the cache root and its profile folder: a
+/// profile sets how kernels are compiled, so it is read only from this user's own files.
+fn check_profile_dir(cache_root: &Path) -> Result<(), TuneError> {
+    node_jit::ensure_private_dir(cache_root)?;
+    node_jit::ensure_private_dir(&cache_root.join(PROFILE_DIR))?;
+    Ok(())
+}
+
 /// Elements given to a `whole` buffer (`f32[]`) per item when inputs are synthesized.
 pub const WHOLE_ELEMENTS_PER_ITEM: u64 = 4;
 
@@ -240,6 +248,7 @@ impl Profile {
     ) -> Result<Option<Profile>, TuneError> {
         let key = Profile::key_for(host, package);
         let path = Profile::path(cache_root, &key);
+        check_profile_dir(cache_root)?;
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -274,20 +283,24 @@ impl Profile {
             reason: e.to_string(),
         };
         let dir = cache_root.join(PROFILE_DIR);
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        check_profile_dir(cache_root)?;
         let text = toml::to_string_pretty(self).map_err(|e| TuneError::Io {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let tmp = dir.join(format!(".{}.{}.tmp", self.key, std::process::id()));
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".profile-")
+            .tempfile_in(&dir)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
         Ok(path)
     }
 
     /// Every profile stored under `cache_root`, sorted by file name.
     pub fn list(cache_root: &Path) -> Result<Vec<(PathBuf, Profile)>, TuneError> {
         let dir = cache_root.join(PROFILE_DIR);
+        check_profile_dir(cache_root)?;
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -107,3 +107,69 @@ impl fmt::Display for HostTarget {
         )
     }
 }
+
+/// The most memory this process can use, in bytes: physical memory plus swap, lowered by
+/// the process's address-space and data limits and its cgroup's memory limit. `None` when
+/// none of them can be read. Allocations are checked against it before they are made, so
+/// an impossible size is an error that names it, not an abort in the allocator.
+pub fn memory_limit() -> Option<u64> {
+    let mut limit: Option<u64> = None;
+    let mut lower = |bytes: u64| limit = Some(limit.map_or(bytes, |l| l.min(bytes)));
+    if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") {
+        let field = |name: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .map(|kib| kib.saturating_mul(1024))
+        };
+        if let Some(total) = field("MemTotal:") {
+            lower(total.saturating_add(field("SwapTotal:").unwrap_or(0)));
+        }
+    }
+    for resource in [libc::RLIMIT_AS, libc::RLIMIT_DATA] {
+        let mut rlimit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        if unsafe { libc::getrlimit(resource, &mut rlimit) } == 0
+            && rlimit.rlim_cur != libc::RLIM_INFINITY
+        {
+            lower(rlimit.rlim_cur);
+        }
+    }
+    // cgroup v2: the limit of this process's group, when it has one.
+    if let Some(max) = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|groups| {
+            groups
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(str::to_string)
+        })
+        .and_then(|group| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", group.trim())).ok()
+        })
+        .and_then(|text| text.trim().parse::<u64>().ok())
+    {
+        lower(max);
+    }
+    limit
+}
+
+/// `bytes` in words for messages: `512 bytes`, `3.0 MiB`, `4.0 TiB`.
+pub fn describe_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}

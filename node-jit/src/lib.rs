@@ -24,11 +24,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Trust: machine code is loaded from the cache directory, which offload creates with
-//! mode 0700; anyone who can write there can already run code as this user.
+//! Trust: nothing found on disk is run unchecked. The cache directory must belong to this
+//! user and be writable by nobody else (else [`JitError::UnsafeCache`]); every entry
+//! carries the key it was compiled for and a digest of its code, both checked before the
+//! code is loaded, from memory, so what was checked is what runs. A damaged entry is
+//! compiled again with a warning. See [`cache`](crate::ensure_private_dir) for the rules.
+//!
+//! Caches are bounded: the in-memory cache keeps at most
+//! [`Config::memory_cache_entries`] kernels and the disk cache at most
+//! [`Config::disk_cache_bytes`], least recently used first out.
 
+mod cache;
 mod codegen;
 mod host;
+mod loader;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,8 +48,9 @@ use std::time::{Duration, Instant};
 use inkwell::OptimizationLevel;
 use ir_packager::{KernelSpec, LoadError, Package};
 
+pub use cache::ensure_private_dir;
 pub use codegen::{c_prototype, ENTRY_SYMBOL, PANIC_HOOK_SYMBOL};
-pub use host::HostTarget;
+pub use host::{describe_bytes, memory_limit, HostTarget};
 
 /// Errors of compiling and loading kernels.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +87,14 @@ pub enum JitError {
         /// The library.
         path: String,
         /// The loader's message.
+        reason: String,
+    },
+    /// The cache directory could be used by someone else to plant code: refused.
+    #[error("refusing the code cache {path}: {reason}")]
+    UnsafeCache {
+        /// The directory.
+        path: String,
+        /// What is wrong with it and how to fix it.
         reason: String,
     },
     /// The cache directory is unusable.
@@ -156,8 +174,10 @@ pub struct Tuning {
 #[derive(Clone, Debug)]
 pub struct Config {
     opt_level: OptLevel,
-    cache_dir: PathBuf,
+    cache_dir: Option<PathBuf>,
     disk_cache: bool,
+    disk_cache_bytes: u64,
+    memory_cache_entries: usize,
     linker: Option<PathBuf>,
 }
 
@@ -167,24 +187,26 @@ impl Default for Config {
             opt_level: OptLevel::O3,
             cache_dir: default_cache_dir(),
             disk_cache: true,
+            disk_cache_bytes: 1 << 30,
+            memory_cache_entries: 256,
             linker: std::env::var_os("CC").map(PathBuf::from),
         }
     }
 }
 
 /// The default cache directory: `$OFFLOAD_CACHE_DIR`, else the user's cache directory
-/// (`$XDG_CACHE_HOME/offload` or `~/.cache/offload`), else a folder under the temp dir.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OFFLOAD_CACHE_DIR") {
-        return PathBuf::from(dir);
+/// (`$XDG_CACHE_HOME/offload` or `$HOME/.cache/offload`). `None` when none of these is
+/// set: there is no shared fallback (a directory under `/tmp` could be another user's),
+/// so such a process keeps no disk cache.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let set = |name: &str| std::env::var_os(name).filter(|d| !d.is_empty());
+    if let Some(dir) = set("OFFLOAD_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
     }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("offload");
+    if let Some(dir) = set("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("offload"));
     }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(home).join(".cache").join("offload");
-    }
-    std::env::temp_dir().join("offload-cache")
+    set("HOME").map(|home| PathBuf::from(home).join(".cache").join("offload"))
 }
 
 impl Config {
@@ -194,17 +216,32 @@ impl Config {
         self
     }
 
-    /// Root of the on-disk cache; compiled kernels go to `DIR/jit`. Default:
-    /// [`default_cache_dir`].
+    /// Root of the on-disk cache; compiled kernels go to `DIR/jit`. It must belong to this
+    /// user and be writable by nobody else. Default: [`default_cache_dir`].
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Config {
-        self.cache_dir = dir.into();
+        self.cache_dir = Some(dir.into());
         self
     }
 
     /// Whether compiled kernels are kept on disk and reused by later processes.
-    /// Default: true. Without it libraries live in a temporary folder.
+    /// Default: true (when there is a cache directory). Without it libraries live in a
+    /// private temporary folder until the engine is dropped.
     pub fn disk_cache(mut self, enabled: bool) -> Config {
         self.disk_cache = enabled;
+        self
+    }
+
+    /// Cap on the bytes of compiled kernels kept on disk; the least recently used go
+    /// first. Default: 1 GiB.
+    pub fn disk_cache_bytes(mut self, bytes: u64) -> Config {
+        self.disk_cache_bytes = bytes;
+        self
+    }
+
+    /// Cap on the kernels kept loaded in memory; the least recently used are unloaded
+    /// once nothing runs them. Default: 256.
+    pub fn memory_cache_entries(mut self, entries: usize) -> Config {
+        self.memory_cache_entries = entries.max(1);
         self
     }
 
@@ -217,9 +254,9 @@ impl Config {
         self
     }
 
-    /// The configured cache root.
-    pub fn cache_root(&self) -> &Path {
-        &self.cache_dir
+    /// The configured cache root, if there is one.
+    pub fn cache_root(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
     }
 }
 
@@ -235,12 +272,13 @@ pub enum CodeOrigin {
 }
 
 impl CodeOrigin {
-    /// A word for logs: `compiled`, `disk cache`, `memory cache`.
+    /// What happened, for messages: `compiled`, `loaded from the disk cache`,
+    /// `already loaded` (followed well by "in 1.2 ms").
     pub fn describe(self) -> &'static str {
         match self {
             CodeOrigin::Compiled => "compiled",
-            CodeOrigin::DiskCache => "disk cache",
-            CodeOrigin::MemoryCache => "memory cache",
+            CodeOrigin::DiskCache => "loaded from the disk cache",
+            CodeOrigin::MemoryCache => "already loaded",
         }
     }
 }
@@ -248,7 +286,7 @@ impl CodeOrigin {
 /// Native code for one kernel, ready to run packets.
 pub struct CompiledKernel {
     // Keeps the code mapped; `entry` points into it.
-    _library: libloading::Library,
+    _library: loader::Loaded,
     entry: EntryFn,
     spec: KernelSpec,
     library_path: PathBuf,
@@ -280,7 +318,8 @@ impl CompiledKernel {
         &self.spec
     }
 
-    /// The shared library holding the code.
+    /// The cache entry the code was loaded from (a shared library followed by offload's
+    /// trailer; `objdump -d` reads it as it is).
     pub fn library_path(&self) -> &Path {
         &self.library_path
     }
@@ -340,9 +379,47 @@ pub struct CompileReport {
 struct EngineInner {
     config: Config,
     host: HostTarget,
-    loaded: Mutex<HashMap<String, Arc<CompiledKernel>>>,
-    // Only used when the disk cache is off, to keep libraries until the engine drops.
+    loaded: Mutex<MemoryCache>,
+    // Used instead of the disk cache when it is off or there is no cache directory: a
+    // private folder that lives as long as the engine.
     scratch: Option<tempfile::TempDir>,
+}
+
+/// The kernels loaded in this process, with a use counter for least-recently-used
+/// eviction.
+#[derive(Default)]
+struct MemoryCache {
+    kernels: HashMap<String, (Arc<CompiledKernel>, u64)>,
+    uses: u64,
+}
+
+impl MemoryCache {
+    fn get(&mut self, key: &str) -> Option<Arc<CompiledKernel>> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.kernels.get_mut(key).map(|(kernel, last)| {
+            *last = uses;
+            Arc::clone(kernel)
+        })
+    }
+
+    /// Inserts `kernel`, then unloads least recently used kernels above `cap` (a kernel
+    /// still running somewhere stays mapped until its last `Arc` goes).
+    fn insert(&mut self, key: String, kernel: Arc<CompiledKernel>, cap: usize) {
+        self.uses += 1;
+        self.kernels.insert(key, (kernel, self.uses));
+        while self.kernels.len() > cap {
+            let Some(oldest) = self
+                .kernels
+                .iter()
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            self.kernels.remove(&oldest);
+        }
+    }
 }
 
 /// The JIT: host target, settings and the code cache. Cheap to clone; share one per
@@ -365,11 +442,16 @@ impl std::fmt::Debug for Engine {
 const CODEGEN_REVISION: u32 = 2;
 
 impl Engine {
-    /// Creates an engine for this machine.
+    /// Creates an engine for this machine. The cache directory is checked when the first
+    /// kernel is compiled or loaded.
     pub fn new(config: Config) -> Result<Engine, JitError> {
-        let scratch = if config.disk_cache {
-            None
-        } else {
+        let private = !config.disk_cache || config.cache_dir.is_none();
+        if config.disk_cache && config.cache_dir.is_none() {
+            tracing::warn!(
+                "no cache directory (none of OFFLOAD_CACHE_DIR, XDG_CACHE_HOME and HOME is set): compiled kernels are not kept for later runs; set one or pass --cache-dir"
+            );
+        }
+        let scratch = if private {
             Some(
                 tempfile::Builder::new()
                     .prefix("offload-jit-")
@@ -379,12 +461,14 @@ impl Engine {
                         source,
                     })?,
             )
+        } else {
+            None
         };
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 host: HostTarget::detect(),
                 config,
-                loaded: Mutex::new(HashMap::new()),
+                loaded: Mutex::new(MemoryCache::default()),
                 scratch,
             }),
         })
@@ -400,10 +484,21 @@ impl Engine {
         &self.inner.config
     }
 
-    fn library_dir(&self) -> PathBuf {
-        match &self.inner.scratch {
-            Some(dir) => dir.path().to_path_buf(),
-            None => self.inner.config.cache_dir.join("jit"),
+    /// The code cache: the private scratch folder, or `CACHE/jit` after checking that
+    /// it (and the cache root) is this user's alone.
+    fn disk_cache(&self) -> Result<cache::DiskCache, JitError> {
+        match (&self.inner.scratch, &self.inner.config.cache_dir) {
+            (Some(dir), _) => cache::DiskCache::open(dir.path(), u64::MAX),
+            (None, Some(root)) => {
+                cache::ensure_private_dir(root)?;
+                cache::DiskCache::open(&root.join("jit"), self.inner.config.disk_cache_bytes)
+            }
+            // Unreachable in practice: `new` makes a scratch folder whenever there is no
+            // cache root.
+            (None, None) => Err(JitError::Cache {
+                path: "(no cache directory)".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
         }
     }
 
@@ -468,28 +563,45 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(kernel) = loaded.get(&key) {
             return Ok(CompileReport {
-                kernel: Arc::clone(kernel),
+                kernel,
                 origin: CodeOrigin::MemoryCache,
                 elapsed: started.elapsed(),
             });
         }
-        let dir = self.library_dir();
-        let library_path = dir.join(format!("{key}.so"));
-        let origin = if library_path.is_file() {
-            CodeOrigin::DiskCache
-        } else {
-            let object = codegen::compile_entry_object(
-                package,
-                &spec,
-                &self.inner.host,
-                self.inner.config.opt_level,
-                tuning,
-            )?;
-            self.link_library(&object, &dir, &library_path)?;
-            CodeOrigin::Compiled
+        let cache = self.disk_cache()?;
+        let library_path = cache.entry_path(&key);
+        let found = match cache.lookup(&key) {
+            cache::Lookup::Hit(library) => Some(library),
+            cache::Lookup::Miss => None,
+            cache::Lookup::Damaged(reason) => {
+                tracing::warn!(
+                    "code cache entry {} is damaged ({reason}): compiling kernel `{kernel}` again",
+                    library_path.display()
+                );
+                None
+            }
         };
-        let kernel = Arc::new(load_library(&library_path, spec, key.clone())?);
-        loaded.insert(key, Arc::clone(&kernel));
+        let (library, origin) = match found {
+            Some(library) => (library, CodeOrigin::DiskCache),
+            None => {
+                let object = codegen::compile_entry_object(
+                    package,
+                    &spec,
+                    &self.inner.host,
+                    self.inner.config.opt_level,
+                    tuning,
+                )?;
+                let library = self.link_library(&object, cache.dir())?;
+                cache.store(&key, &library)?;
+                (library, CodeOrigin::Compiled)
+            }
+        };
+        let kernel = Arc::new(load_library(&library, &library_path, spec, key.clone())?);
+        loaded.insert(
+            key,
+            Arc::clone(&kernel),
+            self.inner.config.memory_cache_entries,
+        );
         tracing::debug!(kernel = %kernel.spec.name, origin = origin.describe(), "kernel ready");
         Ok(CompileReport {
             kernel,
@@ -498,8 +610,9 @@ impl Engine {
         })
     }
 
-    fn link_library(&self, object: &[u8], dir: &Path, library: &Path) -> Result<(), JitError> {
-        create_private_dir(dir)?;
+    /// Links `object` into a shared library in a temporary folder under `dir` and
+    /// returns the library's bytes.
+    fn link_library(&self, object: &[u8], dir: &Path) -> Result<Vec<u8>, JitError> {
         let cache_err = |path: &Path| {
             let path = path.display().to_string();
             move |source| JitError::Cache { path, source }
@@ -543,8 +656,7 @@ impl Engine {
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
         }
-        // Rename is atomic: a concurrent process sees either no library or a whole one.
-        std::fs::rename(&staged, library).map_err(cache_err(library))
+        std::fs::read(&staged).map_err(cache_err(&staged))
     }
 
     /// Compiles every kernel of `package` ahead of time for `target` (a generic CPU of
@@ -577,29 +689,21 @@ fn libgcc_archive() -> Option<&'static Path> {
         .as_deref()
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), JitError> {
-    let err = |source| JitError::Cache {
-        path: dir.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(())
-}
-
-fn load_library(path: &Path, spec: KernelSpec, key: String) -> Result<CompiledKernel, JitError> {
+fn load_library(
+    library: &[u8],
+    path: &Path,
+    spec: KernelSpec,
+    key: String,
+) -> Result<CompiledKernel, JitError> {
     let load_err = |reason: String| JitError::LoadLibrary {
         path: path.display().to_string(),
         reason,
     };
-    // SAFETY: the library was produced by this engine (or an earlier process of it) under
-    // a key naming its inputs, in a directory only this user can write; it has no
-    // initializers (packages may not have global constructors).
-    let library = unsafe { libloading::Library::new(path) }.map_err(|e| load_err(e.to_string()))?;
+    // SAFETY: the bytes were produced by this engine's code generator (now, or by an
+    // earlier process under a key naming its inputs, with a digest checked just now);
+    // such libraries have no initializers (packages may not have global constructors).
+    let loaded = unsafe { loader::load(library) }.map_err(load_err)?;
+    let library = &loaded.library;
     // SAFETY: the symbol is the entry point generated by `codegen::build_entry` with
     // exactly this signature.
     let entry: EntryFn = unsafe {
@@ -616,7 +720,7 @@ fn load_library(path: &Path, spec: KernelSpec, key: String) -> Result<CompiledKe
         (*hook).write(Some(kernel_panic_handler));
     }
     Ok(CompiledKernel {
-        _library: library,
+        _library: loaded,
         entry,
         spec,
         library_path: path.to_path_buf(),

@@ -117,7 +117,11 @@ fn reference_package(reference: &Reference) -> anyhow::Result<Package> {
 
 pub fn tune(cli: &Cli, args: &TuneArgs) -> anyhow::Result<()> {
     let engine = cli.engine()?;
-    let cache_root = engine.config().cache_root().to_path_buf();
+    let cache_root = engine
+        .config()
+        .cache_root()
+        .context("tuning profiles are kept in the cache directory, and there is none: set OFFLOAD_CACHE_DIR or HOME, or pass --cache-dir")?
+        .to_path_buf();
     if args.show {
         return show(&engine, &cache_root);
     }
@@ -288,7 +292,8 @@ fn show(engine: &Engine, cache_root: &std::path::Path) -> anyhow::Result<()> {
 /// it with. `offload run` applies it unless the user chose the threads.
 /// An unreadable profile is reported and ignored: the run goes on untuned.
 pub fn lookup(engine: &Engine, package: &Package, kernel: &str) -> Option<Settings> {
-    match Profile::load(engine.config().cache_root(), engine.host(), &package.hash()) {
+    let cache_root = engine.config().cache_root()?;
+    match Profile::load(cache_root, engine.host(), &package.hash()) {
         Ok(profile) => profile.and_then(|p| p.kernel(kernel).map(|k| k.settings.clone())),
         Err(error) => {
             eprintln!("warning: {error}; running untuned");
