@@ -26,6 +26,27 @@ impl Buffer {
         }
     }
 
+    /// A buffer of `len` zero bytes, or `None` when the memory cannot be had (instead of
+    /// aborting, as a failed allocation otherwise does). Like `calloc`, untouched pages
+    /// cost nothing until the kernel writes them.
+    pub fn try_zeroed(len: usize) -> Option<Buffer> {
+        let words = len.div_ceil(8);
+        if words == 0 {
+            return Some(Buffer::zeroed(0));
+        }
+        let layout = std::alloc::Layout::array::<u64>(words).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<u64>();
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: `ptr` was allocated by the global allocator with the layout of `words`
+        // u64s (what a `Vec<u64>` of that capacity uses), and every word is initialized
+        // (zeroed).
+        let words = unsafe { Vec::from_raw_parts(ptr, words, words) };
+        Some(Buffer { words, len })
+    }
+
     /// A buffer holding a copy of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Buffer {
         let mut buffer = Buffer::zeroed(bytes.len());
@@ -70,6 +91,15 @@ impl Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fallible_zeroed_buffers_are_zero_and_refuse_impossible_sizes() {
+        let b = Buffer::try_zeroed(13).expect("13 bytes");
+        assert_eq!(b.as_bytes(), &[0u8; 13]);
+        assert_eq!(Buffer::try_zeroed(0).expect("empty").len(), 0);
+        assert!(Buffer::try_zeroed(usize::MAX).is_none());
+        assert!(Buffer::try_zeroed(usize::MAX / 2).is_none());
+    }
 
     #[test]
     fn sum_buffers_add_by_element_type() {

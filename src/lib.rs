@@ -43,11 +43,12 @@ pub use ir_packager::{
     ManifestError, Package, PackageError, PackageHash, ScalarType, ScalarValue, Shape,
 };
 pub use local::{
-    check_args, required_bytes, run_local, ArgValue, DeviceChoice, LocalOptions, RunError,
-    RunReport,
+    check_args, check_memory, required_bytes, run_local, sum_workspace, ArgValue, DeviceChoice,
+    LocalOptions, RunError, RunReport,
 };
 pub use node_jit::{
-    c_prototype, CodeOrigin, Config, Engine, HostTarget, JitError, OptLevel, Tuning,
+    c_prototype, describe_bytes, memory_limit, CodeOrigin, Config, Engine, HostTarget, JitError,
+    OptLevel, Tuning,
 };
 /// `#[offload::kernel]`: marks a plain Rust function as a kernel and generates a typed
 /// launcher module of the same name. See `docs/macros.md` and [`api`].

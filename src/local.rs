@@ -90,6 +90,34 @@ pub enum RunError {
     /// A worker thread died.
     #[error("a worker thread stopped unexpectedly")]
     WorkerLost,
+    /// Worker threads could not be started.
+    #[error("cannot start {requested} worker threads (only {started} started): {source}; ask for fewer with --threads")]
+    Threads {
+        /// Threads asked for.
+        requested: usize,
+        /// Threads that started before the failure.
+        started: usize,
+        /// The OS's reason.
+        source: std::io::Error,
+    },
+    /// Something the job needs is larger than this machine's memory.
+    #[error("{what} needs {} ({bytes} bytes), more than this machine can hold ({})", node_jit::describe_bytes(*.bytes), node_jit::describe_bytes(*.limit))]
+    TooLarge {
+        /// What needs the memory, e.g. "buffer `y` (`y: out f32[1]`) for 1000 items".
+        what: String,
+        /// How much.
+        bytes: u64,
+        /// What the machine can hold.
+        limit: u64,
+    },
+    /// An allocation the size check allowed failed anyway (memory is in use elsewhere).
+    #[error("cannot allocate {} for {what}: out of memory", node_jit::describe_bytes(*.bytes))]
+    OutOfMemory {
+        /// What the memory was for.
+        what: String,
+        /// How much.
+        bytes: u64,
+    },
     /// `--device opencl` on a machine without a usable OpenCL device.
     #[error("no OpenCL device is available: {note}")]
     NoOpenClDevice {
@@ -104,18 +132,7 @@ pub enum RunError {
     OpenCl(#[from] Box<DeviceError>),
 }
 
-/// Which devices of this machine run a job's packets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// The CPU cores only (the JIT-compiled kernel). The default.
-    #[default]
-    Cpu,
-    /// The OpenCL devices only.
-    OpenCl,
-    /// CPU cores and OpenCL devices together, packets split by measured speed; a kernel
-    /// that cannot be lowered, or a machine without OpenCL, runs on the CPU alone.
-    Auto,
-}
+pub use scheduler::DeviceChoice;
 
 /// Settings of a local run. Every setter documents its default.
 #[derive(Default)]
@@ -218,6 +235,64 @@ pub fn required_bytes(arg: &Arg, items: u64) -> Option<u64> {
     }
 }
 
+/// Checks that each of `needs` (what, bytes) and all of them together fit in this
+/// machine's memory ([`node_jit::memory_limit`]) before anything is allocated.
+pub fn check_memory(needs: &[(String, u64)]) -> Result<(), RunError> {
+    let Some(limit) = node_jit::memory_limit() else {
+        return Ok(());
+    };
+    for (what, bytes) in needs {
+        if *bytes > limit {
+            return Err(RunError::TooLarge {
+                what: what.clone(),
+                bytes: *bytes,
+                limit,
+            });
+        }
+    }
+    let total = needs
+        .iter()
+        .fold(0u64, |total, (_, bytes)| total.saturating_add(*bytes));
+    if total > limit {
+        let parts: Vec<String> = needs
+            .iter()
+            .filter(|(_, bytes)| *bytes > 0)
+            .map(|(what, bytes)| format!("{what}: {}", node_jit::describe_bytes(*bytes)))
+            .collect();
+        return Err(RunError::TooLarge {
+            what: format!("the job's buffers together ({})", parts.join(", ")),
+            bytes: total,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Memory a run takes beyond the job's buffers: a private, zeroed copy of every `sum`
+/// buffer per device at work, plus the totals.
+pub fn sum_workspace(spec: &KernelSpec, devices: usize) -> Vec<(String, u64)> {
+    sum_slots(spec)
+        .iter()
+        .map(|&(slot, _, len)| {
+            (
+                format!(
+                    "the per-device copies of sum buffer `{}` ({} devices)",
+                    spec.args[slot].name, devices
+                ),
+                (len as u64).saturating_mul(devices as u64 + 1),
+            )
+        })
+        .collect()
+}
+
+/// A zeroed buffer of `len` bytes for `what`, or an error instead of an abort.
+pub(crate) fn zeroed_buffer(len: usize, what: impl FnOnce() -> String) -> Result<Buffer, RunError> {
+    Buffer::try_zeroed(len).ok_or_else(|| RunError::OutOfMemory {
+        what: what(),
+        bytes: len as u64,
+    })
+}
+
 /// Checks `args` against the kernel's manifest before anything runs.
 pub fn check_args(spec: &KernelSpec, items: u64, args: &[ArgValue]) -> Result<(), RunError> {
     if args.len() != spec.args.len() {
@@ -304,6 +379,8 @@ struct Finished {
 enum Failure {
     /// The kernel panicked (on any device): the job fails.
     Panic(&'static str),
+    /// A packet's private sum buffers could not be allocated: the job fails.
+    Memory(u64),
     /// An OpenCL device failed: it leaves the job and its packets go elsewhere.
     Device(DeviceError),
 }
@@ -414,6 +491,7 @@ pub fn run_local(
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, items.max(1) as usize)
     };
+    check_memory(&sum_workspace(&spec, threads + plan.kernels.len()))?;
     let started = Instant::now();
     let counts = if items == 0 {
         Counts::default()
@@ -579,8 +657,8 @@ impl BlockJob<'_> {
         let (done_tx, done_rx) = mpsc::channel::<Finished>();
         let mut totals: Vec<Buffer> = sums
             .iter()
-            .map(|&(_, _, len)| Buffer::zeroed(len))
-            .collect();
+            .map(|&(_, _, len)| zeroed_buffer(len, || "the totals of the sum buffers".into()))
+            .collect::<Result<_, _>>()?;
         let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
         let mut counts = Counts::default();
         let result = std::thread::scope(|scope| -> Result<(), RunError> {
@@ -589,7 +667,16 @@ impl BlockJob<'_> {
                 let (tx, rx) = mpsc::channel::<Packet>();
                 let done = done_tx.clone();
                 let block = block.clone();
-                scope.spawn(move || worker(kernel, DeviceId(w as u32), block, sums, rx, done));
+                std::thread::Builder::new()
+                    .name(format!("offload-cpu{w}"))
+                    .spawn_scoped(scope, move || {
+                        worker(kernel, DeviceId(w as u32), block, sums, rx, done)
+                    })
+                    .map_err(|source| RunError::Threads {
+                        requested: threads,
+                        started: w,
+                        source,
+                    })?;
                 workers.push(tx);
             }
             for (k, prepared) in opencl.into_iter().enumerate() {
@@ -597,7 +684,16 @@ impl BlockJob<'_> {
                 let done = done_tx.clone();
                 let block = block.clone();
                 let device = DeviceId((threads + k) as u32);
-                scope.spawn(move || opencl_worker(prepared, device, block, sums, rx, done));
+                std::thread::Builder::new()
+                    .name(format!("offload-opencl{k}"))
+                    .spawn_scoped(scope, move || {
+                        opencl_worker(prepared, device, block, sums, rx, done)
+                    })
+                    .map_err(|source| RunError::Threads {
+                        requested: threads + k + 1,
+                        started: threads + k,
+                        source,
+                    })?;
                 workers.push(tx);
             }
             drop(done_tx);
@@ -653,6 +749,15 @@ impl BlockJob<'_> {
                             start: finished.packet.start,
                             end: finished.packet.end,
                             reason,
+                        });
+                    }
+                    Err(Failure::Memory(bytes)) => {
+                        return Err(RunError::OutOfMemory {
+                            what: format!(
+                                "the sum buffers of items {}..{}",
+                                finished.packet.start, finished.packet.end
+                            ),
+                            bytes,
                         });
                     }
                     Err(Failure::Device(error)) => {
@@ -733,10 +838,20 @@ fn serve_packets(
     mut run: impl FnMut(u64, u64, &[u64]) -> Result<(), Failure>,
 ) {
     for packet in packets {
-        let mut partials: Vec<Buffer> = sums
+        let partials: Option<Vec<Buffer>> = sums
             .iter()
-            .map(|&(_, _, len)| Buffer::zeroed(len))
+            .map(|&(_, _, len)| Buffer::try_zeroed(len))
             .collect();
+        let Some(mut partials) = partials else {
+            let bytes = sums.iter().map(|&(_, _, len)| len as u64).sum();
+            let _ = done.send(Finished {
+                device,
+                packet,
+                compute_us: 0,
+                outcome: Err(Failure::Memory(bytes)),
+            });
+            return;
+        };
         for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
             block[slot] = partial.address();
         }

@@ -67,5 +67,5 @@ mod types;
 pub use crate::core::{DeviceEstimate, Disagreement, EventError, Failure, Progress, Scheduler};
 pub use crate::job::{JobSpec, JobSpecError};
 pub use crate::types::{
-    Decision, DeviceId, DeviceKind, DeviceSpec, Event, Link, NodeId, Packet, PacketId,
+    Decision, DeviceChoice, DeviceId, DeviceKind, DeviceSpec, Event, Link, NodeId, Packet, PacketId,
 };

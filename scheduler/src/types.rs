@@ -61,6 +61,32 @@ pub enum DeviceKind {
     OpenCl,
 }
 
+/// Which kinds of device take a job's packets: on this machine, or on a cluster's nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DeviceChoice {
+    /// CPU cores only (the JIT-compiled kernel). The default of local runs.
+    #[default]
+    Cpu,
+    /// OpenCL devices only.
+    OpenCl,
+    /// CPU cores and OpenCL devices together, packets split by measured speed; a kernel
+    /// that cannot be lowered, or a machine without OpenCL, runs on the CPU alone. What a
+    /// cluster run uses when nothing is chosen: every device the nodes serve.
+    Auto,
+}
+
+impl DeviceChoice {
+    /// Whether CPU workers take part.
+    pub fn uses_cpu(self) -> bool {
+        self != DeviceChoice::OpenCl
+    }
+
+    /// Whether OpenCL devices take part.
+    pub fn uses_opencl(self) -> bool {
+        self != DeviceChoice::Cpu
+    }
+}
+
 /// A network link between the scheduling process and a remote node.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Link {
