@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ir_packager::{Access, ArgKind, Package, ScalarType, ScalarValue, Shape};
-use scheduler::{Decision, DeviceId, DeviceSpec, Event, JobSpec, Link, NodeId, Scheduler};
+use scheduler::{
+    Decision, DeviceChoice, DeviceId, DeviceSpec, Event, JobSpec, Link, NodeId, Scheduler,
+};
 use tokio::sync::mpsc;
 
 use crate::credentials::Credentials;
@@ -30,6 +32,7 @@ pub struct ClientConfig {
     packet_timeout: Duration,
     slots: u32,
     redundancy: u32,
+    devices: DeviceChoice,
     on_event: Option<Arc<EventFn>>,
 }
 
@@ -45,8 +48,17 @@ impl ClientConfig {
             packet_timeout: Duration::from_secs(330),
             slots: 2,
             redundancy: 1,
+            devices: DeviceChoice::Auto,
             on_event: None,
         }
+    }
+
+    /// Which of the nodes' devices take packets: their CPU workers, the OpenCL devices
+    /// they serve (`offload node --opencl`), or both. Default: [`DeviceChoice::Auto`],
+    /// every device the nodes serve.
+    pub fn devices(mut self, devices: DeviceChoice) -> Self {
+        self.devices = devices;
+        self
     }
 
     /// Nodes to use besides those discovery finds. Default: none.
@@ -131,9 +143,35 @@ pub enum ClientError {
         /// Nodes available.
         nodes: usize,
     },
+    /// Every node refused the job (its package, kernel or buffers), each for its reason.
+    #[error("no node could take the job: {}", .0.join("; "))]
+    NoNodeTookTheJob(Vec<String>),
+    /// The nodes serve no device of the kinds the job may use.
+    #[error("no node serves {} that runs kernel `{kernel}`{}", describe_choice(*.devices), hint_choice(*.devices))]
+    NoDevices {
+        /// The kernel.
+        kernel: String,
+        /// The kinds of device the job may use.
+        devices: DeviceChoice,
+    },
     /// Every node was lost before the job finished.
     #[error("every node was lost before the job finished: {}", .0.join("; "))]
     AllNodesLost(Vec<String>),
+}
+
+fn describe_choice(devices: DeviceChoice) -> &'static str {
+    match devices {
+        DeviceChoice::Cpu => "a CPU worker",
+        DeviceChoice::OpenCl => "an OpenCL device",
+        DeviceChoice::Auto => "a device",
+    }
+}
+
+fn hint_choice(devices: DeviceChoice) -> &'static str {
+    match devices {
+        DeviceChoice::OpenCl => " (nodes serve their OpenCL devices when started with `offload node --opencl`, and only for kernels that lower to OpenCL C)",
+        _ => "",
+    }
 }
 
 fn describe_nodes(nodes: usize) -> String {
@@ -441,6 +479,7 @@ impl ClusterClient {
             on_event: self.config.on_event.clone(),
             slots: self.config.slots,
             redundancy: self.config.redundancy,
+            devices: self.config.devices,
             packet_timeout: self.config.packet_timeout,
             endpoint: self.endpoint.clone(),
             connect_timeout: self.config.connect_timeout,
@@ -749,6 +788,7 @@ struct JobRun {
     on_event: Option<Arc<EventFn>>,
     slots: u32,
     redundancy: u32,
+    devices: DeviceChoice,
     packet_timeout: Duration,
     /// For reconnecting to lost nodes during the job.
     endpoint: quinn::Endpoint,
@@ -914,7 +954,17 @@ impl JobRun {
     ) -> Vec<(DeviceId, DeviceSpec, Option<u32>)> {
         let rate = self.tuned_rate(&remote.info);
         let link = Link::new((remote.rtt.as_micros() as f64 / 2.0).max(1.0), 117.0);
-        let mut specs: Vec<(DeviceId, DeviceSpec, Option<u32>)> = (0..remote.info.cores.max(1))
+        let cores = if self.devices.uses_cpu() {
+            remote.info.cores.max(1)
+        } else {
+            0
+        };
+        let opencl = if self.devices.uses_opencl() {
+            opencl
+        } else {
+            &[]
+        };
+        let mut specs: Vec<(DeviceId, DeviceSpec, Option<u32>)> = (0..cores)
             .map(|core| {
                 let device = DeviceId(*next_device);
                 *next_device += 1;
@@ -1105,10 +1155,13 @@ impl JobRun {
             return Err(if refusals.iter().all(|r| r.contains("connection lost")) {
                 ClientError::AllNodesLost(refusals)
             } else {
-                ClientError::KernelFailed {
-                    node: "every node".into(),
-                    reason: refusals.join("; "),
-                }
+                ClientError::NoNodeTookTheJob(refusals)
+            });
+        }
+        if specs.is_empty() {
+            return Err(ClientError::NoDevices {
+                kernel: self.kernel.clone(),
+                devices: self.devices,
             });
         }
         if self.redundancy as usize > members.len() {

@@ -15,7 +15,7 @@ use cluster::protocol::TunedRate;
 use offload::tune::Profile;
 use offload::{check_args, ArgValue, KernelSpec, Package, PackageHash};
 
-use super::Cli;
+use super::{describe_duration, plural, Cli};
 
 /// `offload cluster ...`: cluster credentials.
 #[derive(Args)]
@@ -52,22 +52,22 @@ pub struct NodeArgs {
     /// Credentials directory (cluster dir or DIR/nodes/NAME).
     #[arg(long, value_name = "DIR", required_unless_present = "insecure")]
     credentials: Option<PathBuf>,
-    /// Worker processes, i.e. packets run at once [default: all cores].
-    #[arg(long)]
+    /// Worker processes, i.e. packets run at once, 1 to 4096 [default: all cores].
+    #[arg(long, value_parser = super::parse_count)]
     cores: Option<usize>,
     /// Take no new packets while the machine's owner keeps it busy.
     #[arg(long)]
     idle_only: bool,
     /// With --idle-only: the 1-minute load (less this node's own busy workers) above
     /// which new packets wait [default: half the cores, at least 1].
-    #[arg(long, value_name = "LOAD")]
+    #[arg(long, value_name = "LOAD", value_parser = super::parse_load)]
     idle_threshold: Option<f64>,
     /// Cap on bytes sent per second, e.g. 50M, 1.5G, 800K (bytes), or 100Mbit.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     max_bandwidth: Option<u64>,
     /// Seconds a packet may run before its worker is killed.
-    #[arg(long, default_value_t = 300)]
-    packet_timeout: u64,
+    #[arg(long, default_value_t = 300.0, value_parser = super::parse_seconds)]
+    packet_timeout: f64,
     /// The node's name in logs and discovery [default: the host name].
     #[arg(long)]
     name: Option<String>,
@@ -96,7 +96,7 @@ pub struct NodesArgs {
     #[arg(long, value_name = "DIR")]
     credentials: Option<PathBuf>,
     /// Seconds to listen for answers.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = super::parse_seconds)]
     wait: f64,
     /// Browse on the loopback interface only.
     #[arg(long)]
@@ -131,7 +131,7 @@ pub struct ClusterRunArgs {
     #[arg(long, requires = "cluster")]
     no_discovery: bool,
     /// Seconds of silence after which a node counts as gone.
-    #[arg(long, default_value_t = 3.0, requires = "cluster")]
+    #[arg(long, default_value_t = 3.0, requires = "cluster", value_parser = super::parse_node_timeout)]
     node_timeout: f64,
     /// Run every packet on K different nodes and keep the result the majority agrees on;
     /// a node whose result disagrees is reported and excluded (for machines nobody
@@ -250,7 +250,7 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         .cores(cores)
         .idle_only(idle)
         .max_bandwidth(args.max_bandwidth)
-        .packet_timeout(Duration::from_secs(args.packet_timeout.max(1)))
+        .packet_timeout(Duration::from_secs_f64(args.packet_timeout))
         .advertise(!args.no_mdns)
         .opencl(args.opencl);
     if let Some(name) = &args.name {
@@ -281,7 +281,10 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
 fn tuned_rates(cli: &Cli) -> anyhow::Result<Vec<TunedRate>> {
     let engine = cli.engine()?;
     let mut rates = Vec::new();
-    for (path, profile) in Profile::list(engine.config().cache_root())? {
+    let Some(cache_root) = engine.config().cache_root() else {
+        return Ok(rates);
+    };
+    for (path, profile) in Profile::list(cache_root)? {
         let Some(hash) = parse_hash(&profile.package_hash) else {
             eprintln!(
                 "warning: {}: the package hash is not 64 hex digits; ignored",
@@ -339,7 +342,7 @@ fn throwaway_credentials() -> anyhow::Result<Credentials> {
 }
 
 pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
-    let window = Duration::from_secs_f64(args.wait.clamp(0.1, 60.0));
+    let window = Duration::from_secs_f64(args.wait);
     let found = cluster::discovery::browse(window, args.loopback)?;
     if found.is_empty() {
         println!("no nodes found within {:.1} s", window.as_secs_f64());
@@ -421,6 +424,7 @@ fn resolve_peer(text: &str) -> anyhow::Result<SocketAddr> {
 pub fn run_on_cluster(
     cli: &Cli,
     args: &ClusterRunArgs,
+    device: Option<offload::DeviceChoice>,
     package: &Package,
     spec: &KernelSpec,
     items: u64,
@@ -440,8 +444,9 @@ pub fn run_on_cluster(
     let config = ClientConfig::new(credentials)
         .peers(peers)
         .discover((!args.no_discovery).then(|| Duration::from_millis(1500)))
-        .idle_timeout(Duration::from_secs_f64(args.node_timeout.clamp(0.5, 600.0)))
+        .idle_timeout(Duration::from_secs_f64(args.node_timeout))
         .redundancy(args.redundancy)
+        .devices(device.unwrap_or(offload::DeviceChoice::Auto))
         .on_event(|line| eprintln!("cluster: {line}"));
     let mut client = ClusterClient::connect(config)?;
     if args.redundancy as usize > client.nodes().len() {
@@ -499,12 +504,12 @@ pub fn run_on_cluster(
             eprintln!("node {node}: {packets} packets");
         }
         for (device, packets) in &report.packets_per_device {
-            eprintln!("device {device}: {packets} packets");
+            eprintln!("device {device}: {}", plural(*packets, "packet"));
         }
         for (node, rate) in &report.tuned_rates {
             eprintln!("node {node}: tuned rate {rate:.0} items/s per worker (advertised)");
         }
-        eprintln!("prepare: {:.3} ms", report.prepare_time.as_secs_f64() * 1e3);
+        eprintln!("prepare: {}", describe_duration(report.prepare_time));
     }
     let copies = if args.redundancy > 1 {
         format!(" ({} copies each, majority vote)", args.redundancy)
@@ -512,12 +517,12 @@ pub fn run_on_cluster(
         String::new()
     };
     println!(
-        "ran {} over {} items in {} packets{copies} on {} nodes: {:.3} ms",
+        "ran {} over {} in {}{copies} on {}: {}",
         spec.name,
-        report.items,
-        report.packets,
-        report.packets_per_node.len(),
-        report.run_time.as_secs_f64() * 1e3
+        plural(report.items, "item"),
+        plural(report.packets, "packet"),
+        plural(report.packets_per_node.len() as u64, "node"),
+        describe_duration(report.run_time)
     );
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! `offload demo`: the main job. Renders the Mandelbrot set through the whole engine
 //! (package, JIT, scheduler, local node) and writes a PNG.
 
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -9,7 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use offload::{run_local, ArgValue, Buffer, LocalOptions, Manifest, ScalarValue};
 
-use super::Cli;
+use super::files::{commit_outputs, StagedOutput};
+use super::{describe_duration, plural, Cli};
 
 /// The demo kernel, the same file as `examples/mandelbrot`, built into the binary.
 const KERNEL_SOURCE: &str = include_str!("../../examples/mandelbrot/kernel.rs");
@@ -36,6 +36,22 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         args.width > 0 && args.height > 0,
         "the image needs a width and height of at least 1 pixel"
     );
+    // PNG images are at most 2^31 - 1 pixels wide and high.
+    const PNG_MAX: u32 = i32::MAX as u32;
+    anyhow::ensure!(
+        args.width <= PNG_MAX && args.height <= PNG_MAX,
+        "a PNG image is at most {PNG_MAX} pixels wide and high"
+    );
+    let items = u64::from(args.width) * u64::from(args.height);
+    let counts_bytes = items
+        .checked_mul(4)
+        .context("the image is too large to count its pixels' iterations")?;
+    offload::check_memory(&[
+        ("the image's iteration counts".to_string(), counts_bytes),
+        ("the image's pixels".to_string(), items.saturating_mul(3)),
+    ])?;
+    // Found missing or read-only before the render, not after.
+    let output = StagedOutput::new(&args.output, "the image")?;
     let engine = cli.engine()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -63,9 +79,11 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64() * 1e3
     );
 
-    let items = u64::from(args.width) * u64::from(args.height);
     // Frame the classic view: the whole set, centred, with square pixels.
-    let step = 3.2 / f64::from(args.width.min(args.height * 16 / 9).max(1));
+    let step = 3.2
+        / (u64::from(args.width)
+            .min(u64::from(args.height) * 16 / 9)
+            .max(1) as f64);
     let x0 = -2.2;
     let y0 = -step * f64::from(args.height) / 2.0;
     let mut values = vec![
@@ -74,7 +92,12 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         ArgValue::Scalar(ScalarValue::F64(x0)),
         ArgValue::Scalar(ScalarValue::F64(y0)),
         ArgValue::Scalar(ScalarValue::F64(step)),
-        ArgValue::Buffer(Buffer::zeroed(items as usize * 4)),
+        ArgValue::Buffer(
+            usize::try_from(counts_bytes)
+                .ok()
+                .and_then(Buffer::try_zeroed)
+                .context("cannot allocate the image's iteration counts: out of memory")?,
+        ),
     ];
     let report = run_local(
         &engine,
@@ -85,40 +108,30 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         &LocalOptions::default(),
     )?;
     println!(
-        "compile: {:.2} ms ({})",
-        report.compile_time.as_secs_f64() * 1e3,
-        report.code_origin.describe()
+        "kernel: {} in {}",
+        report.code_origin.describe(),
+        describe_duration(report.compile_time)
     );
     println!(
-        "run: {} pixels in {} packets on {} threads, {:.1} ms ({:.1} Mpixel/s)",
-        items,
-        report.packets,
-        report.threads,
-        report.run_time.as_secs_f64() * 1e3,
-        items as f64 / report.run_time.as_secs_f64() / 1e6
+        "run: {} in {} on {}, {} ({:.1} Mpixel/s)",
+        plural(items, "pixel"),
+        plural(report.packets, "packet"),
+        plural(report.threads as u64, "thread"),
+        describe_duration(report.run_time),
+        items as f64 / report.run_time.as_secs_f64().max(1e-9) / 1e6
     );
     let ArgValue::Buffer(iters) = &values[5] else {
         anyhow::bail!("the kernel's output buffer is missing");
     };
-    write_png(
-        &args.output,
-        args.width,
-        args.height,
-        args.max_iter,
-        iters.as_bytes(),
-    )?;
+    let png = encode_png(args.width, args.height, args.max_iter, iters.as_bytes())?;
+    commit_outputs(vec![(output, png.as_slice())])?;
     println!("wrote {}", args.output.display());
     Ok(())
 }
 
-/// Colours escape counts with a smooth palette; points inside the set are black.
-fn write_png(
-    path: &PathBuf,
-    width: u32,
-    height: u32,
-    max_iter: u32,
-    iters: &[u8],
-) -> anyhow::Result<()> {
+/// Colours escape counts with a smooth palette (points inside the set are black) and
+/// encodes the picture as PNG.
+fn encode_png(width: u32, height: u32, max_iter: u32, iters: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut rgb = Vec::with_capacity(iters.len() / 4 * 3);
     for chunk in iters.chunks_exact(4) {
         let n = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -131,16 +144,14 @@ fn write_png(
             |phase: f64| (127.5 * (1.0 + (std::f64::consts::TAU * (t + phase)).cos())) as u8;
         rgb.extend_from_slice(&[channel(0.0), channel(0.33), channel(0.67)]);
     }
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), width, height);
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder
-        .write_header()
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut writer = encoder.write_header().context("cannot encode the image")?;
     writer
         .write_image_data(&rgb)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        .context("cannot encode the image")?;
+    writer.finish().context("cannot encode the image")?;
+    Ok(png)
 }

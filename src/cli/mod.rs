@@ -2,6 +2,7 @@
 
 mod cluster;
 mod demo;
+mod files;
 mod opencl;
 mod package;
 mod run;
@@ -130,6 +131,72 @@ fn chain(error: &anyhow::Error) -> String {
     text
 }
 
+/// Parses a count of threads, workers or cores: a whole number from 1 to 4096 (0 is
+/// refused, not silently turned into 1).
+pub fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n @ 1..=4096) => Ok(n),
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(_) => Err("must be at most 4096".into()),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// Parses a number of seconds: finite, above 0 and at most a day (`nan`, `inf`,
+/// negative numbers and 0 are refused).
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    parse_number_in(text, "a number of seconds", 1e-3, 86_400.0)
+}
+
+/// Parses `--node-timeout`: from half a second (keep-alives go out every 200 ms) to an
+/// hour.
+pub fn parse_node_timeout(text: &str) -> Result<f64, String> {
+    parse_number_in(text, "a number of seconds", 0.5, 3_600.0)
+}
+
+/// Parses a machine load (`--idle-threshold`): finite and not negative.
+pub fn parse_load(text: &str) -> Result<f64, String> {
+    parse_number_in(text, "a load average", 0.0, 1e6)
+}
+
+fn parse_number_in(text: &str, what: &str, min: f64, max: f64) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not {what}"))?;
+    if !(value.is_finite() && (min..=max).contains(&value)) {
+        return Err(format!("`{text}` is not {what} from {min} to {max}"));
+    }
+    Ok(value)
+}
+
+/// `1 thread`, `2 threads`: a count with its noun in the right number.
+pub fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+/// A duration for people: `0.42 ms`, `12.3 ms`, `4.56 s`, `5 min 30 s`, `2 h 05 min`.
+pub fn describe_duration(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    if seconds < 0.01 {
+        format!("{:.2} ms", seconds * 1e3)
+    } else if seconds < 1.0 {
+        format!("{:.1} ms", seconds * 1e3)
+    } else if seconds < 60.0 {
+        format!("{seconds:.2} s")
+    } else if seconds < 3600.0 {
+        let whole = seconds.round() as u64;
+        format!("{} min {:02} s", whole / 60, whole % 60)
+    } else {
+        let minutes = (seconds / 60.0).round() as u64;
+        format!("{} h {:02} min", minutes / 60, minutes % 60)
+    }
+}
+
 fn devices(cli: &Cli) -> anyhow::Result<()> {
     let engine = cli.engine()?;
     let host = engine.host();
@@ -139,4 +206,38 @@ fn devices(cli: &Cli) -> anyhow::Result<()> {
     println!("  features: {}", host.enabled_features().join(" "));
     opencl::print_devices();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{describe_duration, plural};
+    use std::time::Duration;
+
+    #[test]
+    fn counts_and_seconds_refuse_what_cannot_be_meant() {
+        use super::{parse_count, parse_seconds};
+        assert_eq!(parse_count("4"), Ok(4));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("4097").is_err());
+        assert!(parse_count("-1").is_err());
+        assert_eq!(parse_seconds("2.5"), Ok(2.5));
+        for bad in ["nan", "NaN", "inf", "-1", "0", "1e9", "x"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn counts_and_durations_read_as_words() {
+        assert_eq!(plural(1, "thread"), "1 thread");
+        assert_eq!(plural(0, "node"), "0 nodes");
+        assert_eq!(plural(3, "packet"), "3 packets");
+        assert_eq!(describe_duration(Duration::from_micros(420)), "0.42 ms");
+        assert_eq!(describe_duration(Duration::from_micros(12_345)), "12.3 ms");
+        assert_eq!(describe_duration(Duration::from_millis(4_560)), "4.56 s");
+        assert_eq!(
+            describe_duration(Duration::from_millis(330_002)),
+            "5 min 30 s"
+        );
+        assert_eq!(describe_duration(Duration::from_secs(7_500)), "2 h 05 min");
+    }
 }

@@ -8,11 +8,13 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use offload::{
-    required_bytes, run_local, ArgKind, ArgValue, Buffer, KernelSpec, LocalOptions, ScalarValue,
+    check_memory, describe_bytes, memory_limit, required_bytes, run_local, sum_workspace, Arg,
+    ArgKind, ArgValue, Buffer, KernelSpec, LocalOptions, ScalarValue, Shape,
 };
 
+use super::files::{commit_outputs, read_input, Expected, StagedOutput};
 use super::package::read_package;
-use super::Cli;
+use super::{describe_duration, plural, Cli};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -39,18 +41,19 @@ pub struct RunArgs {
     /// A `sum` buffer: the element-wise total over all packets, written to FILE.
     #[arg(long = "sum", value_name = "NAME=FILE")]
     sums: Vec<String>,
-    /// Worker threads [default: all cores].
-    #[arg(long)]
+    /// Worker threads on this machine, 1 to 4096 [default: all cores].
+    #[arg(long, value_parser = super::parse_count)]
     threads: Option<usize>,
-    /// Which devices run packets: the CPU, the OpenCL devices, or both (auto).
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: super::opencl::DeviceFlag,
+    /// Which devices run packets: the CPU, the OpenCL devices, or both (auto). [default:
+    /// cpu on this machine; with --cluster, every device the nodes serve]
+    #[arg(long, value_enum)]
+    device: Option<super::opencl::DeviceFlag>,
     #[command(flatten)]
     cluster: super::cluster::ClusterRunArgs,
 }
 
-/// Per output argument: its position and the file its result goes to.
-type OutputFiles = Vec<(usize, PathBuf)>;
+/// Per output argument: its position and the staged file its result goes to.
+type OutputFiles = Vec<(usize, StagedOutput)>;
 
 struct Binding {
     flag: &'static str,
@@ -69,9 +72,38 @@ fn split_binding(flag: &'static str, text: &str) -> anyhow::Result<Binding> {
     })
 }
 
-/// Matches the command line's bindings to the kernel's arguments, reads input files
-/// and allocates outputs. Returns the values and, per output, the file to write.
-fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, OutputFiles)> {
+/// The bytes argument `arg` needs for `items` items (split and sum buffers), or an
+/// error when that overflows a 64-bit count.
+fn needed_bytes(arg: &Arg, items: u64) -> anyhow::Result<Option<u64>> {
+    let whole = matches!(
+        arg.kind,
+        ArgKind::Buffer {
+            shape: Shape::Whole,
+            ..
+        }
+    );
+    if whole {
+        return Ok(None);
+    }
+    match required_bytes(arg, items) {
+        Some(bytes) => Ok(Some(bytes)),
+        None => bail!(
+            "buffer `{}` (`{arg}`) for {items} items would need more bytes than a 64-bit count holds",
+            arg.name
+        ),
+    }
+}
+
+/// Matches the command line's bindings to the kernel's arguments. Before reading or
+/// allocating anything it stages every output file (so a missing or read-only folder is
+/// found before the job runs) and checks that the buffers, with the per-device copies of
+/// `sum` buffers for `devices` devices, fit in this machine's memory. Then it reads the
+/// inputs (no further than they must be long) and allocates the outputs.
+fn bind(
+    args: &RunArgs,
+    spec: &KernelSpec,
+    devices: usize,
+) -> anyhow::Result<(Vec<ArgValue>, OutputFiles)> {
     let mut bindings = Vec::new();
     for (flag, list) in [
         ("arg", &args.scalars),
@@ -108,46 +140,108 @@ fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Out
             bail!("argument `{}` is given more than once", b.name);
         }
     }
-    let mut values = Vec::with_capacity(spec.args.len());
-    let mut outputs = Vec::new();
-    for (slot, arg) in spec.args.iter().enumerate() {
-        let binding = bindings.iter().find(|b| b.name == arg.name);
-        let value = match (arg.kind, binding) {
-            (ArgKind::Scalar(ty), Some(b)) => ArgValue::Scalar(
-                ScalarValue::parse(&b.value, ty)
-                    .map_err(|e| anyhow::anyhow!("argument `{}`: {e}", arg.name))?,
-            ),
-            (ArgKind::Buffer { access, .. }, Some(b)) => {
-                let path = PathBuf::from(&b.value);
-                if access.writes_output() {
-                    outputs.push((slot, path.clone()));
-                }
-                if access.reads_input() {
-                    let bytes = std::fs::read(&path).with_context(|| {
-                        format!("cannot read buffer `{}` from {}", arg.name, path.display())
-                    })?;
-                    ArgValue::Buffer(Buffer::from_bytes(&bytes))
-                } else {
-                    let len = required_bytes(arg, args.items).with_context(|| {
-                        format!("buffer `{}` would not fit in memory", arg.name)
-                    })?;
-                    let len = usize::try_from(len).with_context(|| {
-                        format!("buffer `{}` would not fit in memory", arg.name)
-                    })?;
-                    ArgValue::Buffer(Buffer::zeroed(len))
-                }
-            }
-            (kind, None) => {
-                let how = match kind {
+    let binding_of = |arg: &Arg| -> anyhow::Result<&Binding> {
+        bindings
+            .iter()
+            .find(|b| b.name == arg.name)
+            .with_context(|| {
+                let how = match arg.kind {
                     ArgKind::Scalar(_) => format!("--arg {}=VALUE", arg.name),
                     ArgKind::Buffer { access, .. } => {
                         format!("--{} {}=FILE", access.name(), arg.name)
                     }
                 };
-                bail!(
+                format!(
                     "missing argument `{arg}` of kernel `{}`: pass {how}",
                     spec.name
+                )
+            })
+    };
+    // Scalars first: checking them touches nothing.
+    let mut scalars = Vec::with_capacity(spec.args.len());
+    for arg in &spec.args {
+        scalars.push(match arg.kind {
+            ArgKind::Scalar(ty) => Some(
+                ScalarValue::parse(&binding_of(arg)?.value, ty)
+                    .map_err(|e| anyhow::anyhow!("argument `{}`: {e}", arg.name))?,
+            ),
+            ArgKind::Buffer { .. } => None,
+        });
+    }
+    // Stage the outputs and plan the memory before touching any input.
+    let mut outputs: OutputFiles = Vec::new();
+    let mut needs: Vec<(String, u64)> = Vec::new();
+    for (slot, arg) in spec.args.iter().enumerate() {
+        let ArgKind::Buffer { access, .. } = arg.kind else {
+            continue;
+        };
+        let path = PathBuf::from(&binding_of(arg)?.value);
+        let bytes = match needed_bytes(arg, args.items)? {
+            Some(bytes) => bytes,
+            // A whole input: as large as its file is (a pipe counts when it is read).
+            None => std::fs::metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map_or(0, |m| m.len()),
+        };
+        needs.push((format!("buffer `{}` (`{arg}`)", arg.name), bytes));
+        if access.writes_output() {
+            let staged = StagedOutput::new(&path, &format!("buffer `{}`", arg.name))?;
+            if let Some((other, _)) = outputs
+                .iter()
+                .find(|(_, o)| o.destination() == staged.destination())
+            {
+                bail!(
+                    "buffers `{}` and `{}` would both be written to {}",
+                    spec.args[*other].name,
+                    arg.name,
+                    path.display()
                 );
+            }
+            outputs.push((slot, staged));
+        }
+    }
+    needs.extend(sum_workspace(spec, devices));
+    check_memory(&needs)?;
+    let limit = memory_limit().unwrap_or(u64::MAX);
+    let mut values = Vec::with_capacity(spec.args.len());
+    for (arg, scalar) in spec.args.iter().zip(scalars) {
+        let binding = binding_of(arg)?;
+        let value = match (arg.kind, scalar) {
+            (_, Some(value)) => ArgValue::Scalar(value),
+            (ArgKind::Scalar(_), None) => bail!("argument `{}` has no value", arg.name),
+            (ArgKind::Buffer { access, elem, .. }, None) => {
+                let path = PathBuf::from(&binding.value);
+                let needed = needed_bytes(arg, args.items)?;
+                if access.reads_input() {
+                    let expected = match needed {
+                        Some(bytes) => Expected::Exactly(bytes),
+                        None => Expected::Elements {
+                            size: elem.size() as u64,
+                            limit,
+                        },
+                    };
+                    ArgValue::Buffer(read_input(
+                        &path,
+                        &arg.name,
+                        &arg.to_string(),
+                        expected,
+                        args.items,
+                    )?)
+                } else {
+                    let bytes = needed.unwrap_or(0);
+                    let buffer = usize::try_from(bytes)
+                        .ok()
+                        .and_then(Buffer::try_zeroed)
+                        .with_context(|| {
+                            format!(
+                                "cannot allocate {} for buffer `{}`: out of memory",
+                                describe_bytes(bytes),
+                                arg.name
+                            )
+                        })?;
+                    ArgValue::Buffer(buffer)
+                }
             }
         };
         values.push(value);
@@ -156,7 +250,8 @@ fn bind(args: &RunArgs, spec: &KernelSpec) -> anyhow::Result<(Vec<ArgValue>, Out
 }
 
 /// A progress bar that appears only on a terminal and only once a run has lasted a
-/// moment, so short runs and pipes stay quiet.
+/// moment, so short runs and pipes stay quiet. It shows items done, the rate and the
+/// time left, estimated from the run so far.
 fn progress_reporter(
     items: u64,
 ) -> (
@@ -167,33 +262,78 @@ fn progress_reporter(
     let shared = Arc::clone(&bar);
     let started = Instant::now();
     let report = move |done: u64, _total: u64| {
-        if started.elapsed() < Duration::from_millis(300) {
+        let elapsed = started.elapsed();
+        if elapsed < Duration::from_millis(300) {
             return;
         }
         let mut slot = shared.lock().unwrap_or_else(|p| p.into_inner());
         let bar = slot.get_or_insert_with(|| {
             let bar = ProgressBar::with_draw_target(Some(items), ProgressDrawTarget::stderr());
-            if let Ok(style) =
-                ProgressStyle::with_template("{bar:40} {pos}/{len} items {per_sec} eta {eta}")
-            {
+            if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} items {msg}") {
                 bar.set_style(style);
             }
             bar
         });
         bar.set_position(done);
+        bar.set_message(progress_message(done, items, elapsed));
     };
     (bar, report)
 }
 
-/// Writes each output buffer to its file, as every kind of run does.
-fn write_outputs(values: &[ArgValue], outputs: &[(usize, PathBuf)]) -> anyhow::Result<()> {
-    for (slot, path) in outputs {
-        if let ArgValue::Buffer(buffer) = &values[*slot] {
-            std::fs::write(path, buffer.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+/// `1.23 M items/s, about 4.2 s left`, from the items done so far.
+fn progress_message(done: u64, items: u64, elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64();
+    if done == 0 || seconds <= 0.0 {
+        return String::new();
     }
-    Ok(())
+    let rate = done as f64 / seconds;
+    let left = Duration::from_secs_f64((items.saturating_sub(done)) as f64 / rate);
+    format!(
+        "{} items/s, about {} left",
+        describe_rate(rate),
+        describe_duration(left)
+    )
+}
+
+/// A rate with three significant digits and an SI prefix: `950`, `12.3 k`, `4.56 M`.
+fn describe_rate(per_second: f64) -> String {
+    let (value, prefix) = if per_second >= 1e9 {
+        (per_second / 1e9, " G")
+    } else if per_second >= 1e6 {
+        (per_second / 1e6, " M")
+    } else if per_second >= 1e3 {
+        (per_second / 1e3, " k")
+    } else {
+        (per_second, "")
+    };
+    let digits = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.digits$}{prefix}")
+}
+
+/// Writes each output buffer to its staged file and renames them all into place.
+fn write_outputs(values: &[ArgValue], outputs: OutputFiles) -> anyhow::Result<()> {
+    let staged = outputs
+        .into_iter()
+        .filter_map(|(slot, staged)| match &values[slot] {
+            ArgValue::Buffer(buffer) => Some((staged, buffer.as_bytes())),
+            ArgValue::Scalar(_) => None,
+        })
+        .collect();
+    commit_outputs(staged)
+}
+
+/// Devices a local run uses for `items` items: the threads asked for (or every core)
+/// and, with `--device opencl|auto`, room for OpenCL devices.
+fn local_threads(args: &RunArgs) -> usize {
+    args.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, args.items.clamp(1, 4096) as usize)
 }
 
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
@@ -210,25 +350,35 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             )
         })?
         .clone();
-    let (mut values, outputs) = bind(args, &spec)?;
     if args.cluster.cluster {
+        if let Some(threads) = args.threads {
+            bail!(
+                "--threads {threads} sets this machine's worker threads, which a --cluster run does not use: a node's workers are set where it runs (offload node --cores N)"
+            );
+        }
+        // The client keeps the job's buffers and a copy of the packets in flight.
+        let (mut values, outputs) = bind(args, &spec, 1)?;
         super::cluster::run_on_cluster(
             cli,
             &args.cluster,
+            args.device.map(Into::into),
             &package,
             &spec,
             args.items,
             &mut values,
         )?;
-        return write_outputs(&values, &outputs);
+        return write_outputs(&values, outputs);
     }
+    let threads = local_threads(args);
+    let (mut values, outputs) = bind(args, &spec, threads + 1)?;
     let engine = cli.engine()?;
     let (bar, report) = progress_reporter(args.items);
     let mut options = LocalOptions::default().progress(report);
     if let Some(threads) = args.threads {
         options = options.threads(threads);
     }
-    options = options.device(args.device.into());
+    let device = args.device.unwrap_or(super::opencl::DeviceFlag::Cpu);
+    options = options.device(device.into());
     let (engine, options) = match super::tune::lookup(&engine, &package, &args.kernel) {
         Some(settings) => {
             if cli.verbose > 0 {
@@ -249,10 +399,16 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     if let Some(bar) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
         bar.finish_and_clear();
     }
-    let report = result?;
-    write_outputs(&values, &outputs)?;
+    let report = result.map_err(|e| {
+        anyhow::Error::new(e).context("the run failed; no output or --inout file was changed")
+    })?;
+    write_outputs(&values, outputs)?;
     if cli.verbose > 0 {
-        eprintln!("device: cpu {} ({} threads)", engine.host(), report.threads);
+        eprintln!(
+            "device: cpu {} ({})",
+            engine.host(),
+            plural(report.threads as u64, "thread")
+        );
         for device in &report.opencl_devices {
             eprintln!("device: opencl {device}");
         }
@@ -264,20 +420,40 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             report.cpu_packets, report.opencl_packets
         );
         eprintln!(
-            "kernel {}: code from {} in {:.3} ms (key {})",
+            "kernel {}: {} in {} (key {})",
             args.kernel,
             report.code_origin.describe(),
-            report.compile_time.as_secs_f64() * 1e3,
+            describe_duration(report.compile_time),
             &report.cache_key[..16]
         );
     }
     println!(
-        "ran {} over {} items in {} packets on {} threads: {:.3} ms",
+        "ran {} over {} in {} on {}: {}",
         args.kernel,
-        report.items,
-        report.packets,
-        report.threads,
-        report.run_time.as_secs_f64() * 1e3
+        plural(report.items, "item"),
+        plural(report.packets, "packet"),
+        plural(report.threads as u64, "thread"),
+        describe_duration(report.run_time)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_have_three_significant_digits() {
+        assert_eq!(describe_rate(950.0), "950");
+        assert_eq!(describe_rate(12_345.0), "12.3 k");
+        assert_eq!(describe_rate(4_567_890.0), "4.57 M");
+        assert_eq!(describe_rate(1.5), "1.50");
+    }
+
+    #[test]
+    fn the_time_left_comes_from_the_rate_so_far() {
+        // 30 % done in 3 s: 7 s left, not 0.
+        let text = progress_message(30, 100, Duration::from_secs(3));
+        assert_eq!(text, "10.0 items/s, about 7.00 s left");
+    }
 }
