@@ -160,6 +160,11 @@ pub struct Discovery {
 /// Finds every device of every platform the ICD loader knows. Never fails: a machine
 /// without OpenCL gets an empty list and a note saying so.
 pub fn discover() -> Discovery {
+    // Serialized: PoCL's first device query is not safe to run from two threads at
+    // once (one of them gets CL_DEVICE_NOT_FOUND), and a process may discover from
+    // several (tests, concurrent launches).
+    static DISCOVERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = DISCOVERING.lock().unwrap_or_else(|e| e.into_inner());
     // ocl's `get_platform_ids` waits 10 s for an ICD loader that reports no platform
     // (a workaround for slow ICD start-up); a machine without OpenCL must not wait, so
     // ask once first.
@@ -183,7 +188,7 @@ pub fn discover() -> Discovery {
                 devices: Vec::new(),
                 note: Some(format!(
                     "no OpenCL platform found ({})",
-                    first_line(&e.to_string())
+                    ocl_error_gist(&e.to_string())
                 )),
             }
         }
@@ -205,7 +210,7 @@ pub fn discover() -> Discovery {
             }
             Err(e) => notes.push(format!(
                 "{platform_name}: no devices ({})",
-                first_line(&e.to_string())
+                ocl_error_gist(&e.to_string())
             )),
         }
     }
@@ -218,16 +223,37 @@ pub fn discover() -> Discovery {
     }
 }
 
-fn first_line(text: &str) -> String {
-    text.lines()
+/// The gist of an `ocl` error, whose text is a banner of `#`s followed by lines such
+/// as `Error executing function: clGetDeviceIDs` and `Status error code:
+/// CL_DEVICE_NOT_FOUND (-1)`: `clGetDeviceIDs: CL_DEVICE_NOT_FOUND (-1)`, or the first
+/// line of any other text.
+fn ocl_error_gist(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("unknown error")
-        .to_string()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    match (
+        field("Error executing function:"),
+        field("Status error code:"),
+    ) {
+        (Some(function), Some(status)) => format!("{function}: {status}"),
+        _ => lines
+            .first()
+            .copied()
+            .unwrap_or("unknown error")
+            .to_string(),
+    }
 }
 
 fn describe(id: core::DeviceId, platform: &str) -> Result<DeviceInfo, String> {
-    let ask = |q: Query| core::get_device_info(id, q).map_err(|e| first_line(&e.to_string()));
+    let ask = |q: Query| core::get_device_info(id, q).map_err(|e| ocl_error_gist(&e.to_string()));
     let name = ask(Query::Name)?.to_string();
     let kind = match ask(Query::Type)? {
         Answer::Type(t) if t.contains(core::DeviceType::GPU) => DeviceKind::Gpu,
@@ -300,7 +326,7 @@ impl Device {
             move |e: core::Error| DeviceError::Runtime {
                 device,
                 operation,
-                message: first_line(&e.to_string()),
+                message: ocl_error_gist(&e.to_string()),
             }
         };
         if !info.little_endian {
@@ -329,7 +355,7 @@ impl Device {
         move |e| DeviceError::Runtime {
             device: self.info.name.clone(),
             operation,
-            message: first_line(&e.to_string()),
+            message: ocl_error_gist(&e.to_string()),
         }
     }
 
@@ -792,5 +818,21 @@ mod tests {
         is_send::<PreparedKernel>();
         fn is_sync<T: Send + Sync>() {}
         is_sync::<Device>();
+    }
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::ocl_error_gist;
+
+    #[test]
+    fn ocl_errors_are_reduced_to_function_and_status() {
+        let text = "\n################################ OPENCL ERROR ############################### \n\nError executing function: clGetDeviceIDs  \n\nStatus error code: CL_DEVICE_NOT_FOUND (-1)  \n\nPlease visit the following url for more information: \n\nhttps://www.khronos.org/\n";
+        assert_eq!(
+            ocl_error_gist(text),
+            "clGetDeviceIDs: CL_DEVICE_NOT_FOUND (-1)"
+        );
+        assert_eq!(ocl_error_gist("plain words\nmore"), "plain words");
+        assert_eq!(ocl_error_gist(""), "unknown error");
     }
 }

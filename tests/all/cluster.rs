@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{offload_ok, package, read_le, repo_path, write_le, Run};
+use crate::common::{die_with_test, offload_ok, package, read_le, repo_path, write_le, Run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_offload");
 
@@ -98,7 +98,7 @@ impl Node {
             log_suffix,
         } = *launch;
         let log = dir.join(format!("node{index}{log_suffix}.log"));
-        let mut child = Command::new(BIN)
+        let mut child = die_with_test(&mut Command::new(BIN))
             .args(global)
             .args(["node", "--listen", listen, "--no-mdns", "--cores", "1"])
             .args(flags)
@@ -453,7 +453,7 @@ fn whole_input_buffers_reach_the_nodes_and_the_output_equals_the_local_run() {
     let (output, cluster_vel, cluster_new) =
         run("cluster", cluster.cluster_flags(&cluster.credentials()));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("on 2 nodes"), "{stdout}");
+    assert!(stdout.contains("on 2 nodes:"), "{stdout}");
     // Same JIT, same machine, every item computed alone: bit-identical results.
     assert!(cluster_vel == local_vel, "vel differs from the local run");
     assert!(
@@ -832,7 +832,7 @@ fn a_node_restarted_between_jobs_is_used_again() {
     let output = run_bounded(command, Duration::from_secs(60));
     assert!(output.status.success(), "{}", text(&output));
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("on 1 nodes"),
+        String::from_utf8_lossy(&output.stdout).contains("on 1 node:"),
         "{}",
         text(&output)
     );
@@ -844,7 +844,7 @@ fn a_node_restarted_between_jobs_is_used_again() {
     );
     assert!(output.status.success(), "{}", text(&output));
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("on 2 nodes"),
+        String::from_utf8_lossy(&output.stdout).contains("on 2 nodes:"),
         "the restarted node was not used:\n{}",
         text(&output)
     );
@@ -896,13 +896,18 @@ fn a_node_advertises_its_tuned_rate_and_the_client_starts_from_it() {
     assert_same_output(&remote, &local, "cluster output differs from the local run");
 }
 
-/// Whether this machine has an OpenCL device (PoCL here and in CI); says why not.
-fn opencl_device_present() -> bool {
+/// Whether this machine has an OpenCL device (PoCL here and in CI). Without one, `test`
+/// checks only the CPU fallback of `offload node --opencl`, and says so (under CI that
+/// is a failure: CI machines have PoCL).
+fn opencl_device_present(test: &str) -> bool {
     let found = opencl_backend::discover();
     if found.devices.is_empty() {
-        println!(
-            "no OpenCL device ({}): checking the CPU fallback of `offload node --opencl` only",
-            found.note.as_deref().unwrap_or("none found")
+        crate::common::skip(
+            test,
+            &format!(
+                "no OpenCL device ({}): only the CPU fallback of `offload node --opencl` is checked",
+                found.note.as_deref().unwrap_or("none found")
+            ),
         );
         return false;
     }
@@ -938,49 +943,93 @@ fn device_packets(stderr: &str, needle: &str) -> u64 {
         .filter_map(|l| l.strip_prefix("device "))
         .filter(|l| l.contains(needle))
         .filter_map(|l| {
-            l.rsplit(": ")
-                .next()?
-                .strip_suffix(" packets")?
+            let count = l.rsplit(": ").next()?;
+            count
+                .strip_suffix(" packets")
+                .or_else(|| count.strip_suffix(" packet"))?
                 .parse::<u64>()
                 .ok()
         })
         .sum()
 }
 
+/// Packets the final `ran ... in N packets` line (on stdout) says the job committed.
+fn total_packets(output: &Output) -> u64 {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ran "))
+        .and_then(|rest| rest.split(" in ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn a_node_serving_its_opencl_device_runs_packets_there_and_equals_the_local_run() {
-    let present = opencl_device_present();
+    let present = opencl_device_present(
+        "a_node_serving_its_opencl_device_runs_packets_there_and_equals_the_local_run",
+    );
     let cluster = opencl_cluster();
     let job = Mandel::new(cluster.dir.path(), 320, 240, 300);
     let local = cluster.path("local.bin");
     job.run_local(&local);
-    let remote = cluster.path("remote.bin");
-    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
-    command.arg("-v");
-    let output = run_bounded(command, Duration::from_secs(180));
-    assert!(output.status.success(), "{}", text(&output));
-    // mandelbrot writes integers: the OpenCL device's packets must be bit-exact.
-    assert_same_output(&remote, &local, "cluster output differs from the local run");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Each device kind forced in turn, so where packets run is decided by the flag, not
+    // by which device happens to be faster on this machine today.
+    let run = |device: &str| {
+        let remote = cluster.path(&format!("remote-{device}.bin"));
+        let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
+        command.args(["-v", "--device", device]);
+        let output = run_bounded(command, Duration::from_secs(180));
+        (output, remote)
+    };
     let log = cluster.nodes[0].log();
-    if present {
+    if !present {
+        assert!(log.contains("no OpenCL device found"), "{log}");
+        let (output, _) = run("opencl");
+        assert!(!output.status.success(), "{}", text(&output));
+        assert!(
+            text(&output).contains("no node serves an OpenCL device"),
+            "{}",
+            text(&output)
+        );
+        return;
+    }
+    assert!(log.contains("serving OpenCL device 0"), "{log}");
+    for device in ["opencl", "cpu", "auto"] {
+        let (output, remote) = run(device);
+        assert!(
+            output.status.success(),
+            "--device {device}: {}",
+            text(&output)
+        );
+        // mandelbrot writes integers: every device's packets must be bit-exact.
+        assert_same_output(&remote, &local, "cluster output differs from the local run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             stderr.contains("opencl0 "),
             "no OpenCL device listed:\n{stderr}"
         );
-        let on_device = device_packets(&stderr, "/opencl0: ");
-        assert!(on_device > 0, "the OpenCL device ran no packet:\n{stderr}");
-        assert!(device_packets(&stderr, "/cpu0") > 0, "{stderr}");
-        assert!(log.contains("serving OpenCL device 0"), "{log}");
-    } else {
-        assert_eq!(device_packets(&stderr, "/opencl"), 0, "{stderr}");
-        assert!(log.contains("no OpenCL device found"), "{log}");
+        let (on_device, on_cpu) = (
+            device_packets(&stderr, "/opencl0: "),
+            device_packets(&stderr, "/cpu0"),
+        );
+        assert_eq!(on_device + on_cpu, total_packets(&output), "{stderr}");
+        match device {
+            "opencl" => assert_eq!(on_cpu, 0, "{stderr}"),
+            "cpu" => assert_eq!(on_device, 0, "{stderr}"),
+            _ => {}
+        }
+        if device == "opencl" {
+            assert!(on_device > 0, "the OpenCL device ran no packet:\n{stderr}");
+        }
     }
 }
 
 #[test]
 fn whole_buffers_and_sums_on_a_node_opencl_device_equal_the_local_run() {
-    let present = opencl_device_present();
+    let present =
+        opencl_device_present("whole_buffers_and_sums_on_a_node_opencl_device_equal_the_local_run");
     let cluster = opencl_cluster();
     let dir = cluster.dir.path();
     let pkg = package(
@@ -1013,6 +1062,11 @@ fn whole_buffers_and_sums_on_a_node_opencl_device_equal_the_local_run() {
     let (_, local) = run("local", Vec::new());
     let mut flags = cluster.cluster_flags(&cluster.credentials());
     flags.push("-v".into());
+    // On the OpenCL device only, so that its whole buffers and sum partials are what
+    // is checked, whatever the CPU worker's speed.
+    if present {
+        flags.extend(["--device".into(), "opencl".into()]);
+    }
     let (output, remote) = run("cluster", flags);
     assert_eq!(remote, local, "histogram differs from the local run");
     assert_eq!(
@@ -1022,16 +1076,15 @@ fn whole_buffers_and_sums_on_a_node_opencl_device_equal_the_local_run() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     if present {
-        assert!(
-            device_packets(&stderr, "/opencl0: ") > 0,
-            "the OpenCL device ran no packet:\n{stderr}"
-        );
+        let on_device = device_packets(&stderr, "/opencl0: ");
+        assert!(on_device > 0, "the OpenCL device ran no packet:\n{stderr}");
+        assert_eq!(on_device, total_packets(&output), "{stderr}");
     }
 }
 
 #[test]
 fn a_kernel_the_node_cannot_lower_runs_on_its_cpu_workers() {
-    let present = opencl_device_present();
+    let present = opencl_device_present("a_kernel_the_node_cannot_lower_runs_on_its_cpu_workers");
     let cluster = opencl_cluster();
     let dir = cluster.dir.path();
     let special = repo_path("tests/conformance/special/mulhi_u128");

@@ -212,3 +212,64 @@ pub fn read_le<T: Le>(path: &Path) -> Vec<T> {
         bytes.chunks_exact(T::SIZE).map(T::get).collect()
     }
 }
+
+/// Where skipped tests record why; `scripts/test.sh` prints it after the run, since the
+/// test harness hides the output of tests that pass.
+pub fn skip_log() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt")
+}
+
+/// Records that `test` cannot run here because of `reason`, loudly: under CI
+/// (`CI=true`, which `.ci/run` sets) it fails instead, since CI machines are set up to run
+/// every test.
+pub fn skip(test: &str, reason: &str) {
+    let line = format!("SKIPPED {test}: {reason}");
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{line} (CI=true: every test must run)"
+    );
+    eprintln!("{line}");
+    use std::io::Write;
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skip_log())
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// Whether this process runs as root (tests that hand files to another user need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Makes the process `command` starts die when the test thread that starts it ends, so
+/// a test that crashes (or a test process that is killed) leaves no node running. A node
+/// is always started from the thread of the test that owns it.
+pub fn die_with_test(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe calls (prctl, getppid, _exit).
+    let parent = std::process::id();
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    }
+}

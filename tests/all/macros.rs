@@ -419,23 +419,24 @@ struct LoopbackNode {
 impl LoopbackNode {
     fn start(credentials: &Path, name: &str) -> LoopbackNode {
         use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_offload"))
-            .args([
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-mdns",
-                "--cores",
-                "1",
-                "--name",
-                name,
-            ])
-            .arg("--credentials")
-            .arg(credentials)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start offload node");
+        let mut child =
+            crate::common::die_with_test(&mut Command::new(env!("CARGO_BIN_EXE_offload")))
+                .args([
+                    "node",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--no-mdns",
+                    "--cores",
+                    "1",
+                    "--name",
+                    name,
+                ])
+                .arg("--credentials")
+                .arg(credentials)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start offload node");
         let stdout = child.stdout.take().expect("node stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
