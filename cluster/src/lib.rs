@@ -51,6 +51,7 @@ pub mod client;
 pub mod credentials;
 pub mod discovery;
 mod driver;
+pub mod fault;
 pub mod node;
 pub mod protocol;
 mod wire;

@@ -1,0 +1,116 @@
+//! Test-only fault injection for nodes: misbehaviour on demand, so that tests can force
+//! the faults whose handling they check instead of hoping a timing produces them.
+//!
+//! It exists only when the crate is built with the `fault-injection` feature, which the
+//! workspace's integration tests enable (a dev-dependency feature, so `cargo test` builds
+//! it and `cargo build`/`cargo install` never do). Without the feature [`Faults::parse`]
+//! refuses every fault and nothing of the behaviour below is compiled in.
+//!
+//! Faults, given to `offload node --fault FAULT` (repeatable):
+//! - `corrupt-results`: flip the first byte of every result (a lying node);
+//! - `fail-packets`: answer every packet with a failure (a broken node);
+//! - `die-on-packet`: kill the node (SIGKILL) when its first packet arrives;
+//! - `stop-on-packet`: stop the node (SIGSTOP) when its first packet arrives;
+//! - `gate=PATH`: hold every packet until the file PATH exists.
+
+/// The faults a node was told to inject (none outside test builds).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    #[cfg(feature = "fault-injection")]
+    enabled: Enabled,
+}
+
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Default)]
+struct Enabled {
+    corrupt_results: bool,
+    fail_packets: bool,
+    die_on_packet: bool,
+    stop_on_packet: bool,
+    gate: Option<std::path::PathBuf>,
+}
+
+/// What a node does with a packet after [`Faults::before_packet`].
+// Only fault injection fails packets: without the feature the variant is unused.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+pub(crate) enum Verdict {
+    /// Run it.
+    Run,
+    /// Answer it with this failure instead.
+    Fail(String),
+}
+
+impl Faults {
+    /// Parses `--fault` values. Outside test builds any fault is refused.
+    pub fn parse(specs: &[String]) -> Result<Faults, String> {
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            match specs.first() {
+                None => Ok(Faults::default()),
+                Some(spec) => Err(format!(
+                    "--fault {spec}: this build of offload has no fault injection (it exists only in test builds)"
+                )),
+            }
+        }
+        #[cfg(feature = "fault-injection")]
+        {
+            let mut enabled = Enabled::default();
+            for spec in specs {
+                match spec.as_str() {
+                    "corrupt-results" => enabled.corrupt_results = true,
+                    "fail-packets" => enabled.fail_packets = true,
+                    "die-on-packet" => enabled.die_on_packet = true,
+                    "stop-on-packet" => enabled.stop_on_packet = true,
+                    other => match other.strip_prefix("gate=") {
+                        Some(path) => enabled.gate = Some(path.into()),
+                        None => return Err(format!("--fault {other}: no such fault")),
+                    },
+                }
+            }
+            Ok(Faults { enabled })
+        }
+    }
+
+    /// Called when a packet arrives, before it runs.
+    pub(crate) async fn before_packet(&self) -> Verdict {
+        #[cfg(feature = "fault-injection")]
+        {
+            let e = &self.enabled;
+            if e.die_on_packet {
+                tracing::warn!("fault injection: the node kills itself on its first packet");
+                // SAFETY: plain libc calls on this process.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            if e.stop_on_packet {
+                tracing::warn!("fault injection: the node stops itself on its first packet");
+                // SAFETY: as above; the process continues on SIGCONT.
+                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+            }
+            if let Some(gate) = &e.gate {
+                while !gate.exists() {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            if e.fail_packets {
+                return Verdict::Fail("fault injection: this node fails every packet".into());
+            }
+        }
+        Verdict::Run
+    }
+
+    /// Called on a packet's outputs before they are sent.
+    pub(crate) fn on_outputs(&self, outputs: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        #[cfg(feature = "fault-injection")]
+        {
+            let mut outputs = outputs;
+            if self.enabled.corrupt_results {
+                if let Some(byte) = outputs.iter_mut().find_map(|o| o.first_mut()) {
+                    *byte ^= 0xff;
+                }
+            }
+            outputs
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        outputs
+    }
+}
