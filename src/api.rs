@@ -822,6 +822,7 @@ mod in_place {
                 kernel: &compiled.kernel,
                 opencl: Vec::new(),
                 name: kernel.name(),
+                first: 0,
                 items,
                 block,
                 sums: &sums,

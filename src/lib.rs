@@ -43,8 +43,8 @@ pub use ir_packager::{
     ManifestError, Package, PackageError, PackageHash, ScalarType, ScalarValue, Shape,
 };
 pub use local::{
-    check_args, check_memory, required_bytes, run_local, sum_workspace, ArgValue, DeviceChoice,
-    LocalOptions, RunError, RunReport,
+    check_args, check_memory, required_bytes, run_local, run_ranges_local, sum_workspace, ArgValue,
+    DeviceChoice, LocalOptions, RunError, RunReport,
 };
 pub use node_jit::{
     c_prototype, describe_bytes, memory_limit, CodeOrigin, Config, Engine, HostTarget, JitError,

@@ -521,6 +521,87 @@ pub fn run_local(
     })
 }
 
+/// Runs only the items `ranges` of a job of `items` items whose buffers in `args` hold the
+/// results of the other items already (a cluster job finished on this machine after its
+/// nodes were lost): the kernel writes these items' `out`/`inout` slices, and their `sum`
+/// totals are *added* to the sum buffers. CPU threads only.
+pub fn run_ranges_local(
+    engine: &Engine,
+    package: &Package,
+    kernel: &str,
+    items: u64,
+    ranges: &[std::ops::Range<u64>],
+    args: &mut [ArgValue],
+    options: &LocalOptions,
+) -> Result<RunReport, RunError> {
+    let spec = package
+        .manifest()
+        .kernel(kernel)
+        .ok_or_else(|| node_jit::JitError::NoSuchKernel {
+            kernel: kernel.to_string(),
+            available: package.manifest().kernel_names(),
+        })?
+        .clone();
+    check_args(&spec, items, args)?;
+    let compiled = engine.compile_tuned(package, kernel, &options.tuning)?;
+    let left: u64 = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
+    let threads = options
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, left.max(1) as usize);
+    check_memory(&sum_workspace(&spec, threads))?;
+    let sums = sum_slots(&spec);
+    let block: Vec<u64> = args
+        .iter_mut()
+        .map(|a| match a {
+            ArgValue::Scalar(v) => v.to_bits(),
+            ArgValue::Buffer(b) => b.address(),
+        })
+        .collect();
+    let started = Instant::now();
+    let mut packets = 0;
+    let mut totals_per_range = Vec::new();
+    for range in ranges.iter().filter(|r| r.end > r.start && r.end <= items) {
+        let job = BlockJob {
+            kernel: &compiled.kernel,
+            opencl: Vec::new(),
+            name: &spec.name,
+            first: range.start,
+            items: range.end - range.start,
+            block: block.clone(),
+            sums: &sums,
+            threads,
+            packet_items: options.packet_items,
+            progress: options.progress.as_deref(),
+        };
+        // SAFETY: `check_args` verified every buffer for the whole job of `items` items,
+        // and these ranges lie inside it; the buffers live in `args` until we return.
+        let (counts, totals) = unsafe { job.run() }?;
+        packets += counts.cpu;
+        totals_per_range.push(totals);
+    }
+    for totals in totals_per_range {
+        for (&(slot, elem, _), total) in sums.iter().zip(&totals) {
+            if let ArgValue::Buffer(buffer) = &mut args[slot] {
+                buffer.add_assign(total, elem);
+            }
+        }
+    }
+    Ok(RunReport {
+        items: left,
+        packets,
+        threads,
+        code_origin: compiled.origin,
+        compile_time: compiled.elapsed,
+        run_time: started.elapsed(),
+        cache_key: compiled.kernel.cache_key().to_string(),
+        cpu_packets: packets,
+        opencl_packets: 0,
+        opencl_devices: Vec::new(),
+        opencl_note: None,
+    })
+}
+
 /// Sum-buffer positions and element types of a kernel's arguments.
 pub(crate) fn sum_slots(spec: &KernelSpec) -> Vec<SumSlot> {
     spec.args
@@ -565,6 +646,7 @@ fn execute(
         kernel,
         opencl,
         name: &spec.name,
+        first: 0,
         items,
         block,
         sums: &sums,
@@ -588,6 +670,8 @@ pub(crate) struct BlockJob<'a> {
     pub kernel: &'a CompiledKernel,
     pub opencl: Vec<PreparedKernel>,
     pub name: &'a str,
+    /// The first item: the job runs items `first..first + items`.
+    pub first: u64,
     pub items: u64,
     pub block: Vec<u64>,
     pub sums: &'a [SumSlot],
@@ -611,6 +695,7 @@ impl BlockJob<'_> {
             kernel,
             opencl,
             name,
+            first,
             items,
             block,
             sums,
@@ -700,8 +785,13 @@ impl BlockJob<'_> {
             loop {
                 while let Some(decision) = sched.poll(now()) {
                     match decision {
+                        // The scheduler counts from 0; the kernel sees global items.
                         Decision::Run { device, packet } => workers[device.0 as usize]
-                            .send(packet)
+                            .send(Packet {
+                                start: first + packet.start,
+                                end: first + packet.end,
+                                ..packet
+                            })
                             .map_err(|_| RunError::WorkerLost)?,
                         Decision::Commit { device, packet } => {
                             if (device.0 as usize) < threads {

@@ -5,6 +5,9 @@
 //! that sent it (a member lying about its own buffers only spoils its own jobs), and is
 //! hashed once, by [`usable`], before any other connection may use it. A buffer that
 //! does not match is dropped there, so one member's lie never reaches another's job.
+//!
+//! The cache is bounded: above its capacity the least recently used buffers that no
+//! prepared job holds are let go ([`lru_victims`], which the package cache uses too).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,12 +22,45 @@ pub(crate) type ConnectionId = u64;
 pub(crate) struct BufferCache {
     entries: HashMap<Hash, Entry>,
     bytes: usize,
+    /// Counts lookups and inserts, for least-recently-used eviction.
+    clock: u64,
 }
 
 struct Entry {
     bytes: Arc<Vec<u8>>,
     /// The connection that uploaded it, until hashing confirmed the announced hash.
     unchecked_from: Option<ConnectionId>,
+    used: u64,
+}
+
+/// The keys to drop so that `bytes` more fit under `capacity`, least recently used
+/// first, given each entry's `(key, last use, size, in use)`; entries in use are kept
+/// even when that leaves the cache over capacity (a prepared job needs them). Also the
+/// policy of the node's package cache.
+pub(crate) fn lru_victims<K: Copy>(
+    entries: impl Iterator<Item = (K, u64, usize, bool)>,
+    held: usize,
+    bytes: usize,
+    capacity: usize,
+) -> Vec<K> {
+    let mut total = held.saturating_add(bytes);
+    if total <= capacity {
+        return Vec::new();
+    }
+    let mut candidates: Vec<(u64, usize, K)> = entries
+        .filter(|(_, _, _, in_use)| !in_use)
+        .map(|(key, used, size, _)| (used, size, key))
+        .collect();
+    candidates.sort_by_key(|(used, _, _)| *used);
+    let mut victims = Vec::new();
+    for (_, size, key) in candidates {
+        if total <= capacity {
+            break;
+        }
+        total = total.saturating_sub(size);
+        victims.push(key);
+    }
+    victims
 }
 
 /// What a connection may do with a cached buffer.
@@ -39,22 +75,26 @@ pub(crate) enum Lookup {
 }
 
 impl BufferCache {
-    /// How a connection `asking` may use the buffer under `hash`.
-    pub(crate) fn lookup(&self, hash: &Hash, asking: ConnectionId) -> Lookup {
-        match self.entries.get(hash) {
+    /// How a connection `asking` may use the buffer under `hash` (a use, for eviction).
+    pub(crate) fn lookup(&mut self, hash: &Hash, asking: ConnectionId) -> Lookup {
+        self.clock += 1;
+        match self.entries.get_mut(hash) {
             None => Lookup::Missing,
-            Some(entry) => match entry.unchecked_from {
-                Some(from) if from != asking => Lookup::Unchecked(Arc::clone(&entry.bytes)),
-                _ => Lookup::Usable(Arc::clone(&entry.bytes)),
-            },
+            Some(entry) => {
+                entry.used = self.clock;
+                match entry.unchecked_from {
+                    Some(from) if from != asking => Lookup::Unchecked(Arc::clone(&entry.bytes)),
+                    _ => Lookup::Usable(Arc::clone(&entry.bytes)),
+                }
+            }
         }
     }
 
     /// Stores `bytes` uploaded by connection `from` under the hash it announced, and
     /// returns the buffers the cache let go of (for reuse). Above `capacity` bytes the
-    /// cache is emptied first; prepared jobs hold their buffers themselves, so this only
-    /// costs re-uploads. A checked buffer is kept over an unchecked upload of the same
-    /// hash: for an honest uploader the two are equal.
+    /// least recently used buffers that no prepared job holds go first. A checked buffer
+    /// is kept over an unchecked upload of the same hash: for an honest uploader the two
+    /// are equal.
     pub(crate) fn insert(
         &mut self,
         hash: Hash,
@@ -70,14 +110,28 @@ impl BufferCache {
             return vec![Arc::new(bytes)];
         }
         let mut released = Vec::new();
-        if self.bytes + bytes.len() > capacity {
-            released.extend(self.entries.drain().map(|(_, entry)| entry.bytes));
-            self.bytes = 0;
+        let replaced = self.entries.get(&hash).map_or(0, |e| e.bytes.len());
+        let victims = lru_victims(
+            self.entries
+                .iter()
+                .filter(|(key, _)| **key != hash)
+                .map(|(key, e)| (*key, e.used, e.bytes.len(), Arc::strong_count(&e.bytes) > 1)),
+            self.bytes - replaced,
+            bytes.len(),
+            capacity,
+        );
+        for victim in victims {
+            if let Some(entry) = self.entries.remove(&victim) {
+                self.bytes -= entry.bytes.len();
+                released.push(entry.bytes);
+            }
         }
         self.bytes += bytes.len();
+        self.clock += 1;
         let entry = Entry {
             bytes: Arc::new(bytes),
             unchecked_from: Some(from),
+            used: self.clock,
         };
         if let Some(old) = self.entries.insert(hash, entry) {
             self.bytes -= old.bytes.len();
@@ -245,14 +299,37 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_empties_itself_rather_than_grow_past_its_capacity() {
+    fn the_least_recently_used_buffer_nobody_holds_goes_first() {
         let mut cache = BufferCache::default();
-        let first = vec![1u8; 600];
-        let second = vec![2u8; 600];
-        assert!(cache.insert(hash(&first), first, 1, 1000).is_empty());
-        let released = cache.insert(hash(&second), second.clone(), 1, 1000);
+        let (a, b, c) = (vec![1u8; 400], vec![2u8; 400], vec![3u8; 400]);
+        assert!(cache.insert(hash(&a), a.clone(), 1, 1000).is_empty());
+        assert!(cache.insert(hash(&b), b.clone(), 1, 1000).is_empty());
+        // `a` is used again, and a prepared job holds `b`: `c` can only push out `a`...
+        let Lookup::Usable(held) = cache.lookup(&hash(&b), 1) else {
+            panic!("b is cached")
+        };
+        assert!(matches!(cache.lookup(&hash(&a), 1), Lookup::Usable(_)));
+        let released = cache.insert(hash(&c), c.clone(), 1, 1000);
         assert_eq!(released.len(), 1);
-        assert_eq!(cache.len_bytes(), 600);
-        assert!(matches!(cache.lookup(&hash(&second), 1), Lookup::Usable(_)));
+        assert!(matches!(cache.lookup(&hash(&a), 1), Lookup::Missing));
+        assert!(matches!(cache.lookup(&hash(&b), 1), Lookup::Usable(_)));
+        assert_eq!(cache.len_bytes(), 800);
+        // ...and when everything left is held, the cache grows rather than take a
+        // buffer from a job.
+        let Lookup::Usable(also_held) = cache.lookup(&hash(&c), 1) else {
+            panic!("c is cached")
+        };
+        let d = vec![4u8; 400];
+        assert!(cache.insert(hash(&d), d, 1, 1000).is_empty());
+        assert_eq!(cache.len_bytes(), 1200);
+        drop((held, also_held));
+    }
+
+    #[test]
+    fn victims_are_chosen_oldest_first_until_the_new_bytes_fit() {
+        let entries = [(1u8, 5, 100, false), (2, 1, 100, false), (3, 3, 100, true)];
+        assert_eq!(lru_victims(entries.into_iter(), 300, 100, 300), vec![2]);
+        assert_eq!(lru_victims(entries.into_iter(), 300, 250, 300), vec![2, 1]);
+        assert!(lru_victims(entries.into_iter(), 300, 0, 300).is_empty());
     }
 }

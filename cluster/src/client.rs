@@ -157,6 +157,36 @@ pub enum ClientError {
     /// Every node was lost before the job finished.
     #[error("every node was lost before the job finished: {}", .0.join("; "))]
     AllNodesLost(Vec<String>),
+    /// Every node was lost (or excluded) before the job finished; what was committed is
+    /// in the job's buffers and the rest can be run elsewhere (the `offload` CLI and the
+    /// `Cluster` API finish it on this machine).
+    #[error("{}", .0)]
+    Unfinished(Box<Unfinished>),
+}
+
+/// A cluster job cut short: the results of the committed packets are in the job's
+/// buffers (`out`/`inout` slices written, `sum` partials added); `remaining` are the
+/// items still to run.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    /// Why, one line per node that was lost or excluded.
+    pub why: Vec<String>,
+    /// The item ranges not yet committed, in order.
+    pub remaining: Vec<std::ops::Range<u64>>,
+    /// Packets committed before the job was cut short.
+    pub committed_packets: u64,
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let left: u64 = self.remaining.iter().map(|r| r.end - r.start).sum();
+        write!(
+            f,
+            "every node was lost before the job finished ({} packets were committed, {left} items remain): {}",
+            self.committed_packets,
+            self.why.join("; ")
+        )
+    }
 }
 
 fn describe_choice(devices: DeviceChoice) -> &'static str {
@@ -392,7 +422,7 @@ impl ClusterClient {
         self.pipelined(count, window, |connection| async move {
             match request(&connection, &Request::Ping).await {
                 Ok(Response::Pong) => Ok(()),
-                Ok(other) => Err(format!("unexpected answer to a ping: {other:?}")),
+                Ok(other) => Err(format!("unexpected answer to a ping: {}", other.describe())),
                 Err(e) => Err(e.to_string()),
             }
         })
@@ -413,7 +443,7 @@ impl ClusterClient {
             async move {
                 match upload_buffer(&connection, hash, bytes).await {
                     Ok(Response::Stored(_)) => Ok(()),
-                    Ok(other) => Err(format!("upload refused: {other:?}")),
+                    Ok(other) => Err(format!("upload refused: {}", other.describe())),
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -691,6 +721,29 @@ impl Layout {
             layout.splits.push(split);
             layout.sums.push(sum);
         }
+        // One item must fit in a message each way, or no packet could carry it.
+        let sums: u64 = layout
+            .wire
+            .iter()
+            .map(|arg| match arg {
+                WireArg::Sum(bytes) => *bytes,
+                _ => 0,
+            })
+            .sum();
+        let room = (MAX_DATA as u64).saturating_sub(PACKET_FRAMING);
+        for (what, bytes) in [
+            ("inputs", layout.bytes_per_item(true)),
+            (
+                "outputs and sums",
+                layout.bytes_per_item(false).saturating_add(sums),
+            ),
+        ] {
+            if bytes > room {
+                return Err(ClientError::BadJob(format!(
+                    "one item of kernel `{kernel}` carries {bytes} bytes of {what}, more than a message to a node may hold ({room} bytes): use more, smaller items"
+                )));
+            }
+        }
         Ok(layout)
     }
 
@@ -708,7 +761,7 @@ impl Layout {
     /// [`MAX_DATA`], with room for the framing. Without this cap a large job on few
     /// devices would get packets no message can carry.
     fn max_packet_items(&self) -> u64 {
-        const FRAMING: u64 = 1 << 20;
+        const FRAMING: u64 = PACKET_FRAMING;
         let sums: u64 = self
             .wire
             .iter()
@@ -795,6 +848,30 @@ struct JobRun {
     connect_timeout: Duration,
 }
 
+/// Room a packet's message keeps for everything but its slices.
+const PACKET_FRAMING: u64 = 1 << 20;
+
+/// Packets a node may fail in one job before it is excluded from it (a failure that
+/// another node confirms on the same items fails the job instead: the kernel is at fault).
+const MAX_NODE_FAILURES: u32 = 2;
+
+/// Item ranges of `0..items` not covered by `committed` (which is sorted in place).
+fn remaining_ranges(items: u64, committed: &mut [(u64, u64)]) -> Vec<std::ops::Range<u64>> {
+    committed.sort_unstable();
+    let mut remaining = Vec::new();
+    let mut next = 0;
+    for &(start, end) in committed.iter() {
+        if start > next {
+            remaining.push(next..start);
+        }
+        next = next.max(end);
+    }
+    if next < items {
+        remaining.push(next..items);
+    }
+    remaining
+}
+
 /// The device kind of the CPU workers of a node, as [`protocol::TunedRate::device`]
 /// names it.
 const CPU_DEVICE: &str = "cpu";
@@ -846,6 +923,8 @@ struct Member {
     rejoining: bool,
     /// Excluded for a result that disagreed with the majority (redundancy).
     excluded: bool,
+    /// Packets it failed in this job.
+    failed: u32,
     committed: u64,
     /// Packets committed since it last rejoined, if it did.
     committed_since_rejoin: Option<u64>,
@@ -882,7 +961,8 @@ impl JobRun {
                 Response::Error(e) => return Err(e),
                 other => {
                     return Err(format!(
-                        "unexpected answer to the package upload: {other:?}"
+                        "unexpected answer to the package upload: {}",
+                        other.describe()
                     ))
                 }
             }
@@ -901,7 +981,12 @@ impl JobRun {
             {
                 Response::Stored(h) if h == hash => {}
                 Response::Error(e) => return Err(e),
-                other => return Err(format!("unexpected answer to a buffer upload: {other:?}")),
+                other => {
+                    return Err(format!(
+                        "unexpected answer to a buffer upload: {}",
+                        other.describe()
+                    ))
+                }
             }
         }
         let prepare = Request::Prepare {
@@ -914,7 +999,10 @@ impl JobRun {
         match request(&connection, &prepare).await.map_err(text)? {
             Response::Prepared { opencl } => Ok(opencl),
             Response::Error(e) => Err(e),
-            other => Err(format!("unexpected answer to prepare: {other:?}")),
+            other => Err(format!(
+                "unexpected answer to prepare: {}",
+                other.describe()
+            )),
         }
     }
 
@@ -1147,6 +1235,7 @@ impl JobRun {
                 lost: false,
                 rejoining: false,
                 excluded: false,
+                failed: 0,
                 committed: 0,
                 committed_since_rejoin: None,
             });
@@ -1221,10 +1310,14 @@ impl JobRun {
         let mut rejoined: Vec<Remote> = Vec::new();
         let mut pending: HashMap<(DeviceId, u64), Vec<Vec<u8>>> = HashMap::new();
         let mut committed_packets = 0u64;
+        let mut committed_ranges: Vec<(u64, u64)> = Vec::new();
         let mut lost_lines = Vec::new();
-        let mut failure: Option<(String, String)> = None;
+        // Failed packets (items, member, reason): a failure on items that another node
+        // also failed on is the kernel's; repeated failures of one node are the node's.
+        let mut failures: Vec<(u64, u64, usize, String)> = Vec::new();
+        let mut last_failure: Option<(String, String)> = None;
         let mut disagreements = Vec::new();
-        loop {
+        let outcome: Result<(), ClientError> = loop {
             while let Some(decision) = sched.poll(now()) {
                 match decision {
                     Decision::Run { device, packet } => {
@@ -1264,6 +1357,7 @@ impl JobRun {
                         if let Some(outputs) = pending.remove(&(device, packet.id.0)) {
                             self.layout.commit(args, packet.start, outputs);
                             committed_packets += 1;
+                            committed_ranges.push((packet.start, packet.end));
                             if let Some(entry) =
                                 device_packets.iter_mut().find(|(d, _, _)| *d == device)
                             {
@@ -1285,28 +1379,32 @@ impl JobRun {
                     Decision::Cancel { .. } => {}
                 }
             }
-            if let Some((node, reason)) = failure.take() {
-                return Err(ClientError::KernelFailed { node, reason });
-            }
             self.exclude_disagreeing(&mut members, &mut sched, &mut disagreements, now());
             if sched.is_done() {
-                break;
-            }
-            if sched.failed().is_some() {
-                return Err(ClientError::KernelFailed {
-                    node: "a node".into(),
-                    reason: "a packet failed".into(),
-                });
+                break Ok(());
             }
             if sched.stalled() {
                 let left = members.iter().filter(|m| !m.lost && !m.excluded).count();
                 if self.redundancy > 1 && left > 0 {
-                    return Err(ClientError::TooFewNodes {
+                    break Err(ClientError::TooFewNodes {
                         copies: self.redundancy,
                         nodes: left,
                     });
                 }
-                return Err(ClientError::AllNodesLost(lost_lines));
+                // No node was lost: every one was excluded for failing packets, so the
+                // failures are the answer (there is no node left to run them on).
+                if !members.iter().any(|m| m.lost) {
+                    if let Some((node, reason)) = last_failure.take() {
+                        break Err(ClientError::KernelFailed { node, reason });
+                    }
+                }
+                let mut why = lost_lines.clone();
+                why.extend(disagreements.iter().cloned());
+                break Err(ClientError::Unfinished(Box::new(Unfinished {
+                    why,
+                    remaining: remaining_ranges(self.items, &mut committed_ranges),
+                    committed_packets,
+                })));
             }
             // A lost node may come back (restarted on the same address): keep trying.
             for (index, member) in members.iter_mut().enumerate() {
@@ -1321,6 +1419,11 @@ impl JobRun {
             // duplicate a straggler.
             let outcome = match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
                 Ok(Some(Wake::Packet(outcome))) => outcome,
+                Ok(None) => {
+                    break Err(ClientError::AllNodesLost(vec![
+                        "the client's event channel closed".into(),
+                    ]))
+                }
                 Ok(Some(Wake::Closed {
                     member,
                     generation,
@@ -1369,7 +1472,6 @@ impl JobRun {
                     rejoined.push(remote);
                     continue;
                 }
-                Ok(None) => break,
                 Err(_) => continue,
             };
             let Some(&m) = device_member.get(&outcome.device) else {
@@ -1424,26 +1526,58 @@ impl JobRun {
                         }
                     }
                 }
-                Ok(Response::Failed {
-                    reason, retryable, ..
-                }) => {
-                    if !retryable {
-                        failure = Some((members[m].name.clone(), reason.clone()));
+                Ok(Response::Failed { reason, .. }) => {
+                    let confirmed = failures
+                        .iter()
+                        .find(|(start, end, by, _)| {
+                            *by != m && *start < packet.end && packet.start < *end
+                        })
+                        .map(|(_, _, by, first)| (members[*by].name.clone(), first.clone()));
+                    if let Some((other, first)) = confirmed {
+                        break Err(ClientError::KernelFailed {
+                            node: format!("{} and on node {other}", members[m].name),
+                            reason: if first == reason {
+                                reason
+                            } else {
+                                format!("{reason}; on the other node: {first}")
+                            },
+                        });
                     }
+                    failures.push((packet.start, packet.end, m, reason.clone()));
+                    last_failure = Some((members[m].name.clone(), reason.clone()));
                     sched.handle(
                         now(),
                         Event::PacketFailed {
                             device: outcome.device,
                             packet: packet.id,
-                            retryable,
+                            retryable: true,
                         },
                     );
+                    let member = &mut members[m];
+                    member.failed += 1;
+                    if member.failed >= MAX_NODE_FAILURES {
+                        member.excluded = true;
+                        for device in &member.devices {
+                            sched.handle(now(), Event::DeviceLost { device: *device });
+                        }
+                        let line = format!(
+                            "node {} failed {} packets (the last: {reason}); it is excluded from the job and its packets run on the other nodes",
+                            member.name, member.failed
+                        );
+                        self.notify(&line);
+                        disagreements.push(line);
+                    } else {
+                        self.notify(&format!(
+                            "node {}: items {}..{} failed ({reason}); they run again, on another node if there is one",
+                            member.name, packet.start, packet.end
+                        ));
+                    }
                 }
                 Ok(other) => {
                     let line = self.lose(
                         &mut members[m],
                         &mut sched,
-                        &format!("answered a packet with {other:?}"),
+                        &format!("answered a packet with {}", other.describe()),
                         now(),
                     );
                     lost_lines.push(line);
@@ -1453,8 +1587,10 @@ impl JobRun {
                     lost_lines.push(line);
                 }
             }
-        }
+        };
         let run_time = clock.elapsed();
+        // Whatever the outcome, the nodes may forget the job: a failed job's buffers
+        // must not stay on them for the life of the connection.
         for member in members.iter().filter(|m| !m.lost) {
             // Excluded nodes too: they still hold the job's state.
             let connection = member.connection.clone();
@@ -1463,6 +1599,7 @@ impl JobRun {
                 let _ = request(&connection, &end).await;
             });
         }
+        outcome?;
         let report = JobReport {
             items: self.items,
             packets: committed_packets,

@@ -50,6 +50,10 @@ pub struct NodeConfig {
     advertise: bool,
     rates: Vec<protocol::TunedRate>,
     opencl: bool,
+    faults: crate::fault::Faults,
+    package_cache_bytes: usize,
+    buffer_cache_bytes: usize,
+    worker_memory_bytes: u64,
 }
 
 impl NodeConfig {
@@ -75,7 +79,38 @@ impl NodeConfig {
             advertise: true,
             rates: Vec::new(),
             opencl: false,
+            faults: crate::fault::Faults::default(),
+            package_cache_bytes: 256 << 20,
+            buffer_cache_bytes: 4 << 30,
+            worker_memory_bytes: 2 << 30,
         }
+    }
+
+    /// Faults to inject (test builds only, see [`crate::fault`]). Default: none.
+    pub fn faults(mut self, faults: crate::fault::Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Cap on the bytes of packages kept for later jobs; the least recently used that no
+    /// prepared job holds go first. Default: 256 MiB.
+    pub fn package_cache_bytes(mut self, bytes: usize) -> Self {
+        self.package_cache_bytes = bytes;
+        self
+    }
+
+    /// Cap on the bytes of whole buffers kept for later jobs (and per worker process);
+    /// the least recently used that no prepared job holds go first. Default: 4 GiB.
+    pub fn buffer_cache_bytes(mut self, bytes: usize) -> Self {
+        self.buffer_cache_bytes = bytes;
+        self
+    }
+
+    /// A worker process whose resident memory grows past this is started afresh before
+    /// its next kernel is loaded (compilers and loaded kernels only grow). Default: 2 GiB.
+    pub fn worker_memory_bytes(mut self, bytes: u64) -> Self {
+        self.worker_memory_bytes = bytes;
+        self
     }
 
     /// Worker processes (packets run at once). Default: every core.
@@ -197,7 +232,11 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
             let mut args = config.worker_args.clone();
             args.push("--opencl-device".into());
             args.push(index.to_string().into());
-            opencl_pools.push(WorkerPool::new(1, &config.worker_program, &args));
+            let limits = WorkerLimits {
+                memory_bytes: config.worker_memory_bytes,
+                buffer_bytes: config.buffer_cache_bytes,
+            };
+            opencl_pools.push(WorkerPool::new(1, &config.worker_program, &args, limits));
         }
     }
     let endpoint = wire::server_endpoint(&config.credentials, config.listen, config.idle_timeout)?;
@@ -227,15 +266,28 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     } else {
         None
     };
-    let pool = WorkerPool::new(config.cores, &config.worker_program, &config.worker_args);
+    let limits = WorkerLimits {
+        memory_bytes: config.worker_memory_bytes,
+        buffer_bytes: config.buffer_cache_bytes,
+    };
+    let pool = WorkerPool::new(
+        config.cores,
+        &config.worker_program,
+        &config.worker_args,
+        limits,
+    );
     let (gate_tx, gate) = watch::channel(true);
     if let Some(threshold) = config.idle_only {
         tokio::spawn(watch_load(threshold, Arc::clone(&pool), gate_tx));
     }
     let shared = Arc::new(Shared {
         info,
-        packages: std::sync::Mutex::new(HashMap::new()),
+        packages: std::sync::Mutex::new(PackageCache::default()),
+        package_cache_bytes: config.package_cache_bytes,
         buffers: std::sync::Mutex::new(BufferCache::default()),
+        buffer_cache_bytes: config.buffer_cache_bytes,
+        in_flight: Semaphore::new(IN_FLIGHT_MIB),
+        faults: config.faults.clone(),
         next_connection: std::sync::atomic::AtomicU64::new(0),
         spares: std::sync::Mutex::new(SpareBuffers::default()),
         pool,
@@ -265,8 +317,14 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
 
 struct Shared {
     info: NodeInfo,
-    packages: std::sync::Mutex<HashMap<Hash, Arc<Package>>>,
+    packages: std::sync::Mutex<PackageCache>,
+    package_cache_bytes: usize,
     buffers: std::sync::Mutex<BufferCache>,
+    buffer_cache_bytes: usize,
+    /// MiB of request bodies being received or served at once, over every connection:
+    /// 1024 streams of 1 GiB each must not all be allocated at the same time.
+    in_flight: Semaphore,
+    faults: crate::fault::Faults,
     /// Numbers connections for the buffer cache's trust rule.
     next_connection: std::sync::atomic::AtomicU64,
     spares: std::sync::Mutex<SpareBuffers>,
@@ -276,6 +334,112 @@ struct Shared {
     gate: watch::Receiver<bool>,
     bucket: Option<TokenBucket>,
     packet_timeout: Duration,
+}
+
+/// MiB of request bodies a node holds at once (see [`Shared::in_flight`]).
+const IN_FLIGHT_MIB: usize = 2048;
+
+/// Packages by hash, least recently used first out, never one a prepared job holds.
+#[derive(Default)]
+struct PackageCache {
+    packages: HashMap<Hash, (Arc<Package>, u64)>,
+    bytes: usize,
+    clock: u64,
+}
+
+impl PackageCache {
+    fn get(&mut self, hash: &Hash) -> Option<Arc<Package>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.packages.get_mut(hash).map(|(package, used)| {
+            *used = clock;
+            Arc::clone(package)
+        })
+    }
+
+    fn insert(&mut self, package: Package, capacity: usize) {
+        let hash = package.hash().0;
+        let size = package.as_bytes().len();
+        if let Some((old, _)) = self.packages.remove(&hash) {
+            self.bytes -= old.as_bytes().len();
+        }
+        let victims = buffer_cache::lru_victims(
+            self.packages
+                .iter()
+                .map(|(h, (p, used))| (*h, *used, p.as_bytes().len(), Arc::strong_count(p) > 1)),
+            self.bytes,
+            size,
+            capacity,
+        );
+        for victim in victims {
+            if let Some((old, _)) = self.packages.remove(&victim) {
+                self.bytes -= old.as_bytes().len();
+                tracing::info!("forgot package {} (package cache full)", old.hash());
+            }
+        }
+        self.clock += 1;
+        self.bytes += size;
+        self.packages.insert(hash, (Arc::new(package), self.clock));
+    }
+}
+
+/// What a connection's request handlers know of their client: whether it went away
+/// (closed the connection, or fell silent: see [`watch_client`]), and how many of its
+/// packets are running.
+#[derive(Clone)]
+struct ClientLink {
+    gone: watch::Receiver<bool>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ClientLink {
+    /// Resolves once the client is gone.
+    async fn gone(&self) {
+        let mut gone = self.gone.clone();
+        if gone.wait_for(|g| *g).await.is_err() {
+            // The watch was dropped with its connection: gone as well.
+        }
+    }
+}
+
+/// A client with packets running that sends nothing for this long is taken for gone:
+/// clients send keep-alives every 200 ms (see `wire::transport`), so a second of silence
+/// means the process died (SIGKILL sends no goodbye) or was stopped.
+const CLIENT_SILENCE: Duration = Duration::from_millis(1000);
+
+/// Watches a connection and reports on `gone` when it closes, or when it stays silent
+/// for [`CLIENT_SILENCE`] while its packets run (then the connection is closed too):
+/// either way the client's running packets are cancelled and their workers killed.
+async fn watch_client(
+    connection: quinn::Connection,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    gone: watch::Sender<bool>,
+    peer: String,
+) {
+    let mut last_seen = connection.stats().udp_rx.datagrams;
+    let mut silent_since = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = connection.closed() => break,
+            _ = tick.tick() => {}
+        }
+        let seen = connection.stats().udp_rx.datagrams;
+        if seen != last_seen {
+            last_seen = seen;
+            silent_since = Instant::now();
+            continue;
+        }
+        let busy = running.load(std::sync::atomic::Ordering::Relaxed);
+        if busy > 0 && silent_since.elapsed() >= CLIENT_SILENCE {
+            tracing::warn!(
+                "client {peer} has been silent for {CLIENT_SILENCE:?} with {busy} packet(s) running: taken for gone; its packets are cancelled"
+            );
+            connection.close(quinn::VarInt::from_u32(2), b"client silent");
+            break;
+        }
+    }
+    let _ = gone.send(true);
 }
 
 /// A prepared job of one connection.
@@ -330,13 +494,28 @@ async fn serve_connection(
     };
     wire::send(&mut send, &reply, MAX_CONTROL).await?;
     let jobs: Arc<std::sync::Mutex<HashMap<u64, Arc<Job>>>> = Arc::default();
+    let (gone_tx, gone) = watch::channel(false);
+    let client = ClientLink {
+        gone,
+        running: Arc::default(),
+    };
+    tokio::spawn(watch_client(
+        connection.clone(),
+        Arc::clone(&client.running),
+        gone_tx,
+        peer.clone(),
+    ));
     loop {
         let (mut send, mut recv) = connection.accept_bi().await?;
         let shared = Arc::clone(&shared);
         let jobs = Arc::clone(&jobs);
+        let client = client.clone();
         tokio::spawn(async move {
-            let response = match wire::recv::<Request>(&mut recv, protocol::request_limit()).await {
-                Ok(request) => handle(&shared, connection_id, &jobs, request, &mut recv).await,
+            let received = wire::recv_request(&mut recv, &shared.in_flight).await;
+            let response = match received {
+                Ok((request, _budget)) => {
+                    handle(&shared, connection_id, &client, &jobs, request, &mut recv).await
+                }
                 Err(WireError::Decode(e)) => {
                     tracing::warn!("refused a message: {e}");
                     Response::Error(format!("refused: {e}"))
@@ -366,13 +545,14 @@ async fn serve_connection(
 async fn handle(
     shared: &Shared,
     connection: ConnectionId,
+    client: &ClientLink,
     jobs: &std::sync::Mutex<HashMap<u64, Arc<Job>>>,
     request: Request,
     recv: &mut quinn::RecvStream,
 ) -> Response {
     match request {
         Request::Ping => Response::Pong,
-        Request::HavePackage(hash) => Response::Has(lock(&shared.packages).contains_key(&hash)),
+        Request::HavePackage(hash) => Response::Has(lock(&shared.packages).get(&hash).is_some()),
         Request::HaveBuffer(hash) => Response::Has(
             buffer_cache::usable(&shared.buffers, hash, connection)
                 .await
@@ -382,7 +562,7 @@ async fn handle(
             Ok(package) => {
                 let hash = package.hash().0;
                 tracing::info!("stored package {}", package.hash());
-                lock(&shared.packages).insert(hash, Arc::new(package));
+                lock(&shared.packages).insert(package, shared.package_cache_bytes);
                 Response::Stored(hash)
             }
             Err(e) => {
@@ -391,6 +571,10 @@ async fn handle(
             }
         },
         Request::Buffer { len, hash } => {
+            let _budget = match wire::reserve(&shared.in_flight, len).await {
+                Ok(budget) => budget,
+                Err(e) => return Response::Error(format!("buffer upload refused: {e}")),
+            };
             let spare = lock(&shared.spares).take(usize::try_from(len).unwrap_or(usize::MAX));
             let bytes = match wire::recv_payload(recv, len, MAX_DATA, spare).await {
                 Ok(bytes) => bytes,
@@ -399,7 +583,8 @@ async fn handle(
                     return Response::Error(format!("buffer upload refused: {e}"));
                 }
             };
-            let released = lock(&shared.buffers).insert(hash, bytes, connection, NODE_BUFFER_BYTES);
+            let released =
+                lock(&shared.buffers).insert(hash, bytes, connection, shared.buffer_cache_bytes);
             if !released.is_empty() {
                 let mut spares = lock(&shared.spares);
                 for old in released {
@@ -452,7 +637,7 @@ async fn handle(
                     }
                 },
             };
-            run_packet(shared, pool, &job, packet, start, end, slices).await
+            run_packet(shared, client, pool, &job, packet, start, end, slices).await
         }
     }
 }
@@ -469,8 +654,7 @@ async fn prepare(
 ) -> Result<Job, String> {
     let package = lock(&shared.packages)
         .get(&package)
-        .cloned()
-        .ok_or("the package was not uploaded to this node")?;
+        .ok_or("the package is not on this node: it was not uploaded, or was forgotten to make room (package cache full)")?;
     let spec = package
         .manifest()
         .kernel(kernel)
@@ -499,9 +683,10 @@ async fn prepare(
                     .ok_or_else(|| {
                         format!(
                             "buffer `{}` is not in this node's cache: it was not uploaded, or \
-                             was evicted (a node caches at most {} GiB of whole buffers)",
+                             was evicted to make room (this node caches at most {} of whole \
+                             buffers)",
                             arg.name,
-                            NODE_BUFFER_BYTES >> 30
+                            node_jit::describe_bytes(shared.buffer_cache_bytes as u64)
                         )
                     })?;
                 wholes.push((*hash, bytes.clone()));
@@ -539,6 +724,7 @@ async fn prepare(
             ));
         }
     }
+    check_packet_memory(kernel, &args, shared.pool.size())?;
     let mut job = Job {
         package,
         kernel: kernel.to_string(),
@@ -581,8 +767,38 @@ async fn prepare(
     Ok(job)
 }
 
+/// Refuses a job whose packets' private `sum` buffers, one set per worker at work, would
+/// not fit in this machine's memory (a client may ask for any length).
+fn check_packet_memory(kernel: &str, args: &[WireArg], workers: usize) -> Result<(), String> {
+    let sums: u64 = args
+        .iter()
+        .map(|a| match a {
+            WireArg::Sum(bytes) => *bytes,
+            _ => 0,
+        })
+        .fold(0, u64::saturating_add);
+    let needed = sums.saturating_mul(workers as u64);
+    match node_jit::memory_limit() {
+        Some(limit) if needed > limit => Err(format!(
+            "kernel `{kernel}`'s sum buffers need {} per worker, {} for this node's {workers} workers: more than this machine can hold ({})",
+            node_jit::describe_bytes(sums),
+            node_jit::describe_bytes(needed),
+            node_jit::describe_bytes(limit)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// How a packet's run ended, before it becomes a response.
+enum Ran {
+    Answered(Result<FromWorker, WorkerFault>),
+    ClientGone,
+}
+
+#[allow(clippy::too_many_arguments)] // one packet's request, taken apart
 async fn run_packet(
     shared: &Shared,
+    client: &ClientLink,
     pool: &WorkerPool,
     job: &Job,
     packet: u64,
@@ -590,19 +806,30 @@ async fn run_packet(
     end: u64,
     slices: Vec<Vec<u8>>,
 ) -> Response {
-    // Idle-only: hold new packets while the owner is busy.
-    let mut gate = shared.gate.clone();
-    if gate.wait_for(|open| *open).await.is_err() {
-        tracing::debug!("load gate gone");
+    let failed = |reason: String| Response::Failed { packet, reason };
+    let gone = || failed("the client went away".into());
+    if let crate::fault::Verdict::Fail(reason) = shared.faults.before_packet().await {
+        return failed(reason);
     }
-    let mut worker = pool.acquire().await;
-    let failed = |reason: String, retryable: bool| Response::Failed {
-        packet,
-        reason,
-        retryable,
+    // Idle-only: hold new packets while the owner is busy (not past the client's life).
+    let mut gate = shared.gate.clone();
+    tokio::select! {
+        opened = gate.wait_for(|open| *open) => {
+            if opened.is_err() {
+                tracing::debug!("load gate gone");
+            }
+        }
+        _ = client.gone() => return gone(),
+    }
+    let mut worker = tokio::select! {
+        worker = pool.acquire() => worker,
+        _ = client.gone() => return gone(),
     };
+    client
+        .running
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let response = match worker.ensure_loaded(job).await {
-        Err(reason) => failed(reason, false),
+        Err(reason) => failed(reason),
         Ok(()) => {
             let request = ToWorker::Run {
                 package: job.package.hash().0,
@@ -612,34 +839,54 @@ async fn run_packet(
                 args: job.args.clone(),
                 slices,
             };
-            match worker.call(&request, shared.packet_timeout).await {
-                Ok(FromWorker::Done {
+            let ran = tokio::select! {
+                answer = worker.call(&request, shared.packet_timeout) => Ran::Answered(answer),
+                _ = client.gone() => Ran::ClientGone,
+            };
+            match ran {
+                Ran::ClientGone => {
+                    // The exchange was cut off halfway: the worker cannot be reused.
+                    let status = worker.reap().await;
+                    tracing::warn!(
+                        "cancelled kernel `{}` on items {start}..{end}: its client went away (worker {status}; it is started again for the next packet)",
+                        job.kernel
+                    );
+                    gone()
+                }
+                Ran::Answered(Ok(FromWorker::Done {
                     compute_us,
                     outputs,
-                }) => Response::Done {
+                })) => Response::Done {
                     packet,
                     compute_us,
-                    outputs: corrupt_for_tests(outputs),
+                    outputs: shared.faults.on_outputs(outputs),
                 },
-                Ok(FromWorker::Panicked(reason)) => failed(
-                    format!(
-                        "kernel `{}` panicked on items {start}..{end}: {reason}",
-                        job.kernel
-                    ),
-                    false,
-                ),
-                Ok(other) => failed(format!("worker answered {other:?}"), false),
-                Err(fault) => {
+                Ran::Answered(Ok(FromWorker::Panicked(reason))) => failed(format!(
+                    "kernel `{}` panicked on items {start}..{end}: {reason}",
+                    job.kernel
+                )),
+                Ran::Answered(Ok(FromWorker::Error(reason))) => failed(reason),
+                Ran::Answered(Ok(FromWorker::Ready)) => {
+                    worker.reap().await;
+                    failed(
+                        "the worker answered a packet as if it were a load; it was restarted"
+                            .into(),
+                    )
+                }
+                Ran::Answered(Err(fault)) => {
                     let reason = format!(
                         "kernel `{}` on items {start}..{end}: {fault}; the node restarted its worker",
                         job.kernel
                     );
                     tracing::warn!("{reason}");
-                    failed(reason, false)
+                    failed(reason)
                 }
             }
         }
     };
+    client
+        .running
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     pool.release(worker).await;
     response
 }
@@ -655,6 +902,7 @@ struct Worker {
     /// the allocation's address from being reused while we compare it.
     buffers: HashMap<Hash, (std::sync::Weak<Vec<u8>>, usize)>,
     buffer_bytes: usize,
+    limits: WorkerLimits,
     program: PathBuf,
     args: Vec<OsString>,
 }
@@ -732,28 +980,61 @@ impl SpareBuffers {
     }
 }
 
-/// Whole buffers cached by the node above this are dropped before more are stored.
-const NODE_BUFFER_BYTES: usize = 4 << 30;
+/// Kernels one worker process loads before it is started afresh: loaded kernels and
+/// the compiler's heap only grow.
+const KERNELS_PER_WORKER: usize = 64;
 
-/// Worker buffers above this are dropped before more are sent.
-const WORKER_BUFFER_BYTES: usize = 2 << 30;
+/// What a worker process may hold.
+#[derive(Debug, Clone, Copy)]
+struct WorkerLimits {
+    /// Resident memory above which it is started afresh before loading another kernel.
+    memory_bytes: u64,
+    /// Whole buffers it keeps (other jobs' buffers are forgotten to make room).
+    buffer_bytes: usize,
+}
+
+/// The resident memory of process `pid`, from `/proc/PID/statm`.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).unwrap_or(4096)))
+}
 
 impl Worker {
     async fn start(&mut self) -> Result<(), WorkerFault> {
         if self.process.is_some() {
             return Ok(());
         }
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(&self.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| WorkerFault::Spawn {
-                program: self.program.display().to_string(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        let parent = std::process::id();
+        // SAFETY: runs in the child between fork and exec, and only makes
+        // async-signal-safe calls (prctl, getppid, _exit).
+        unsafe {
+            command.pre_exec(move || {
+                // A worker dies with its node, even when the node is killed with SIGKILL
+                // while the worker spins in a kernel (the node's runtime lives on the
+                // main thread, which spawns every worker and ends only with the process).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|source| WorkerFault::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(WorkerFault::Protocol("worker pipes missing".into()));
         };
@@ -823,11 +1104,30 @@ impl Worker {
         }
     }
 
-    /// Makes sure the worker has the job's kernel and whole buffers.
+    /// Makes sure the worker has the job's kernel and whole buffers. A worker that has
+    /// loaded many kernels or grown past its memory limit is started afresh first.
     async fn ensure_loaded(&mut self, job: &Job) -> Result<(), String> {
         let key = (job.package.hash().0, job.kernel.clone());
         // Compiling may take a while; a cache hit is a dlopen.
         let load_timeout = Duration::from_secs(600);
+        if self.process.is_some() && !self.loaded.contains(&key) {
+            let resident = self
+                .process
+                .as_ref()
+                .and_then(|(child, _, _)| child.id())
+                .and_then(resident_bytes)
+                .unwrap_or(0);
+            if self.loaded.len() >= KERNELS_PER_WORKER || resident > self.limits.memory_bytes {
+                tracing::info!(
+                    "worker {} holds {} kernels in {}: starting it afresh before loading `{}`",
+                    self.index,
+                    self.loaded.len(),
+                    node_jit::describe_bytes(resident),
+                    job.kernel
+                );
+                self.reap().await;
+            }
+        }
         if self.process.is_none() || !self.loaded.contains(&key) {
             let request = ToWorker::Load {
                 package: job.package.as_bytes().to_vec(),
@@ -838,7 +1138,19 @@ impl Worker {
                     self.loaded.insert(key);
                 }
                 Ok(FromWorker::Error(e)) => return Err(e),
-                Ok(other) => return Err(format!("worker answered {other:?} to a load")),
+                Ok(other) => {
+                    self.reap().await;
+                    return Err(format!(
+                        "the worker answered a load with {}; it was restarted",
+                        other.describe()
+                    ));
+                }
+                Err(WorkerFault::Died { status }) => {
+                    return Err(format!(
+                        "compiling or loading kernel `{}` crashed the worker process ({status}): the compiler failed on this package; no kernel code had run",
+                        job.kernel
+                    ))
+                }
                 Err(fault) => return Err(format!("loading kernel `{}`: {fault}", job.kernel)),
             }
         }
@@ -850,7 +1162,7 @@ impl Worker {
             {
                 continue;
             }
-            if self.buffer_bytes + bytes.len() > WORKER_BUFFER_BYTES {
+            if self.buffer_bytes + bytes.len() > self.limits.buffer_bytes {
                 // Make room from other jobs' buffers only: this job needs all of its own.
                 let others: Vec<Hash> = self
                     .buffers
@@ -877,7 +1189,14 @@ impl Worker {
                     }
                     self.buffer_bytes += bytes.len();
                 }
-                Ok(other) => return Err(format!("worker answered {other:?} to a buffer")),
+                Ok(FromWorker::Error(e)) => return Err(e),
+                Ok(other) => {
+                    self.reap().await;
+                    return Err(format!(
+                        "the worker answered a buffer with {}; it was restarted",
+                        other.describe()
+                    ));
+                }
                 Err(fault) => return Err(format!("sending a buffer to the worker: {fault}")),
             }
         }
@@ -890,9 +1209,7 @@ fn describe_status(status: std::process::ExitStatus) -> String {
     match status.signal() {
         Some(signal) => {
             let name = match signal {
-                libc::SIGSEGV => {
-                    "SIGSEGV, a segmentation fault: the kernel accessed memory outside its buffers"
-                }
+                libc::SIGSEGV => "SIGSEGV, a segmentation fault: memory was accessed outside what the process may touch",
                 libc::SIGBUS => "SIGBUS, a bus error",
                 libc::SIGILL => "SIGILL, an illegal instruction",
                 libc::SIGFPE => "SIGFPE, an arithmetic fault",
@@ -914,11 +1231,17 @@ struct WorkerPool {
     free: Mutex<Vec<Worker>>,
     available: Semaphore,
     busy: std::sync::atomic::AtomicUsize,
+    size: usize,
 }
 
 impl WorkerPool {
     /// `count` workers, each the process `program args...`.
-    fn new(count: usize, program: &std::path::Path, args: &[OsString]) -> Arc<WorkerPool> {
+    fn new(
+        count: usize,
+        program: &std::path::Path,
+        args: &[OsString],
+        limits: WorkerLimits,
+    ) -> Arc<WorkerPool> {
         let workers = (0..count)
             .map(|index| Worker {
                 index,
@@ -926,6 +1249,7 @@ impl WorkerPool {
                 loaded: HashSet::new(),
                 buffers: HashMap::new(),
                 buffer_bytes: 0,
+                limits,
                 program: program.to_path_buf(),
                 args: args.to_vec(),
             })
@@ -934,7 +1258,13 @@ impl WorkerPool {
             free: Mutex::new(workers),
             available: Semaphore::new(count),
             busy: std::sync::atomic::AtomicUsize::new(0),
+            size: count,
         })
+    }
+
+    /// Its number of workers.
+    fn size(&self) -> usize {
+        self.size
     }
 
     async fn acquire(&self) -> Worker {
@@ -1029,22 +1359,6 @@ impl TokenBucket {
             tokio::time::sleep(wait).await;
         }
     }
-}
-
-/// Test-only fault injection: with `OFFLOAD_TEST_CORRUPT_RESULTS=1` in its environment
-/// the node flips the first byte of every result it sends, so that tests can check that
-/// `--redundancy` outvotes, reports and excludes a node returning wrong results. Not a
-/// feature: it is read once, never set by offload itself, and has no command-line flag.
-fn corrupt_for_tests(mut outputs: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    static CORRUPT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let corrupt = *CORRUPT
-        .get_or_init(|| std::env::var_os("OFFLOAD_TEST_CORRUPT_RESULTS").is_some_and(|v| v == "1"));
-    if corrupt {
-        if let Some(byte) = outputs.iter_mut().find_map(|o| o.first_mut()) {
-            *byte ^= 0xff;
-        }
-    }
-    outputs
 }
 
 #[cfg(test)]

@@ -28,7 +28,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// devices ([`OpenClDevice`]), whole buffers follow [`Request::Buffer`] raw instead of
 /// inside the frame, and [`Request::Run`] names the node device that runs the packet.
 /// Version 3: [`Request::Buffer`] carries the uploader's hash of the bytes.
-pub const VERSION: u32 = 3;
+/// Version 4: [`Response::Failed`] lost its `retryable` flag (the client decides whose
+/// fault a failure was by running the packet elsewhere), and each request kind has its
+/// own size limit ([`request_limit`]).
+pub const VERSION: u32 = 4;
 
 /// The ALPN protocol name of offload's QUIC connections.
 pub const ALPN: &[u8] = b"offload/1";
@@ -237,14 +240,14 @@ pub enum Response {
         #[serde(with = "byte_lists")]
         outputs: Vec<Vec<u8>>,
     },
-    /// A packet failed.
+    /// A packet failed (the kernel panicked or crashed, ran too long, or the node could
+    /// not run it). The client decides whose fault it was by running the packet on
+    /// another node.
     Failed {
         /// The packet.
         packet: u64,
         /// What happened.
         reason: String,
-        /// Whether running it again may succeed (it is not the kernel's fault).
-        retryable: bool,
     },
     /// A request that could not be served.
     Error(String),
@@ -308,6 +311,34 @@ pub enum FromWorker {
     Panicked(String),
     /// The request could not be served (compile error, unknown buffer, ...).
     Error(String),
+}
+
+impl FromWorker {
+    /// The answer's kind in words, for messages about unexpected answers.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            FromWorker::Ready => "ready",
+            FromWorker::Done { .. } => "a packet's results",
+            FromWorker::Panicked(_) => "a kernel panic",
+            FromWorker::Error(_) => "an error",
+        }
+    }
+}
+
+impl Response {
+    /// The answer's kind in words, for messages about unexpected answers.
+    pub fn describe(&self) -> String {
+        match self {
+            Response::Has(true) => "\"I have it\"".into(),
+            Response::Has(false) => "\"I do not have it\"".into(),
+            Response::Stored(_) => "\"stored\"".into(),
+            Response::Prepared { .. } => "\"prepared\"".into(),
+            Response::Done { packet, .. } => format!("the results of packet {packet}"),
+            Response::Failed { reason, .. } => format!("a failure ({reason})"),
+            Response::Error(reason) => format!("an error ({reason})"),
+            Response::Pong => "a pong".into(),
+        }
+    }
 }
 
 /// Lists of byte buffers encoded as byte strings (one length, then a memcpy), not as
@@ -457,9 +488,19 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
     Ok(())
 }
 
-/// The size limit for a request's frame: only data-carrying requests may be large.
-pub fn request_limit() -> usize {
-    MAX_DATA
+/// The size limit of a request frame whose body starts with `tag`: only the kinds that
+/// carry data may be large. bincode writes an enum's variant index first, as a varint
+/// that is one byte below 251, so the first byte of the body names the kind before the
+/// rest is read or allocated (a test pins the tags to the variants).
+pub fn request_limit(tag: u8) -> usize {
+    match tag {
+        // Request::Package: a package file.
+        1 => ir_packager::MAX_PACKAGE_BYTES + 1024,
+        // Request::Run: a packet's input slices.
+        5 => MAX_DATA,
+        // Everything else is control: hashes, a job's description, numbers.
+        _ => MAX_CONTROL,
+    }
 }
 
 #[cfg(test)]
@@ -536,6 +577,52 @@ mod tests {
             encode(&big, MAX_CONTROL),
             Err(EncodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn each_request_kind_has_its_own_limit_read_from_its_first_byte() {
+        let cases = [
+            (Request::HavePackage([0; 32]), MAX_CONTROL),
+            (
+                Request::Package(vec![1, 2, 3]),
+                ir_packager::MAX_PACKAGE_BYTES + 1024,
+            ),
+            (Request::HaveBuffer([0; 32]), MAX_CONTROL),
+            (
+                Request::Buffer {
+                    len: 1 << 20,
+                    hash: [0; 32],
+                },
+                MAX_CONTROL,
+            ),
+            (
+                Request::Prepare {
+                    job: 1,
+                    package: [0; 32],
+                    kernel: "k".into(),
+                    items: 10,
+                    args: vec![WireArg::Scalar(1)],
+                },
+                MAX_CONTROL,
+            ),
+            (
+                Request::Run {
+                    job: 1,
+                    packet: 2,
+                    start: 0,
+                    end: 1,
+                    device: None,
+                    slices: vec![vec![0; 8]],
+                },
+                MAX_DATA,
+            ),
+            (Request::EndJob(1), MAX_CONTROL),
+            (Request::Ping, MAX_CONTROL),
+        ];
+        for (request, limit) in cases {
+            let frame = encode(&request, MAX_DATA).expect("encode");
+            assert_eq!(request_limit(frame[4]), limit, "{request:?}");
+        }
     }
 
     #[test]

@@ -143,6 +143,50 @@ fn advise_huge_pages(bytes: &Vec<u8>) {
     }
 }
 
+/// Memory a node sets aside for one request's body, returned to the budget when
+/// dropped.
+pub(crate) type Reserved<'a> = tokio::sync::SemaphorePermit<'a>;
+
+/// Sets `bytes` aside in `budget` (counted in MiB), waiting while other requests hold
+/// it; one request may take the whole budget but no more.
+pub(crate) async fn reserve(
+    budget: &tokio::sync::Semaphore,
+    bytes: u64,
+) -> Result<Reserved<'_>, WireError> {
+    let mib = u32::try_from(bytes.div_ceil(1 << 20).max(1)).unwrap_or(u32::MAX);
+    let whole = u32::try_from(budget.available_permits()).unwrap_or(u32::MAX);
+    budget
+        .acquire_many(mib.min(whole.max(1)))
+        .await
+        .map_err(|_| WireError::Decode(DecodeError::Malformed("the node is shutting down".into())))
+}
+
+/// Reads one request: its length prefix, then the first byte of its body, which names
+/// its kind and so its size limit ([`protocol::request_limit`]), before the body is
+/// allocated within `budget`. Returns the request and its share of the budget.
+pub(crate) async fn recv_request<'a, T: DeserializeOwned>(
+    stream: &mut quinn::RecvStream,
+    budget: &'a tokio::sync::Semaphore,
+) -> Result<(T, Reserved<'a>), WireError> {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await?;
+    let len = protocol::frame_len(prefix, protocol::MAX_DATA)?;
+    if len == 0 {
+        return Err(DecodeError::Malformed("an empty message".into()).into());
+    }
+    let mut tag = [0u8; 1];
+    stream.read_exact(&mut tag).await?;
+    let limit = protocol::request_limit(tag[0]);
+    if len > limit {
+        return Err(DecodeError::TooLarge { size: len, limit }.into());
+    }
+    let reserved = reserve(budget, len as u64).await?;
+    let mut body = vec![0u8; len];
+    body[0] = tag[0];
+    stream.read_exact(&mut body[1..]).await?;
+    Ok((protocol::decode(&body, limit)?, reserved))
+}
+
 /// Reads one frame, refusing it before allocation if its length exceeds `limit`.
 pub(crate) async fn recv<T: DeserializeOwned>(
     stream: &mut quinn::RecvStream,
@@ -167,7 +211,10 @@ pub(crate) async fn recv<T: DeserializeOwned>(
 /// each a retransmission and a congestion-window cut (docs/cluster.md).
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(idle / 4));
+    // Often enough that a node takes a second of silence from a client with packets
+    // running for the client's death (node.rs `CLIENT_SILENCE`); a keep-alive is one
+    // small datagram.
+    t.keep_alive_interval(Some((idle / 4).min(KEEP_ALIVE)));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
     t.receive_window(quinn::VarInt::from_u32(16 << 20));
@@ -183,6 +230,9 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     t.enable_segmentation_offload(false);
     Arc::new(t)
 }
+
+/// The longest a connection goes without sending a datagram.
+const KEEP_ALIVE: Duration = Duration::from_millis(200);
 
 /// Largest UDP payload we send or accept (loopback and jumbo frames).
 const MAX_UDP_PAYLOAD: u16 = 65_527;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use cluster::client::{ClientConfig, ClusterClient, JobArg};
+use cluster::client::{ClientConfig, ClientError, ClusterClient, JobArg};
 use cluster::credentials::{self, Credentials};
 use cluster::node::NodeConfig;
 use cluster::protocol::TunedRate;
@@ -87,6 +87,21 @@ pub struct NodeArgs {
     /// device shares the cores the CPU workers already use.
     #[arg(long)]
     opencl: bool,
+    /// Memory for packages kept for later jobs, e.g. 256M; the least recently used go
+    /// first.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    package_cache: u64,
+    /// Memory for whole input buffers kept for later jobs (and per worker), e.g. 4G; the
+    /// least recently used go first.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    buffer_cache: u64,
+    /// A worker process using more memory than this is started afresh before it loads
+    /// another kernel, e.g. 2G.
+    #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size)]
+    worker_memory: u64,
+    /// Test builds only: misbehave on purpose (see the cluster crate's `fault` module).
+    #[arg(long, value_name = "FAULT", hide = true)]
+    fault: Vec<String>,
 }
 
 /// `offload nodes`: list the nodes discovery finds.
@@ -133,12 +148,41 @@ pub struct ClusterRunArgs {
     /// Seconds of silence after which a node counts as gone.
     #[arg(long, default_value_t = 3.0, requires = "cluster", value_parser = super::parse_node_timeout)]
     node_timeout: f64,
+    /// If every node is lost before the job is done, fail instead of finishing the
+    /// remaining items on this machine.
+    #[arg(long, requires = "cluster")]
+    no_local_fallback: bool,
     /// Run every packet on K different nodes and keep the result the majority agrees on;
     /// a node whose result disagrees is reported and excluded (for machines nobody
     /// vouches for). Needs at least K nodes.
     #[arg(long, value_name = "K", default_value_t = 1, requires = "cluster",
           value_parser = clap::value_parser!(u32).range(1..=16))]
     redundancy: u32,
+}
+
+/// Parses a size in bytes: a whole number with an optional K, M, G or T suffix (powers of
+/// 1024, as memory is counted), e.g. `256M`, `4G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("`{text}`: unknown unit (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("`{text}` is not a size (e.g. 256M, 4G)"))
 }
 
 /// Parses a rate: a number with an optional K/M/G suffix (bytes, powers of 1000), or
@@ -252,7 +296,11 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         .max_bandwidth(args.max_bandwidth)
         .packet_timeout(Duration::from_secs_f64(args.packet_timeout))
         .advertise(!args.no_mdns)
-        .opencl(args.opencl);
+        .opencl(args.opencl)
+        .package_cache_bytes(usize::try_from(args.package_cache).unwrap_or(usize::MAX))
+        .buffer_cache_bytes(usize::try_from(args.buffer_cache).unwrap_or(usize::MAX))
+        .worker_memory_bytes(args.worker_memory)
+        .faults(cluster::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?);
     if let Some(name) = &args.name {
         config = config.name(name);
     }
@@ -478,7 +526,14 @@ pub fn run_on_cluster(
             ArgValue::Buffer(b) => JobArg::Buffer(b.as_bytes_mut()),
         })
         .collect();
-    let report = client.run_job(package, &spec.name, items, &mut job_args)?;
+    let report = match client.run_job(package, &spec.name, items, &mut job_args) {
+        Ok(report) => report,
+        Err(ClientError::Unfinished(unfinished)) if !args.no_local_fallback => {
+            drop(job_args);
+            return finish_here(cli, package, spec, items, values, &unfinished);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if !report.lost.is_empty() {
         eprintln!(
             "cluster: {} node(s) lost during the job; their packets were re-run and the output is complete",
@@ -527,9 +582,58 @@ pub fn run_on_cluster(
     Ok(())
 }
 
+/// Finishes a cluster job whose nodes were all lost on this machine: the committed
+/// packets' results are in `values`, the rest of the items run here.
+fn finish_here(
+    cli: &Cli,
+    package: &Package,
+    spec: &KernelSpec,
+    items: u64,
+    values: &mut [ArgValue],
+    unfinished: &cluster::client::Unfinished,
+) -> anyhow::Result<()> {
+    let left: u64 = unfinished.remaining.iter().map(|r| r.end - r.start).sum();
+    eprintln!(
+        "cluster: {unfinished}\ncluster: finishing the remaining {} on this machine (--no-local-fallback turns this off)",
+        plural(left, "item")
+    );
+    let engine = cli.engine()?;
+    let report = offload::run_ranges_local(
+        &engine,
+        package,
+        &spec.name,
+        items,
+        &unfinished.remaining,
+        values,
+        &offload::LocalOptions::default(),
+    )?;
+    println!(
+        "ran {} over {}: {} on the cluster, then {} in {} on this machine ({}): {}",
+        spec.name,
+        plural(items, "item"),
+        plural(unfinished.committed_packets, "packet"),
+        plural(left, "item"),
+        plural(report.packets, "packet"),
+        plural(report.threads as u64, "thread"),
+        describe_duration(report.run_time)
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{parse_hash, parse_rate};
+    use super::{parse_hash, parse_rate, parse_size};
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 
     #[test]
     fn hashes_parse_from_hex() {
