@@ -10,7 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{die_with_test, offload_ok, package, read_le, repo_path, write_le, Run};
+use crate::common::{
+    die_with_test, offload_ok, package, read_le, repo_path, wait_until, write_le, Run,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_offload");
 
@@ -29,7 +31,6 @@ struct Launch<'a> {
     global: &'a [OsArg],
     /// Flags after `node` (`--opencl`).
     flags: &'a [&'a str],
-    env: &'a [(&'a str, &'a str)],
     /// Part of the log file's name (a restarted node gets a log of its own).
     log_suffix: &'a str,
 }
@@ -40,7 +41,6 @@ impl Default for Launch<'_> {
             listen: "127.0.0.1:0",
             global: &[],
             flags: &[],
-            env: &[],
             log_suffix: "",
         }
     }
@@ -80,21 +80,11 @@ impl Node {
         Node::spawn(dir, credentials, index, &launch)
     }
 
-    /// [`Node::start`] with extra environment variables (for test-only fault injection).
-    fn start_with_env(dir: &Path, credentials: &Path, index: usize, env: &[(&str, &str)]) -> Node {
-        let launch = Launch {
-            env,
-            ..Launch::default()
-        };
-        Node::spawn(dir, credentials, index, &launch)
-    }
-
     fn spawn(dir: &Path, credentials: &Path, index: usize, launch: &Launch<'_>) -> Node {
         let Launch {
             listen,
             global,
             flags,
-            env,
             log_suffix,
         } = *launch;
         let log = dir.join(format!("node{index}{log_suffix}.log"));
@@ -107,7 +97,6 @@ impl Node {
             .arg("--credentials")
             .arg(credentials)
             .env("OFFLOAD_LOG", "info")
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("node log file"))
             .spawn()
@@ -144,14 +133,7 @@ impl Node {
 
     /// Waits until the node's log contains `text`.
     fn wait_for_log(&self, text: &str, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.log().contains(text) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(limit, || self.log().contains(text))
     }
 }
 
@@ -172,12 +154,13 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize) -> Cluster {
-        Cluster::with_liar(n, None)
+        Cluster::with_faults(n, |_, _| Vec::new())
     }
 
-    /// A cluster whose node `liar` (if any) corrupts every result it sends, through the
-    /// node's test-only `OFFLOAD_TEST_CORRUPT_RESULTS` switch.
-    fn with_liar(n: usize, liar: Option<usize>) -> Cluster {
+    /// A cluster whose node `i` is started with the test-only `--fault` flags
+    /// `faults(i, cluster folder)` (see the cluster crate's `fault` module; the tests
+    /// build `offload` with them).
+    fn with_faults(n: usize, faults: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let creds = dir.path().join("cluster");
         cluster_init(&creds);
@@ -192,16 +175,16 @@ impl Cluster {
                 "--name".into(),
                 name.clone().into(),
             ]);
-            let env: &[(&str, &str)] = if liar == Some(i) {
-                &[("OFFLOAD_TEST_CORRUPT_RESULTS", "1")]
-            } else {
-                &[]
-            };
-            nodes.push(Node::start_with_env(
+            let flags: Vec<String> = faults(i, dir.path())
+                .into_iter()
+                .flat_map(|fault| ["--fault".to_string(), fault])
+                .collect();
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            nodes.push(Node::start_flags(
                 dir.path(),
                 &creds.join("nodes").join(&name),
                 i,
-                env,
+                &flags,
             ));
         }
         Cluster { dir, nodes }
@@ -232,6 +215,15 @@ impl Cluster {
 }
 
 type OsArg = std::ffi::OsString;
+
+/// `[fault]` for the chosen node, nothing for the others.
+fn faults_of(chosen: bool, fault: &str) -> Vec<String> {
+    if chosen {
+        vec![fault.to_string()]
+    } else {
+        Vec::new()
+    }
+}
 
 /// `kill -SIGNAL PID` (the process may already be gone).
 /// Fails with `what` unless the cluster run's output file equals the local run's (compared
@@ -512,7 +504,7 @@ fn redundancy_3_on_three_honest_nodes_equals_the_local_run() {
 fn a_node_returning_wrong_results_is_outvoted_reported_and_excluded() {
     // Node 0 flips a byte of every result; with 2 copies per packet, a disagreement
     // brings in a third copy on the third node, the majority wins, node 0 is excluded.
-    let cluster = Cluster::with_liar(3, Some(0));
+    let cluster = Cluster::with_faults(3, |i, _| faults_of(i == 0, "corrupt-results"));
     let stderr = redundant_run_equals_the_local_run(&cluster, 2);
     assert!(
         stderr.contains("node test-node-0") && stderr.contains("disagrees with the majority"),
@@ -542,65 +534,158 @@ fn redundancy_above_the_node_count_is_refused() {
     );
 }
 
-/// Starts a long job on `nodes` nodes, does `fault` to the cluster once node 0 is running
-/// it, and checks that the output is still the local one and that node 0's loss was
-/// reported. Returns the cluster and the client's output for further checks.
-fn survives(nodes: usize, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Output) {
-    let mut cluster = Cluster::new(nodes);
-    // Deep zoom-out inside the set: every item costs max_iter iterations, so the job
-    // runs for seconds on the cluster and a fault lands in the middle of it.
-    let job = Mandel::new(cluster.dir.path(), 600, 400, 8000);
+/// A cluster run in progress whose output is read as it comes, so that a test can act
+/// on what the client says (a node lost, a node back) instead of waiting for time to
+/// pass.
+struct LiveRun {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    stdout: std::thread::JoinHandle<String>,
+    seen: String,
+}
+
+impl LiveRun {
+    fn start(mut command: Command) -> LiveRun {
+        let mut child = die_with_test(&mut command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start offload run");
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let out = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(out), &mut text);
+            text
+        });
+        LiveRun {
+            child,
+            stderr,
+            stdout,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits until the client printed a line with every one of `needles`.
+    fn wait_for(&mut self, needles: &[&str], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = needles.iter().all(|n| line.contains(n));
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "the client never said {needles:?} within {limit:?}; it said:\n{}",
+                        self.seen
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the run to end (failing the test past `limit`) and returns its status,
+    /// stdout and stderr.
+    fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                }
+                let stdout = self.stdout.join().unwrap_or_default();
+                return (status, stdout, self.seen);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the cluster run did not finish within {limit:?}:\n{}",
+                    self.seen
+                );
+            }
+            // Drain what the client says meanwhile, so it never blocks on a full pipe.
+            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+            }
+        }
+    }
+}
+
+/// The gate file in a cluster's folder: nodes started with `--fault gate=PATH` run no
+/// packet until it exists.
+fn gate(dir: &Path) -> PathBuf {
+    dir.join("gate")
+}
+
+fn open_gate(cluster: &Cluster) {
+    std::fs::write(gate(cluster.dir.path()), b"open").expect("open the gate");
+}
+
+/// A cluster of `nodes` nodes where node 0 injects `fault` on its first packet and every
+/// other node holds its packets at the gate, running a mandelbrot job; `act` runs once
+/// the client reported node 0 lost and returns when the survivors may go on. The gate
+/// then opens: the job can only have finished through the client's handling of the lost
+/// node, whatever the speeds involved. Checks the output against a local run and returns
+/// the cluster and the client's stderr.
+fn survives(
+    nodes: usize,
+    fault: &str,
+    act: impl FnOnce(&mut Cluster, &mut LiveRun),
+) -> (Cluster, String) {
+    let mut cluster = Cluster::with_faults(nodes, |i, dir| {
+        if i == 0 {
+            vec![fault.to_string()]
+        } else {
+            vec![format!("gate={}", gate(dir).display())]
+        }
+    });
+    let job = Mandel::new(cluster.dir.path(), 240, 160, 400);
     let local = cluster.path("local.bin");
     job.run_local(&local);
     let remote = cluster.path("remote.bin");
     let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
-    // Notice the silent node within a second, well before the job could finish without it
-    // (speculative copies of its packets would otherwise complete the job first).
     command.args(["--node-timeout", "1"]);
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = command.spawn().expect("start offload run");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    assert!(
-        cluster.nodes[0].wait_for_log("prepared kernel", Duration::from_secs(60)),
-        "node 0 never received the job: {}",
-        cluster.nodes[0].log()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    fault(&mut cluster);
-    let output = match rx.recv_timeout(Duration::from_secs(240)) {
-        Ok(output) => output.expect("offload run output"),
-        Err(_) => {
-            send_signal(pid, "KILL");
-            panic!("the cluster run did not finish after the fault");
-        }
-    };
-    assert!(output.status.success(), "{}", text(&output));
+    let mut run = LiveRun::start(command);
+    run.wait_for(&["test-node-0", "lost"], Duration::from_secs(60));
+    act(&mut cluster, &mut run);
+    open_gate(&cluster);
+    let (status, stdout, stderr) = run.finish(Duration::from_secs(240));
+    assert!(status.success(), "{stdout}\n{stderr}");
     assert_same_output(
         &remote,
         &local,
         "cluster output differs from the local run after a node fault",
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("test-node-0") && stderr.contains("lost"),
-        "the client did not report the lost node:\n{}",
-        text(&output)
-    );
-    (cluster, output)
+    (cluster, stderr)
 }
 
 #[test]
 fn a_node_killed_mid_job_still_gives_the_correct_output() {
-    survives(3, |cluster| cluster.nodes[0].signal("KILL"));
+    let (_, stderr) = survives(3, "die-on-packet", |_, _| {});
+    assert!(stderr.contains("re-run on the other nodes"), "{stderr}");
 }
 
 #[test]
 fn a_node_paused_mid_job_still_gives_the_correct_output() {
-    survives(3, |cluster| cluster.nodes[0].signal("STOP"));
+    let (_, stderr) = survives(2, "stop-on-packet", |_, _| {});
+    assert!(stderr.contains("re-run on the other nodes"), "{stderr}");
 }
 
 #[test]
@@ -795,19 +880,20 @@ fn restart_node(cluster: &mut Cluster, index: usize, addr: &str) {
 
 #[test]
 fn a_node_restarted_mid_job_rejoins_and_the_output_is_correct() {
-    let (cluster, output) = survives(2, |cluster| {
+    // Node 0 dies on its first packet; it is started again (without the fault) while the
+    // other node holds its packets at the gate, so the job is still running when node 0
+    // comes back, and the gate opens only once the client says it rejoined.
+    let (cluster, stderr) = survives(2, "die-on-packet", |cluster, run| {
         let addr = kill_node(cluster, 0);
         restart_node(cluster, 0, &addr);
+        run.wait_for(
+            &["test-node-0", "rejoined the job"],
+            Duration::from_secs(60),
+        );
     });
-    // Whether the rejoined node gets packets depends on how much work the scheduler had
-    // not yet handed to the surviving node when it came back (on this loaded 2-core
-    // machine sometimes none): required is that it rejoined and prepared the job again;
-    // `a_node_restarted_between_jobs_is_used_again` checks that it then runs work.
-    let stderr = String::from_utf8_lossy(&output.stderr);
     packets_after_rejoining(&stderr, "test-node-0").unwrap_or_else(|| {
         panic!(
-            "the restarted node did not rejoin:\n{}\n--- restarted node ---\n{}",
-            text(&output),
+            "the restarted node did not rejoin:\n{stderr}\n--- restarted node ---\n{}",
             cluster.nodes[0].log()
         )
     });
@@ -1123,4 +1209,228 @@ fn a_kernel_the_node_cannot_lower_runs_on_its_cpu_workers() {
             "the node did not log why:\n{log}"
         );
     }
+}
+
+#[test]
+fn a_job_whose_every_node_is_lost_finishes_on_this_machine() {
+    // The only node dies on its first packet: the packets it held are run here.
+    let cluster = Cluster::with_faults(1, |_, _| vec!["die-on-packet".into()]);
+    let job = Mandel::new(cluster.dir.path(), 160, 120, 200);
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
+    command.args(["--node-timeout", "1"]);
+    let output = run_bounded(command, Duration::from_secs(120));
+    assert!(output.status.success(), "{}", text(&output));
+    assert_same_output(&remote, &local, "the finished job differs from a local run");
+    let all = text(&output);
+    assert!(
+        all.contains("every node was lost") && all.contains("on this machine"),
+        "{all}"
+    );
+}
+
+#[test]
+fn without_the_local_fallback_a_job_whose_nodes_are_lost_fails_and_writes_nothing() {
+    let cluster = Cluster::with_faults(1, |_, _| vec!["die-on-packet".into()]);
+    let job = Mandel::new(cluster.dir.path(), 160, 120, 200);
+    let remote = cluster.path("remote.bin");
+    std::fs::write(&remote, b"before").expect("old output");
+    let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
+    command.args(["--node-timeout", "1", "--no-local-fallback"]);
+    let output = run_bounded(command, Duration::from_secs(120));
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("every node was lost"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(std::fs::read(&remote).expect("output"), b"before");
+}
+
+#[test]
+fn a_node_failing_every_packet_is_excluded_and_the_job_finishes_on_the_others() {
+    for (nodes, redundancy) in [(2, "1"), (3, "2")] {
+        let cluster = Cluster::with_faults(nodes, |i, _| faults_of(i == 0, "fail-packets"));
+        let job = Mandel::new(cluster.dir.path(), 160, 120, 200);
+        let local = cluster.path("local.bin");
+        job.run_local(&local);
+        let remote = cluster.path("remote.bin");
+        let mut command = job.cluster_command(&cluster, &cluster.credentials(), &remote);
+        command.args(["--redundancy", redundancy]);
+        let output = run_bounded(command, Duration::from_secs(120));
+        assert!(
+            output.status.success(),
+            "redundancy {redundancy}: {}",
+            text(&output)
+        );
+        assert_same_output(&remote, &local, "cluster output differs from the local run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("node test-node-0") && stderr.contains("it is excluded from the job"),
+            "redundancy {redundancy}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_kernel_that_fails_on_two_nodes_fails_the_job_naming_both() {
+    let cluster = Cluster::new(2);
+    let pkg = package(
+        &repo_path("tests/cluster-kernels/crash.c"),
+        &repo_path("tests/cluster-kernels/crash.toml"),
+        cluster.dir.path(),
+        "crash",
+    );
+    let out = cluster.path("crash.bin");
+    let mut command = Command::new(BIN);
+    command
+        .args(run_args(
+            &pkg,
+            "crash",
+            4096,
+            &[("from", "0".into())],
+            ("out", &out),
+        ))
+        .args(cluster.cluster_flags(&cluster.credentials()));
+    let output = run_bounded(command, Duration::from_secs(120));
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("test-node-0")
+            && stderr.contains("test-node-1")
+            && stderr.contains("SIGSEGV"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a failed job wrote its output");
+}
+
+/// The spin kernel (never finishes) packaged in `dir`, and a zero flag file for it.
+fn spin_job(dir: &Path) -> (PathBuf, PathBuf) {
+    let pkg = package(
+        &repo_path("tests/cluster-kernels/spin.c"),
+        &repo_path("tests/cluster-kernels/spin.toml"),
+        dir,
+        "spin",
+    );
+    let flag = dir.join("flag.bin");
+    write_le(&flag, &[0u32]);
+    (pkg, flag)
+}
+
+/// CPU time (clock ticks in user mode) process `pid` has used, from /proc.
+fn user_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which is in parentheses.
+            let rest = stat.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(11)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Starts a never-ending spin job on node 0 of `cluster` and returns it once a worker of
+/// the node is seen spinning in it (its CPU time grows past 0.2 s).
+fn start_spinning(cluster: &Cluster, pkg: &Path, flag: &Path) -> Child {
+    let out = cluster.path("spin-out.bin");
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "run".as_ref(),
+            pkg.as_os_str(),
+            "--kernel".as_ref(),
+            "spin".as_ref(),
+        ])
+        .args(["--items", "4", "--in"])
+        .arg(format!("flag={}", flag.display()))
+        .arg("--out")
+        .arg(format!("out={}", out.display()))
+        .args(cluster.cluster_flags(&cluster.credentials()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = die_with_test(&mut command)
+        .spawn()
+        .expect("start the spin job");
+    assert!(
+        cluster.nodes[0].wait_for_log("prepared kernel `spin`", Duration::from_secs(60)),
+        "the node never prepared the spin job:\n{}",
+        cluster.nodes[0].log()
+    );
+    let node = cluster.nodes[0].child.id();
+    assert!(
+        wait_until(Duration::from_secs(60), || children_of(node)
+            .into_iter()
+            .any(|w| user_ticks(w) >= 20)),
+        "no worker ever spun"
+    );
+    child
+}
+
+#[test]
+fn a_client_that_goes_away_has_its_packets_cancelled_and_the_next_job_runs() {
+    let cluster = Cluster::new(1);
+    let (pkg, flag) = spin_job(cluster.dir.path());
+    let mut spinning = start_spinning(&cluster, &pkg, &flag);
+    // The client dies without a word; its packet would spin on the node's only worker
+    // for the node's packet timeout (300 s) if nobody noticed.
+    let _ = spinning.kill();
+    let _ = spinning.wait();
+    let job = Mandel::new(cluster.dir.path(), 64, 48, 50);
+    let local = cluster.path("local.bin");
+    job.run_local(&local);
+    let remote = cluster.path("remote.bin");
+    let output = run_bounded(
+        job.cluster_command(&cluster, &cluster.credentials(), &remote),
+        Duration::from_secs(60),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert_same_output(
+        &remote,
+        &local,
+        "the next client's job differs from a local run",
+    );
+    // Noticed by the node's one-second silence rule (the connection itself would only
+    // time out after 3 s), and the packet cancelled.
+    let log = cluster.nodes[0].log();
+    assert!(
+        log.contains("taken for gone") && log.contains("its client went away"),
+        "{log}"
+    );
+}
+
+/// The child processes of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_killed_with_sigkill_takes_its_workers_with_it() {
+    let mut cluster = Cluster::new(1);
+    let (pkg, flag) = spin_job(cluster.dir.path());
+    let mut spinning = start_spinning(&cluster, &pkg, &flag);
+    let node_pid = cluster.nodes[0].child.id();
+    let workers = children_of(node_pid);
+    assert!(!workers.is_empty(), "the node has no worker process");
+    kill_node(&mut cluster, 0);
+    assert!(
+        wait_until(Duration::from_secs(20), || workers
+            .iter()
+            .all(|w| !Path::new(&format!("/proc/{w}")).exists())),
+        "a worker outlived its node: {workers:?}"
+    );
+    let _ = spinning.kill();
+    let _ = spinning.wait();
 }

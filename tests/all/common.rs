@@ -273,3 +273,17 @@ pub fn die_with_test(command: &mut Command) -> &mut Command {
         })
     }
 }
+
+/// Waits until `condition` holds, checking it every few milliseconds, for at most
+/// `limit`; returns whether it came true. For events that leave no message to wait on
+/// (a process gone, a worker spinning): the wait ends when the event happens.
+pub fn wait_until(limit: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
