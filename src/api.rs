@@ -233,11 +233,11 @@ pub enum LaunchError {
     /// Connecting to the cluster failed, or the job failed on it.
     #[error("cluster: {0}")]
     Cluster(#[from] ClientError),
-    /// The async task running the job was cancelled or panicked.
-    #[error("the task running kernel `{kernel}` did not complete: {reason}")]
+    /// The async task running a job (or a connection) was cancelled or panicked.
+    #[error("the task {what} did not complete: {reason}")]
     TaskFailed {
-        /// The kernel.
-        kernel: String,
+        /// What the task was doing: "running kernel `saxpy`", "connecting to the cluster".
+        what: String,
         /// tokio's words.
         reason: String,
     },
@@ -349,11 +349,22 @@ impl Kernel {
 }
 
 /// Settings of one launch. Every setter documents its default.
-#[derive(Default)]
 pub struct LaunchOptions {
     threads: Option<usize>,
     tuning: Tuning,
     progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
+    local_fallback: bool,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> LaunchOptions {
+        LaunchOptions {
+            threads: None,
+            tuning: Tuning::default(),
+            progress: None,
+            local_fallback: true,
+        }
+    }
 }
 
 impl std::fmt::Debug for LaunchOptions {
@@ -362,6 +373,7 @@ impl std::fmt::Debug for LaunchOptions {
             .field("threads", &self.threads)
             .field("tuning", &self.tuning)
             .field("progress", &self.progress.is_some())
+            .field("local_fallback", &self.local_fallback)
             .finish()
     }
 }
@@ -386,6 +398,13 @@ impl LaunchOptions {
         progress: impl Fn(u64, u64) + Send + Sync + 'static,
     ) -> LaunchOptions {
         self.progress = Some(Box::new(progress));
+        self
+    }
+
+    /// Whether a cluster launch whose every node is lost finishes on this machine (the
+    /// committed packets are kept; the rest runs on this machine's cores). Default: true.
+    pub fn local_fallback(mut self, on: bool) -> LaunchOptions {
+        self.local_fallback = on;
         self
     }
 
@@ -495,6 +514,22 @@ impl Cluster {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn connect(config: ClientConfig) -> Result<Cluster, LaunchError> {
+        Cluster::connect_blocking(config)
+    }
+
+    /// Like [`connect`](Cluster::connect), as a future: connecting runs on tokio's
+    /// blocking pool. (`connect` also works inside a runtime, blocking its thread while
+    /// the nodes answer.)
+    pub async fn connect_async(config: ClientConfig) -> Result<Cluster, LaunchError> {
+        tokio::task::spawn_blocking(move || Cluster::connect_blocking(config))
+            .await
+            .map_err(|e| LaunchError::TaskFailed {
+                what: "connecting to the cluster".into(),
+                reason: e.to_string(),
+            })?
+    }
+
+    fn connect_blocking(config: ClientConfig) -> Result<Cluster, LaunchError> {
         let client = ClusterClient::connect(config)?;
         let nodes = client
             .nodes()
@@ -577,7 +612,7 @@ impl Cluster {
         })
         .await
         .map_err(|e| LaunchError::TaskFailed {
-            kernel: kernel.name().to_string(),
+            what: format!("running kernel `{}`", kernel.name()),
             reason: e.to_string(),
         })?;
         let (report, values) = joined?;
@@ -625,7 +660,14 @@ impl Backend {
                     })
                     .collect();
                 let report =
-                    client.run_job(&kernel.package, kernel.name(), items, &mut job_args)?;
+                    match client.run_job(&kernel.package, kernel.name(), items, &mut job_args) {
+                        Ok(report) => report,
+                        Err(ClientError::Unfinished(unfinished)) if options.local_fallback => {
+                            drop(job_args);
+                            return finish_here(kernel, items, values, &unfinished, &options);
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                 // The cluster client has no per-packet hook: progress is reported once,
                 // when every item is committed.
                 if let Some(progress) = &options.progress {
@@ -646,6 +688,43 @@ impl Backend {
             }
         }
     }
+}
+
+/// Finishes a cluster job whose every node was lost on this machine's cores: the
+/// committed packets' results are in `values` already.
+fn finish_here(
+    kernel: &Kernel,
+    items: u64,
+    values: &mut [ArgValue],
+    unfinished: &cluster::client::Unfinished,
+    options: &LaunchOptions,
+) -> Result<LaunchReport, LaunchError> {
+    tracing::warn!("{unfinished}; finishing the remaining items on this machine");
+    let engine = Engine::new(Config::default()).map_err(LaunchError::Engine)?;
+    let mut local = LocalOptions::default().tuning(options.tuning.clone());
+    if let Some(threads) = options.threads {
+        local = local.threads(threads);
+    }
+    let report = crate::local::run_ranges_local(
+        &engine,
+        &kernel.package,
+        kernel.name(),
+        items,
+        &unfinished.remaining,
+        values,
+        &local,
+    )?;
+    if let Some(progress) = &options.progress {
+        progress(items, items);
+    }
+    Ok(LaunchReport {
+        items,
+        packets: unfinished.committed_packets + report.packets,
+        workers: report.threads,
+        code_origin: Some(report.code_origin),
+        compile_time: report.compile_time,
+        run_time: report.run_time,
+    })
 }
 
 /// Checks `args` against the kernel's manifest: count, types and slice lengths.

@@ -322,27 +322,33 @@ impl ClusterClient {
             .collect();
         let endpoint = self.endpoint.clone();
         let timeout = self.config.connect_timeout;
-        let results = self.runtime.block_on(async move {
-            let tasks: Vec<_> = missing
-                .into_iter()
-                .map(|addr| {
-                    let endpoint = endpoint.clone();
-                    tokio::spawn(async move {
-                        let outcome = tokio::time::timeout(timeout, connect_one(&endpoint, addr))
-                            .await
-                            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
-                        (addr, outcome)
+        let results = self
+            .runtime
+            .block_on(async move {
+                let tasks: Vec<_> = missing
+                    .into_iter()
+                    .map(|addr| {
+                        let endpoint = endpoint.clone();
+                        tokio::spawn(async move {
+                            let outcome =
+                                tokio::time::timeout(timeout, connect_one(&endpoint, addr))
+                                    .await
+                                    .unwrap_or_else(|_| {
+                                        Err(format!("no answer within {timeout:?}"))
+                                    });
+                            (addr, outcome)
+                        })
                     })
-                })
-                .collect();
-            let mut results = Vec::new();
-            for task in tasks {
-                if let Ok(result) = task.await {
-                    results.push(result);
+                    .collect();
+                let mut results = Vec::new();
+                for task in tasks {
+                    if let Ok(result) = task.await {
+                        results.push(result);
+                    }
                 }
-            }
-            results
-        });
+                results
+            })
+            .map_err(ClientError::Runtime)?;
         let mut tried = Vec::new();
         for (addr, outcome) in results {
             match outcome {
@@ -413,6 +419,7 @@ impl ClusterClient {
                 request(&connection, &Request::Ping).await?;
                 Ok::<_, WireError>(started.elapsed())
             })
+            .map_err(ClientError::Runtime)?
             .map_err(|e| ClientError::AllNodesLost(vec![e.to_string()]))
     }
 
@@ -459,7 +466,7 @@ impl ClusterClient {
         exchange: F,
     ) -> Result<Duration, ClientError>
     where
-        F: Fn(quinn::Connection) -> Fut,
+        F: Fn(quinn::Connection) -> Fut + Send,
         Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
     {
         let connection = self.first_connection()?;
@@ -481,6 +488,7 @@ impl ClusterClient {
                 }
                 Ok::<_, String>(started.elapsed())
             })
+            .map_err(ClientError::Runtime)?
             .map_err(|e| ClientError::AllNodesLost(vec![e]))
     }
 
@@ -514,7 +522,10 @@ impl ClusterClient {
             endpoint: self.endpoint.clone(),
             connect_timeout: self.config.connect_timeout,
         };
-        let (report, rejoined) = self.runtime.block_on(job.run(remotes, args))?;
+        let (report, rejoined) = self
+            .runtime
+            .block_on(job.run(remotes, args))
+            .map_err(ClientError::Runtime)??;
         // Keep the connections of nodes that came back, for the next job.
         for remote in rejoined {
             self.remotes.retain(|r| r.addr != remote.addr);
@@ -531,9 +542,12 @@ impl Drop for ClusterClient {
         // Drive the runtime until the close frames are out, so nodes see a clean close
         // rather than waiting for their idle timeout; bounded, in case a node is gone.
         let endpoint = self.endpoint.clone();
-        self.runtime.block_on(async move {
+        let closed = self.runtime.block_on(async move {
             let _ = tokio::time::timeout(Duration::from_millis(250), endpoint.wait_idle()).await;
         });
+        if let Err(e) = closed {
+            tracing::debug!("cannot wait for the connections to close: {e}");
+        }
     }
 }
 

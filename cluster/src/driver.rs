@@ -16,7 +16,8 @@ use std::thread::JoinHandle;
 
 /// A current-thread runtime that is always being driven by someone.
 pub(crate) struct Driver {
-    runtime: std::sync::Arc<tokio::runtime::Runtime>,
+    // Taken out in `drop` to be shut down without blocking (see there).
+    runtime: std::mem::ManuallyDrop<std::sync::Arc<tokio::runtime::Runtime>>,
     state: Mutex<Idle>,
 }
 
@@ -55,7 +56,7 @@ impl Driver {
                 }
             })?;
         let driver = Driver {
-            runtime,
+            runtime: std::mem::ManuallyDrop::new(runtime),
             state: Mutex::new(Idle {
                 stop: None,
                 resume: Some(resume),
@@ -72,9 +73,30 @@ impl Driver {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `future` to completion on the calling thread, which drives the runtime
-    /// (every connection included) meanwhile. Calls from several threads queue.
-    pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
+    /// Runs `future` to completion, driving the runtime (every connection included)
+    /// meanwhile: on the calling thread, or, when the caller is itself a thread of some
+    /// tokio runtime (an `async fn` calling the blocking API, where tokio forbids
+    /// blocking on another runtime), on a helper thread while the caller waits. Calls
+    /// from several threads queue. Fails only when that helper thread cannot start.
+    pub(crate) fn block_on<F>(&self, future: F) -> std::io::Result<F::Output>
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Ok(self.drive(future));
+        }
+        std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("offload-client-call".into())
+                .spawn_scoped(scope, || self.drive(future))?;
+            Ok(helper
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        })
+    }
+
+    fn drive<F: Future>(&self, future: F) -> F::Output {
         let mut idle = self.lock();
         idle.take_over();
         let output = self.runtime.block_on(future);
@@ -119,6 +141,14 @@ impl Drop for Driver {
         if let Some(thread) = idle.thread.take() {
             let _ = thread.join();
         }
+        // SAFETY: `runtime` is not used after this point; `drop` runs once.
+        let runtime = unsafe { std::mem::ManuallyDrop::take(&mut self.runtime) };
+        // Dropping a runtime blocks until its tasks are gone, which tokio forbids inside
+        // another runtime (a client dropped in an `async fn`): shut it down without
+        // waiting instead. The background thread has let go of its handle by now.
+        if let Ok(runtime) = std::sync::Arc::try_unwrap(runtime) {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -131,7 +161,7 @@ mod tests {
     fn tasks_keep_running_between_calls() {
         let driver = Driver::new().expect("driver");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        driver.block_on(async move {
+        let _ = driver.block_on(async move {
             tokio::spawn(async move {
                 let mut ticks = 0u32;
                 loop {
@@ -145,13 +175,15 @@ mod tests {
         });
         // No call in progress: only the background thread can make the task tick.
         std::thread::sleep(Duration::from_millis(200));
-        let ticked = driver.block_on(async move {
-            let mut last = 0;
-            while let Ok(tick) = rx.try_recv() {
-                last = tick;
-            }
-            last
-        });
+        let ticked = driver
+            .block_on(async move {
+                let mut last = 0;
+                while let Ok(tick) = rx.try_recv() {
+                    last = tick;
+                }
+                last
+            })
+            .expect("call");
         assert!(
             ticked >= 10,
             "the task ticked only {ticked} times while idle"
@@ -159,10 +191,30 @@ mod tests {
     }
 
     #[test]
+    fn calls_from_inside_a_tokio_runtime_work_on_both_kinds_of_runtime() {
+        for multi_thread in [false, true] {
+            let outer = if multi_thread {
+                tokio::runtime::Builder::new_multi_thread().build()
+            } else {
+                tokio::runtime::Builder::new_current_thread().build()
+            }
+            .expect("outer runtime");
+            let answer = outer.block_on(async {
+                let driver = Driver::new().expect("driver");
+                let answer = driver.block_on(async { 42 }).expect("call");
+                // Dropping it here, inside the outer runtime, must not panic either.
+                drop(driver);
+                answer
+            });
+            assert_eq!(answer, 42);
+        }
+    }
+
+    #[test]
     fn calls_return_their_output_and_drop_ends_the_thread() {
         let driver = Driver::new().expect("driver");
         for i in 0..100u32 {
-            assert_eq!(driver.block_on(async move { i * 2 }), i * 2);
+            assert_eq!(driver.block_on(async move { i * 2 }).expect("call"), i * 2);
         }
         drop(driver);
     }

@@ -564,3 +564,67 @@ fn three_loopback_nodes_give_the_local_results() {
         .expect("cluster poly");
     assert_eq!(remote, direct);
 }
+
+#[test]
+fn a_remote_cluster_connects_launches_and_drops_inside_a_tokio_runtime() {
+    // What `#[tokio::main]` code does: the blocking `connect`, an async launch and the
+    // drop all happen on a runtime thread, where blocking on another runtime panics.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("cluster");
+    let creds_arg = creds.display().to_string();
+    offload_ok(["cluster", "init", "--dir", &creds_arg]);
+    offload_ok(["cluster", "add-node", "--dir", &creds_arg, "--name", "t0"]);
+    let node = LoopbackNode::start(&creds.join("nodes").join("t0"), "t0");
+    let n = 4096;
+    let x: Vec<f32> = values(n, 11).iter().map(|&v| v as f32).collect();
+    let mut local = vec![1.0f32; n];
+    let saxpy = kernel("saxpy");
+    kernels::saxpy::launch_with(
+        &fixture().cluster,
+        &saxpy,
+        two_threads(),
+        n,
+        2.0,
+        &x,
+        &mut local,
+    )
+    .expect("local saxpy");
+    for multi_thread in [true, false] {
+        let runtime = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .expect("tokio runtime");
+        let remote = runtime.block_on(async {
+            let config = || {
+                let credentials = offload::Credentials::load(&creds).expect("credentials");
+                offload::ClientConfig::new(credentials).peers([node.addr])
+            };
+            let blocking = Cluster::connect(config()).expect("connect inside a runtime");
+            let asynchronous = Cluster::connect_async(config())
+                .await
+                .expect("connect_async");
+            let mut remote = vec![1.0f32; n];
+            for cluster in [&blocking, &asynchronous] {
+                remote.fill(1.0);
+                let args = &mut [
+                    KernelArg::scalar(2.0f32),
+                    KernelArg::input(&x),
+                    KernelArg::inout(&mut remote),
+                ];
+                cluster
+                    .launch_async(&saxpy, n as u64, args, LaunchOptions::default())
+                    .await
+                    .expect("async launch on the node");
+            }
+            drop((blocking, asynchronous));
+            remote
+        });
+        assert_eq!(remote, local, "multi_thread {multi_thread}");
+    }
+}
