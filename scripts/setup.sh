@@ -33,3 +33,11 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "offload setup: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
   exit 1
 fi
+
+# The test command checks formatting and lints too.
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    echo "offload setup: installing the $component component" >&2
+    rustup component add "$component"
+  fi
+done

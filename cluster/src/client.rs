@@ -350,6 +350,7 @@ impl ClusterClient {
             })
             .map_err(ClientError::Runtime)?;
         let mut tried = Vec::new();
+        let mut refusals = Vec::new();
         for (addr, outcome) in results {
             match outcome {
                 Ok(remote) => {
@@ -363,13 +364,17 @@ impl ClusterClient {
                 }
                 Err(reason) => {
                     let line = format!("node {addr}: {reason}");
-                    notify(&self.config.on_event, &line);
+                    refusals.push(line.clone());
                     tried.push(line);
                 }
             }
         }
         if self.remotes.is_empty() {
+            // The error lists them: said once, not also as events.
             return Err(ClientError::NoNodes(tried));
+        }
+        for line in refusals {
+            notify(&self.config.on_event, &line);
         }
         Ok(())
     }
@@ -551,10 +556,49 @@ impl Drop for ClusterClient {
     }
 }
 
+/// Tells the user about `line`: through the event callback if there is one (the CLI
+/// prints it once), else as a warning in the log.
 fn notify(on_event: &Option<Arc<EventFn>>, line: &str) {
-    tracing::warn!("{line}");
-    if let Some(f) = on_event {
-        f(line);
+    match on_event {
+        Some(f) => {
+            tracing::debug!("{line}");
+            f(line);
+        }
+        None => tracing::warn!("{line}"),
+    }
+}
+
+/// Why a connection to a node failed or ended, in words: which side refused whose
+/// certificate and why (the node's verifier sends its reason in the close), or that the
+/// node stopped answering.
+fn describe_connection_error(error: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    let strip = crate::certs::plain;
+    // QUIC carries TLS alerts as error codes 0x100-0x1ff.
+    let tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match error {
+        // Our own verifier refused the node's certificate.
+        E::TransportError(e) if tls(e.code) => {
+            format!("this client refused the node: {}", strip(&e.reason))
+        }
+        // The node ended the handshake: its verifier refused our certificate.
+        E::ConnectionClosed(close) if tls(close.error_code) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            if reason.is_empty() {
+                format!(
+                    "the node refused this client's certificate ({})",
+                    close.error_code
+                )
+            } else {
+                format!("the node refused this client: {}", strip(&reason))
+            }
+        }
+        E::TimedOut => "no answer: the node is unreachable or not running".into(),
+        E::ApplicationClosed(close) => format!(
+            "the node closed the connection ({})",
+            String::from_utf8_lossy(&close.reason)
+        ),
+        other => other.to_string(),
     }
 }
 
@@ -563,7 +607,7 @@ async fn connect_one(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Rem
         .connect(addr, crate::credentials::SERVER_NAME)
         .map_err(|e| format!("cannot connect: {e}"))?
         .await
-        .map_err(|e| format!("connection refused: {e}"))?;
+        .map_err(|e| describe_connection_error(&e))?;
     let started = Instant::now();
     let hello = Hello {
         magic: protocol::MAGIC,
@@ -576,7 +620,10 @@ async fn connect_one(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Rem
         wire::recv::<HelloReply>(&mut recv, MAX_CONTROL).await
     }
     .await
-    .map_err(|e| format!("the node refused us or went away during the hello: {e}"))?;
+    .map_err(|e| match e {
+        WireError::Connection(e) => describe_connection_error(&e),
+        other => format!("the hello failed: {other}"),
+    })?;
     let rtt = started.elapsed();
     match reply {
         HelloReply::Welcome { node, .. } => Ok(Remote {

@@ -58,6 +58,23 @@ pub enum CredentialsError {
         /// rcgen's message.
         reason: String,
     },
+    /// A key or credentials directory that others can read or write: refused.
+    #[error("refusing {path}: {reason}")]
+    Insecure {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// This member's own certificate cannot be used (expired, not valid yet, wrong
+    /// purpose, or not issued by the cluster CA next to it).
+    #[error("{path}: {reason}")]
+    Unusable {
+        /// The certificate.
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// rustls refused the certificates or keys.
     #[error("TLS configuration from {dir}: {reason}")]
     Tls {
@@ -128,6 +145,38 @@ pub fn init(dir: &Path) -> Result<(), CredentialsError> {
     write_file(&dir.join("key.pem"), &key, 0o600)
 }
 
+/// Refuses `path` unless it belongs to this user and nobody else may write it (a
+/// directory) or read it (`private`: a key).
+fn check_private(path: &Path, private: bool) -> Result<(), CredentialsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(io_error(path))?;
+    let insecure = |reason: String| CredentialsError::Insecure {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(insecure(format!(
+            "it belongs to user {}, not to this user ({me})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    let (mask, what, fix) = if private {
+        (0o077, "readable or writable by others", "600")
+    } else {
+        (0o022, "writable by others", "700")
+    };
+    if mode & mask != 0 {
+        return Err(insecure(format!(
+            "it is {what} (mode {mode:o}); make it private: chmod {fix} {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Issues a certificate for the node or client `name`, signed by the cluster CA in
 /// `dir`, into `dir/nodes/NAME/` (ca.pem, cert.pem, key.pem). Returns that directory,
 /// which is all the machine `name` needs. Issuing again replaces the identity.
@@ -156,6 +205,8 @@ pub fn issue(dir: &Path, name: &str) -> Result<PathBuf, CredentialsError> {
 fn sign_identity(dir: &Path, name: &str) -> Result<(String, String), CredentialsError> {
     let ca_key_path = dir.join("ca.key");
     let ca_pem_path = dir.join("ca.pem");
+    // Whoever can read the CA key can admit members: it must be private.
+    check_private(&ca_key_path, true)?;
     let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_error(&ca_key_path))?;
     let ca_pem = fs::read_to_string(&ca_pem_path).map_err(io_error(&ca_pem_path))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(cert_error("CA key"))?;
@@ -227,16 +278,68 @@ fn pem_error(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> Crede
 
 impl Credentials {
     /// Loads `dir/ca.pem`, `dir/cert.pem` and `dir/key.pem`: a cluster directory made by
-    /// [`init`] or an identity directory made by [`issue`].
+    /// [`init`] or an identity directory made by [`issue`]. Refuses a directory others
+    /// can write to and a key others can read, and a certificate of this member that has
+    /// expired, is not valid yet, may not be used for offload's connections or was not
+    /// issued by the CA beside it, each with a message saying what to do.
     pub fn load(dir: &Path) -> Result<Credentials, CredentialsError> {
-        Ok(Credentials {
+        check_private(dir, false)?;
+        let key_path = dir.join("key.pem");
+        if key_path.exists() {
+            check_private(&key_path, true)?;
+        }
+        let credentials = Credentials {
             dir: dir.to_path_buf(),
             ca: load_pem(&dir.join("ca.pem"), |p| CertificateDer::from_pem_file(p))?,
             cert: load_pem(&dir.join("cert.pem"), |p| CertificateDer::from_pem_file(p))?,
-            key: load_pem(&dir.join("key.pem"), |p| {
-                PrivatePkcs8KeyDer::from_pem_file(p)
-            })?,
-        })
+            key: load_pem(&key_path, |p| PrivatePkcs8KeyDer::from_pem_file(p))?,
+        };
+        credentials.check_own_certificate(now_unix())?;
+        Ok(credentials)
+    }
+
+    /// Checks this member's certificate at time `now` (Unix seconds).
+    fn check_own_certificate(&self, now: i64) -> Result<(), CredentialsError> {
+        let path = self.dir.join("cert.pem");
+        let unusable = |reason: String| CredentialsError::Unusable {
+            path: path.clone(),
+            reason,
+        };
+        let cert = crate::certs::summarize(&self.cert).map_err(unusable)?;
+        let name = &cert.name;
+        let reissue = format!(
+            "issue a new one from the cluster directory: offload cluster add-node --dir CLUSTER --name {name}"
+        );
+        if now > cert.not_after {
+            return Err(unusable(format!(
+                "this identity's certificate (`{name}`) expired on {}; {reissue}",
+                crate::certs::date(cert.not_after)
+            )));
+        }
+        if now < cert.not_before {
+            return Err(unusable(format!(
+                "this identity's certificate (`{name}`) is not valid before {}: is this machine's clock right?",
+                crate::certs::date(cert.not_before)
+            )));
+        }
+        if !cert.server_and_client_auth {
+            return Err(unusable(format!(
+                "this identity's certificate (`{name}`) may not be used for offload connections (its extended key usage lacks TLS server and client authentication); {reissue}"
+            )));
+        }
+        if !issued_by(&self.cert, &self.ca) {
+            return Err(unusable(format!(
+                "this identity's certificate (`{name}`) was not issued by the CA in {} (fingerprint {}): the files come from different clusters",
+                self.dir.join("ca.pem").display(),
+                crate::certs::fingerprint(&self.ca)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The SHA-256 fingerprint of this cluster's CA certificate.
+    pub fn ca_fingerprint(&self) -> String {
+        crate::certs::fingerprint(&self.ca)
     }
 
     /// The directory the credentials came from.
@@ -257,23 +360,30 @@ impl Credentials {
         Ok(Arc::new(roots))
     }
 
+    /// This member's certificate chain: its certificate and the cluster CA, so that a
+    /// peer of another cluster can be told which CA we belong to.
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.cert.clone(), self.ca.clone()]
+    }
+
     /// A server configuration that requires a client certificate signed by the CA.
     pub(crate) fn server_config(&self) -> Result<rustls::ServerConfig, CredentialsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
             self.roots()?,
             provider.clone(),
         )
         .build()
         .map_err(|e| self.tls_error(e))?;
+        let verifier = Arc::new(crate::certs::ExplainingClientVerifier {
+            inner,
+            our_ca: self.ca_fingerprint(),
+        });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| self.tls_error(e))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![self.cert.clone()],
-                PrivateKeyDer::Pkcs8(self.key.clone_key()),
-            )
+            .with_single_cert(self.chain(), PrivateKeyDer::Pkcs8(self.key.clone_key()))
             .map_err(|e| self.tls_error(e))?;
         config.alpn_protocols = vec![crate::protocol::ALPN.to_vec()];
         Ok(config)
@@ -282,23 +392,264 @@ impl Credentials {
     /// A client configuration that trusts only the CA and presents this identity.
     pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, CredentialsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots()?,
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| self.tls_error(e))?;
+        let verifier = Arc::new(crate::certs::ExplainingServerVerifier {
+            inner,
+            our_ca: self.ca_fingerprint(),
+        });
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| self.tls_error(e))?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(
-                vec![self.cert.clone()],
-                PrivateKeyDer::Pkcs8(self.key.clone_key()),
-            )
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain(), PrivateKeyDer::Pkcs8(self.key.clone_key()))
             .map_err(|e| self.tls_error(e))?;
         config.alpn_protocols = vec![crate::protocol::ALPN.to_vec()];
         Ok(config)
     }
 }
 
+/// Now, in Unix seconds.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Whether `cert`'s signature verifies with `ca`'s public key.
+fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        X509Certificate::from_der(cert),
+        X509Certificate::from_der(ca),
+    ) else {
+        return false;
+    };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An identity directory for `name` in `cluster`'s CA, with its own validity and
+    /// key usage (what `issue` does, with the dates and purposes a test needs).
+    fn crafted_identity(
+        cluster: &Path,
+        out: &Path,
+        name: &str,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) {
+        let ca_key =
+            KeyPair::from_pem(&fs::read_to_string(cluster.join("ca.key")).expect("ca.key"))
+                .expect("CA key");
+        let ca_pem = fs::read_to_string(cluster.join("ca.pem")).expect("ca.pem");
+        let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
+            .expect("CA params")
+            .self_signed(&ca_key)
+            .expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()]).expect("params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = usages;
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+        make_dir(out).expect("dir");
+        write_file(&out.join("ca.pem"), &ca_pem, 0o600).expect("ca.pem");
+        write_file(&out.join("cert.pem"), &cert.pem(), 0o600).expect("cert.pem");
+        write_file(&out.join("key.pem"), &key.serialize_pem(), 0o600).expect("key.pem");
+    }
+
+    fn both_auths() -> Vec<ExtendedKeyUsagePurpose> {
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    }
+
+    fn load_error(dir: &Path) -> String {
+        Credentials::load(dir)
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn own_certificates_that_cannot_work_are_refused_at_load_saying_why() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = dir.path().join("cluster");
+        init(&cluster).expect("init");
+        let expired = dir.path().join("expired");
+        crafted_identity(
+            &cluster,
+            &expired,
+            "old",
+            (2020, 1, 1),
+            (2021, 1, 1),
+            both_auths(),
+        );
+        let text = load_error(&expired);
+        assert!(
+            text.contains("expired on 2021-01-01") && text.contains("add-node"),
+            "{text}"
+        );
+        let future = dir.path().join("future");
+        crafted_identity(
+            &cluster,
+            &future,
+            "soon",
+            (2200, 1, 1),
+            (2201, 1, 1),
+            both_auths(),
+        );
+        let text = load_error(&future);
+        assert!(text.contains("not valid before 2200-01-01"), "{text}");
+        let wrong = dir.path().join("wrong");
+        let server_only = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        crafted_identity(
+            &cluster,
+            &wrong,
+            "web",
+            (2024, 1, 1),
+            (2124, 1, 1),
+            server_only,
+        );
+        let text = load_error(&wrong);
+        assert!(
+            text.contains("may not be used for offload connections"),
+            "{text}"
+        );
+        // Files from two clusters: a certificate of one beside the CA of the other.
+        let other = dir.path().join("other");
+        init(&other).expect("init other");
+        fs::copy(other.join("cert.pem"), cluster.join("cert.pem")).expect("mix");
+        let text = load_error(&cluster);
+        assert!(text.contains("was not issued by the CA"), "{text}");
+    }
+
+    #[test]
+    fn keys_and_directories_others_can_reach_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = dir.path().join("cluster");
+        init(&cluster).expect("init");
+        let key = cluster.join("key.pem");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let text = load_error(&cluster);
+        assert!(
+            text.contains("key.pem") && text.contains("chmod 600"),
+            "{text}"
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::set_permissions(&cluster, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let text = load_error(&cluster);
+        assert!(
+            text.contains("writable by others") && text.contains("chmod 700"),
+            "{text}"
+        );
+        fs::set_permissions(&cluster, fs::Permissions::from_mode(0o700)).expect("chmod");
+        fs::set_permissions(cluster.join("ca.key"), fs::Permissions::from_mode(0o640))
+            .expect("chmod");
+        let text = issue(&cluster, "n1")
+            .expect_err("a readable CA key")
+            .to_string();
+        assert!(text.contains("ca.key"), "{text}");
+        fs::set_permissions(cluster.join("ca.key"), fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        Credentials::load(&cluster).expect("private again: loads");
+    }
+
+    /// The node-side view: what the explaining verifier says of `dir`'s certificate
+    /// when verified against `cluster`'s CA.
+    fn node_view(cluster: &Credentials, dir: &Path) -> String {
+        use rustls::server::danger::ClientCertVerifier;
+        let cert = CertificateDer::from_pem_file(dir.join("cert.pem")).expect("cert");
+        let ca = CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            cluster.roots().expect("roots"),
+            provider,
+        )
+        .build()
+        .expect("verifier");
+        let verifier = crate::certs::ExplainingClientVerifier {
+            inner,
+            our_ca: cluster.ca_fingerprint(),
+        };
+        verifier
+            .verify_client_cert(&cert, &[ca], rustls::pki_types::UnixTime::now())
+            .map(|_| "accepted".to_string())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn refused_peers_are_told_why_in_words() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = dir.path().join("cluster");
+        init(&cluster).expect("init");
+        let ours = Credentials::load(&cluster).expect("load");
+        let member = issue(&cluster, "n1").expect("issue");
+        assert_eq!(node_view(&ours, &member), "accepted");
+        let expired = dir.path().join("expired");
+        crafted_identity(
+            &cluster,
+            &expired,
+            "old",
+            (2020, 1, 1),
+            (2021, 1, 1),
+            both_auths(),
+        );
+        let text = node_view(&ours, &expired);
+        assert!(
+            text.contains("the client (`old`) expired on 2021-01-01"),
+            "{text}"
+        );
+        let future = dir.path().join("future");
+        crafted_identity(
+            &cluster,
+            &future,
+            "soon",
+            (2200, 1, 1),
+            (2201, 1, 1),
+            both_auths(),
+        );
+        let text = node_view(&ours, &future);
+        assert!(text.contains("not valid before 2200-01-01"), "{text}");
+        let wrong = dir.path().join("wrong");
+        let server_only = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        crafted_identity(
+            &cluster,
+            &wrong,
+            "web",
+            (2024, 1, 1),
+            (2124, 1, 1),
+            server_only,
+        );
+        let text = node_view(&ours, &wrong);
+        assert!(
+            text.contains("may not be used for offload connections"),
+            "{text}"
+        );
+        let other = dir.path().join("other");
+        init(&other).expect("init other");
+        let theirs = Credentials::load(&other).expect("load other");
+        let text = node_view(&ours, &other);
+        assert!(
+            text.contains("belongs to another cluster")
+                && text.contains(&theirs.ca_fingerprint())
+                && text.contains(&ours.ca_fingerprint()),
+            "{text}"
+        );
+    }
 
     #[test]
     fn init_writes_private_files_and_issue_makes_a_loadable_identity() {

@@ -47,6 +47,7 @@
 
 pub mod baseline;
 mod buffer_cache;
+pub mod certs;
 pub mod client;
 pub mod credentials;
 pub mod discovery;

@@ -308,11 +308,29 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
                 }
                 // A peer without a certificate signed by the cluster CA ends here,
                 // before it can send a single request.
-                Err(e) => tracing::warn!("refused connection from {remote}: {e}"),
+                Err(e) => {
+                    tracing::warn!("refused connection from {remote}: {}", describe_refusal(&e))
+                }
             }
         });
     }
     Ok(())
+}
+
+/// Why a connection attempt failed, from the node's side: its verifier refused the
+/// client's certificate (the reason says why), or the client refused the node's.
+fn describe_refusal(error: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    let tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    let plain = crate::certs::plain;
+    match error {
+        E::TransportError(e) if tls(e.code) => plain(&e.reason),
+        E::ConnectionClosed(close) if tls(close.error_code) => format!(
+            "the client refused this node's certificate: {}",
+            plain(&String::from_utf8_lossy(&close.reason))
+        ),
+        other => other.to_string(),
+    }
 }
 
 struct Shared {
@@ -1341,22 +1359,25 @@ impl TokenBucket {
 
     /// Takes `bytes` tokens, waiting as long as the debt they create needs to drain.
     async fn take(&self, bytes: u64) {
-        let wait = {
-            let mut state = lock(&self.state);
-            let now = Instant::now();
-            // Up to 100 ms of burst.
-            let burst = self.rate * 0.1;
-            let refill = now.duration_since(state.1).as_secs_f64() * self.rate;
-            state.0 = (state.0 + refill).min(burst) - bytes as f64;
-            state.1 = now;
-            if state.0 < 0.0 {
-                Duration::from_secs_f64(-state.0 / self.rate)
-            } else {
-                Duration::ZERO
-            }
-        };
+        let wait = self.take_at(bytes, Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Takes `bytes` tokens at time `now` and returns how long the sender must wait for
+    /// the debt they create to drain (the bucket's logic, apart from the clock).
+    fn take_at(&self, bytes: u64, now: Instant) -> Duration {
+        let mut state = lock(&self.state);
+        // Up to 100 ms of burst.
+        let burst = self.rate * 0.1;
+        let refill = now.saturating_duration_since(state.1).as_secs_f64() * self.rate;
+        state.0 = (state.0 + refill).min(burst) - bytes as f64;
+        state.1 = now;
+        if state.0 < 0.0 {
+            Duration::from_secs_f64(-state.0 / self.rate)
+        } else {
+            Duration::ZERO
         }
     }
 }
@@ -1391,15 +1412,21 @@ mod tests {
         assert!(spares.bytes <= SPARE_BYTES, "{} bytes kept", spares.bytes);
     }
 
-    #[tokio::test]
-    async fn token_bucket_holds_the_rate() {
+    #[test]
+    fn token_bucket_holds_the_rate() {
         let bucket = TokenBucket::new(10_000_000);
-        let started = Instant::now();
+        let start = Instant::now();
+        // A sender that waits as told: 5 MB at 10 MB/s from an empty bucket is 0.5 s.
+        let mut now = start;
         for _ in 0..10 {
-            bucket.take(500_000).await;
+            now += bucket.take_at(500_000, now);
         }
-        // 5 MB at 10 MB/s, less the 1 MB burst: about 0.4 s.
-        let elapsed = started.elapsed().as_secs_f64();
-        assert!(elapsed > 0.3 && elapsed < 1.5, "{elapsed}");
+        let waited = now.duration_since(start).as_secs_f64();
+        assert!((waited - 0.5).abs() < 1e-6, "{waited}");
+        // After a long pause the bucket holds only its 100 ms burst (1 MB).
+        now += Duration::from_secs(10);
+        assert_eq!(bucket.take_at(1_000_000, now), Duration::ZERO);
+        let wait = bucket.take_at(1_000_000, now).as_secs_f64();
+        assert!((wait - 0.1).abs() < 1e-6, "{wait}");
     }
 }

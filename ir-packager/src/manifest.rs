@@ -526,8 +526,11 @@ fn check_arg_kind(kind: &ArgKind) -> Result<(), String> {
         )),
         ArgKind::Scalar(_) => Ok(()),
         ArgKind::Buffer { access, shape, .. } => match (access, shape) {
-            (_, Shape::PerItem(0)) | (_, Shape::Fixed(0)) => {
+            (_, Shape::PerItem(0)) => {
                 Err("a split of 0 elements per item is empty; use [k] with k >= 1".into())
+            }
+            (_, Shape::Fixed(0)) => {
+                Err("a `sum` buffer of 0 elements holds nothing; give its length, e.g. `u64[256]`".into())
             }
             (Access::Sum, Shape::Whole) | (Access::Sum, Shape::PerItem(_)) => Err(
                 "a `sum` buffer needs its fixed length, e.g. `hist: sum u64[256]`".into(),
@@ -708,6 +711,14 @@ mod tests {
     fn refuses_whole_buffer_outputs() {
         let err = parse_arg("y: out f32[]").expect_err("must be refused");
         assert!(err.contains("split per item"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_sum_buffer_is_called_what_it_is() {
+        let err = parse_arg("h: sum u64[0]").expect_err("must be refused");
+        assert!(err.contains("`sum` buffer of 0 elements"), "{err}");
+        let err = parse_arg("y: out f32[0]").expect_err("must be refused");
+        assert!(err.contains("0 elements per item"), "{err}");
     }
 
     #[test]

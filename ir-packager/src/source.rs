@@ -126,7 +126,13 @@ fn compile_rust<'ctx>(
             ));
         }
     }
-    run_front_end(cmd, "rustc", source, "rustup's toolchain (or set RUSTC)")?;
+    run_front_end(
+        cmd,
+        "rustc",
+        source,
+        "rustup's toolchain (or set RUSTC)",
+        "RUSTC",
+    )?;
     let module = parse_front_end_bitcode(ctx, &out, source)?;
     Ok(FrontEndOutput {
         module,
@@ -148,6 +154,7 @@ fn compile_c<'ctx>(
         "clang-22",
         source,
         "`apt-get install clang-22` (or set OFFLOAD_CLANG)",
+        "OFFLOAD_CLANG",
     )?;
     let module = parse_front_end_bitcode(ctx, &out, source)?;
     Ok(FrontEndOutput {
@@ -166,11 +173,15 @@ fn scratch_dir() -> Result<tempfile::TempDir, PackageError> {
         })
 }
 
+/// Runs a front end. `override_var` is the environment variable that names another
+/// program for it: when it is set, a program that cannot be started is reported as that
+/// variable's program, not as the default tool.
 fn run_front_end(
     mut cmd: Command,
     tool: &str,
     source: &Path,
     install_hint: &str,
+    override_var: &str,
 ) -> Result<(), PackageError> {
     if !source.exists() {
         return Err(PackageError::Io {
@@ -178,9 +189,20 @@ fn run_front_end(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         });
     }
-    let output = cmd.output().map_err(|e| PackageError::ToolMissing {
-        tool: tool.to_string(),
-        hint: format!("{e}; install it with {install_hint}"),
+    let overridden = std::env::var_os(override_var).is_some_and(|v| !v.is_empty());
+    let output = cmd.output().map_err(|e| {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        if overridden {
+            PackageError::ToolMissing {
+                tool: format!("`{program}` (set by ${override_var})"),
+                hint: format!("{e}; correct ${override_var} or unset it to use {tool}"),
+            }
+        } else {
+            PackageError::ToolMissing {
+                tool: tool.to_string(),
+                hint: format!("{e}; install it with {install_hint}"),
+            }
+        }
     })?;
     if !output.status.success() {
         return Err(PackageError::CompileFailed {

@@ -593,8 +593,10 @@ fn finish_here(
     unfinished: &cluster::client::Unfinished,
 ) -> anyhow::Result<()> {
     let left: u64 = unfinished.remaining.iter().map(|r| r.end - r.start).sum();
+    // Why each node went was said as it happened.
     eprintln!(
-        "cluster: {unfinished}\ncluster: finishing the remaining {} on this machine (--no-local-fallback turns this off)",
+        "cluster: every node was lost before the job finished ({} committed); finishing the remaining {} on this machine (--no-local-fallback turns this off)",
+        plural(unfinished.committed_packets, "packet"),
         plural(left, "item")
     );
     let engine = cli.engine()?;

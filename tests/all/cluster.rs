@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    die_with_test, offload_ok, package, read_le, repo_path, wait_until, write_le, Run,
+    die_with_test, offload_ok, package, read_le, repo_path, run_bounded, wait_until, write_le, Run,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_offload");
@@ -361,27 +361,6 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// Runs `command` to completion, failing the test past `limit`.
-fn run_bounded(mut command: Command, limit: Duration) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start offload run");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.expect("offload run output"),
-        Err(_) => {
-            send_signal(pid, "KILL");
-            panic!("offload run did not finish within {limit:?}");
-        }
-    }
-}
-
 #[test]
 fn a_job_across_three_nodes_equals_the_local_run() {
     let cluster = Cluster::new(3);
@@ -706,12 +685,32 @@ fn a_client_without_cluster_credentials_is_refused_and_runs_nothing() {
         text(&output)
     );
     assert!(!out.exists(), "an outsider's job wrote output");
+    // Both sides say it is another cluster's, naming both CAs by fingerprint.
+    let fingerprint = |dir: &Path| {
+        offload::Credentials::load(dir)
+            .expect("credentials")
+            .ca_fingerprint()
+    };
+    let (theirs, ours) = (fingerprint(&outsider), fingerprint(&cluster.credentials()));
+    let said = text(&output);
+    assert!(
+        said.contains("belongs to another cluster")
+            && said.contains(&theirs)
+            && said.contains(&ours),
+        "{said}"
+    );
+    assert!(
+        !said.contains("went away during the hello")
+            && said.matches("another cluster").count() <= 2,
+        "{said}"
+    );
     let node = &cluster.nodes[0];
     assert!(
         node.wait_for_log("refused connection", Duration::from_secs(10)),
         "the node did not log the refusal:\n{}",
         node.log()
     );
+    assert!(node.log().contains("another cluster"), "{}", node.log());
     let log = node.log();
     assert!(
         !log.contains("stored package") && !log.contains("prepared kernel"),
@@ -1433,4 +1432,59 @@ fn a_node_killed_with_sigkill_takes_its_workers_with_it() {
     );
     let _ = spinning.kill();
     let _ = spinning.wait();
+}
+
+#[test]
+fn a_node_keeps_its_caches_and_workers_under_their_caps() {
+    // Caps smaller than one package and one worker: every new package pushes out the
+    // last (once its job is over), every new kernel gets a fresh worker; jobs still run.
+    let mut cluster = Cluster::new(0);
+    let creds = cluster.credentials();
+    offload_ok([
+        OsArg::from("cluster"),
+        "add-node".into(),
+        "--dir".into(),
+        creds.clone().into(),
+        "--name".into(),
+        "small".into(),
+    ]);
+    let flags = ["--package-cache", "1K", "--worker-memory", "1K"];
+    let node = Node::start_flags(
+        cluster.dir.path(),
+        &creds.join("nodes").join("small"),
+        0,
+        &flags,
+    );
+    cluster.nodes.push(node);
+    let mandel = Mandel::new(cluster.dir.path(), 64, 48, 50);
+    let saxpy = crate::common::saxpy_package(cluster.dir.path());
+    let x = cluster.path("x.bin");
+    let y = cluster.path("y.bin");
+    write_le(&x, &(0..256).map(|i| i as f32).collect::<Vec<_>>());
+    let run_saxpy = || {
+        write_le(&y, &vec![1.0f32; 256]);
+        Run::new(&saxpy, "saxpy", 256)
+            .arg("a", 2.0f32)
+            .buffer("in", "x", &x)
+            .buffer("inout", "y", &y)
+            .flags(cluster.cluster_flags(&cluster.credentials()))
+            .ok();
+        let ys: Vec<f32> = read_le(&y);
+        assert_eq!(ys[100], 201.0);
+    };
+    let local = cluster.path("local.bin");
+    mandel.run_local(&local);
+    for round in 0..2 {
+        let remote = cluster.path(&format!("remote-{round}.bin"));
+        let output = run_bounded(
+            mandel.cluster_command(&cluster, &cluster.credentials(), &remote),
+            Duration::from_secs(60),
+        );
+        assert!(output.status.success(), "{}", text(&output));
+        assert_same_output(&remote, &local, "mandelbrot on a node with small caps");
+        run_saxpy();
+    }
+    let log = cluster.nodes[0].log();
+    assert!(log.contains("(package cache full)"), "{log}");
+    assert!(log.contains("starting it afresh"), "{log}");
 }

@@ -287,3 +287,27 @@ pub fn wait_until(limit: std::time::Duration, mut condition: impl FnMut() -> boo
     }
     true
 }
+
+/// Runs `command` to completion (reading its output as it comes, so a chatty child never
+/// blocks on a full pipe), killing it and failing the test past `limit`.
+pub fn run_bounded(mut command: Command, limit: std::time::Duration) -> Output {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("{command:?}: {e}")),
+        Err(_) => {
+            // SAFETY: kill on a process id is a plain syscall; a reaped id is harmless here
+            // because the waiting thread holds the child until it exits.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{command:?} did not finish within {limit:?}");
+        }
+    }
+}

@@ -11,11 +11,11 @@ mod kernels;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use offload::{Cluster, Config, Kernel, KernelArg, LaunchError, LaunchOptions, Package};
 
-use crate::common::{offload_ok, repo_path};
+use crate::common::{offload_ok, repo_path, run_bounded};
 
 /// The kernel file, packaged once per test run.
 struct Fixture {
@@ -327,29 +327,6 @@ fn target_dir() -> PathBuf {
 }
 
 /// Runs `cmd`, killing it after `limit`; returns its output.
-fn run_bounded(mut cmd: Command, limit: Duration) -> std::process::Output {
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start command");
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("poll child").is_some() {
-            return child.wait_with_output().expect("collect output");
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
-            panic!(
-                "{cmd:?} did not finish in {limit:?}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn example_crate_builds_embeds_the_cli_package_and_runs() {
     // The same target directory: cargo does not hold its lock while tests run, and the

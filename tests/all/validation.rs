@@ -362,3 +362,349 @@ fn missing_and_misplaced_arguments_say_how_to_pass_them() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_compiler_override_that_cannot_start_is_named_as_the_override() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (var, source) in [
+        ("OFFLOAD_CLANG", "examples/saxpy/kernel.c"),
+        ("RUSTC", "examples/saxpy/kernel.rs"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_offload"))
+            .env(var, "/nonexistent/compiler")
+            .arg("package")
+            .arg(crate::common::repo_path(source))
+            .arg("-o")
+            .arg(dir.path().join("k.okp"))
+            .output()
+            .expect("run offload");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("/nonexistent/compiler") && stderr.contains(var),
+            "{var}: {stderr}"
+        );
+    }
+}
+
+/// The halve test kernel packaged in `dir`, with `x = 0, 1, 2, ...` of `items` floats.
+fn halve_job(dir: &Path, items: usize) -> (PathBuf, PathBuf, Vec<u8>) {
+    let pkg = crate::common::package(
+        &crate::common::repo_path("tests/kernels/halve.rs"),
+        &crate::common::repo_path("tests/kernels/halve.toml"),
+        dir,
+        "halve",
+    );
+    let x = dir.join("x.bin");
+    crate::common::write_le(&x, &(0..items).map(|i| i as f32).collect::<Vec<_>>());
+    let bytes = std::fs::read(&x).expect("x");
+    (pkg, x, bytes)
+}
+
+/// The files in `dir` whose names say they are offload's temporary files.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".offload-"))
+        .collect()
+}
+
+#[test]
+fn a_run_that_fails_changes_no_file_and_one_that_succeeds_replaces_them_whole() {
+    let case = Case::new();
+    let dir = case.dir.path();
+    let items = 200_000usize;
+    let (pkg, x, before) = halve_job(dir, items);
+    let y = dir.join("y.bin");
+    let run = |n: usize, y: &Path| {
+        crate::common::Run::new(&pkg, "halve", items as u64)
+            .arg("n", n)
+            .buffer("inout", "x", &x)
+            .buffer("out", "y", y)
+            .output()
+    };
+    // The kernel panics on the last items, after most packets ran and rewrote x in
+    // memory: the file on disk must not change, and y must not appear.
+    let out = run(items - 10, &y);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no output or --inout file was changed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&x).expect("x"),
+        before,
+        "the inout file changed"
+    );
+    assert!(!y.exists(), "a failed run wrote its output");
+    assert!(leftovers(dir).is_empty(), "{:?}", leftovers(dir));
+    // An output into a folder that does not exist is found before anything runs.
+    let out = run(items, &dir.join("missing").join("y.bin"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("does not exist")
+            && stderr.contains("nothing was run"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&x).expect("x"),
+        before,
+        "the inout file changed"
+    );
+    // Success: both files replaced whole, with x's permissions kept.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let out = run(items, &y);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let halved: Vec<f32> = crate::common::read_le(&x);
+    let copied: Vec<f32> = crate::common::read_le(&y);
+    assert_eq!(halved[1234], 617.0);
+    assert_eq!(copied[1234], 1234.0);
+    let mode = std::fs::metadata(&x).expect("x").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    assert!(leftovers(dir).is_empty(), "{:?}", leftovers(dir));
+}
+
+/// Runs `offload ARGS` and checks it failed with a message (never a signal or a panic)
+/// containing every one of `needles`.
+fn refused(args: &[&str], needles: &[&str]) {
+    let out = offload(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "offload {args:?} did not fail cleanly ({}): {stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("panicked at"),
+        "offload {args:?} panicked: {stderr}"
+    );
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "offload {args:?}: no {needle:?} in: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn sizes_no_machine_can_hold_are_refused_before_anything_is_allocated() {
+    let case = Case::new();
+    let dir = case.dir.path();
+    let (pkg, x, _) = halve_job(dir, 16);
+    let pkg = pkg.display().to_string();
+    let y = dir.join("y.bin").display().to_string();
+    let x = x.display().to_string();
+    // 10^12 items of an out buffer: 4 TB.
+    refused(
+        &[
+            "run",
+            &pkg,
+            "--kernel",
+            "halve",
+            "--items",
+            "1000000000000",
+            "--arg",
+            "n=1",
+            "--inout",
+            &format!("x={x}"),
+            "--out",
+            &format!("y={y}"),
+        ],
+        &[
+            "buffer `x`",
+            "4000000000000 bytes",
+            "more than this machine can hold",
+        ],
+    );
+    // A device as an input is read no further than the buffer's size.
+    refused(
+        &[
+            "run",
+            &pkg,
+            "--kernel",
+            "halve",
+            "--items",
+            "16",
+            "--arg",
+            "n=16",
+            "--inout",
+            "x=/dev/zero",
+            "--out",
+            &format!("y={y}"),
+        ],
+        &["buffer `x`", "/dev/zero", "holds more"],
+    );
+    // A sum buffer of 2^40 elements.
+    let huge = crate::common::package(
+        &crate::common::repo_path("tests/kernels/huge_sum.rs"),
+        &crate::common::repo_path("tests/kernels/huge_sum.toml"),
+        dir,
+        "huge",
+    );
+    let h = dir.join("h.bin").display().to_string();
+    refused(
+        &[
+            "run",
+            &huge.display().to_string(),
+            "--kernel",
+            "count",
+            "--items",
+            "10",
+            "--sum",
+            &format!("h={h}"),
+        ],
+        &["buffer `h`", "8796093022208 bytes"],
+    );
+    // The demo's image, whose size wrapped around before.
+    refused(
+        &[
+            "demo",
+            "--width",
+            "2000000000",
+            "--height",
+            "2000000000",
+            "-o",
+            &y,
+        ],
+        &["iteration counts", "more than this machine can hold"],
+    );
+    refused(
+        &[
+            "demo",
+            "--width",
+            "4000000000",
+            "--height",
+            "4000000000",
+            "-o",
+            &y,
+        ],
+        &["at most 2147483647 pixels"],
+    );
+}
+
+#[test]
+fn counts_and_durations_that_mean_nothing_are_refused() {
+    let case = Case::new();
+    let pkg = saxpy_package(case.dir.path()).display().to_string();
+    for (flag, value) in [("--threads", "0"), ("--threads", "5000")] {
+        refused(
+            &[
+                "run", &pkg, "--kernel", "saxpy", "--items", "4", flag, value,
+            ],
+            &["--threads"],
+        );
+    }
+    refused(
+        &[
+            "run",
+            &pkg,
+            "--kernel",
+            "saxpy",
+            "--items",
+            "4",
+            "--cluster",
+            "--node-timeout",
+            "nan",
+        ],
+        &["--node-timeout", "nan"],
+    );
+    refused(&["nodes", "--wait", "nan"], &["--wait", "nan"]);
+    refused(&["nodes", "--wait", "inf"], &["--wait"]);
+    refused(
+        &[
+            "node",
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "0",
+        ],
+        &["--cores"],
+    );
+}
+
+#[test]
+fn worker_threads_the_system_will_not_give_are_an_error_not_a_panic() {
+    use std::os::unix::process::CommandExt;
+    let case = Case::new();
+    let dir = case.dir.path();
+    let items = 8192usize;
+    let (pkg, x, _) = halve_job(dir, items);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_offload"));
+    command
+        .env("OFFLOAD_CACHE_DIR", crate::common::test_cache_dir())
+        .arg("run")
+        .arg(&pkg)
+        .args(["--kernel", "halve", "--items", &items.to_string(), "--arg"])
+        .arg(format!("n={items}"))
+        .arg("--inout")
+        .arg(format!("x={}", x.display()))
+        .arg("--out")
+        .arg(format!("y={}", dir.join("y.bin").display()))
+        .args(["--threads", "4000"]);
+    // 4000 threads' stacks do not fit in 3 GiB of address space.
+    // SAFETY: setrlimit is async-signal-safe; it runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 3 << 30,
+                rlim_max: 3 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().expect("run offload");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("cannot start 4000 worker threads"),
+        "{} {stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn a_damaged_or_old_package_is_refused_before_llvm_reads_it() {
+    let case = Case::new();
+    let pkg = saxpy_package(case.dir.path());
+    let bytes = std::fs::read(&pkg).expect("package");
+    // A flipped bit deep in the body (the bitcode).
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0x04;
+    let damaged = case.file("damaged.okp", &flipped);
+    refused(
+        &[
+            "run",
+            &damaged.display().to_string(),
+            "--kernel",
+            "saxpy",
+            "--items",
+            "4",
+        ],
+        &["checksum does not match"],
+    );
+    refused(&["inspect", &damaged.display().to_string()], &["checksum"]);
+    // A version 1 package (no checksum) is refused with how to make it again.
+    let mut old = bytes;
+    old[6] = 1;
+    let old = case.file("old.okp", &old);
+    refused(
+        &["inspect", &old.display().to_string()],
+        &["version 1", "offload package SOURCE"],
+    );
+}
