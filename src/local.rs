@@ -467,16 +467,7 @@ pub fn run_local(
     args: &mut [ArgValue],
     options: &LocalOptions,
 ) -> Result<RunReport, RunError> {
-    let spec = package
-        .manifest()
-        .kernel(kernel)
-        .ok_or_else(|| node_jit::JitError::NoSuchKernel {
-            kernel: kernel.to_string(),
-            available: package.manifest().kernel_names(),
-        })?
-        .clone();
-    check_args(&spec, items, args)?;
-    let compiled = engine.compile_tuned(package, kernel, &options.tuning)?;
+    let (spec, compiled) = checked_and_compiled(engine, package, kernel, items, args, options)?;
     let plan = plan_opencl(package, &spec, args, options)?;
     let opencl_devices: Vec<String> = plan
         .kernels
@@ -521,6 +512,28 @@ pub fn run_local(
     })
 }
 
+/// The kernel's manifest entry, after checking `args` against it, and its code.
+fn checked_and_compiled(
+    engine: &Engine,
+    package: &Package,
+    kernel: &str,
+    items: u64,
+    args: &[ArgValue],
+    options: &LocalOptions,
+) -> Result<(KernelSpec, node_jit::CompileReport), RunError> {
+    let spec = package
+        .manifest()
+        .kernel(kernel)
+        .ok_or_else(|| node_jit::JitError::NoSuchKernel {
+            kernel: kernel.to_string(),
+            available: package.manifest().kernel_names(),
+        })?
+        .clone();
+    check_args(&spec, items, args)?;
+    let compiled = engine.compile_tuned(package, kernel, &options.tuning)?;
+    Ok((spec, compiled))
+}
+
 /// Runs only the items `ranges` of a job of `items` items whose buffers in `args` hold the
 /// results of the other items already (a cluster job finished on this machine after its
 /// nodes were lost): the kernel writes these items' `out`/`inout` slices, and their `sum`
@@ -534,16 +547,7 @@ pub fn run_ranges_local(
     args: &mut [ArgValue],
     options: &LocalOptions,
 ) -> Result<RunReport, RunError> {
-    let spec = package
-        .manifest()
-        .kernel(kernel)
-        .ok_or_else(|| node_jit::JitError::NoSuchKernel {
-            kernel: kernel.to_string(),
-            available: package.manifest().kernel_names(),
-        })?
-        .clone();
-    check_args(&spec, items, args)?;
-    let compiled = engine.compile_tuned(package, kernel, &options.tuning)?;
+    let (spec, compiled) = checked_and_compiled(engine, package, kernel, items, args, options)?;
     let left: u64 = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
     let threads = options
         .threads

@@ -783,14 +783,7 @@ impl Layout {
             layout.sums.push(sum);
         }
         // One item must fit in a message each way, or no packet could carry it.
-        let sums: u64 = layout
-            .wire
-            .iter()
-            .map(|arg| match arg {
-                WireArg::Sum(bytes) => *bytes,
-                _ => 0,
-            })
-            .sum();
+        let sums = layout.sum_bytes();
         let room = (MAX_DATA as u64).saturating_sub(PACKET_FRAMING);
         for (what, bytes) in [
             ("inputs", layout.bytes_per_item(true)),
@@ -808,6 +801,17 @@ impl Layout {
         Ok(layout)
     }
 
+    /// Bytes of the `sum` partials a result carries.
+    fn sum_bytes(&self) -> u64 {
+        self.wire
+            .iter()
+            .map(|arg| match arg {
+                WireArg::Sum(bytes) => *bytes,
+                _ => 0,
+            })
+            .sum()
+    }
+
     fn bytes_per_item(&self, inputs: bool) -> u64 {
         self.splits
             .iter()
@@ -823,14 +827,7 @@ impl Layout {
     /// devices would get packets no message can carry.
     fn max_packet_items(&self) -> u64 {
         const FRAMING: u64 = PACKET_FRAMING;
-        let sums: u64 = self
-            .wire
-            .iter()
-            .map(|arg| match arg {
-                WireArg::Sum(bytes) => *bytes,
-                _ => 0,
-            })
-            .sum();
+        let sums = self.sum_bytes();
         let per_item = self
             .bytes_per_item(true)
             .max(self.bytes_per_item(false))

@@ -317,6 +317,26 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// A `pre_exec` hook that makes the child process die (SIGKILL) when the thread that
+/// starts it ends, and exit at once if the parent died before the hook ran. Its calls
+/// (prctl, getppid, _exit) are async-signal-safe, as a hook between fork and exec
+/// requires.
+pub fn die_with_parent() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let parent = std::process::id();
+    move || {
+        // SAFETY: plain syscalls on this (child) process.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a connection attempt failed, from the node's side: its verifier refused the
 /// client's certificate (the reason says why), or the client refused the node's.
 fn describe_refusal(error: &quinn::ConnectionError) -> String {
@@ -1032,22 +1052,12 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let parent = std::process::id();
-        // SAFETY: runs in the child between fork and exec, and only makes
-        // async-signal-safe calls (prctl, getppid, _exit).
+        // A worker dies with its node, even when the node is killed with SIGKILL while
+        // the worker spins in a kernel (the node's runtime lives on the main thread,
+        // which spawns every worker and ends only with the process).
+        // SAFETY: the hook only makes async-signal-safe calls.
         unsafe {
-            command.pre_exec(move || {
-                // A worker dies with its node, even when the node is killed with SIGKILL
-                // while the worker spins in a kernel (the node's runtime lives on the
-                // main thread, which spawns every worker and ends only with the process).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
+            command.pre_exec(die_with_parent());
         }
         let mut child = command.spawn().map_err(|source| WorkerFault::Spawn {
             program: self.program.display().to_string(),

@@ -61,6 +61,17 @@ pub enum SourceKind {
     Bitcode,
 }
 
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Rust => "Rust",
+            SourceKind::C => "C",
+            SourceKind::LlvmIr => "LLVM IR",
+            SourceKind::Bitcode => "LLVM bitcode",
+        })
+    }
+}
+
 impl SourceKind {
     /// Chooses the kind from a file extension (`rs`, `c`, `ll`, `bc`).
     pub fn from_extension(ext: &str) -> Option<SourceKind> {

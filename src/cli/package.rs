@@ -107,7 +107,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     println!("package  {}", args.package.display());
     println!("hash     {}", package.hash());
     println!("format   version {}", offload::ir_packager_format_version());
-    println!("source   {} ({:?})", p.source_name, p.source_kind);
+    println!("source   {} ({})", p.source_name, p.source_kind);
     println!("producer {}", p.front_end);
     println!(
         "llvm     {} (bitcode writer; nodes need this or newer)",

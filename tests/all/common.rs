@@ -257,21 +257,8 @@ pub fn is_root() -> bool {
 /// is always started from the thread of the test that owns it.
 pub fn die_with_test(command: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (prctl, getppid, _exit).
-    let parent = std::process::id();
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        })
-    }
+    // SAFETY: the hook only makes async-signal-safe calls (see `die_with_parent`).
+    unsafe { command.pre_exec(cluster::node::die_with_parent()) }
 }
 
 /// Waits until `condition` holds, checking it every few milliseconds, for at most
