@@ -32,7 +32,7 @@ use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, RelocMode, Target, TargetData, TargetMachine};
 use inkwell::OptimizationLevel;
 use ir_packager::{
-    Access, ArgKind, KernelKind, KernelSpec, Package, ScalarType, Shape, PANIC_SYMBOL,
+    ArgKind, KernelKind, KernelSpec, Package, ScalarType, Shape, PANIC_SYMBOL,
 };
 
 use crate::ir::{
