@@ -406,7 +406,7 @@ pub fn run_local(
     let opencl_devices: Vec<String> = plan
         .kernels
         .iter()
-        .map(|k| k.device().info().name.clone())
+        .map(|k| format!("{} [{}]", k.device().info().name, k.route()))
         .collect();
     let threads = if options.device == DeviceChoice::OpenCl {
         0
@@ -548,9 +548,14 @@ impl BlockJob<'_> {
         // go up too, so unwritten elements keep their value).
         let (bytes_in, bytes_out) = kernel.spec().args.iter().fold((0, 0), |(i, o), a| {
             match (a.kind, required_bytes(a, 1)) {
-                (ArgKind::Buffer { access, shape: Shape::PerItem(_), .. }, Some(b)) => {
-                    (i + b, if access == Access::In { o } else { o + b })
-                }
+                (
+                    ArgKind::Buffer {
+                        access,
+                        shape: Shape::PerItem(_),
+                        ..
+                    },
+                    Some(b),
+                ) => (i + b, if access == Access::In { o } else { o + b }),
                 _ => (i, o),
             }
         });

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use ir_packager::{Access, ArgKind, KernelSpec, ScalarType, Shape};
 use ocl::core::{self, ArgVal, DeviceInfo as Query, DeviceInfoResult as Answer};
-use ptx_backend::cuda::{self as cuda, CudaDevice, CudaDeviceInfo, CudaKernel, PciAddress};
 pub use ptx_backend::cuda::PacketTiming;
+use ptx_backend::cuda::{self as cuda, CudaDevice, CudaDeviceInfo, CudaKernel, PciAddress};
 use ptx_backend::Ptx;
 
 use crate::lower::Lowered;
@@ -278,7 +278,9 @@ pub fn discover() -> Discovery {
     let mut unpaired = Vec::new();
     for c in cuda.devices {
         let twin = found.devices.iter_mut().find(|d| {
-            d.cuda.is_none() && d.routes.contains(&Route::PtxOpenCl) && d.pci.is_some_and(|p| p == c.pci)
+            d.cuda.is_none()
+                && d.routes.contains(&Route::PtxOpenCl)
+                && d.pci.is_some_and(|p| p == c.pci)
         });
         match twin {
             Some(d) => {
@@ -298,13 +300,17 @@ pub fn discover() -> Discovery {
         }
     }
     let had_opencl = !found.devices.is_empty();
-    found.devices.extend(unpaired.into_iter().map(DeviceInfo::cuda_only));
+    found
+        .devices
+        .extend(unpaired.into_iter().map(DeviceInfo::cuda_only));
     if had_opencl || found.devices.is_empty() {
         return found;
     }
     // CUDA devices only: the OpenCL note would say "none found" about a machine that
     // has GPUs.
-    found.note = found.note.map(|n| format!("OpenCL: {n}; CUDA devices found"));
+    found.note = found
+        .note
+        .map(|n| format!("OpenCL: {n}; CUDA devices found"));
     found
 }
 
@@ -410,20 +416,25 @@ fn describe(id: core::DeviceId, platform: &str) -> Result<DeviceInfo, String> {
         _ => false,
     };
     let host_unified_memory = kind == DeviceKind::Cpu
-        || matches!(ask(Query::HostUnifiedMemory), Ok(Answer::HostUnifiedMemory(true)));
+        || matches!(
+            ask(Query::HostUnifiedMemory),
+            Ok(Answer::HostUnifiedMemory(true))
+        );
     let nvidia = platform.contains("NVIDIA") && kind == DeviceKind::Gpu;
-    let ext = extensions.split_whitespace().any(|e| e == "cl_nv_device_attribute_query");
+    let ext = extensions
+        .split_whitespace()
+        .any(|e| e == "cl_nv_device_attribute_query");
     let (compute_capability, pci) = if nvidia && ext {
         let cc = nv_query(id, NV_COMPUTE_CAPABILITY_MAJOR)
             .zip(nv_query(id, NV_COMPUTE_CAPABILITY_MINOR));
-        let pci = nv_query(id, NV_PCI_BUS_ID).zip(nv_query(id, NV_PCI_SLOT_ID)).map(
-            |(bus, slot)| PciAddress {
+        let pci = nv_query(id, NV_PCI_BUS_ID)
+            .zip(nv_query(id, NV_PCI_SLOT_ID))
+            .map(|(bus, slot)| PciAddress {
                 domain: nv_query(id, NV_PCI_DOMAIN_ID).unwrap_or(0),
                 bus,
                 // The slot id packs device << 3 | function.
                 device: slot >> 3,
-            },
-        );
+            });
         (cc, pci)
     } else {
         (None, None)
@@ -558,10 +569,14 @@ impl Device {
     pub fn cuda(&self) -> Result<Arc<CudaDevice>, DeviceError> {
         self.cuda
             .get_or_init(|| {
-                let info = self.info.cuda.as_ref().ok_or_else(|| DeviceError::NoRoute {
-                    device: self.info.name.clone(),
-                    route: Route::PtxCuda,
-                })?;
+                let info = self
+                    .info
+                    .cuda
+                    .as_ref()
+                    .ok_or_else(|| DeviceError::NoRoute {
+                        device: self.info.name.clone(),
+                        route: Route::PtxCuda,
+                    })?;
                 Ok(Arc::new(CudaDevice::open(info)?))
             })
             .clone()
@@ -849,12 +864,7 @@ impl Device {
         let cl = self.cl(Route::OpenClC)?;
         // SAFETY: a fresh buffer; no host pointer is kept.
         unsafe {
-            core::create_buffer::<_, u8>(
-                &cl.context,
-                core::MemFlags::READ_WRITE,
-                len.max(1),
-                None,
-            )
+            core::create_buffer::<_, u8>(&cl.context, core::MemFlags::READ_WRITE, len.max(1), None)
         }
         .map_err(self.runtime("creating a buffer"))
     }
@@ -1052,7 +1062,7 @@ impl ClKernel {
                 },
                 Slot::Split { per_item, mem, .. } => {
                     let len = *per_item * items;
-                    let m = ensure(&device, mem, len)?;
+                    let m = ensure(device, mem, len)?;
                     // SAFETY: the caller guarantees the packet's slice is valid.
                     let data = unsafe {
                         std::slice::from_raw_parts(
@@ -1079,7 +1089,7 @@ impl ClKernel {
                 Slot::Whole(m) => set(&self.kernel, idx, ArgVal::mem(m))?,
                 Slot::Sum { bytes, mem, .. } => {
                     let len = *bytes * work_items;
-                    let m = ensure(&device, mem, len)?;
+                    let m = ensure(device, mem, len)?;
                     let zeros = vec![0u8; len];
                     // SAFETY: blocking write of a local vector.
                     unsafe {

@@ -48,8 +48,8 @@ pub use device::{
     cuda_note, discover, Device, DeviceError, DeviceInfo, DeviceKind, Discovery, PacketTiming,
     PreparedKernel, Program, Route,
 };
-pub use ptx_backend;
 pub use lower::{LowerError, Lowered};
+pub use ptx_backend;
 
 /// This machine's OpenCL devices plus the cache of lowered kernels.
 pub struct OpenCl {

@@ -31,9 +31,7 @@ use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, RelocMode, Target, TargetData, TargetMachine};
 use inkwell::OptimizationLevel;
-use ir_packager::{
-    ArgKind, KernelKind, KernelSpec, Package, ScalarType, Shape, PANIC_SYMBOL,
-};
+use ir_packager::{ArgKind, KernelKind, KernelSpec, Package, ScalarType, Shape, PANIC_SYMBOL};
 
 use crate::ir::{
     self, Block, LLVMIntPredicate, LLVMOpcode, LLVMRealPredicate, LLVMTypeKind, Type, Value,

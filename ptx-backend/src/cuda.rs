@@ -191,8 +191,11 @@ fn describe_all() -> Result<Vec<CudaDeviceInfo>, String> {
 pub struct CudaDevice {
     info: CudaDeviceInfo,
     stream: Arc<CudaStream>,
-    modules: Mutex<HashMap<[u8; 32], (Arc<CudaModule>, CudaFunction)>>,
+    modules: Mutex<HashMap<[u8; 32], Loaded>>,
 }
+
+/// A loaded module (kept alive) and its entry function.
+type Loaded = (Arc<CudaModule>, CudaFunction);
 
 impl fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -638,7 +638,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
             vec![i64t.into(), i64t.into(), global.into()];
         for (k, arg) in spec.args.iter().enumerate() {
             match arg.kind {
-                ArgKind::Scalar(_) => params.push(kernel_params[index_params + k].into()),
+                ArgKind::Scalar(_) => params.push(kernel_params[index_params + k]),
                 ArgKind::Buffer { .. } => params.push(global.into()),
             }
         }

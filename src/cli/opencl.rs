@@ -66,15 +66,19 @@ pub fn lower(args: &LowerArgs) -> anyhow::Result<()> {
             PtxLoader::Cuda => Flavor::Cuda,
             PtxLoader::Opencl => Flavor::OpenCl,
         };
-        let target = PtxTarget { flavor, sm: args.sm };
+        let target = PtxTarget {
+            flavor,
+            sm: args.sm,
+        };
         let libdevice = find_libdevice();
-        let ptx = emit(&package, &args.kernel, target, libdevice.as_deref()).with_context(|| {
-            format!(
-                "cannot compile kernel `{}` of {} to PTX",
-                args.kernel,
-                args.package.display()
-            )
-        })?;
+        let ptx =
+            emit(&package, &args.kernel, target, libdevice.as_deref()).with_context(|| {
+                format!(
+                    "cannot compile kernel `{}` of {} to PTX",
+                    args.kernel,
+                    args.package.display()
+                )
+            })?;
         print!("{}", ptx.text);
         return Ok(());
     }
@@ -163,7 +167,8 @@ pub struct CompareArgs {
 /// within `--ulp`, NaN equal to NaN), for `scripts/gpu-check.sh`, which runs where no
 /// other tool may be installed.
 pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let (a, b) = (read(&args.expected)?, read(&args.actual)?);
     anyhow::ensure!(
         a.len() == b.len(),
@@ -235,7 +240,11 @@ fn ulp_f64(a: f64, b: f64, single: bool) -> u64 {
         } else {
             i128::from(x.to_bits() as i64)
         };
-        let min = if single { i128::from(i32::MIN) } else { i128::from(i64::MIN) };
+        let min = if single {
+            i128::from(i32::MIN)
+        } else {
+            i128::from(i64::MIN)
+        };
         if bits < 0 {
             min - bits
         } else {
