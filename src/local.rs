@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use ir_packager::{Access, Arg, ArgKind, KernelSpec, Package, ScalarType, ScalarValue, Shape};
 use node_jit::{CodeOrigin, CompiledKernel, Engine, Tuning};
-use opencl_backend::{DeviceError, LowerError, OpenCl, PreparedKernel};
-use scheduler::{Decision, DeviceId, DeviceSpec, Event, JobSpec, Packet, Scheduler};
+use opencl_backend::{DeviceError, LowerError, OpenCl, PacketTiming, PreparedKernel};
+use scheduler::{Decision, DeviceId, DeviceSpec, Event, JobSpec, Link, Packet, Scheduler};
 
 use crate::buffer::Buffer;
 
@@ -372,6 +372,8 @@ struct Finished {
     device: DeviceId,
     packet: Packet,
     compute_us: u64,
+    /// Bus transfers of a device with its own memory, timed apart from its kernel.
+    bus: Option<PacketTiming>,
     outcome: Result<Vec<Buffer>, Failure>,
 }
 
@@ -444,7 +446,7 @@ fn plan_opencl(
     let mut notes = Vec::new();
     for device in opencl.devices() {
         // SAFETY: `check_args` verified every buffer; they outlive the call.
-        match unsafe { device.prepare(Arc::clone(&lowered), &block, &lens) } {
+        match unsafe { opencl.prepare(device, package, Arc::clone(&lowered), &block, &lens) } {
             Ok(k) => kernels.push(k),
             Err(e) if !strict => notes.push(e.to_string()),
             Err(e) => return Err(Box::new(e).into()),
@@ -472,7 +474,7 @@ pub fn run_local(
     let opencl_devices: Vec<String> = plan
         .kernels
         .iter()
-        .map(|k| k.device().info().name.clone())
+        .map(|k| format!("{} [{}]", k.device().info().name, k.route()))
         .collect();
     let threads = if options.device == DeviceChoice::OpenCl {
         0
@@ -709,7 +711,26 @@ impl BlockJob<'_> {
         } = self;
         // The job's buffers are shared by the workers: packets write disjoint slices of
         // split buffers and private copies of sum buffers.
-        let mut job = JobSpec::new(items).speculation(false);
+        // Bytes a packet moves per item over a GPU's own bus (split slices; `out` slices
+        // go up too, so unwritten elements keep their value).
+        let (bytes_in, bytes_out) = kernel.spec().args.iter().fold((0, 0), |(i, o), a| {
+            match (a.kind, required_bytes(a, 1)) {
+                (
+                    ArgKind::Buffer {
+                        access,
+                        shape: Shape::PerItem(_),
+                        ..
+                    },
+                    Some(b),
+                ) => (i + b, if access == Access::In { o } else { o + b }),
+                _ => (i, o),
+            }
+        });
+        let mut job = JobSpec::new(items)
+            .speculation(false)
+            .bytes_in_per_item(bytes_in)
+            .bytes_out_per_item(bytes_out);
+        let mut cpu_cap = None;
         if let Some(size) = packet_items {
             job = job.min_packet(size).max_packet(size);
         } else {
@@ -717,10 +738,15 @@ impl BlockJob<'_> {
             // a packet here costs microseconds, so at least PACKETS_PER_THREAD packets per
             // thread keep the threads finishing together whatever the calibration saw.
             // Counting the OpenCL devices too: with `--device opencl` there are no threads.
+            // A GPU behind its own bus is not capped: it needs packets of millions of
+            // items, and the scheduler sizes them from its measured rate.
             let devices = (threads + opencl.len()).max(1) as u64;
-            let cap = items.div_ceil(devices * PACKETS_PER_THREAD).max(1);
-            job = job.max_packet(cap);
+            cpu_cap = Some(items.div_ceil(devices * PACKETS_PER_THREAD).max(1));
         }
+        let capped = |spec: DeviceSpec| match cpu_cap {
+            Some(cap) => spec.max_packet(cap),
+            None => spec,
+        };
         let mut sched = Scheduler::new(job);
         let clock = Instant::now();
         let now = || clock.elapsed().as_micros() as u64;
@@ -729,7 +755,7 @@ impl BlockJob<'_> {
                 now(),
                 Event::DeviceJoined {
                     device: DeviceId(w as u32),
-                    spec: DeviceSpec::local_cpu(format!("cpu{w}")),
+                    spec: capped(DeviceSpec::local_cpu(format!("cpu{w}"))),
                 },
             );
         }
@@ -738,7 +764,7 @@ impl BlockJob<'_> {
                 now(),
                 Event::DeviceJoined {
                     device: DeviceId((threads + k) as u32),
-                    spec: DeviceSpec::local_opencl(prepared.device().info().name.clone()),
+                    spec: gpu_spec(prepared, &capped),
                 },
             );
         }
@@ -826,6 +852,20 @@ impl BlockJob<'_> {
                 let finished = done_rx.recv().map_err(|_| RunError::WorkerLost)?;
                 match finished.outcome {
                     Ok(partials) => {
+                        if let Some(t) = finished.bus {
+                            for (bytes, took) in
+                                [(t.bytes_in, t.transfer_in), (t.bytes_out, t.transfer_out)]
+                            {
+                                sched.handle(
+                                    now(),
+                                    Event::BusTransferMeasured {
+                                        device: finished.device,
+                                        bytes,
+                                        micros: took.as_micros() as u64,
+                                    },
+                                );
+                            }
+                        }
                         pending.insert((finished.device, finished.packet.id.0), partials);
                         sched.handle(
                             now(),
@@ -882,6 +922,19 @@ impl BlockJob<'_> {
     }
 }
 
+/// The scheduler's view of a prepared GPU device: a discrete GPU (its own memory) has a
+/// PCI Express bus whose transfers are timed apart from its kernel; a device computing in
+/// host memory (PoCL) has none and keeps the CPU threads' packet bound.
+fn gpu_spec(prepared: &PreparedKernel, capped: &dyn Fn(DeviceSpec) -> DeviceSpec) -> DeviceSpec {
+    let info = prepared.device().info();
+    let spec = DeviceSpec::local_opencl(format!("{} [{}]", info.name, prepared.route()));
+    if info.host_unified_memory {
+        capped(spec)
+    } else {
+        spec.bus(Some(Link::pcie()))
+    }
+}
+
 /// Runs the packets sent to one OpenCL device; it stops after a failure (the device
 /// leaves the job).
 fn opencl_worker(
@@ -892,11 +945,12 @@ fn opencl_worker(
     packets: mpsc::Receiver<Packet>,
     done: mpsc::Sender<Finished>,
 ) {
+    let bus = !kernel.device().info().host_unified_memory;
     serve_packets(device, block, sums, packets, done, |start, end, block| {
         // SAFETY: as for the CPU workers: buffers checked against the manifest, packets
         // disjoint, sum buffers private to this packet.
         match unsafe { kernel.run_packet(start, end, block) } {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(bus.then(|| kernel.last_timing())),
             Err(DeviceError::Panicked { reason, .. }) => Err(Failure::Panic(reason)),
             Err(e) => Err(Failure::Device(e)),
         }
@@ -917,19 +971,21 @@ fn worker(
         // job, packets of one job cover disjoint item ranges, and sum buffers are private
         // to this packet.
         unsafe { kernel.run_packet(start, end, block) }
+            .map(|()| None)
             .map_err(|panic| Failure::Panic(panic.reason))
     });
 }
 
 /// The loop every device thread runs: give each packet fresh zeroed sum buffers, run it,
-/// time it and report it. Ends when the coordinator hangs up or after a failure.
+/// time it and report it (a device with its own bus reports its kernel's time and its
+/// transfers apart). Ends when the coordinator hangs up or after a failure.
 fn serve_packets(
     device: DeviceId,
     mut block: Vec<u64>,
     sums: &[SumSlot],
     packets: mpsc::Receiver<Packet>,
     done: mpsc::Sender<Finished>,
-    mut run: impl FnMut(u64, u64, &[u64]) -> Result<(), Failure>,
+    mut run: impl FnMut(u64, u64, &[u64]) -> Result<Option<PacketTiming>, Failure>,
 ) {
     for packet in packets {
         let partials: Option<Vec<Buffer>> = sums
@@ -942,6 +998,7 @@ fn serve_packets(
                 device,
                 packet,
                 compute_us: 0,
+                bus: None,
                 outcome: Err(Failure::Memory(bytes)),
             });
             return;
@@ -951,13 +1008,18 @@ fn serve_packets(
         }
         let started = Instant::now();
         let outcome = run(packet.start, packet.end, &block);
-        let compute_us = started.elapsed().as_micros() as u64;
+        let mut compute_us = started.elapsed().as_micros() as u64;
+        let bus = outcome.as_ref().ok().copied().flatten();
+        if let Some(t) = bus {
+            compute_us = t.kernel.as_micros() as u64;
+        }
         let failed = outcome.is_err();
         let finished = Finished {
             device,
             packet,
             compute_us,
-            outcome: outcome.map(|()| partials),
+            bus,
+            outcome: outcome.map(|_| partials),
         };
         if done.send(finished).is_err() || failed {
             return;

@@ -253,6 +253,20 @@ pub struct KernelSpec {
 }
 
 impl KernelSpec {
+    /// Whether the kernel has `sum` buffers (GPU back ends then run many items per
+    /// work-item, each with a private slice of partial sums).
+    pub fn has_sum_buffers(&self) -> bool {
+        self.args.iter().any(|a| {
+            matches!(
+                a.kind,
+                ArgKind::Buffer {
+                    access: Access::Sum,
+                    ..
+                }
+            )
+        })
+    }
+
     /// The signature as the manifest spells it, e.g. `saxpy(i: u64, a: f32, x: in f32[1])`.
     pub fn signature(&self) -> String {
         let index = match self.kind {

@@ -1,7 +1,11 @@
-//! OpenCL devices through `ocl`'s core API: discovery, program cache, packet execution.
+//! GPU devices: OpenCL through `ocl`'s core API (discovery, program cache, packet
+//! execution) and, for NVIDIA GPUs, the PTX routes of `ptx-backend`, as one device each.
 //!
 //! Everything `ocl` is confined to this module, so the rest of offload sees only
-//! [`DeviceInfo`], [`Device`], [`Program`] and [`PreparedKernel`].
+//! [`DeviceInfo`], [`Device`], [`Program`] and [`PreparedKernel`]. A device has one or more
+//! [`Route`]s: OpenCL C (every OpenCL device), PTX as an OpenCL program binary (NVIDIA's
+//! OpenCL platform), PTX through the CUDA driver (a CUDA device; the same GPU as an
+//! NVIDIA OpenCL device when their PCI addresses match, else a device of its own).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -9,10 +13,55 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ir_packager::{Access, ArgKind, ScalarType, Shape};
+use ir_packager::{Access, ArgKind, KernelSpec, ScalarType, Shape};
 use ocl::core::{self, ArgVal, DeviceInfo as Query, DeviceInfoResult as Answer};
+pub use ptx_backend::cuda::PacketTiming;
+use ptx_backend::cuda::{self as cuda, CudaDevice, CudaDeviceInfo, CudaKernel, PciAddress};
+use ptx_backend::Ptx;
 
 use crate::lower::Lowered;
+
+/// How a device receives a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// The kernel lowered to OpenCL C, built by the device's OpenCL compiler.
+    OpenClC,
+    /// PTX from LLVM's NVPTX back end as an OpenCL program binary (NVIDIA's OpenCL).
+    PtxOpenCl,
+    /// PTX from LLVM's NVPTX back end through the CUDA driver (`cuModuleLoadData`).
+    PtxCuda,
+}
+
+impl Route {
+    /// Every route, in the default order of preference: OpenCL C first, the route
+    /// verified on a device (PoCL); the PTX routes are chosen with `OFFLOAD_GPU_ROUTE`
+    /// until a GPU run has measured them (`docs/opencl.md`).
+    pub const ALL: [Route; 3] = [Route::OpenClC, Route::PtxCuda, Route::PtxOpenCl];
+
+    /// The name `OFFLOAD_GPU_ROUTE` takes: `opencl-c`, `ptx-cuda` or `ptx-opencl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::OpenClC => "opencl-c",
+            Route::PtxOpenCl => "ptx-opencl",
+            Route::PtxCuda => "ptx-cuda",
+        }
+    }
+
+    /// The route called `name` ([`Route::name`]).
+    pub fn parse(name: &str) -> Option<Route> {
+        Route::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Route::OpenClC => "opencl-c",
+            Route::PtxOpenCl => "ptx (opencl binary)",
+            Route::PtxCuda => "ptx (cuda)",
+        })
+    }
+}
 
 /// An OpenCL operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +95,20 @@ pub enum DeviceError {
         /// The kernel.
         kernel: String,
     },
+    /// The device has no such route (see [`DeviceInfo::routes`]).
+    #[error("device `{device}` has no {route} route")]
+    NoRoute {
+        /// The device.
+        device: String,
+        /// The route asked for.
+        route: Route,
+    },
+    /// The PTX route refused the kernel.
+    #[error(transparent)]
+    Ptx(#[from] ptx_backend::PtxError),
+    /// The CUDA driver failed.
+    #[error(transparent)]
+    Cuda(#[from] cuda::CudaError),
     /// The device is big-endian; buffers are little-endian arrays.
     #[error("OpenCL device `{device}` is big-endian; offload buffers are little-endian")]
     BigEndian {
@@ -128,7 +191,55 @@ pub struct DeviceInfo {
     pub little_endian: bool,
     /// Whether f32 division and sqrt can be correctly rounded.
     pub correctly_rounded_sqrt: bool,
-    id: core::DeviceId,
+    /// Whether the device computes in host memory (a CPU device, an integrated GPU):
+    /// then its buffers cross no bus of their own.
+    pub host_unified_memory: bool,
+    /// Compute capability (major, minor) of an NVIDIA device.
+    pub compute_capability: Option<(u32, u32)>,
+    /// PCI address, where the platform reports one (NVIDIA's does).
+    pub pci: Option<PciAddress>,
+    /// The routes kernels can take to this device, in the order they are tried.
+    pub routes: Vec<Route>,
+    /// Why a PTX route is missing, if one is.
+    pub routes_note: Option<String>,
+    /// The CUDA device that is the same GPU (the PTX (cuda) route).
+    pub cuda: Option<CudaDeviceInfo>,
+    id: Option<core::DeviceId>,
+}
+
+impl DeviceInfo {
+    /// The routes as `offload devices` lists them: `opencl-c, ptx (cuda)`.
+    pub fn routes_text(&self) -> String {
+        self.routes
+            .iter()
+            .map(Route::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A CUDA device that no OpenCL platform lists: the PTX (cuda) route alone.
+    fn cuda_only(info: CudaDeviceInfo) -> DeviceInfo {
+        DeviceInfo {
+            platform: "CUDA driver".into(),
+            name: info.name.clone(),
+            vendor: "NVIDIA Corporation".into(),
+            kind: DeviceKind::Gpu,
+            compute_units: info.multiprocessors,
+            global_mem_bytes: info.global_mem_bytes,
+            max_work_group_size: cuda::BLOCK as usize,
+            fp64: true,
+            opencl_c: "no OpenCL (NVIDIA's OpenCL ICD is not registered)".into(),
+            little_endian: true,
+            correctly_rounded_sqrt: true,
+            host_unified_memory: false,
+            compute_capability: Some(info.compute_capability),
+            pci: Some(info.pci),
+            routes: vec![Route::PtxCuda],
+            routes_note: Some("no OpenCL C route: no OpenCL platform lists this GPU".into()),
+            cuda: Some(info),
+            id: None,
+        }
+    }
 }
 
 impl fmt::Display for DeviceInfo {
@@ -157,14 +268,63 @@ pub struct Discovery {
     pub note: Option<String>,
 }
 
-/// Finds every device of every platform the ICD loader knows. Never fails: a machine
-/// without OpenCL gets an empty list and a note saying so.
+/// Finds every device of every platform the ICD loader knows, and every CUDA device
+/// (an NVIDIA OpenCL device and a CUDA device at the same PCI address are one device
+/// with both routes). Never fails: a machine without OpenCL or CUDA gets an empty list
+/// and a note saying so.
 pub fn discover() -> Discovery {
     // Serialized: PoCL's first device query is not safe to run from two threads at
     // once (one of them gets CL_DEVICE_NOT_FOUND), and a process may discover from
     // several (tests, concurrent launches).
     static DISCOVERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = DISCOVERING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut found = discover_opencl();
+    let cuda = cuda::discover();
+    let mut unpaired = Vec::new();
+    for c in cuda.devices {
+        let twin = found.devices.iter_mut().find(|d| {
+            d.cuda.is_none()
+                && d.routes.contains(&Route::PtxOpenCl)
+                && d.pci.is_some_and(|p| p == c.pci)
+        });
+        match twin {
+            Some(d) => {
+                d.routes.insert(1, Route::PtxCuda);
+                d.routes_note = None;
+                d.cuda = Some(c);
+            }
+            None => unpaired.push(c),
+        }
+    }
+    let cuda_note = cuda.note.map(|n| format!("ptx (cuda) unavailable: {n}"));
+    for d in &mut found.devices {
+        if d.routes.contains(&Route::PtxOpenCl) && d.cuda.is_none() {
+            d.routes_note = cuda_note.clone().or_else(|| {
+                Some("ptx (cuda) unavailable: no CUDA device at this PCI address".into())
+            });
+        }
+    }
+    let had_opencl = !found.devices.is_empty();
+    found
+        .devices
+        .extend(unpaired.into_iter().map(DeviceInfo::cuda_only));
+    if had_opencl || found.devices.is_empty() {
+        return found;
+    }
+    // CUDA devices only: the OpenCL note would say "none found" about a machine that
+    // has GPUs.
+    found.note = found
+        .note
+        .map(|n| format!("OpenCL: {n}; CUDA devices found"));
+    found
+}
+
+/// What `offload devices` says about the CUDA driver when no device has a CUDA route.
+pub fn cuda_note() -> Option<String> {
+    cuda::discover().note
+}
+
+fn discover_opencl() -> Discovery {
     // ocl's `get_platform_ids` waits 10 s for an ICD loader that reports no platform
     // (a workaround for slow ICD start-up); a machine without OpenCL must not wait, so
     // ask once first.
@@ -281,7 +441,45 @@ fn describe(id: core::DeviceId, platform: &str) -> Result<DeviceInfo, String> {
         }
         _ => false,
     };
+    let host_unified_memory = kind == DeviceKind::Cpu
+        || matches!(
+            ask(Query::HostUnifiedMemory),
+            Ok(Answer::HostUnifiedMemory(true))
+        );
+    let nvidia = platform.contains("NVIDIA") && kind == DeviceKind::Gpu;
+    let ext = extensions
+        .split_whitespace()
+        .any(|e| e == "cl_nv_device_attribute_query");
+    let (compute_capability, pci) = if nvidia && ext {
+        let cc = nv_query(id, NV_COMPUTE_CAPABILITY_MAJOR)
+            .zip(nv_query(id, NV_COMPUTE_CAPABILITY_MINOR));
+        let pci = nv_query(id, NV_PCI_BUS_ID)
+            .zip(nv_query(id, NV_PCI_SLOT_ID))
+            .map(|(bus, slot)| PciAddress {
+                domain: nv_query(id, NV_PCI_DOMAIN_ID).unwrap_or(0),
+                bus,
+                // The slot id packs device << 3 | function.
+                device: slot >> 3,
+            });
+        (cc, pci)
+    } else {
+        (None, None)
+    };
+    let (routes, routes_note) = if nvidia {
+        (vec![Route::OpenClC, Route::PtxOpenCl], None)
+    } else {
+        (
+            vec![Route::OpenClC],
+            Some("no PTX route: not an NVIDIA GPU".to_string()),
+        )
+    };
     Ok(DeviceInfo {
+        host_unified_memory,
+        compute_capability,
+        pci,
+        routes,
+        routes_note,
+        cuda: None,
         platform: platform.to_string(),
         vendor: ask(Query::Vendor)?.to_string(),
         opencl_c: ask(Query::OpenclCVersion)?.to_string(),
@@ -293,8 +491,31 @@ fn describe(id: core::DeviceId, platform: &str) -> Result<DeviceInfo, String> {
         max_work_group_size,
         little_endian,
         correctly_rounded_sqrt,
-        id,
+        id: Some(id),
     })
+}
+
+/// `cl_nv_device_attribute_query` parameters.
+const NV_COMPUTE_CAPABILITY_MAJOR: u32 = 0x4000;
+const NV_COMPUTE_CAPABILITY_MINOR: u32 = 0x4001;
+const NV_PCI_BUS_ID: u32 = 0x4008;
+const NV_PCI_SLOT_ID: u32 = 0x4009;
+const NV_PCI_DOMAIN_ID: u32 = 0x400A;
+
+/// A `cl_uint` device query of NVIDIA's extension (not in ocl's enum).
+fn nv_query(id: core::DeviceId, param: u32) -> Option<u32> {
+    let mut value: u32 = 0;
+    // SAFETY: a query of a 4-byte value into a local of that size.
+    let status = unsafe {
+        core::ffi::clGetDeviceInfo(
+            id.as_raw(),
+            param,
+            std::mem::size_of::<u32>(),
+            (&mut value as *mut u32).cast(),
+            std::ptr::null_mut(),
+        )
+    };
+    (status == 0).then_some(value)
 }
 
 /// A program built for one device.
@@ -304,9 +525,16 @@ pub struct Program {
     pub build_time: Duration,
 }
 
-/// An opened device: a context, an in-order queue and a cache of built programs.
+/// An opened device: for OpenCL a context, an in-order queue and a cache of built
+/// programs; for the PTX (cuda) route the CUDA device, opened on first use.
 pub struct Device {
     info: DeviceInfo,
+    cl: Option<ClState>,
+    cuda: std::sync::OnceLock<Result<Arc<CudaDevice>, DeviceError>>,
+}
+
+struct ClState {
+    id: core::DeviceId,
     context: core::Context,
     queue: core::CommandQueue,
     programs: Mutex<HashMap<[u8; 32], Arc<Program>>>,
@@ -334,16 +562,50 @@ impl Device {
                 device: info.name.clone(),
             });
         }
-        let context = core::create_context(None, &[info.id], None, None)
-            .map_err(fail("creating a context"))?;
-        let queue = core::create_command_queue(&context, info.id, None)
-            .map_err(fail("creating a command queue"))?;
+        let cl = match info.id {
+            Some(id) => {
+                let context = core::create_context(None, &[id], None, None)
+                    .map_err(fail("creating a context"))?;
+                let queue = core::create_command_queue(&context, id, None)
+                    .map_err(fail("creating a command queue"))?;
+                Some(ClState {
+                    id,
+                    context,
+                    queue,
+                    programs: Mutex::new(HashMap::new()),
+                })
+            }
+            None => None,
+        };
         Ok(Device {
             info: info.clone(),
-            context,
-            queue,
-            programs: Mutex::new(HashMap::new()),
+            cl,
+            cuda: std::sync::OnceLock::new(),
         })
+    }
+
+    fn cl(&self, route: Route) -> Result<&ClState, DeviceError> {
+        self.cl.as_ref().ok_or_else(|| DeviceError::NoRoute {
+            device: self.info.name.clone(),
+            route,
+        })
+    }
+
+    /// The CUDA device of the PTX (cuda) route, opened on first use.
+    pub fn cuda(&self) -> Result<Arc<CudaDevice>, DeviceError> {
+        self.cuda
+            .get_or_init(|| {
+                let info = self
+                    .info
+                    .cuda
+                    .as_ref()
+                    .ok_or_else(|| DeviceError::NoRoute {
+                        device: self.info.name.clone(),
+                        route: Route::PtxCuda,
+                    })?;
+                Ok(Arc::new(CudaDevice::open(info)?))
+            })
+            .clone()
     }
 
     /// The device's description.
@@ -368,28 +630,57 @@ impl Device {
                 kernel: lowered.spec.name.clone(),
             });
         }
-        let mut cache = self.programs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(&lowered.source_hash) {
-            return Ok((Arc::clone(p), true));
-        }
-        let started = Instant::now();
         let source = CString::new(lowered.source.as_str()).map_err(|_| DeviceError::Build {
             device: self.info.name.clone(),
             kernel: lowered.spec.name.clone(),
             log: "generated source contains a NUL byte".into(),
         })?;
-        let program = core::create_program_with_source(&self.context, &[source])
-            .map_err(self.runtime("creating a program"))?;
-        let mut options = String::from("-cl-std=CL1.2");
-        if self.info.correctly_rounded_sqrt {
-            // Without it f32 division and sqrt may be off by up to 3 ULP.
-            options.push_str(" -cl-fp32-correctly-rounded-divide-sqrt");
+        self.build(
+            Route::OpenClC,
+            &lowered.spec.name,
+            lowered.source_hash,
+            |cl| core::create_program_with_source(&cl.context, &[source]),
+        )
+    }
+
+    /// The program for PTX emitted for NVIDIA's OpenCL (`clCreateProgramWithBinary`),
+    /// built on first use and cached by text hash.
+    pub fn ptx_program(&self, ptx: &Ptx) -> Result<(Arc<Program>, bool), DeviceError> {
+        // The driver reads the PTX as a C string.
+        let mut binary = ptx.text.clone().into_bytes();
+        binary.push(0);
+        self.build(Route::PtxOpenCl, &ptx.spec.name, ptx.hash, |cl| {
+            core::create_program_with_binary(&cl.context, &[cl.id], &[&binary])
+        })
+    }
+
+    fn build(
+        &self,
+        route: Route,
+        kernel: &str,
+        key: [u8; 32],
+        create: impl FnOnce(&ClState) -> Result<core::Program, core::Error>,
+    ) -> Result<(Arc<Program>, bool), DeviceError> {
+        let cl = self.cl(route)?;
+        let mut cache = cl.programs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return Ok((Arc::clone(p), true));
+        }
+        let started = Instant::now();
+        let program = create(cl).map_err(self.runtime("creating a program"))?;
+        let mut options = String::new();
+        if route == Route::OpenClC {
+            options.push_str("-cl-std=CL1.2");
+            if self.info.correctly_rounded_sqrt {
+                // Without it f32 division and sqrt may be off by up to 3 ULP.
+                options.push_str(" -cl-fp32-correctly-rounded-divide-sqrt");
+            }
         }
         let options = CString::new(options).unwrap_or_default();
-        if let Err(e) = core::build_program(&program, Some(&[self.info.id]), &options, None, None) {
+        if let Err(e) = core::build_program(&program, Some(&[cl.id]), &options, None, None) {
             let log = match core::get_program_build_info(
                 &program,
-                self.info.id,
+                cl.id,
                 core::ProgramBuildInfo::BuildLog,
             ) {
                 Ok(core::ProgramBuildInfoResult::BuildLog(log)) if !log.trim().is_empty() => log,
@@ -397,7 +688,7 @@ impl Device {
             };
             return Err(DeviceError::Build {
                 device: self.info.name.clone(),
-                kernel: lowered.spec.name.clone(),
+                kernel: kernel.to_string(),
                 log,
             });
         }
@@ -405,16 +696,18 @@ impl Device {
             program,
             build_time: started.elapsed(),
         });
-        cache.insert(lowered.source_hash, Arc::clone(&built));
+        cache.insert(key, Arc::clone(&built));
         Ok((built, false))
     }
 
     /// Drops every cached program (for measuring cold builds).
     pub fn clear_programs(&self) {
-        self.programs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        if let Some(cl) = &self.cl {
+            cl.programs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
     }
 
     /// Prepares `lowered` for one job: builds (or reuses) its program, creates the
@@ -432,23 +725,83 @@ impl Device {
         block: &[u64],
         lens: &[usize],
     ) -> Result<PreparedKernel, DeviceError> {
-        let kernel_name = lowered.spec.name.clone();
-        let arg_error = |detail: String| DeviceError::Arguments {
-            kernel: kernel_name.clone(),
-            detail,
-        };
-        if block.len() != lowered.spec.args.len() || lens.len() != block.len() {
-            return Err(arg_error(format!(
-                "{} argument slots given for {} arguments",
-                block.len(),
-                lowered.spec.args.len()
-            )));
-        }
+        check_slots(&lowered.spec, block, lens)?;
         let (program, _) = self.program(&lowered)?;
-        let kernel = core::create_kernel(&program.program, &lowered.entry)
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.prepare_cl(
+                Route::OpenClC,
+                &program,
+                &lowered.spec,
+                &lowered.entry,
+                lowered.has_sums,
+                block,
+                lens,
+            )
+        }
+    }
+
+    /// Prepares `ptx` for one job through the route its flavor names: a program binary
+    /// on this device's OpenCL, or a module on its CUDA device.
+    ///
+    /// # Safety
+    /// As for [`Device::prepare`].
+    pub unsafe fn prepare_ptx(
+        self: &Arc<Self>,
+        ptx: Arc<Ptx>,
+        block: &[u64],
+        lens: &[usize],
+    ) -> Result<PreparedKernel, DeviceError> {
+        check_slots(&ptx.spec, block, lens)?;
+        match ptx.target.flavor {
+            ptx_backend::Flavor::OpenCl => {
+                let (program, _) = self.ptx_program(&ptx)?;
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    self.prepare_cl(
+                        Route::PtxOpenCl,
+                        &program,
+                        &ptx.spec,
+                        &ptx.entry,
+                        ptx.has_sums,
+                        block,
+                        lens,
+                    )
+                }
+            }
+            ptx_backend::Flavor::Cuda => {
+                let device = self.cuda()?;
+                // SAFETY: forwarded from the caller.
+                let kernel = unsafe { device.prepare(ptx, block, lens) }?;
+                Ok(PreparedKernel {
+                    device: Arc::clone(self),
+                    route: Route::PtxCuda,
+                    inner: Inner::Cuda(kernel),
+                })
+            }
+        }
+    }
+
+    /// A kernel of a built OpenCL program, with the job's whole buffers uploaded.
+    ///
+    /// # Safety
+    /// As for [`Device::prepare`].
+    #[allow(clippy::too_many_arguments)] // one call per route, each naming every part
+    unsafe fn prepare_cl(
+        self: &Arc<Self>,
+        route: Route,
+        program: &Program,
+        spec: &KernelSpec,
+        entry: &str,
+        has_sums: bool,
+        block: &[u64],
+        lens: &[usize],
+    ) -> Result<PreparedKernel, DeviceError> {
+        let cl = self.cl(route)?;
+        let kernel = core::create_kernel(&program.program, entry)
             .map_err(self.runtime("creating the kernel"))?;
         let mut slots = Vec::with_capacity(block.len());
-        for (slot, arg) in lowered.spec.args.iter().enumerate() {
+        for (slot, arg) in spec.args.iter().enumerate() {
             let plan = match arg.kind {
                 ArgKind::Scalar(t) => Slot::Scalar(t),
                 ArgKind::Buffer {
@@ -485,34 +838,41 @@ impl Device {
         }
         // SAFETY: a fresh 4-byte buffer; no host pointer is kept.
         let status = unsafe {
-            core::create_buffer::<_, u8>(&self.context, core::MemFlags::READ_WRITE, 4, None)
+            core::create_buffer::<_, u8>(&cl.context, core::MemFlags::READ_WRITE, 4, None)
         }
         .map_err(self.runtime("creating the status buffer"))?;
         let groups = (self.info.compute_units.max(1) as usize * 64).max(64);
         Ok(PreparedKernel {
             device: Arc::clone(self),
-            lowered,
-            kernel,
-            slots,
-            status,
-            sum_work_items: groups,
-            local_size: self.info.max_work_group_size.clamp(1, LOCAL_SIZE),
+            route,
+            inner: Inner::Cl(ClKernel {
+                queue: cl.queue.clone(),
+                spec: spec.clone(),
+                has_sums,
+                kernel,
+                slots,
+                status,
+                sum_work_items: groups,
+                local_size: self.info.max_work_group_size.clamp(1, LOCAL_SIZE),
+                timing: PacketTiming::default(),
+            }),
         })
     }
 
     fn upload(&self, data: &[u8]) -> Result<core::Mem, DeviceError> {
+        let cl = self.cl(Route::OpenClC)?;
         // A zero-sized buffer is invalid in OpenCL; one byte stands in for it.
         let len = data.len().max(1);
         // SAFETY: a fresh buffer of `len` bytes; the data is copied before returning.
         let mem = unsafe {
-            core::create_buffer::<_, u8>(&self.context, core::MemFlags::READ_WRITE, len, None)
+            core::create_buffer::<_, u8>(&cl.context, core::MemFlags::READ_WRITE, len, None)
         }
         .map_err(self.runtime("creating a buffer"))?;
         if !data.is_empty() {
             // SAFETY: blocking write of `data`, which outlives the call.
             unsafe {
                 core::enqueue_write_buffer(
-                    &self.queue,
+                    &cl.queue,
                     &mem,
                     true,
                     0,
@@ -527,14 +887,10 @@ impl Device {
     }
 
     fn buffer(&self, len: usize) -> Result<core::Mem, DeviceError> {
+        let cl = self.cl(Route::OpenClC)?;
         // SAFETY: a fresh buffer; no host pointer is kept.
         unsafe {
-            core::create_buffer::<_, u8>(
-                &self.context,
-                core::MemFlags::READ_WRITE,
-                len.max(1),
-                None,
-            )
+            core::create_buffer::<_, u8>(&cl.context, core::MemFlags::READ_WRITE, len.max(1), None)
         }
         .map_err(self.runtime("creating a buffer"))
     }
@@ -555,15 +911,45 @@ enum Slot {
     },
 }
 
-/// A kernel ready to run packets of one job on one device. Not shared between threads.
+/// The argument slots must match the kernel's arguments.
+fn check_slots(spec: &KernelSpec, block: &[u64], lens: &[usize]) -> Result<(), DeviceError> {
+    if block.len() != spec.args.len() || lens.len() != block.len() {
+        return Err(DeviceError::Arguments {
+            kernel: spec.name.clone(),
+            detail: format!(
+                "{} argument slots given for {} arguments",
+                block.len(),
+                spec.args.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A kernel ready to run packets of one job on one device, through one route. Not
+/// shared between threads.
 pub struct PreparedKernel {
     device: Arc<Device>,
-    lowered: Arc<Lowered>,
+    route: Route,
+    inner: Inner,
+}
+
+enum Inner {
+    Cl(ClKernel),
+    Cuda(CudaKernel),
+}
+
+/// An OpenCL kernel object (from OpenCL C or a PTX binary) and its buffers.
+struct ClKernel {
+    queue: core::CommandQueue,
+    spec: KernelSpec,
+    has_sums: bool,
     kernel: core::Kernel,
     slots: Vec<Slot>,
     status: core::Mem,
     sum_work_items: usize,
     local_size: usize,
+    timing: PacketTiming,
 }
 
 /// Work-group size used for every launch (or the device's maximum, if smaller).
@@ -573,6 +959,19 @@ impl PreparedKernel {
     /// The device this kernel runs on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The route the kernel took to the device.
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// The bus transfers and kernel time of the last packet that ran.
+    pub fn last_timing(&self) -> PacketTiming {
+        match &self.inner {
+            Inner::Cl(k) => k.timing,
+            Inner::Cuda(k) => k.last_timing(),
+        }
     }
 
     /// Runs items `start..end` and copies the results back into the host buffers.
@@ -590,11 +989,50 @@ impl PreparedKernel {
         end: u64,
         block: &[u64],
     ) -> Result<(), DeviceError> {
+        let device = Arc::clone(&self.device);
+        match &mut self.inner {
+            // SAFETY: forwarded from the caller.
+            Inner::Cl(k) => unsafe { k.run_packet(&device, start, end, block) },
+            // SAFETY: forwarded from the caller.
+            Inner::Cuda(k) => unsafe { k.run_packet(start, end, block) }.map_err(|e| match e {
+                cuda::CudaError::Panicked {
+                    kernel,
+                    start,
+                    end,
+                    code,
+                    reason,
+                } => DeviceError::Panicked {
+                    kernel,
+                    start,
+                    end,
+                    code,
+                    reason,
+                },
+                other => DeviceError::Cuda(other),
+            }),
+        }
+    }
+}
+
+impl ClKernel {
+    /// [`PreparedKernel::run_packet`] for an OpenCL kernel object.
+    ///
+    /// # Safety
+    /// As there.
+    unsafe fn run_packet(
+        &mut self,
+        device: &Arc<Device>,
+        start: u64,
+        end: u64,
+        block: &[u64],
+    ) -> Result<(), DeviceError> {
+        self.timing = PacketTiming::default();
         if end <= start {
             return Ok(());
         }
-        let device = Arc::clone(&self.device);
-        let queue = &device.queue;
+        let queue = &self.queue;
+        let up = Instant::now();
+        let mut bytes_in = 4u64;
         let items = (end - start) as usize;
         let set = |k: &core::Kernel, idx: u32, v: ArgVal<'_>| {
             core::set_kernel_arg(k, idx, v).map_err(device.runtime("setting a kernel argument"))
@@ -620,9 +1058,9 @@ impl PreparedKernel {
         // entry function skips items past the end): PoCL compiles one work-group
         // function per local size, so letting it choose per packet size recompiles.
         let local = self.local_size;
-        let wanted = if self.lowered.spec.kind == ir_packager::KernelKind::Range {
+        let wanted = if self.spec.kind == ir_packager::KernelKind::Range {
             1
-        } else if self.lowered.has_sums {
+        } else if self.has_sums {
             items.min(self.sum_work_items)
         } else {
             items
@@ -650,7 +1088,7 @@ impl PreparedKernel {
                 },
                 Slot::Split { per_item, mem, .. } => {
                     let len = *per_item * items;
-                    let m = ensure(&device, mem, len)?;
+                    let m = ensure(device, mem, len)?;
                     // SAFETY: the caller guarantees the packet's slice is valid.
                     let data = unsafe {
                         std::slice::from_raw_parts(
@@ -671,12 +1109,13 @@ impl PreparedKernel {
                         )
                     }
                     .map_err(device.runtime("uploading a buffer slice"))?;
+                    bytes_in += len as u64;
                     set(&self.kernel, idx, ArgVal::mem(m))?;
                 }
                 Slot::Whole(m) => set(&self.kernel, idx, ArgVal::mem(m))?,
                 Slot::Sum { bytes, mem, .. } => {
                     let len = *bytes * work_items;
-                    let m = ensure(&device, mem, len)?;
+                    let m = ensure(device, mem, len)?;
                     let zeros = vec![0u8; len];
                     // SAFETY: blocking write of a local vector.
                     unsafe {
@@ -691,10 +1130,14 @@ impl PreparedKernel {
                         )
                     }
                     .map_err(device.runtime("clearing partial sums"))?;
+                    bytes_in += len as u64;
                     set(&self.kernel, idx, ArgVal::mem(m))?;
                 }
             }
         }
+        // Blocking writes: the uploads are done here.
+        let transfer_in = up.elapsed();
+        let run = Instant::now();
         // SAFETY: every argument is set to a live buffer or scalar above.
         unsafe {
             core::enqueue_kernel(
@@ -723,11 +1166,15 @@ impl PreparedKernel {
             )
         }
         .map_err(device.runtime("reading the status"))?;
+        // The blocking status read waited for the kernel.
+        let kernel_time = run.elapsed();
+        let down = Instant::now();
+        let mut bytes_out = 4u64;
         let status = i32::from_le_bytes(status);
         if status != 0 {
             let code = status - 1;
             return Err(DeviceError::Panicked {
-                kernel: self.lowered.spec.name.clone(),
+                kernel: self.spec.name.clone(),
                 start,
                 end,
                 code,
@@ -763,6 +1210,7 @@ impl PreparedKernel {
                         )
                     }
                     .map_err(device.runtime("downloading a buffer slice"))?;
+                    bytes_out += len as u64;
                 }
                 Slot::Sum {
                     elem,
@@ -783,6 +1231,7 @@ impl PreparedKernel {
                         )
                     }
                     .map_err(device.runtime("reading partial sums"))?;
+                    bytes_out += partials.len() as u64;
                     // SAFETY: the caller guarantees a packet-private array of `bytes`.
                     let total = unsafe { std::slice::from_raw_parts_mut(bits as *mut u8, *bytes) };
                     for part in partials.chunks_exact(*bytes) {
@@ -792,6 +1241,13 @@ impl PreparedKernel {
                 _ => {}
             }
         }
+        self.timing = PacketTiming {
+            bytes_in,
+            transfer_in,
+            bytes_out,
+            transfer_out: down.elapsed(),
+            kernel: kernel_time,
+        };
         Ok(())
     }
 }

@@ -31,9 +31,7 @@ use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, RelocMode, Target, TargetData, TargetMachine};
 use inkwell::OptimizationLevel;
-use ir_packager::{
-    Access, ArgKind, KernelKind, KernelSpec, Package, ScalarType, Shape, PANIC_SYMBOL,
-};
+use ir_packager::{ArgKind, KernelKind, KernelSpec, Package, ScalarType, Shape, PANIC_SYMBOL};
 
 use crate::ir::{
     self, Block, LLVMIntPredicate, LLVMOpcode, LLVMRealPredicate, LLVMTypeKind, Type, Value,
@@ -121,7 +119,7 @@ pub fn lower(package: &Package, kernel: &str) -> Result<Lowered, LowerError> {
     drop(lowering);
     let source_hash = *blake3::hash(source.as_bytes()).as_bytes();
     Ok(Lowered {
-        has_sums: has_sums(&spec),
+        has_sums: spec.has_sum_buffers(),
         entry: entry_name(&spec.name),
         spec,
         source,
@@ -144,18 +142,6 @@ impl RawValue for inkwell::values::FunctionValue<'_> {
 /// The `__kernel` function's name for kernel `name`.
 pub fn entry_name(name: &str) -> String {
     format!("offload_{name}")
-}
-
-fn has_sums(spec: &KernelSpec) -> bool {
-    spec.args.iter().any(|a| {
-        matches!(
-            a.kind,
-            ArgKind::Buffer {
-                access: Access::Sum,
-                ..
-            }
-        )
-    })
 }
 
 fn canonicalize(ctx: &Context, module: &Module<'_>) -> Result<(), LowerError> {
@@ -753,7 +739,7 @@ impl<'s> Lowering<'s> {
         } else {
             vec!["i".to_string()]
         };
-        let sums = has_sums(self.spec);
+        let sums = self.spec.has_sum_buffers();
         for (k, arg) in self.spec.args.iter().enumerate() {
             let a = format!("a{k}_{}", sanitize(&arg.name));
             match arg.kind {

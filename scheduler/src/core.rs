@@ -115,6 +115,11 @@ pub struct DeviceEstimate {
     pub link_latency_us: Option<f64>,
     /// Estimated link bandwidth of the node, bytes per µs.
     pub link_bytes_per_us: Option<f64>,
+    /// Estimated latency of one transfer over the device's own bus, µs (`None` without
+    /// a [`DeviceSpec::bus`]).
+    pub bus_latency_us: Option<f64>,
+    /// Estimated bandwidth of the device's own bus, bytes per µs.
+    pub bus_bytes_per_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +142,8 @@ struct Device {
     spec: DeviceSpec,
     node: usize,
     model: RobustLine,
+    /// The device's own host link (`DeviceSpec::bus`): µs = latency + slope × bytes.
+    bus: Option<RobustLine>,
     calibrated: bool,
     status: Status,
     in_flight: Vec<PacketId>,
@@ -362,6 +369,18 @@ impl Scheduler {
                 self.remove_device(d, Status::Lost);
                 Ok(())
             }
+            Event::BusTransferMeasured {
+                device,
+                bytes,
+                micros,
+            } => {
+                let d = self.device(device)?;
+                if let Some(bus) = self.devices[d].bus.as_mut() {
+                    bus.add(bytes as f64, micros as f64);
+                    self.sync(d);
+                }
+                Ok(())
+            }
             Event::TransferMeasured {
                 device,
                 bytes,
@@ -503,7 +522,10 @@ impl Scheduler {
             .iter()
             .map(|d| {
                 let link = self.nodes[d.node].link.as_ref();
+                let bus = d.bus.as_ref();
                 DeviceEstimate {
+                    bus_latency_us: bus.map(|b| b.intercept()),
+                    bus_bytes_per_us: bus.and_then(|b| (b.slope() > 0.0).then(|| 1.0 / b.slope())),
                     device: d.id,
                     name: d.spec.name.clone(),
                     node: self.nodes[d.node].id,
@@ -563,6 +585,9 @@ impl Scheduler {
             id,
             node,
             model: RobustLine::new(spec.startup_us, slope),
+            bus: spec
+                .bus
+                .map(|b| RobustLine::new(b.latency_us, 1.0 / b.bytes_per_us.max(1e-9))),
             calibrated,
             status: Status::Active,
             in_flight: Vec::new(),
@@ -1047,7 +1072,18 @@ impl Scheduler {
             Some(l) if !hidden => 2.0 * l.latency_us,
             _ => 0.0,
         };
-        (20.0 * (dev.spec.startup_us.max(0.0) + latency)).max(50.0)
+        // A bus transfer in each direction is part of every packet's fixed cost too.
+        let bus = dev.spec.bus.map_or(0.0, |b| 2.0 * b.latency_us.max(0.0));
+        (20.0 * (dev.spec.startup_us.max(0.0) + latency + bus)).max(50.0)
+    }
+
+    /// The largest packet device `d` takes: its own bound within the job's.
+    fn max_packet(&self, d: usize) -> u64 {
+        let job = self.job.max_packet;
+        self.devices[d]
+            .spec
+            .max_packet
+            .map_or(job, |m| m.clamp(1, job))
     }
 
     /// Guided self-scheduling scaled by the device's share of the total speed, shrunk (or
@@ -1056,11 +1092,12 @@ impl Scheduler {
         let w = self.unassigned;
         let dev = &self.devices[d];
         let job = &self.job;
+        let max_packet = self.max_packet(d);
         if !dev.calibrated {
             let size = if dev.largest_done == 0 {
-                job.calibration_packet()
+                job.calibration_packet().min(max_packet)
             } else {
-                dev.largest_done.saturating_mul(8).min(job.max_packet)
+                dev.largest_done.saturating_mul(8).min(max_packet)
             };
             return Some(size.min(w).max(1));
         }
@@ -1070,7 +1107,7 @@ impl Scheduler {
         let s_min = job
             .min_packet
             .max((self.min_packet_us(d) / slope).ceil() as u64)
-            .min(job.max_packet);
+            .min(max_packet);
         // Guided self-scheduling in time: the device's queue should hold 1/k of the
         // projected remaining time (plus a round trip where slots pipeline), so packets
         // are large while much work remains and shrink toward the end. What the device
@@ -1097,7 +1134,7 @@ impl Scheduler {
             (base - backlog).max(0.0) + pipeline
         };
         let gss = (target_us.max(0.0) * r).ceil().min(u64::MAX as f64) as u64;
-        let mut size = gss.max(s_min).min(job.max_packet);
+        let mut size = gss.max(s_min).min(max_packet);
         if dev.spec.rate_items_per_s.is_none() && dev.model.samples() < 3 {
             size = size.min(dev.largest_done.saturating_mul(8).max(s_min));
         }
@@ -1160,7 +1197,13 @@ impl Scheduler {
         let dev = &self.devices[d];
         let node = &self.nodes[dev.node];
         let now = self.now;
-        let compute_est = dev.model.predict(size as f64);
+        // On a device with its own bus, inputs cross it before the kernel and results
+        // after, while the device is busy: all of it is the device's time.
+        let bus = dev.bus.as_ref().map_or(0.0, |b| {
+            b.predict((size * self.job.bytes_in_per_item) as f64)
+                + b.predict((size * self.job.bytes_out_per_item) as f64)
+        });
+        let compute_est = dev.model.predict(size as f64) + bus;
         let (arrive, link_free, back) = match &node.link {
             Some(l) => {
                 let broadcast = if node.broadcast_sent {
@@ -1309,8 +1352,12 @@ impl Scheduler {
         if dev.status != Status::Active || !dev.calibrated {
             return 0.0;
         }
-        // A slope of 0 (results reported as 0 µs) means "very fast", not "no rate".
-        let mut r = 1.0 / dev.model.slope().max(1e-9);
+        // A slope of 0 (results reported as 0 µs) means "very fast", not "no rate". A
+        // device's own bus is crossed in line with its packets: its time per item adds.
+        let bus = dev.bus.as_ref().map_or(0.0, |b| {
+            b.slope() * (self.job.bytes_in_per_item + self.job.bytes_out_per_item) as f64
+        });
+        let mut r = 1.0 / (dev.model.slope() + bus).max(1e-9);
         let node = &self.nodes[dev.node];
         // Links are full duplex: inputs and results do not compete.
         let bytes = self.job.bytes_in_per_item.max(self.job.bytes_out_per_item);

@@ -114,6 +114,14 @@ impl Link {
     pub fn ten_gigabit() -> Self {
         Link::new(50.0, 1170.0)
     }
+
+    /// A discrete GPU's PCI Express link as `clEnqueueWrite/ReadBuffer` from pageable
+    /// host memory sees it: 10 µs per transfer, 12 000 bytes/µs (12 GB/s; PCIe 4.0 x16
+    /// gives about 25 from pinned memory, pageable copies about half). A prior only:
+    /// measured transfers ([`Event::BusTransferMeasured`]) replace it.
+    pub fn pcie() -> Self {
+        Link::new(10.0, 12_000.0)
+    }
 }
 
 /// How a device is described when it joins a job.
@@ -136,6 +144,15 @@ pub struct DeviceSpec {
     /// Packets the device may hold at once (pipelining hides link latency). Default: 1
     /// for local devices, 2 for remote ones.
     pub slots: u32,
+    /// The device's own link to the memory of the host that drives it (PCI Express for a
+    /// discrete GPU), or `None` for a device that computes in host memory (CPU threads,
+    /// PoCL). A packet's input slices cross it before its kernel runs and its results
+    /// after, in line with the packet (the device is busy meanwhile), so a device's cost
+    /// per packet is `startup + bus in + items / rate + bus out`. Default: `None`.
+    pub bus: Option<Link>,
+    /// The largest packet this device takes, in items (the job's `max_packet` bounds it
+    /// too), or `None` for the job's bound alone. Default: `None`.
+    pub max_packet: Option<u64>,
 }
 
 impl DeviceSpec {
@@ -149,6 +166,8 @@ impl DeviceSpec {
             startup_us: 2.0,
             link: None,
             slots: 1,
+            bus: None,
+            max_packet: None,
         }
     }
 
@@ -210,6 +229,20 @@ impl DeviceSpec {
         self.slots = slots.max(1);
         self
     }
+
+    /// Sets the device's own host link (PCI Express for a discrete GPU, see
+    /// [`DeviceSpec::bus`]). Default: none.
+    pub fn bus(mut self, bus: Option<Link>) -> Self {
+        self.bus = bus;
+        self
+    }
+
+    /// Sets the largest packet this device takes, in items (at least 1). Default: the
+    /// job's bound alone.
+    pub fn max_packet(mut self, items: u64) -> Self {
+        self.max_packet = Some(items.max(1));
+        self
+    }
 }
 
 /// Something that happened, fed to [`crate::Scheduler::handle`].
@@ -254,6 +287,18 @@ pub enum Event {
         /// A device of the node whose link was used.
         device: DeviceId,
         /// Bytes moved.
+        bytes: u64,
+        /// Wall time of the transfer, in µs.
+        micros: u64,
+    },
+    /// A transfer over a device's own [`DeviceSpec::bus`] (host memory to the device's
+    /// memory or back) took `micros` for `bytes`; refines that bus model. The runner of
+    /// such a device times its bus transfers apart from its kernel and reports only the
+    /// kernel's time in [`Event::PacketFinished`]. Ignored for devices without a bus.
+    BusTransferMeasured {
+        /// The device.
+        device: DeviceId,
+        /// Bytes moved (one direction).
         bytes: u64,
         /// Wall time of the transfer, in µs.
         micros: u64,

@@ -59,6 +59,9 @@ enum Command {
     /// Tune this node for kernels (worker count, packet size, vector width, unroll,
     /// optimization level) and store the profile; `--show` prints stored profiles.
     Tune(tune::TuneArgs),
+    /// Internal: compare two raw buffer files (integers exactly, floats within --ulp).
+    #[command(name = "__compare", hide = true)]
+    Compare(opencl::CompareArgs),
     /// Internal: the kernel worker process a node runs packets in.
     #[command(name = "__worker", hide = true)]
     Worker(cluster::WorkerArgs),
@@ -108,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Node(args) => cluster::node(&cli, args),
         Command::Nodes(args) => cluster::nodes(args),
         Command::Worker(args) => cluster::worker(&cli, args),
+        Command::Compare(args) => opencl::compare(args),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Tune(args) => tune::tune(&cli, args),
     };

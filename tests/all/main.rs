@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod cross;
 mod examples;
+mod gpu_check;
 mod macros;
 mod references;
 mod tune;

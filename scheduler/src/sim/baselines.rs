@@ -173,7 +173,7 @@ impl Policy for Baseline {
                 }
                 self.free.remove(&device);
             }
-            Event::TransferMeasured { .. } => {}
+            Event::TransferMeasured { .. } | Event::BusTransferMeasured { .. } => {}
         }
     }
 

@@ -81,6 +81,10 @@ pub struct SimDevice {
     pub lies: bool,
     /// From this time (µs) on, compute times are multiplied by the factor.
     pub slowdown: Option<(u64, f64)>,
+    /// The device's own host link (a discrete GPU's PCI Express): a packet's inputs cross
+    /// it before the kernel and its results after, while the device is busy. The true
+    /// link, also told to the policy as [`DeviceSpec::bus`]. `None`: host memory.
+    pub bus: Option<Link>,
 }
 
 impl SimDevice {
@@ -95,6 +99,19 @@ impl SimDevice {
             advertised_items_per_s: Some(items_per_us * 1e6),
             lies: false,
             slowdown: None,
+            bus: None,
+        }
+    }
+
+    /// This device's speed in items per µs once its own bus is counted (inputs and
+    /// results cross it in line with the kernel): what it can sustain on `workload`.
+    pub fn sustained_items_per_us(&self, workload: &Workload) -> f64 {
+        match self.bus {
+            Some(b) if b.bytes_per_us > 0.0 => {
+                let bytes = (workload.bytes_in_per_item + workload.bytes_out_per_item) as f64;
+                1.0 / (1.0 / self.items_per_us + bytes / b.bytes_per_us)
+            }
+            _ => self.items_per_us,
         }
     }
 }
@@ -208,7 +225,7 @@ impl Scenario {
                 let devices = n
                     .devices
                     .iter()
-                    .map(|d| (d.items_per_us, d.slowdown))
+                    .map(|d| (d.sustained_items_per_us(w), d.slowdown))
                     .collect();
                 (fed, devices, start, end, back)
             })
@@ -359,6 +376,8 @@ struct Attempt {
     compute_us: u64,
     in_bytes: u64,
     in_us: u64,
+    /// Bus transfers of a device with its own bus: (bytes, µs) in, then out.
+    bus: Option<[(u64, u64); 2]>,
 }
 
 #[derive(Debug, Clone)]
@@ -523,6 +542,8 @@ impl Sim<'_> {
                         },
                         link: node.link,
                         slots: s.slots,
+                        bus: s.bus,
+                        max_packet: None,
                     };
                     policy.handle(
                         now,
@@ -583,6 +604,18 @@ impl Sim<'_> {
                 }
                 self.devs[d].computing = None;
                 self.start_next(d);
+                if let Some(transfers) = self.attempts[a].bus {
+                    for (bytes, micros) in transfers {
+                        policy.handle(
+                            now,
+                            Event::BusTransferMeasured {
+                                device: self.devs[d].id,
+                                bytes,
+                                micros,
+                            },
+                        );
+                    }
+                }
                 let bytes =
                     self.attempts[a].packet.items() * self.scenario.workload.bytes_out_per_item;
                 let n = self.devs[d].node;
@@ -643,8 +676,25 @@ impl Sim<'_> {
         }
         let us = us.ceil().max(1.0) as u64;
         self.attempts[a].compute_us = us;
+        // A device with its own bus is busy with its packet's transfers too; it reports
+        // them apart from the kernel's time.
+        let mut busy = us;
+        if let Some(b) = s.bus {
+            let w = &self.scenario.workload;
+            let packet = self.attempts[a].packet.items();
+            let transfer = |bytes: u64| {
+                let micros = (b.latency_us + bytes as f64 / b.bytes_per_us).ceil() as u64;
+                (bytes, micros)
+            };
+            let transfers = [
+                transfer(packet * w.bytes_in_per_item),
+                transfer(packet * w.bytes_out_per_item),
+            ];
+            busy += transfers[0].1 + transfers[1].1;
+            self.attempts[a].bus = Some(transfers);
+        }
         self.devs[d].computing = Some(a);
-        self.push(self.now + us, Ev::ComputeDone(a));
+        self.push(self.now + busy, Ev::ComputeDone(a));
     }
 
     fn decide(&mut self, decision: Decision) {
@@ -667,6 +717,7 @@ impl Sim<'_> {
                     compute_us: 0,
                     in_bytes: 0,
                     in_us: 0,
+                    bus: None,
                 });
                 self.live.insert((d, packet), a);
                 let n = self.devs[d].node;

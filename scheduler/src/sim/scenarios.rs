@@ -21,6 +21,9 @@ pub const SCENARIOS: &[&str] = &[
     "join-16",
     "gigabit-16",
     "liar-8",
+    "gpu-compute",
+    "gpu-saxpy",
+    "gpu-saxpy-slow-bus",
 ];
 
 /// Target lower bound of the scenarios, µs: long enough that a packet's overheads are
@@ -95,6 +98,54 @@ fn hetero(name: &str, h: Hetero) -> Scenario {
     }
 }
 
+/// One machine: 16 CPU threads of `cpu_speed` items/µs each and a discrete GPU of
+/// `gpu_speed` items/µs behind its own `bus`, every device joining without a rate (as
+/// `offload run --device auto` does), items sized for a lower bound of about
+/// [`TARGET_US`].
+fn local_gpu(name: &str, cpu_speed: f64, gpu_speed: f64, bus: Link, bytes: (u64, u64)) -> Scenario {
+    let mut devices: Vec<SimDevice> = (0..16)
+        .map(|_| SimDevice {
+            advertised_items_per_s: None,
+            ..SimDevice::new(cpu_speed)
+        })
+        .collect();
+    devices.push(SimDevice {
+        kind: DeviceKind::OpenCl,
+        startup_us: 30.0,
+        advertised_items_per_s: None,
+        bus: Some(bus),
+        ..SimDevice::new(gpu_speed)
+    });
+    let mut workload = Workload {
+        items: 0,
+        bytes_in_per_item: bytes.0,
+        bytes_out_per_item: bytes.1,
+        broadcast_bytes: 0,
+        redundancy: 1,
+    };
+    let speed: f64 = devices
+        .iter()
+        .map(|d| d.sustained_items_per_us(&workload))
+        .sum();
+    workload.items = (speed * TARGET_US) as u64;
+    Scenario {
+        name: name.to_string(),
+        nodes: vec![SimNode {
+            link: None,
+            devices,
+            joins_at_us: 0,
+            fails_at_us: None,
+        }],
+        workload,
+        noise: Noise {
+            sigma: 0.05,
+            spike_probability: 0.0,
+            spike_us: 0.0,
+        },
+        seed: 0x6e5,
+    }
+}
+
 fn hetero16(name: &str) -> Scenario {
     hetero(
         name,
@@ -121,6 +172,14 @@ fn hetero16(name: &str) -> Scenario {
 /// - `join-16`: `hetero-16` where nodes 2 and 3 join at 0.5 s.
 /// - `gigabit-16`: `hetero-16` on 1 GbE links (the links bound the remote nodes).
 /// - `liar-8`: eight single-device nodes, one returning wrong results, redundancy 3.
+/// - `gpu-compute`: one machine, 16 CPU threads of 1 item/µs and a GPU of 400 items/µs
+///   behind PCI Express ([`Link::pcie`]), a compute-bound kernel (4 bytes out per item,
+///   mandelbrot-like): the GPU should take most of the work.
+/// - `gpu-saxpy`: the same machine on a transfer-bound kernel (8 bytes in, 4 out per
+///   item; CPU threads 100 items/µs each, the GPU 20 000): the bus bounds the GPU at
+///   about 1000 items/µs, so it takes a share near that.
+/// - `gpu-saxpy-slow-bus`: `gpu-saxpy` with a bus ten times slower (1.2 GB/s): the GPU
+///   computes fastest but should get little or nothing.
 pub fn scenario(name: &str) -> Option<Scenario> {
     let s = match name {
         "uniform-4" => {
@@ -215,6 +274,9 @@ pub fn scenario(name: &str) -> Option<Scenario> {
             s.workload.items /= 3;
             s
         }
+        "gpu-compute" => local_gpu(name, 1.0, 400.0, Link::pcie(), (0, 4)),
+        "gpu-saxpy" => local_gpu(name, 100.0, 20_000.0, Link::pcie(), (8, 4)),
+        "gpu-saxpy-slow-bus" => local_gpu(name, 100.0, 20_000.0, Link::new(10.0, 1_200.0), (8, 4)),
         _ => return None,
     };
     Some(s)

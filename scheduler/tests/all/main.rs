@@ -2,6 +2,7 @@
 
 mod driver;
 mod exactly_once;
+mod gpu;
 mod model;
 mod policy;
 mod redundancy;
