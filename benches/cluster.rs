@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use cluster::client::{ClientConfig, ClusterClient, JobArg};
 use cluster::credentials::{self, Credentials};
 use offload::{
-    package_source, run_local, ArgValue, Buffer, Config, Engine, LocalOptions, Manifest,
-    ScalarValue,
+    package_source, ArgValue, Buffer, Cluster, Config, Engine, Job, Manifest, Options, ScalarValue,
 };
 
 struct Node(Child, String);
@@ -219,26 +218,22 @@ fn three_node_job(creds: &Path, quick: bool) {
     let engine = Engine::new(Config::default()).expect("engine");
     let mut local_args: Vec<ArgValue> = scalars.iter().map(|s| ArgValue::Scalar(*s)).collect();
     local_args.push(ArgValue::Buffer(Buffer::zeroed(items as usize * 4)));
+    let mut local_job = Job::kernel(
+        std::sync::Arc::new(package.clone()),
+        "mandelbrot",
+        items,
+        local_args,
+    )
+    .expect("local job");
+    let local_node = Cluster::from_engine(engine);
     // Once to compile, once to measure.
-    run_local(
-        &engine,
-        &package,
-        "mandelbrot",
-        items,
-        &mut local_args,
-        &LocalOptions::default(),
-    )
-    .expect("local run");
+    local_node
+        .run(&mut local_job, &Options::default())
+        .expect("local run");
     let started = Instant::now();
-    let local = run_local(
-        &engine,
-        &package,
-        "mandelbrot",
-        items,
-        &mut local_args,
-        &LocalOptions::default(),
-    )
-    .expect("local run");
+    let local = local_node
+        .run(&mut local_job, &Options::default())
+        .expect("local run");
     let local_time = started.elapsed();
 
     let nodes: Vec<Node> = (0..3).map(|_| start_node(creds, 1)).collect();
@@ -246,7 +241,7 @@ fn three_node_job(creds: &Path, quick: bool) {
     let mut out = vec![0u8; items as usize * 4];
     let mut run = |out: &mut Vec<u8>| {
         let mut args: Vec<JobArg<'_>> = scalars.iter().map(|s| JobArg::Scalar(*s)).collect();
-        args.push(JobArg::Buffer(out));
+        args.push(JobArg::Output(out));
         let started = Instant::now();
         let report = client
             .run_job(&package, "mandelbrot", items, &mut args)
@@ -255,11 +250,9 @@ fn three_node_job(creds: &Path, quick: bool) {
     };
     run(&mut out); // uploads the package and compiles on the nodes
     let (cluster_time, report) = run(&mut out);
-    let ArgValue::Buffer(local_out) = &local_args[5] else {
-        unreachable!("argument 5 is the output buffer")
-    };
+    let local_out = local_job.buffer("iters").expect("the output buffer");
     assert_eq!(
-        local_out.as_bytes(),
+        local_out,
         &out[..],
         "cluster output differs from the local run"
     );

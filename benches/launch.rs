@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use offload::{Cluster, Config, Kernel, LaunchOptions};
+use offload::{Cluster, Config, Kernel, Options};
 use rayon::prelude::*;
 
 /// Median and mean of `reps` timed runs of `f`, after `warmup` untimed ones.
@@ -78,15 +78,7 @@ fn main() -> Result<()> {
     // 1. Launch overhead.
     let first = {
         let (x, mut y) = (vec![1.0f32; 1], vec![0.0f32; 1]);
-        kernels::saxpy::launch_with(
-            &cluster,
-            &saxpy,
-            LaunchOptions::default(),
-            1,
-            2.0,
-            &x,
-            &mut y,
-        )?
+        kernels::saxpy::launch_with(&cluster, &saxpy, &Options::default(), 1, 2.0, &x, &mut y)?
     };
     println!(
         "first launch: kernel {} in {:.1} ms\n",
@@ -103,7 +95,7 @@ fn main() -> Result<()> {
             kernels::saxpy::launch_with(
                 &cluster,
                 &saxpy,
-                LaunchOptions::default(),
+                &Options::default(),
                 items,
                 2.0,
                 &x,
@@ -128,15 +120,7 @@ fn main() -> Result<()> {
         kernels::poly(i, &coeffs, &x[i..i + 1], &mut expected[i..i + 1]);
     }
     let mut y = vec![0.0; n];
-    kernels::poly::launch_with(
-        &cluster,
-        &poly,
-        LaunchOptions::default(),
-        n,
-        &coeffs,
-        &x,
-        &mut y,
-    )?;
+    kernels::poly::launch_with(&cluster, &poly, &Options::default(), n, &coeffs, &x, &mut y)?;
     ensure!(
         y == expected,
         "poly through offload differs from direct Rust"
@@ -151,7 +135,7 @@ fn main() -> Result<()> {
             let report = kernels::poly::launch_with(
                 &cluster,
                 &poly,
-                LaunchOptions::default(),
+                &Options::default(),
                 n,
                 &coeffs,
                 &x,
@@ -167,7 +151,7 @@ fn main() -> Result<()> {
             kernels::poly::launch_with(
                 &cluster,
                 &poly,
-                LaunchOptions::default().threads(1),
+                &Options::default().threads(1),
                 n,
                 &coeffs,
                 &x,
@@ -213,15 +197,7 @@ fn main() -> Result<()> {
         kernels::saxpy(i, 0.5, &xf[i..i + 1], &mut expected[i..i + 1]);
     }
     let mut yf = y0.clone();
-    kernels::saxpy::launch_with(
-        &cluster,
-        &saxpy,
-        LaunchOptions::default(),
-        n,
-        0.5,
-        &xf,
-        &mut yf,
-    )?;
+    kernels::saxpy::launch_with(&cluster, &saxpy, &Options::default(), n, 0.5, &xf, &mut yf)?;
     ensure!(
         yf == expected,
         "saxpy through offload differs from direct Rust"
@@ -240,7 +216,7 @@ fn main() -> Result<()> {
                     let report = kernels::saxpy::launch_with(
                         &cluster,
                         &saxpy,
-                        LaunchOptions::default(),
+                        &Options::default(),
                         n,
                         0.5,
                         &xf,

@@ -1,6 +1,6 @@
 //! `opencl`: the OpenCL back end against the CPU JIT, in one run.
 //!
-//! - `throughput/<kernel>/cpu_jit`: `run_local` on every core (node-jit, CPU only);
+//! - `throughput/<kernel>/cpu_jit`: a local job on every core (node-jit, CPU only);
 //! - `throughput/<kernel>/opencl:<device>`: one packet of the whole job on that device
 //!   through `PreparedKernel::run_packet`, buffer transfers included (upload of the
 //!   inputs, download of the outputs), which is what a packet costs there;
@@ -22,8 +22,7 @@ use anyhow::{Context, Result};
 use criterion::{Criterion, SamplingMode, Throughput};
 use ir_packager::{Package, ScalarValue};
 use node_jit::{Config, Engine};
-use offload::local::{run_local, ArgValue, DeviceChoice, LocalOptions};
-use offload::Buffer;
+use offload::{ArgValue, Buffer, Cluster, DeviceChoice, Job, Options};
 use opencl_backend::OpenCl;
 
 #[path = "support/examples.rs"]
@@ -145,21 +144,20 @@ fn main() -> Result<()> {
             cold_build: Vec::new(),
             cached_build: Vec::new(),
         };
-        let options = LocalOptions::default().device(DeviceChoice::Cpu);
+        let options = Options::default().device(DeviceChoice::Cpu);
+        let local_node = Cluster::from_engine(engine.clone());
+        let shared = std::sync::Arc::new(package.clone());
+        // A fresh job of the same inputs per run, as `inout` kernels change theirs.
+        let run = |args: &[ArgValue]| -> Result<()> {
+            let mut job = Job::kernel(shared.clone(), kernel, items, args.to_vec())?;
+            local_node.run(&mut job, &options)?;
+            Ok(())
+        };
         let mut group = criterion.benchmark_group(format!("throughput/{kernel}"));
         group.sampling_mode(SamplingMode::Flat);
         group.throughput(Throughput::Elements(items));
-        group.bench_function("cpu_jit", |b| {
-            b.iter(|| {
-                let mut a = args.clone();
-                run_local(&engine, &package, kernel, items, &mut a, &options).expect("cpu run")
-            })
-        });
-        let secs = time_it(5, || {
-            let mut a = args.clone();
-            run_local(&engine, &package, kernel, items, &mut a, &options)?;
-            Ok(())
-        })?;
+        group.bench_function("cpu_jit", |b| b.iter(|| run(&args).expect("cpu run")));
+        let secs = time_it(5, || run(&args))?;
         row.cpu_items_per_s = items as f64 / secs;
         let lowered = opencl.lower(&package, kernel)?;
         for device in opencl.devices() {
@@ -172,8 +170,16 @@ fn main() -> Result<()> {
                     ArgValue::Buffer(b) => (b.address(), b.len()),
                 })
                 .unzip();
+            let given: Vec<offload::Given> = a
+                .iter()
+                .map(|v| match v {
+                    ArgValue::Scalar(s) => offload::Given::Scalar(*s),
+                    ArgValue::Buffer(b) => offload::Given::bytes(b.len() as u64),
+                })
+                .collect();
+            let layout = offload::check(&lowered.spec, items, &given)?;
             // SAFETY: `a` lives for the whole benchmark of this device.
-            let mut prepared = unsafe { device.prepare(Arc::clone(&lowered), &block, &lens)? };
+            let mut prepared = unsafe { device.prepare(Arc::clone(&lowered), &layout, &block)? };
             let mut run = || -> Result<()> {
                 let mut block = block.clone();
                 let mut sums = Vec::new();

@@ -3,7 +3,7 @@
 //! by side in one run.
 //!
 //! Each kernel is tuned first (in a temporary cache, so no stored profile is touched),
-//! then criterion times one `run_local` of the job with the default settings and with
+//! then criterion times one local run of the job with the default settings and with
 //! the tuned ones. `cargo bench --bench tune`; results in `docs/tune.md`.
 
 // `criterion_group!` generates an undocumented public function.
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use offload::tune::{synthetic_args, tune_kernel, Settings, TuneOptions};
-use offload::{package_source, run_local, Config, Engine, LocalOptions, Manifest, ScalarValue};
+use offload::{package_source, Cluster, Config, Engine, Job, Manifest, Options, ScalarValue};
 
 /// Scalar arguments by name.
 type Scalars = Vec<(String, ScalarValue)>;
@@ -73,20 +73,21 @@ fn bench(c: &mut Criterion) {
             profile.settings, profile.items_per_s, profile.default_items_per_s
         );
         let spec = package.manifest().kernel(name).expect("kernel").clone();
-        let mut args = synthetic_args(&spec, items, &scalars).expect("inputs");
+        let args = synthetic_args(&spec, items, &scalars).expect("inputs");
+        let shared = std::sync::Arc::new(package.clone());
         group.throughput(Throughput::Elements(items));
         for (label, settings) in [
             ("default", Settings::default_for(cores)),
             ("tuned", profile.settings.clone()),
         ] {
             let engine = Engine::new(config.clone().opt_level(settings.opt())).expect("engine");
-            let local = settings.apply(LocalOptions::default());
+            let local = settings.apply(Options::default());
+            let node = Cluster::from_engine(engine);
+            let mut job = Job::kernel(shared.clone(), name, items, args.clone()).expect("job");
             // Compile (or load) outside the timed loop.
-            run_local(&engine, &package, name, items, &mut args, &local).expect("warm-up run");
+            node.run(&mut job, &local).expect("warm-up run");
             group.bench_function(BenchmarkId::new(name, label), |b| {
-                b.iter(|| {
-                    run_local(&engine, &package, name, items, &mut args, &local).expect("run")
-                })
+                b.iter(|| node.run(&mut job, &local).expect("run"))
             });
         }
     }

@@ -1,20 +1,23 @@
-//! The Rust API: a [`Cluster`] handle, [`Kernel`]s, typed arguments and launches whose
-//! results land in the caller's slices.
+//! The Rust API: a [`Cluster`] handle that runs [`Job`]s, [`Kernel`]s, and typed
+//! launches whose results land in the caller's slices.
 //!
-//! A launch takes a kernel, a number of items and one [`KernelArg`] per manifest argument:
-//! scalars by value, input slices by shared reference, output, read-write and sum slices by
-//! `&mut`. Types and lengths are checked against the kernel's manifest before anything
-//! runs; on success the `out`/`inout` slices hold the kernel's results and `sum` slices
-//! have the job's totals added to them. Errors are one enum, [`LaunchError`]. Launches are
-//! blocking ([`Cluster::launch`]) or async ([`Cluster::launch_async`], on tokio's blocking
-//! pool); [`LaunchOptions::progress`] reports items done as packets complete.
+//! [`Cluster::run`] runs a job (a program of steps on named buffers, see [`crate::job`])
+//! with [`Options`] and returns a [`Report`], on this machine ([`Cluster::local`]) or on
+//! the nodes of a cluster ([`Cluster::connect`]); an option the place cannot honour is
+//! refused, never dropped. [`Cluster::launch`] is the one-step job on the caller's
+//! slices: scalars by value, input slices by shared reference, output, read-write and
+//! sum slices by `&mut`, checked against the kernel's manifest by the kernel model's one
+//! checker before anything runs. On success the `out`/`inout` slices hold the kernel's
+//! results and `sum` slices have the job's totals added to them. Errors are one enum,
+//! [`LaunchError`]. Launches are blocking ([`Cluster::launch`]) or async
+//! ([`Cluster::launch_async`], on tokio's blocking pool).
 //!
 //! `#[offload::kernel]` generates a typed launcher on top of this (`saxpy::launch(&cluster,
 //! n, a, &x, &mut y)`); see `docs/macros.md`.
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use offload::{package_source, Cluster, Kernel, KernelArg, LaunchOptions, Manifest};
+//! use offload::{package_source, Cluster, Kernel, KernelArg, Manifest, Options};
 //!
 //! let manifest = Manifest::parse(&std::fs::read_to_string("examples/saxpy/manifest.toml")?)?;
 //! let package = Arc::new(package_source("examples/saxpy/kernel.rs".as_ref(), &manifest)?);
@@ -22,32 +25,37 @@
 //! let cluster = Cluster::local()?;
 //! let x = vec![1.0f32; 1000];
 //! let mut y = vec![2.0f32; 1000];
-//! let options = LaunchOptions::default().progress(|done, total| eprintln!("{done}/{total}"));
+//! let options = Options::default().progress(|done, total| eprintln!("{done}/{total}"));
 //! let args = &mut [KernelArg::scalar(3.0f32), KernelArg::input(&x), KernelArg::inout(&mut y)];
-//! cluster.launch(&saxpy, 1000, args, options)?;
+//! cluster.launch(&saxpy, 1000, args, &options)?;
 //! assert_eq!(y[0], 5.0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Two back ends sit behind the same handle: [`Cluster::local`] runs jobs on this machine's
-//! cores with `run_local` and a node-jit [`Engine`]; [`Cluster::connect`] runs them on the
-//! nodes of a cluster (explicit peers and/or mDNS discovery, mutual TLS with the cluster's
-//! credentials) through the cluster crate's client. Results are the same either way.
+//! cores (and OpenCL devices) with a node-jit [`Engine`], the kernels working on the
+//! job's memory in place; [`Cluster::connect`] runs them on the nodes of a cluster
+//! (explicit peers and/or mDNS discovery, mutual TLS with the cluster's credentials)
+//! through the cluster crate's client, which keeps the buffers here and ships each
+//! step's slices (with halos) to the nodes. Results are the same either way.
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 pub use cluster::client::{ClientConfig, ClientError};
-use cluster::client::{ClusterClient, JobArg};
+use cluster::client::{ClusterClient, JobArg, JobReport, JobSettings};
 pub use cluster::credentials::{Credentials, CredentialsError};
 
+use ir_packager::kernel_model::program::{Instance, ProgramError};
 use ir_packager::{
-    Access, ArgKind, FormatError, KernelSpec, Package, ScalarType, ScalarValue, Shape,
+    check, Access, ArgError, FormatError, Given, KernelSpec, Package, ScalarType, ScalarValue,
 };
-use node_jit::{CodeOrigin, Config, Engine, JitError, Tuning};
+use node_jit::{Config, Engine, JitError};
 
 use crate::buffer::Buffer;
-use crate::local::{run_local, ArgValue, LocalOptions, RunError};
+use crate::engine::{self, Resume, RunError};
+use crate::job::{
+    one_step_job, ArgValue, ClusterReport, Job, JobError, Options, Report, StepValue, Storage,
+};
 
 mod sealed {
     pub trait Sealed {}
@@ -87,13 +95,13 @@ macro_rules! scalars {
 }
 scalars!(i32 => I32, u32 => U32, i64 => I64, u64 => U64, f32 => F32, f64 => F64);
 
-fn bytes_of<T: Element>(slice: &[T]) -> &[u8] {
+pub(crate) fn bytes_of<T: Element>(slice: &[T]) -> &[u8] {
     // SAFETY: `Element` types have no padding and no invalid bit patterns; u8 has no
     // alignment requirement; the length is the slice's size in bytes.
     unsafe { std::slice::from_raw_parts(slice.as_ptr().cast::<u8>(), std::mem::size_of_val(slice)) }
 }
 
-fn bytes_of_mut<T: Element>(slice: &mut [T]) -> &mut [u8] {
+pub(crate) fn bytes_of_mut<T: Element>(slice: &mut [T]) -> &mut [u8] {
     // SAFETY: as in `bytes_of`; any bytes written are a valid `T`, and the borrow is
     // exclusive.
     unsafe {
@@ -159,18 +167,29 @@ impl<'a> KernelArg<'a> {
         })
     }
 
-    fn describe(&self) -> String {
+    /// What the checker is told about this argument.
+    fn given(&self) -> Given {
         match &self.0 {
-            ArgInner::Scalar(v) => format!("the {} scalar {v}", v.scalar_type()),
-            ArgInner::Input { elem, .. } => format!("an input slice of {elem}"),
-            ArgInner::Output { access, elem, .. } => {
-                format!("an `{}` slice of {elem}", access.name())
-            }
+            ArgInner::Scalar(v) => Given::Scalar(*v),
+            ArgInner::Input { elem, bytes } => Given::Buffer {
+                bytes: bytes.len() as u64,
+                elem: Some(*elem),
+                access: Some(Access::In),
+            },
+            ArgInner::Output {
+                access,
+                elem,
+                bytes,
+            } => Given::Buffer {
+                bytes: bytes.len() as u64,
+                elem: Some(*elem),
+                access: Some(*access),
+            },
         }
     }
 }
 
-/// A launch that cannot run or did not finish.
+/// A job or launch that cannot run or did not finish.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LaunchError {
@@ -209,22 +228,11 @@ pub enum LaunchError {
         /// The package's signature.
         found: String,
     },
-    /// A slice of the wrong length.
-    #[error("slice `{arg}` (`{spec}`) must hold {expected} elements for {items} items, but it holds {actual}")]
-    SliceLength {
-        /// The argument.
-        arg: String,
-        /// Its manifest spelling.
-        spec: String,
-        /// Items of the job.
-        items: u64,
-        /// Elements it must hold.
-        expected: u64,
-        /// Elements it holds.
-        actual: u64,
-    },
-    /// Arguments that do not match the kernel (count or types), or the job failed while
-    /// running (compilation, a kernel panic, a lost worker).
+    /// The job is wrong (its program, its arguments, a file), found before anything ran.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The job failed while running (compilation, a kernel panic, a lost worker), or an
+    /// option the place it runs cannot honour.
     #[error(transparent)]
     Run(#[from] RunError),
     /// The cluster credentials could not be loaded.
@@ -241,6 +249,26 @@ pub enum LaunchError {
         /// tokio's words.
         reason: String,
     },
+}
+
+impl From<ProgramError> for LaunchError {
+    fn from(e: ProgramError) -> LaunchError {
+        LaunchError::Job(JobError::Program(e))
+    }
+}
+
+impl LaunchError {
+    /// The argument mistake behind this error, if it is one (a wrong count, type or
+    /// size): what the kernel model's checker found.
+    pub fn arg_error(&self) -> Option<&ArgError> {
+        match self {
+            LaunchError::Job(JobError::Program(ProgramError::Args { source, .. }))
+            | LaunchError::Run(RunError::Program(ProgramError::Args { source, .. })) => {
+                Some(source.as_ref())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A package embedded in a binary by `offload-build` (what `#[offload::kernel]` emits),
@@ -348,96 +376,33 @@ impl Kernel {
     }
 }
 
-/// Settings of one launch. Every setter documents its default.
-pub struct LaunchOptions {
-    threads: Option<usize>,
-    tuning: Tuning,
-    progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
-    local_fallback: bool,
-}
-
-impl Default for LaunchOptions {
-    fn default() -> LaunchOptions {
-        LaunchOptions {
-            threads: None,
-            tuning: Tuning::default(),
-            progress: None,
-            local_fallback: true,
-        }
+impl<'a> Job<'a> {
+    /// A one-step job of `kernel` over items `0..items` on the caller's slices, worked on
+    /// in place: `args` (one per manifest argument, or per argument but the lengths the
+    /// runtime fills in) are checked against the manifest first. What
+    /// [`Cluster::launch`] runs.
+    pub fn launch(
+        kernel: &Kernel,
+        items: u64,
+        args: &'a mut [KernelArg<'_>],
+    ) -> Result<Job<'a>, LaunchError> {
+        let given: Vec<Given> = args.iter().map(KernelArg::given).collect();
+        let values = args
+            .iter_mut()
+            .map(|arg| match &mut arg.0 {
+                ArgInner::Scalar(v) => StepValue::Scalar(*v),
+                ArgInner::Input { bytes, .. } => StepValue::Buffer(Storage::Read(bytes)),
+                ArgInner::Output { bytes, .. } => StepValue::Buffer(Storage::Write(bytes)),
+            })
+            .collect();
+        Ok(one_step_job(
+            Arc::clone(&kernel.package),
+            &kernel.spec,
+            items,
+            &given,
+            values,
+        )?)
     }
-}
-
-impl std::fmt::Debug for LaunchOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaunchOptions")
-            .field("threads", &self.threads)
-            .field("tuning", &self.tuning)
-            .field("progress", &self.progress.is_some())
-            .field("local_fallback", &self.local_fallback)
-            .finish()
-    }
-}
-
-impl LaunchOptions {
-    /// Worker threads on the local node. Default: every core.
-    pub fn threads(mut self, threads: usize) -> LaunchOptions {
-        self.threads = Some(threads.max(1));
-        self
-    }
-
-    /// Code-generation tuning. Default: LLVM's own choices.
-    pub fn tuning(mut self, tuning: Tuning) -> LaunchOptions {
-        self.tuning = tuning;
-        self
-    }
-
-    /// Called with `(items done, items total)` each time a packet's results are committed
-    /// (on a cluster: once, when the job completes). Default: none.
-    pub fn progress(
-        mut self,
-        progress: impl Fn(u64, u64) + Send + Sync + 'static,
-    ) -> LaunchOptions {
-        self.progress = Some(Box::new(progress));
-        self
-    }
-
-    /// Whether a cluster launch whose every node is lost finishes on this machine (the
-    /// committed packets are kept; the rest runs on this machine's cores). Default: true.
-    pub fn local_fallback(mut self, on: bool) -> LaunchOptions {
-        self.local_fallback = on;
-        self
-    }
-
-    fn into_local(self) -> LocalOptions {
-        let mut local = LocalOptions::default().tuning(self.tuning);
-        if let Some(threads) = self.threads {
-            local = local.threads(threads);
-        }
-        if let Some(progress) = self.progress {
-            local = local.progress(progress);
-        }
-        local
-    }
-}
-
-/// What a finished launch did.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct LaunchReport {
-    /// Items run.
-    pub items: u64,
-    /// Packets committed.
-    pub packets: u64,
-    /// Workers that ran packets: local threads, or cluster nodes.
-    pub workers: usize,
-    /// Where the kernel's machine code came from (local node only: on a cluster each node
-    /// compiles or loads it itself).
-    pub code_origin: Option<CodeOrigin>,
-    /// Time to compile or load the kernel (local), or to upload and prepare the job on
-    /// the nodes (cluster).
-    pub compile_time: Duration,
-    /// Time running packets.
-    pub run_time: Duration,
 }
 
 /// Where jobs run. Cheap to clone; share one per process (it holds the JIT engine and its
@@ -463,15 +428,18 @@ impl std::fmt::Debug for Cluster {
 }
 
 enum Backend {
-    /// The embedded local node: this machine's cores (`in_place::run`, and `run_local`
-    /// for async launches).
+    /// The embedded local node: this machine's cores and OpenCL devices.
     Local { engine: Engine },
     /// The nodes of a cluster. The client runs one job at a time (`run_job` takes
-    /// `&mut self`), so launches on one handle take turns.
+    /// `&mut self`), so jobs on one handle take turns.
     Remote {
         // Boxed: the client is large and the local variant is the common one.
         client: Box<Mutex<ClusterClient>>,
         nodes: Vec<String>,
+        /// `node_details` lines.
+        details: Vec<String>,
+        /// For finishing a job here when every node is lost; made on first need.
+        fallback: OnceLock<Engine>,
     },
 }
 
@@ -536,10 +504,29 @@ impl Cluster {
             .into_iter()
             .map(|(addr, info)| format!("{} ({addr})", info.name))
             .collect();
+        let details = client
+            .nodes()
+            .into_iter()
+            .flat_map(|(addr, info)| {
+                let mut lines = vec![format!(
+                    "node {} at {addr}: {} cores, {} {} [{}]",
+                    info.name, info.cores, info.arch, info.cpu, info.features
+                )];
+                lines.extend(info.opencl.iter().enumerate().map(|(index, device)| {
+                    format!(
+                        "node {} at {addr}: opencl{index} {} ({}, {} compute units)",
+                        info.name, device.name, device.kind, device.compute_units
+                    )
+                }));
+                lines
+            })
+            .collect();
         Ok(Cluster {
             backend: Arc::new(Backend::Remote {
                 client: Box::new(Mutex::new(client)),
                 nodes,
+                details,
+                fallback: OnceLock::new(),
             }),
         })
     }
@@ -560,25 +547,60 @@ impl Cluster {
         }
     }
 
-    /// Runs `kernel` over items `0..items` with `args` (one per manifest argument) and
-    /// blocks until the results are in the `&mut` slices. On the local node the kernel
-    /// works in the caller's slices directly (no copies; `out` slices are zeroed first);
-    /// on a cluster the slices are copied into the job's buffers and the results back.
+    /// One line per connected node and per OpenCL device it serves (cores, CPU, ISA
+    /// features, devices), as `offload run -v` prints them; empty on the local node.
+    pub fn node_details(&self) -> Vec<String> {
+        match &*self.backend {
+            Backend::Local { .. } => Vec::new(),
+            Backend::Remote { details, .. } => details.clone(),
+        }
+    }
+
+    /// Runs `job`: every step in order, a barrier between steps, each step's packets on
+    /// every device at hand. Afterwards the job's buffers hold the results
+    /// ([`Job::buffer`], [`Job::write_outputs`]). The job is checked as a whole (every
+    /// step's arguments, sizes and bindings) before anything runs.
+    pub fn run(&self, job: &mut Job<'_>, options: &Options) -> Result<Report, LaunchError> {
+        match &*self.backend {
+            Backend::Local { engine } => Ok(engine::run(engine, job, options)?),
+            Backend::Remote {
+                client, fallback, ..
+            } => run_remote(client, fallback, job, options),
+        }
+    }
+
+    /// Like [`run`](Cluster::run), as a future on tokio's blocking pool, for a job that
+    /// owns its buffers; the job comes back with its results. Needs a tokio runtime.
+    pub async fn run_async(
+        &self,
+        mut job: Job<'static>,
+        options: Options,
+    ) -> Result<(Job<'static>, Report), LaunchError> {
+        let cluster = self.clone();
+        tokio::task::spawn_blocking(move || {
+            cluster.run(&mut job, &options).map(|report| (job, report))
+        })
+        .await
+        .map_err(|e| LaunchError::TaskFailed {
+            what: "running a job".into(),
+            reason: e.to_string(),
+        })?
+    }
+
+    /// Runs `kernel` over items `0..items` with `args` (one per manifest argument, or
+    /// per argument but the lengths the runtime fills in) and blocks until the results
+    /// are in the `&mut` slices: a one-step [`Job::launch`]. On the local node the kernel
+    /// works in the caller's slices directly (no copies); on a cluster the slices travel
+    /// to the nodes and the results back.
     pub fn launch(
         &self,
         kernel: &Kernel,
         items: u64,
         args: &mut [KernelArg<'_>],
-        options: LaunchOptions,
-    ) -> Result<LaunchReport, LaunchError> {
-        if let Backend::Local { engine } = &*self.backend {
-            check(kernel, items, args)?;
-            return in_place::run(engine, kernel, items, args, options);
-        }
-        let mut values = prepare(kernel, items, args)?;
-        let report = self.backend.run(kernel, items, &mut values, options)?;
-        write_back(args, &values);
-        Ok(report)
+        options: &Options,
+    ) -> Result<Report, LaunchError> {
+        let mut job = Job::launch(kernel, items, args)?;
+        self.run(&mut job, options)
     }
 
     /// Like [`launch`](Cluster::launch), as a future: the job runs on tokio's blocking
@@ -588,11 +610,11 @@ impl Cluster {
     ///
     /// ```no_run
     /// # async fn f(cluster: offload::Cluster, kernel: offload::Kernel) -> Result<(), offload::LaunchError> {
-    /// use offload::{KernelArg, LaunchOptions};
+    /// use offload::{KernelArg, Options};
     /// let x = vec![1.0f32; 64];
     /// let mut y = vec![0.0f32; 64];
     /// let args = &mut [KernelArg::scalar(2.0f32), KernelArg::input(&x), KernelArg::inout(&mut y)];
-    /// cluster.launch_async(&kernel, 64, args, LaunchOptions::default()).await?;
+    /// cluster.launch_async(&kernel, 64, args, &offload::Options::default()).await?;
     /// # Ok(()) }
     /// ```
     pub async fn launch_async(
@@ -600,333 +622,254 @@ impl Cluster {
         kernel: &Kernel,
         items: u64,
         args: &mut [KernelArg<'_>],
-        options: LaunchOptions,
-    ) -> Result<LaunchReport, LaunchError> {
-        let mut values = prepare(kernel, items, args)?;
-        let backend = self.backend.clone();
-        let job_kernel = kernel.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            backend
-                .run(&job_kernel, items, &mut values, options)
-                .map(|report| (report, values))
-        })
-        .await
-        .map_err(|e| LaunchError::TaskFailed {
-            what: format!("running kernel `{}`", kernel.name()),
-            reason: e.to_string(),
+        options: &Options,
+    ) -> Result<Report, LaunchError> {
+        let values = args
+            .iter()
+            .map(|arg| match &arg.0 {
+                ArgInner::Scalar(v) => ArgValue::Scalar(*v),
+                ArgInner::Input { bytes, .. } => ArgValue::Buffer(Buffer::from_bytes(bytes)),
+                // `sum` adds into its buffer, so the copy starts from the caller's values.
+                ArgInner::Output { bytes, .. } => ArgValue::Buffer(Buffer::from_bytes(bytes)),
+            })
+            .collect();
+        let given: Vec<Given> = args.iter().map(KernelArg::given).collect();
+        check(&kernel.spec, items, &given).map_err(|source| ProgramError::Args {
+            at: String::new(),
+            source: Box::new(source),
         })?;
-        let (report, values) = joined?;
-        write_back(args, &values);
+        let job = Job::kernel(Arc::clone(&kernel.package), kernel.name(), items, values)?;
+        let (job, report) = self.run_async(job, options.clone()).await?;
+        for (arg, value) in args.iter_mut().zip(job.into_values()) {
+            if let (ArgInner::Output { bytes, .. }, ArgValue::Buffer(result)) = (&mut arg.0, value)
+            {
+                bytes.copy_from_slice(result.as_bytes());
+            }
+        }
         Ok(report)
     }
 }
 
-impl Backend {
-    fn run(
-        &self,
-        kernel: &Kernel,
-        items: u64,
-        values: &mut [ArgValue],
-        options: LaunchOptions,
-    ) -> Result<LaunchReport, LaunchError> {
-        match self {
-            Backend::Local { engine } => {
-                let report = run_local(
-                    engine,
-                    &kernel.package,
-                    kernel.name(),
-                    items,
-                    values,
-                    &options.into_local(),
-                )?;
-                Ok(LaunchReport {
-                    items: report.items,
-                    packets: report.packets,
-                    workers: report.threads,
-                    code_origin: Some(report.code_origin),
-                    compile_time: report.compile_time,
-                    run_time: report.run_time,
-                })
-            }
-            Backend::Remote { client, .. } => {
-                // A panic while another launch held the client leaves nothing half-done
-                // that the next job depends on (each job reconnects and re-plans).
-                let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
-                let mut job_args: Vec<JobArg<'_>> = values
-                    .iter_mut()
-                    .map(|v| match v {
-                        ArgValue::Scalar(s) => JobArg::Scalar(*s),
-                        ArgValue::Buffer(b) => JobArg::Buffer(b.as_bytes_mut()),
-                    })
-                    .collect();
-                let report =
-                    match client.run_job(&kernel.package, kernel.name(), items, &mut job_args) {
-                        Ok(report) => report,
-                        Err(ClientError::Unfinished(unfinished)) if options.local_fallback => {
-                            drop(job_args);
-                            return finish_here(kernel, items, values, &unfinished, &options);
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                // The cluster client has no per-packet hook: progress is reported once,
-                // when every item is committed.
-                if let Some(progress) = &options.progress {
-                    progress(items, items);
-                }
-                Ok(LaunchReport {
-                    items: report.items,
-                    packets: report.packets,
-                    workers: report
-                        .packets_per_node
-                        .iter()
-                        .filter(|(_, n)| *n > 0)
-                        .count(),
-                    code_origin: None,
-                    compile_time: report.prepare_time,
-                    run_time: report.run_time,
-                })
-            }
-        }
+/// Refuses the options a cluster cannot honour: they are about this machine.
+fn refuse_local_options(options: &Options) -> Result<(), RunError> {
+    let refused = |what: &str| {
+        Err(RunError::Refused(format!(
+            "{what} is about this machine's engine; on a cluster each node runs with its own settings (`offload node --cores N`, its `offload tune` profile)"
+        )))
+    };
+    if options.threads.is_some() {
+        return refused("a thread count (--threads)");
     }
-}
-
-/// Finishes a cluster job whose every node was lost on this machine's cores: the
-/// committed packets' results are in `values` already.
-fn finish_here(
-    kernel: &Kernel,
-    items: u64,
-    values: &mut [ArgValue],
-    unfinished: &cluster::client::Unfinished,
-    options: &LaunchOptions,
-) -> Result<LaunchReport, LaunchError> {
-    tracing::warn!("{unfinished}; finishing the remaining items on this machine");
-    let engine = Engine::new(Config::default()).map_err(LaunchError::Engine)?;
-    let mut local = LocalOptions::default().tuning(options.tuning.clone());
-    if let Some(threads) = options.threads {
-        local = local.threads(threads);
+    if options.tuning.is_some() {
+        return refused("code-generation tuning");
     }
-    let report = crate::local::run_ranges_local(
-        &engine,
-        &kernel.package,
-        kernel.name(),
-        items,
-        &unfinished.remaining,
-        values,
-        &local,
-    )?;
-    if let Some(progress) = &options.progress {
-        progress(items, items);
+    if options.packet_items.is_some() {
+        return refused("a fixed packet size");
     }
-    Ok(LaunchReport {
-        items,
-        packets: unfinished.committed_packets + report.packets,
-        workers: report.threads,
-        code_origin: Some(report.code_origin),
-        compile_time: report.compile_time,
-        run_time: report.run_time,
-    })
-}
-
-/// Checks `args` against the kernel's manifest: count, types and slice lengths.
-fn check(kernel: &Kernel, items: u64, args: &[KernelArg<'_>]) -> Result<(), LaunchError> {
-    let spec = kernel.spec();
-    if args.len() != spec.args.len() {
-        return Err(RunError::ArgCount {
-            kernel: spec.name.clone(),
-            signature: spec.signature(),
-            expected: spec.args.len(),
-            given: args.len(),
-        }
-        .into());
-    }
-    for (arg, given) in spec.args.iter().zip(args) {
-        let type_error = || {
-            LaunchError::from(RunError::ArgType {
-                kernel: spec.name.clone(),
-                arg: arg.name.clone(),
-                spec: arg.to_string(),
-                given: given.describe(),
-            })
-        };
-        match (arg.kind, &given.0) {
-            (ArgKind::Scalar(ty), ArgInner::Scalar(v)) if v.scalar_type() == ty => {}
-            (
-                ArgKind::Buffer {
-                    access: Access::In,
-                    elem,
-                    shape,
-                },
-                ArgInner::Input { elem: e, bytes },
-            ) if *e == elem => check_length(spec, arg, items, shape, elem, bytes.len())?,
-            (
-                ArgKind::Buffer {
-                    access,
-                    elem,
-                    shape,
-                },
-                ArgInner::Output {
-                    access: a,
-                    elem: e,
-                    bytes,
-                },
-            ) if *a == access && *e == elem => {
-                check_length(spec, arg, items, shape, elem, bytes.len())?
-            }
-            _ => return Err(type_error()),
-        }
+    if options.opencl.is_some() {
+        return refused("a set of this machine's OpenCL devices");
     }
     Ok(())
 }
 
-/// Checks `args` against the kernel's manifest and copies them into job buffers (for
-/// back ends that cannot work in the caller's memory: the cluster, and async launches).
-fn prepare(
-    kernel: &Kernel,
-    items: u64,
-    args: &[KernelArg<'_>],
-) -> Result<Vec<ArgValue>, LaunchError> {
-    check(kernel, items, args)?;
-    Ok(args
-        .iter()
-        .map(|given| match &given.0 {
-            ArgInner::Scalar(v) => ArgValue::Scalar(*v),
-            ArgInner::Input { bytes, .. } => ArgValue::Buffer(Buffer::from_bytes(bytes)),
-            ArgInner::Output { access, bytes, .. } => ArgValue::Buffer(match access {
-                Access::InOut => Buffer::from_bytes(bytes),
-                // `out` contents are not read and `sum` buffers start from zero.
-                _ => Buffer::zeroed(bytes.len()),
-            }),
-        })
-        .collect())
-}
-
-fn check_length(
-    spec: &KernelSpec,
-    arg: &ir_packager::Arg,
-    items: u64,
-    shape: Shape,
-    elem: ScalarType,
-    bytes: usize,
-) -> Result<(), LaunchError> {
-    let actual = (bytes / elem.size()) as u64;
-    let expected = match shape {
-        Shape::Whole => return Ok(()),
-        Shape::PerItem(k) => items.checked_mul(k),
-        Shape::Fixed(n) => Some(n),
+/// Runs `job` on a cluster's nodes, one step after another: the buffers stay here and
+/// each step's slices travel. If every node is lost (and `local_fallback` is on), the
+/// step that was cut short finishes here from its uncommitted ranges, and so do the
+/// steps after it.
+fn run_remote(
+    client: &Mutex<ClusterClient>,
+    fallback: &OnceLock<Engine>,
+    job: &mut Job<'_>,
+    options: &Options,
+) -> Result<Report, LaunchError> {
+    refuse_local_options(options)?;
+    let plan = job.plan()?;
+    let packages = job.packages.clone();
+    let manifests: Vec<_> = packages.iter().map(|p| p.manifest()).collect();
+    let mut total = 0u64;
+    plan.for_each(&manifests, &mut |instance| {
+        total = total.saturating_add(instance.layout.items);
+        Ok(())
+    })?;
+    // A panic while another job held the client leaves nothing half-done that the next
+    // job depends on (each job reconnects and re-plans).
+    let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
+    let settings = JobSettings {
+        redundancy: Some(options.redundancy),
+        devices: options.device,
     };
-    match expected {
-        Some(expected) if expected == actual => Ok(()),
-        _ => Err(LaunchError::SliceLength {
-            arg: arg.name.clone(),
-            spec: format!("{} of kernel {}", arg, spec.name),
-            items,
-            expected: expected.unwrap_or(u64::MAX),
-            actual,
-        }),
-    }
-}
-
-/// Copies results back into the caller's slices: `out`/`inout` overwritten, `sum` added.
-fn write_back(args: &mut [KernelArg<'_>], values: &[ArgValue]) {
-    for (arg, value) in args.iter_mut().zip(values) {
-        let (
-            ArgInner::Output {
-                access,
-                elem,
-                bytes,
-            },
-            ArgValue::Buffer(result),
-        ) = (&mut arg.0, value)
-        else {
-            continue;
+    let mut report = Report::default();
+    let mut cluster = ClusterReport::default();
+    let mut done = 0u64;
+    let mut index = 0usize;
+    let mut stop: Option<Result<cluster::client::Unfinished, LaunchError>> = None;
+    let storage = &mut job.storage;
+    let walk = plan.for_each(&manifests, &mut |instance| {
+        let mut args = match step_args(&instance, storage) {
+            Ok(args) => args,
+            Err(e) => {
+                stop = Some(Err(e.into()));
+                return Err(stop_walk());
+            }
         };
-        if *access == Access::Sum {
-            elem.add_into(bytes, result.as_bytes());
-        } else {
-            bytes.copy_from_slice(result.as_bytes());
-        }
-    }
-}
-
-/// The local node's launch without copies: packets run on this machine's cores, scheduled
-/// by the same scheduler core as `run_local`, with the kernel reading and writing the
-/// caller's slices directly. `run_local` takes owned `ArgValue` buffers, so a launch
-/// through it pays a copy of every input and output (measured in `benches/launch.rs`:
-/// most of the time of a memory-bound launch); this path does not.
-mod in_place {
-    use std::time::Instant;
-
-    use ir_packager::Access;
-    use node_jit::Engine;
-
-    use super::{ArgInner, Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport};
-    use crate::local::{sum_slots, BlockJob, RunError};
-
-    /// Runs the job; `args` were checked against the manifest by the caller.
-    pub(super) fn run(
-        engine: &Engine,
-        kernel: &Kernel,
-        items: u64,
-        args: &mut [KernelArg<'_>],
-        options: LaunchOptions,
-    ) -> Result<LaunchReport, LaunchError> {
-        let compiled = engine
-            .compile_tuned(&kernel.package, kernel.name(), &options.tuning)
-            .map_err(RunError::Jit)?;
-        let threads = options
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .clamp(1, items.max(1) as usize);
-        let sums = sum_slots(kernel.spec());
-        // One word per argument: scalar bits or the address of the caller's slice.
-        let block: Vec<u64> = args
-            .iter_mut()
-            .map(|a| match &mut a.0 {
-                ArgInner::Scalar(v) => v.to_bits(),
-                ArgInner::Input { bytes, .. } => bytes.as_ptr() as u64,
-                ArgInner::Output { access, bytes, .. } => {
-                    if *access == Access::Out {
-                        // What the kernel does not write reads as zero, as on a cluster.
-                        bytes.fill(0);
-                    }
-                    bytes.as_mut_ptr() as u64
-                }
-            })
-            .collect();
-        let started = Instant::now();
-        let (packets, totals) = if items == 0 {
-            (0, Vec::new())
-        } else {
-            let job = BlockJob {
-                kernel: &compiled.kernel,
-                opencl: Vec::new(),
-                name: kernel.name(),
-                first: 0,
-                items,
-                block,
-                sums: &sums,
-                threads,
-                packet_items: None,
-                progress: options.progress.as_deref(),
-            };
-            // SAFETY: the caller checked every slice against the manifest for `items`,
-            // and `args` borrows the slices until this call returns.
-            let (counts, totals) = unsafe { job.run() }?;
-            (counts.cpu, totals)
+        let progress = options.progress.clone();
+        let step_progress = move |committed: u64| {
+            if let Some(progress) = &progress {
+                progress(done + committed, total);
+            }
         };
-        // Sum slices get the job's totals added, as a direct call adds into them.
-        for (&(slot, elem, _), total) in sums.iter().zip(&totals) {
-            if let ArgInner::Output { bytes, .. } = &mut args[slot].0 {
-                elem.add_into(bytes, total.as_bytes());
+        let outcome = client.run_job_with(
+            &packages[instance.package],
+            &instance.kernel,
+            instance.layout.items,
+            &mut args,
+            &settings,
+            Some(&step_progress),
+        );
+        match outcome {
+            Ok(step) => {
+                add_step(&mut report, &mut cluster, &step);
+                done = done.saturating_add(instance.layout.items);
+                index += 1;
+                Ok(())
+            }
+            Err(ClientError::Unfinished(unfinished)) if options.local_fallback => {
+                let left: u64 = unfinished.remaining.iter().map(|r| r.end - r.start).sum();
+                report.items += instance.layout.items.saturating_sub(left);
+                report.packets += unfinished.committed_packets;
+                stop = Some(Ok(*unfinished));
+                Err(stop_walk())
+            }
+            Err(e) => {
+                stop = Some(Err(e.into()));
+                Err(stop_walk())
             }
         }
-        Ok(LaunchReport {
-            items,
-            packets,
-            workers: threads,
-            code_origin: Some(compiled.origin),
-            compile_time: compiled.elapsed,
-            run_time: started.elapsed(),
-        })
+    });
+    cluster.packets_per_node.retain(|(_, n)| *n > 0);
+    match (stop, walk) {
+        (None, Err(e)) => return Err(e.into()),
+        (None, Ok(())) => {}
+        (Some(Err(e)), _) => return Err(e),
+        (Some(Ok(unfinished)), _) => {
+            tracing::warn!("{unfinished}; finishing the job on this machine");
+            let engine = match fallback.get() {
+                Some(engine) => engine,
+                None => {
+                    let engine = Engine::new(Config::default()).map_err(LaunchError::Engine)?;
+                    fallback.get_or_init(|| engine)
+                }
+            };
+            let mut here = options.clone();
+            here.redundancy = 1;
+            here.device = None;
+            let resume = Resume {
+                instance: index,
+                ranges: unfinished.remaining.clone(),
+            };
+            let local = engine::run_plan(engine, job, &plan, &here, Some(resume))?;
+            report.items += local.items;
+            report.packets += local.packets;
+            report.steps += local.steps;
+            report.run_time += local.run_time;
+            report.compile_time += local.compile_time;
+            report.code_origin = local.code_origin;
+            report.cache_key = local.cache_key;
+            report.threads = local.threads;
+            cluster.lost.extend(unfinished.why);
+            cluster.finished_here = Some((local.items, local.packets));
+        }
     }
+    report.workers = cluster.packets_per_node.len();
+    report.cluster = Some(cluster);
+    Ok(report)
+}
+
+/// The error that stops a plan's walk; the real outcome is kept beside it.
+fn stop_walk() -> ProgramError {
+    ProgramError::Invalid {
+        at: String::new(),
+        reason: "stopped".into(),
+    }
+}
+
+/// Adds a step's cluster report to the job's.
+fn add_step(report: &mut Report, cluster: &mut ClusterReport, step: &JobReport) {
+    report.items += step.items;
+    report.steps += 1;
+    report.packets += step.packets;
+    report.compile_time += step.prepare_time;
+    report.run_time += step.run_time;
+    let add = |list: &mut Vec<(String, u64)>, name: &str, n: u64| match list
+        .iter_mut()
+        .find(|(k, _)| k == name)
+    {
+        Some((_, total)) => *total += n,
+        None => list.push((name.to_string(), n)),
+    };
+    for (node, n) in &step.packets_per_node {
+        add(&mut cluster.packets_per_node, node, *n);
+    }
+    for (device, n) in &step.packets_per_device {
+        add(&mut cluster.packets_per_device, device, *n);
+    }
+    for (node, n) in &step.rejoined {
+        add(&mut cluster.rejoined, node, *n);
+    }
+    for line in step.lost.iter().chain(&step.disagreements) {
+        let list = if step.lost.contains(line) {
+            &mut cluster.lost
+        } else {
+            &mut cluster.disagreements
+        };
+        if !list.contains(line) {
+            list.push(line.clone());
+        }
+    }
+    for (node, rate) in &step.tuned_rates {
+        if !cluster.tuned_rates.iter().any(|(n, _)| n == node) {
+            cluster.tuned_rates.push((node.clone(), *rate));
+        }
+    }
+}
+
+/// A step run's arguments for the cluster client, on the job's memory: a buffer the
+/// step writes is bound to one parameter only (the plan checks), so the mutable borrows
+/// are disjoint; buffers it only reads may be bound to several.
+fn step_args<'s>(
+    instance: &Instance,
+    storage: &'s mut [Storage<'_>],
+) -> Result<Vec<JobArg<'s>>, RunError> {
+    let written: Vec<bool> = (0..storage.len()).map(|b| instance.writes(b)).collect();
+    let mut writable: Vec<Option<&'s mut [u8]>> = Vec::with_capacity(storage.len());
+    let mut readable: Vec<Option<&'s [u8]>> = Vec::with_capacity(storage.len());
+    for (memory, writes) in storage.iter_mut().zip(&written) {
+        if *writes {
+            writable.push(memory.bytes_mut());
+            readable.push(None);
+        } else {
+            let memory: &'s Storage<'_> = memory;
+            writable.push(None);
+            readable.push(Some(memory.bytes()));
+        }
+    }
+    let mut args = Vec::with_capacity(instance.layout.args.len());
+    for (slot, layout) in instance.layout.args.iter().enumerate() {
+        let arg = match (layout, instance.buffers[slot]) {
+            (ir_packager::ArgLayout::Scalar(v), _) => JobArg::Scalar(*v),
+            (_, Some(b)) if written[b] => match writable[b].take() {
+                Some(bytes) => JobArg::Output(bytes),
+                None => {
+                    return Err(RunError::Refused(format!(
+                        "kernel `{}` writes a buffer lent read-only",
+                        instance.kernel
+                    )))
+                }
+            },
+            (_, Some(b)) => JobArg::Input(readable[b].unwrap_or(&[])),
+            (_, None) => JobArg::Input(&[]),
+        };
+        args.push(arg);
+    }
+    Ok(args)
 }

@@ -2,50 +2,59 @@
 //! and (with the cluster) on the other machines of a LAN.
 //!
 //! A kernel is a `#![no_std]` Rust or C function, compiled once into a [`Package`]
-//! (bitcode + [`Manifest`] + hash) by [`package_source`]. Each node JIT-compiles the
-//! package for its own CPU with an [`Engine`] and runs the job's items `0..items` in
-//! packets chosen by the scheduler. This crate is the facade: it re-exports the parts and
-//! holds the local runner and the `offload` command line.
+//! (bitcode + [`Manifest`] + hash) by [`package_source`]. A [`Job`] is a program of steps
+//! (kernel launches over items `0..n`) on named buffers that stay where they are between
+//! steps; a single launch is a one-step job. [`Cluster::run`] runs a job with one set of
+//! [`Options`] on this machine (each kernel JIT-compiled once by an [`Engine`]) or on a
+//! cluster's nodes, and returns one [`Report`]; `offload run` and the
+//! `#[offload::kernel]` launchers go through the same path. This crate is the facade: it
+//! re-exports the parts and holds the local engine and the `offload` command line.
 //!
 //! ```no_run
-//! use offload::{package_source, run_local, ArgValue, Buffer, Config, Engine, LocalOptions, Manifest, ScalarValue};
+//! use std::sync::Arc;
+//! use offload::{package_source, ArgValue, Buffer, Cluster, Job, Manifest, Options, ScalarValue};
 //!
 //! let manifest = Manifest::parse(&std::fs::read_to_string("examples/saxpy/manifest.toml")?)?;
-//! let package = package_source("examples/saxpy/kernel.rs".as_ref(), &manifest)?;
-//! let engine = Engine::new(Config::default())?;
+//! let package = Arc::new(package_source("examples/saxpy/kernel.rs".as_ref(), &manifest)?);
 //! let n = 1 << 20;
 //! let x: Vec<u8> = (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect();
-//! let mut args = vec![
+//! let args = vec![
 //!     ArgValue::Scalar(ScalarValue::F32(2.0)),
 //!     ArgValue::Buffer(Buffer::from_bytes(&x)),
 //!     ArgValue::Buffer(Buffer::zeroed(4 * n)),
 //! ];
-//! let report = run_local(&engine, &package, "saxpy", n as u64, &mut args, &LocalOptions::default())?;
+//! let mut job = Job::kernel(package, "saxpy", n as u64, args)?;
+//! let report = Cluster::local()?.run(&mut job, &Options::default())?;
 //! println!("{} packets on {} threads", report.packets, report.threads);
+//! let y = job.buffer("y").expect("the kernel has a parameter y");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Crates: `ir-packager` (sources to packages), `node-jit` (packages to native code),
-//! `scheduler` (the pure packet scheduler).
+//! Crates: `kernel-model` (manifests, programs, the argument checker; no LLVM),
+//! `ir-packager` (sources to packages), `node-jit` (packages to native code), `scheduler`
+//! (the pure packet scheduler), `opencl-backend`, `cluster`.
 
 pub mod api;
 pub mod buffer;
-pub mod local;
+mod engine;
+pub mod files;
+pub mod job;
 pub mod tune;
 
 pub use api::{
     ClientConfig, ClientError, Cluster, Credentials, CredentialsError, Element, EmbeddedPackage,
-    Kernel, KernelArg, LaunchError, LaunchOptions, LaunchReport, Scalar,
+    Kernel, KernelArg, LaunchError, Scalar,
 };
 pub use buffer::Buffer;
+pub use engine::{check_memory, sum_workspace, RunError};
+pub use ir_packager::kernel_model::program::{Program, ProgramError};
+pub use ir_packager::MAGIC as PACKAGE_MAGIC;
 pub use ir_packager::{
-    package_source, Access, Arg, ArgKind, FormatError, KernelKind, KernelSpec, Manifest,
-    ManifestError, Package, PackageError, PackageHash, ScalarType, ScalarValue, Shape,
+    check, needed_bytes, package_source, Access, Arg, ArgError, ArgKind, ArgLayout, Expr,
+    FormatError, Given, KernelKind, KernelSpec, Layout, Manifest, ManifestError, Package,
+    PackageError, PackageHash, ScalarType, ScalarValue, Shape,
 };
-pub use local::{
-    check_args, check_memory, required_bytes, run_local, run_ranges_local, sum_workspace, ArgValue,
-    DeviceChoice, LocalOptions, RunError, RunReport,
-};
+pub use job::{ArgValue, ClusterReport, Job, JobBuilder, JobError, Options, Report};
 pub use node_jit::{
     c_prototype, describe_bytes, memory_limit, CodeOrigin, Config, Engine, HostTarget, JitError,
     OptLevel, Tuning,
@@ -68,6 +77,7 @@ pub use node_jit::{
 /// ```
 pub use offload_macros::kernel;
 pub use opencl_backend::{self, OpenCl};
+pub use scheduler::DeviceChoice;
 
 /// The package format version this build reads and writes.
 pub fn ir_packager_format_version() -> u16 {

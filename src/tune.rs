@@ -22,12 +22,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ir_packager::{ArgKind, KernelSpec, Package, PackageHash, ScalarType, ScalarValue, Shape};
+use std::sync::Arc;
+
+use ir_packager::{
+    needed_bytes, ArgKind, KernelSpec, Package, PackageHash, ScalarType, ScalarValue, Shape,
+};
 use node_jit::{Config, Engine, HostTarget, OptLevel, Tuning};
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::Buffer;
-use crate::local::{required_bytes, run_local, ArgValue, LocalOptions, RunError};
+use crate::engine::RunError;
+use crate::job::{ArgValue, Job, Options};
 
 /// Relative speed-up a candidate needs over the best so far to be preferred: below it,
 /// differences are taken for measurement noise.
@@ -134,7 +139,7 @@ impl Settings {
     }
 
     /// `options` with these threads, packet size and tuning.
-    pub fn apply(&self, mut options: LocalOptions) -> LocalOptions {
+    pub fn apply(&self, mut options: Options) -> Options {
         options = options.threads(self.threads).tuning(self.tuning());
         if let Some(items) = self.packet_items {
             options = options.packet_items(items);
@@ -384,8 +389,9 @@ impl TuneOptions {
     }
 }
 
-/// Arguments for a timing run of `spec` over `items` items: input buffers sized by the
-/// manifest ([`required_bytes`]) filled with deterministic values in [0, 1) (integers
+/// Arguments for a timing run of `spec` over `items` items (every argument but the
+/// lengths the runtime fills in): input buffers sized by the manifest
+/// ([`needed_bytes`]) filled with deterministic values in [0, 1) (integers
 /// 0..16), `whole` buffers with [`WHOLE_ELEMENTS_PER_ITEM`] elements per item, and
 /// scalars from `scalars` or else 1 (floats), `items` (unsigned integers, saturated).
 pub fn synthetic_args(
@@ -393,28 +399,47 @@ pub fn synthetic_args(
     items: u64,
     scalars: &[(String, ScalarValue)],
 ) -> Result<Vec<ArgValue>, TuneError> {
+    let fail = |arg: &ir_packager::Arg, reason: &str| TuneError::Inputs {
+        kernel: spec.name.clone(),
+        arg: arg.name.clone(),
+        reason: reason.to_string(),
+    };
+    // Scalars first: buffer sizes may be expressions of them.
+    let mut chosen: Vec<(String, ScalarValue)> = Vec::new();
+    for arg in spec.args.iter().filter(|a| a.derived.is_none()) {
+        if let ArgKind::Scalar(ty) = arg.kind {
+            let value = match scalars.iter().find(|(n, _)| *n == arg.name) {
+                Some((_, v)) if v.scalar_type() == ty => *v,
+                Some((_, v)) => return Err(fail(arg, &format!("{v} is not a {ty}"))),
+                None => default_scalar(ty, items),
+            };
+            chosen.push((arg.name.clone(), value));
+        }
+    }
+    let scalar = |name: &str| chosen.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
     let mut values = Vec::with_capacity(spec.args.len());
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for arg in &spec.args {
-        let fail = |reason: &str| TuneError::Inputs {
-            kernel: spec.name.clone(),
-            arg: arg.name.clone(),
-            reason: reason.to_string(),
-        };
+    for (slot, arg) in spec.args.iter().enumerate() {
+        if arg.derived.is_some() {
+            continue;
+        }
         let value = match arg.kind {
-            ArgKind::Scalar(ty) => match scalars.iter().find(|(n, _)| *n == arg.name) {
-                Some((_, v)) if v.scalar_type() == ty => ArgValue::Scalar(*v),
-                Some((_, v)) => return Err(fail(&format!("{v} is not a {ty}"))),
-                None => ArgValue::Scalar(default_scalar(ty, items)),
+            ArgKind::Scalar(_) => match scalar(&arg.name) {
+                Some(v) => ArgValue::Scalar(v),
+                None => return Err(fail(arg, "has no value")),
             },
-            ArgKind::Buffer { elem, shape, .. } => {
+            ArgKind::Buffer {
+                elem, ref shape, ..
+            } => {
                 let bytes = match shape {
                     Shape::Whole => items
                         .checked_mul(WHOLE_ELEMENTS_PER_ITEM * elem.size() as u64)
-                        .ok_or_else(|| fail("too many items"))?,
-                    _ => required_bytes(arg, items).ok_or_else(|| fail("too many items"))?,
+                        .ok_or_else(|| fail(arg, "too many items"))?,
+                    _ => needed_bytes(spec, slot, items, &scalar)
+                        .map_err(|e| fail(arg, &e.to_string()))?
+                        .unwrap_or(0),
                 };
-                let len = usize::try_from(bytes).map_err(|_| fail("too many items"))?;
+                let len = usize::try_from(bytes).map_err(|_| fail(arg, "too many items"))?;
                 let mut data = Vec::with_capacity(len);
                 while data.len() < len {
                     // xorshift: cheap, deterministic, no dependency.
@@ -485,17 +510,23 @@ fn measure(
     options: &TuneOptions,
 ) -> Result<f64, TuneError> {
     let engine = engines.get(settings.opt_level);
-    let local = || settings.apply(LocalOptions::default());
-    let fail = |source| TuneError::Run {
+    let local = settings.apply(Options::default());
+    let fail = |source: RunError| TuneError::Run {
         kernel: kernel.to_string(),
         settings: settings.to_string(),
         source: Box::new(source),
     };
-    run_local(engine, package, kernel, options.items, args, &local()).map_err(fail)?;
+    let mut job = Job::kernel(
+        Arc::new(package.clone()),
+        kernel,
+        options.items,
+        args.to_vec(),
+    )
+    .map_err(|e| fail(e.into()))?;
+    crate::engine::run(engine, &mut job, &local).map_err(fail)?;
     let mut times = Vec::with_capacity(options.repeats.max(1));
     for _ in 0..options.repeats.max(1) {
-        let report =
-            run_local(engine, package, kernel, options.items, args, &local()).map_err(fail)?;
+        let report = crate::engine::run(engine, &mut job, &local).map_err(fail)?;
         times.push(report.run_time.as_secs_f64().max(1e-9));
     }
     Ok(options.items as f64 / median(&mut times))

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ir_packager::{Access, ArgKind, Package, ScalarType, ScalarValue, Shape};
+use ir_packager::{kernel_model, ArgLayout, Given, Package, ScalarType, ScalarValue};
 use scheduler::{
     Decision, DeviceChoice, DeviceId, DeviceSpec, Event, JobSpec, Link, NodeId, Scheduler,
 };
@@ -224,10 +224,35 @@ fn describe_tried(tried: &[String]) -> String {
 pub enum JobArg<'a> {
     /// A scalar.
     Scalar(ScalarValue),
-    /// A buffer: inputs hold data; `out`, `inout` and `sum` buffers receive results
-    /// (`sum` buffers must be zeroed and of their fixed size).
-    Buffer(&'a mut [u8]),
+    /// A buffer the job only reads (`in`, split or whole).
+    Input(&'a [u8]),
+    /// A buffer the job writes: `out` and `inout` slices receive the results (what a
+    /// kernel leaves unwritten in an `out` slice is zero), `sum` buffers get the job's
+    /// totals added to them.
+    Output(&'a mut [u8]),
 }
+
+impl JobArg<'_> {
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            JobArg::Scalar(_) => None,
+            JobArg::Input(bytes) => Some(bytes),
+            JobArg::Output(bytes) => Some(bytes),
+        }
+    }
+}
+
+/// Settings of one job that may differ from the client's [`ClientConfig`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobSettings {
+    /// Copies of every packet on distinct nodes (default: the config's).
+    pub redundancy: Option<u32>,
+    /// Which devices of the nodes run packets (default: the config's).
+    pub devices: Option<DeviceChoice>,
+}
+
+/// Called with the items committed so far in a job.
+pub type ProgressFn<'a> = &'a (dyn Fn(u64) + Send + Sync);
 
 /// What a finished cluster job did.
 #[derive(Debug, Clone)]
@@ -508,6 +533,20 @@ impl ClusterClient {
         items: u64,
         args: &mut [JobArg<'_>],
     ) -> Result<JobReport, ClientError> {
+        self.run_job_with(package, kernel, items, args, &JobSettings::default(), None)
+    }
+
+    /// [`run_job`](Self::run_job) with `settings` for this job and `progress` called with
+    /// the items committed so far as packets are committed.
+    pub fn run_job_with(
+        &mut self,
+        package: &Package,
+        kernel: &str,
+        items: u64,
+        args: &mut [JobArg<'_>],
+        settings: &JobSettings,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<JobReport, ClientError> {
         self.reconnect()?;
         let job_id = self.next_job;
         self.next_job += 1;
@@ -521,15 +560,15 @@ impl ClusterClient {
             layout,
             on_event: self.config.on_event.clone(),
             slots: self.config.slots,
-            redundancy: self.config.redundancy,
-            devices: self.config.devices,
+            redundancy: settings.redundancy.unwrap_or(self.config.redundancy).max(1),
+            devices: settings.devices.unwrap_or(self.config.devices),
             packet_timeout: self.config.packet_timeout,
             endpoint: self.endpoint.clone(),
             connect_timeout: self.config.connect_timeout,
         };
         let (report, rejoined) = self
             .runtime
-            .block_on(job.run(remotes, args))
+            .block_on(job.run(remotes, args, progress))
             .map_err(ClientError::Runtime)??;
         // Keep the connections of nodes that came back, for the next job.
         for remote in rejoined {
@@ -675,7 +714,7 @@ impl AsRef<[u8]> for SharedBytes {
     }
 }
 
-/// How each argument travels, derived once from the manifest and the job.
+/// How each argument travels, derived once from the job's checked layout.
 struct Layout {
     wire: Vec<WireArg>,
     /// Whole buffers: hash and bytes.
@@ -684,6 +723,8 @@ struct Layout {
     splits: Vec<Option<(u64, bool, bool)>>,
     /// Per argument: element type of sum buffers.
     sums: Vec<Option<ScalarType>>,
+    /// The job as the shared checker saw it (halos, sizes).
+    checked: kernel_model::Layout,
 }
 
 impl Layout {
@@ -697,12 +738,25 @@ impl Layout {
             .manifest()
             .kernel(kernel)
             .ok_or_else(|| ClientError::BadJob(format!("the package has no kernel `{kernel}`")))?;
-        if spec.args.len() != args.len() {
+        let given: Vec<Given> = args
+            .iter()
+            .map(|a| match a {
+                JobArg::Scalar(v) => Given::Scalar(*v),
+                JobArg::Input(bytes) => Given::Buffer {
+                    bytes: bytes.len() as u64,
+                    elem: None,
+                    access: Some(kernel_model::Access::In),
+                },
+                JobArg::Output(bytes) => Given::bytes(bytes.len() as u64),
+            })
+            .collect();
+        let checked = kernel_model::check(spec, items, &given)
+            .map_err(|e| ClientError::BadJob(e.to_string()))?;
+        if checked.args.len() != args.len() {
             return Err(ClientError::BadJob(format!(
-                "kernel `{kernel}` takes {} arguments ({}), {} were given",
-                spec.args.len(),
-                spec.signature(),
-                args.len()
+                "kernel `{kernel}` takes {} arguments ({}): on a cluster every one is given, the lengths the runtime fills in too",
+                checked.args.len(),
+                spec.signature()
             )));
         }
         let mut layout = Layout {
@@ -710,24 +764,15 @@ impl Layout {
             wholes: Vec::new(),
             splits: Vec::new(),
             sums: Vec::new(),
+            checked: checked.clone(),
         };
-        for (arg, value) in spec.args.iter().zip(args) {
-            let bad = |what: String| ClientError::BadJob(format!("argument `{arg}`: {what}"));
-            let (wire, split, sum) = match (arg.kind, value) {
-                (ArgKind::Scalar(ty), JobArg::Scalar(v)) if v.scalar_type() == ty => {
-                    (WireArg::Scalar(v.to_bits()), None, None)
-                }
-                (
-                    ArgKind::Buffer {
-                        shape: Shape::Whole,
-                        access: Access::In,
-                        ..
-                    },
-                    JobArg::Buffer(bytes),
-                ) => {
+        for (slot, (arg, value)) in checked.args.iter().zip(args).enumerate() {
+            let (wire, split, sum) = match (arg, value) {
+                (ArgLayout::Scalar(v), _) => (WireArg::Scalar(v.to_bits()), None, None),
+                (ArgLayout::Whole { .. }, JobArg::Input(bytes)) => {
                     if bytes.len() > MAX_DATA - 64 {
-                        return Err(bad(format!(
-                            "{} bytes is more than one message may carry ({MAX_DATA})",
+                        return Err(ClientError::BadJob(format!(
+                            "a whole buffer of {} bytes is more than one message may carry ({MAX_DATA})",
                             bytes.len()
                         )));
                     }
@@ -735,48 +780,42 @@ impl Layout {
                     layout.wholes.push((hash, Arc::new(bytes.to_vec())));
                     (WireArg::Whole(hash), None, None)
                 }
-                (
-                    ArgKind::Buffer {
-                        shape: Shape::PerItem(k),
-                        access,
-                        elem,
-                    },
-                    JobArg::Buffer(bytes),
-                ) => {
-                    let per_item = k
-                        .checked_mul(elem.size() as u64)
-                        .ok_or_else(|| bad("too large".into()))?;
-                    if Some(bytes.len() as u64) != items.checked_mul(per_item) {
-                        return Err(bad(format!(
-                            "{} bytes given, {items} items need {per_item} bytes each",
-                            bytes.len()
-                        )));
-                    }
+                (ArgLayout::Split { access, halo, .. }, value)
+                    if value.bytes().is_some()
+                        && (!access.writes_output() || matches!(value, JobArg::Output(_))) =>
+                {
+                    let per_item = arg.bytes_per_item();
                     let (input, output) = (access.reads_input(), access.writes_output());
                     (
                         WireArg::Split {
                             bytes_per_item: per_item,
                             input,
                             output,
+                            halo: *halo,
                         },
                         Some((per_item, input, output)),
                         None,
                     )
                 }
-                (
-                    ArgKind::Buffer {
-                        shape: Shape::Fixed(n),
-                        access: Access::Sum,
-                        elem,
-                    },
-                    JobArg::Buffer(bytes),
-                ) => {
-                    if Some(bytes.len() as u64) != n.checked_mul(elem.size() as u64) {
-                        return Err(bad(format!("{} bytes given", bytes.len())));
-                    }
-                    (WireArg::Sum(bytes.len() as u64), None, Some(elem))
+                (ArgLayout::Sum { elem, .. }, JobArg::Output(bytes)) => {
+                    (WireArg::Sum(bytes.len() as u64), None, Some(*elem))
                 }
-                _ => return Err(bad("the value does not match this argument".into())),
+                // The checker matched buffers to buffers; what is left is the kind of
+                // view given.
+                (layout, _) => {
+                    return Err(ClientError::BadJob(format!(
+                        "argument `{}` of kernel `{kernel}` is {}: give it as {}",
+                        spec.args.get(slot).map_or("?", |a| a.name.as_str()),
+                        match layout.access() {
+                            Some(access) if access.writes_output() => "a buffer the kernel writes",
+                            _ => "a buffer the kernel only reads",
+                        },
+                        match layout.access() {
+                            Some(access) if access.writes_output() => "JobArg::Output",
+                            _ => "JobArg::Input",
+                        }
+                    )))
+                }
             };
             layout.wire.push(wire);
             layout.splits.push(split);
@@ -839,10 +878,11 @@ impl Layout {
     /// The packet's slices of the input split buffers.
     fn slices(&self, args: &[JobArg<'_>], start: u64, end: u64) -> Vec<Vec<u8>> {
         let mut slices = Vec::new();
-        for (split, value) in self.splits.iter().zip(args) {
-            if let (Some((bpi, true, _)), JobArg::Buffer(bytes)) = (split, value) {
-                let (a, b) = ((start * bpi) as usize, (end * bpi) as usize);
-                slices.push(bytes[a..b].to_vec());
+        for (slot, (split, value)) in self.splits.iter().zip(args).enumerate() {
+            if let (Some((_, true, _)), Some(bytes)) = (split, value.bytes()) {
+                // With its halo: the neighbours' items it may read.
+                let range = self.checked.byte_range(slot, start, end, true);
+                slices.push(bytes[range.start as usize..range.end as usize].to_vec());
             }
         }
         slices
@@ -869,24 +909,89 @@ impl Layout {
         }
     }
 
-    /// Copies a committed result into the job's buffers.
-    fn commit(&self, args: &mut [JobArg<'_>], start: u64, outputs: Vec<Vec<u8>>) {
+    /// Copies a committed result's slices into the job's buffers and returns its `sum`
+    /// partials (added in item order by [`SumFold`]).
+    fn commit(&self, args: &mut [JobArg<'_>], start: u64, outputs: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         let mut outputs = outputs.into_iter();
+        let mut partials = Vec::new();
         for ((split, sum), value) in self.splits.iter().zip(&self.sums).zip(args.iter_mut()) {
-            let JobArg::Buffer(bytes) = value else {
-                continue;
-            };
             if let Some((bpi, _, true)) = split {
-                if let Some(slice) = outputs.next() {
+                if let (Some(slice), JobArg::Output(bytes)) = (outputs.next(), value) {
                     let a = (start * bpi) as usize;
                     bytes[a..a + slice.len()].copy_from_slice(&slice);
                 }
-            } else if let Some(elem) = sum {
-                if let Some(partial) = outputs.next() {
-                    elem.add_into(bytes, &partial);
+            } else if sum.is_some() {
+                partials.extend(outputs.next());
+            }
+        }
+        partials
+    }
+
+    /// Adds a job's `sum` totals into its `sum` buffers.
+    fn add_totals(&self, args: &mut [JobArg<'_>], totals: &[Vec<u8>]) {
+        let mut totals = totals.iter();
+        for (sum, value) in self.sums.iter().zip(args.iter_mut()) {
+            if let (Some(elem), JobArg::Output(bytes)) = (sum, value) {
+                if let Some(total) = totals.next() {
+                    elem.add_into(bytes, total);
                 }
             }
         }
+    }
+}
+
+/// A job's `sum` partials, added into zeroed totals in item order (by packet start) as
+/// they become contiguous, whatever order packets complete in: with the fixed packet
+/// size of jobs with `sum` buffers this gives the same totals, bit for bit, run after run
+/// and as a local run.
+struct SumFold {
+    /// Committed partials not yet added, by start: (end, partials).
+    waiting: std::collections::BTreeMap<u64, (u64, Vec<Vec<u8>>)>,
+    totals: Vec<Vec<u8>>,
+    next: u64,
+}
+
+impl SumFold {
+    fn new(layout: &Layout) -> SumFold {
+        let totals = layout
+            .wire
+            .iter()
+            .filter_map(|w| match w {
+                WireArg::Sum(bytes) => Some(vec![0u8; *bytes as usize]),
+                _ => None,
+            })
+            .collect();
+        SumFold {
+            waiting: std::collections::BTreeMap::new(),
+            totals,
+            next: 0,
+        }
+    }
+
+    fn add(&mut self, layout: &Layout, start: u64, end: u64, partials: Vec<Vec<u8>>) {
+        if self.totals.is_empty() {
+            return;
+        }
+        self.waiting.insert(start, (end, partials));
+        while let Some((end, partials)) = self.waiting.remove(&self.next) {
+            self.add_now(layout, &partials);
+            self.next = end;
+        }
+    }
+
+    fn add_now(&mut self, layout: &Layout, partials: &[Vec<u8>]) {
+        let elems = layout.sums.iter().flatten();
+        for ((total, partial), elem) in self.totals.iter_mut().zip(partials).zip(elems) {
+            elem.add_into(total, partial);
+        }
+    }
+
+    /// The totals, with any partials still waiting (a job cut short) added in order.
+    fn finish(mut self, layout: &Layout) -> Vec<Vec<u8>> {
+        for (_, (_, partials)) in std::mem::take(&mut self.waiting) {
+            self.add_now(layout, &partials);
+        }
+        self.totals
     }
 }
 
@@ -1250,6 +1355,7 @@ impl JobRun {
         self,
         remotes: Vec<Remote>,
         args: &mut [JobArg<'_>],
+        progress: Option<ProgressFn<'_>>,
     ) -> Result<(JobReport, Vec<Remote>), ClientError> {
         let prepare_started = Instant::now();
         // Prepare on every node at once.
@@ -1325,14 +1431,21 @@ impl JobRun {
             .collect();
 
         let broadcast: u64 = self.layout.wholes.iter().map(|(_, b)| b.len() as u64).sum();
-        let mut sched = Scheduler::new(
-            JobSpec::new(self.items)
-                .bytes_in_per_item(self.layout.bytes_per_item(true))
-                .bytes_out_per_item(self.layout.bytes_per_item(false))
-                .broadcast_bytes(broadcast)
-                .max_packet(self.layout.max_packet_items())
-                .redundancy(self.redundancy),
-        );
+        let mut spec = JobSpec::new(self.items)
+            .bytes_in_per_item(self.layout.bytes_per_item(true))
+            .bytes_out_per_item(self.layout.bytes_per_item(false))
+            .broadcast_bytes(broadcast)
+            .max_packet(self.layout.max_packet_items())
+            .redundancy(self.redundancy);
+        // Jobs with sums cut fixed packets (the same as a local run's), so the partials
+        // added in item order give the same totals whatever the timing.
+        if let Some(fixed) = self.layout.checked.sum_packet_items() {
+            let fixed = fixed.min(self.layout.max_packet_items());
+            spec = spec.min_packet(fixed).max_packet(fixed);
+        }
+        let mut sched = Scheduler::new(spec);
+        let mut sums = SumFold::new(&self.layout);
+        let mut committed_items = 0u64;
         let clock = Instant::now();
         let now = || clock.elapsed().as_micros() as u64;
         // Where each device's packets run on its node, and its name and committed
@@ -1413,8 +1526,13 @@ impl JobRun {
                     }
                     Decision::Commit { device, packet } => {
                         if let Some(outputs) = pending.remove(&(device, packet.id.0)) {
-                            self.layout.commit(args, packet.start, outputs);
+                            let partials = self.layout.commit(args, packet.start, outputs);
+                            sums.add(&self.layout, packet.start, packet.end, partials);
                             committed_packets += 1;
+                            committed_items += packet.items();
+                            if let Some(progress) = progress {
+                                progress(committed_items);
+                            }
                             committed_ranges.push((packet.start, packet.end));
                             if let Some(entry) =
                                 device_packets.iter_mut().find(|(d, _, _)| *d == device)
@@ -1657,6 +1775,9 @@ impl JobRun {
                 let _ = request(&connection, &end).await;
             });
         }
+        // Committed sums count also when the job was cut short (its rest runs elsewhere
+        // and adds its own).
+        self.layout.add_totals(args, &sums.finish(&self.layout));
         outcome?;
         let report = JobReport {
             items: self.items,
@@ -1764,6 +1885,7 @@ mod tests {
                     bytes_per_item,
                     input,
                     output,
+                    halo: 0,
                 }
             })
             .collect();
@@ -1777,6 +1899,12 @@ mod tests {
             wholes: Vec::new(),
             splits: all_splits,
             sums,
+            // Packet sizing reads only the wire view.
+            checked: kernel_model::Layout {
+                kernel: "k".into(),
+                items: 1,
+                args: Vec::new(),
+            },
         }
     }
 

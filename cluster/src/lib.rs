@@ -16,11 +16,11 @@
 //! let credentials = Credentials::load("cluster".as_ref())?;
 //! let config = ClientConfig::new(credentials).peers(["127.0.0.1:7878".parse()?]);
 //! let mut client = ClusterClient::connect(config)?;
-//! let (mut x, mut y) = (vec![0u8; 4096], vec![0u8; 4096]);
+//! let (x, mut y) = (vec![0u8; 4096], vec![0u8; 4096]);
 //! let mut args = [
 //!     JobArg::Scalar(ir_packager::ScalarValue::F32(2.0)),
-//!     JobArg::Buffer(&mut x),
-//!     JobArg::Buffer(&mut y),
+//!     JobArg::Input(&x),
+//!     JobArg::Output(&mut y),
 //! ];
 //! let report = client.run_job(&package, "saxpy", 1024, &mut args)?;
 //! println!("{} packets", report.packets);
@@ -38,10 +38,9 @@
 //!   (`Event::DeviceLost`) and their packets run elsewhere.
 //! - **Containment**: kernels run in worker processes ([`worker`]); a crash or a hang
 //!   fails the job with the reason and the node restarts the worker.
-//!
-//! Not in this crate yet: OpenCL devices on nodes (nodes serve their CPU only), and
-//! redundant execution across nodes is available in the scheduler but not exposed by
-//! the command line.
+//! - **Jobs** are one kernel launch each: the client keeps the buffers and ships each
+//!   packet's slices (with halos) to the nodes; the `offload` crate runs a program of
+//!   many steps as one such job per step.
 //!
 //! This crate has no feature flags.
 

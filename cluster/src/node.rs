@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ir_packager::{Access, ArgKind, Package, Shape};
+use ir_packager::Package;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{watch, Mutex, Semaphore};
@@ -484,6 +484,7 @@ async fn watch_client(
 struct Job {
     package: Arc<Package>,
     kernel: String,
+    items: u64,
     args: Vec<WireArg>,
     /// Whole buffers (hash, bytes) the workers need.
     wholes: Vec<(Hash, Arc<Vec<u8>>)>,
@@ -706,66 +707,33 @@ async fn prepare(
     }
     let mut wholes = Vec::new();
     for (arg, wire) in spec.args.iter().zip(&args) {
-        let fits = match (arg.kind, wire) {
-            (ArgKind::Scalar(_), WireArg::Scalar(_)) => true,
-            (
-                ArgKind::Buffer {
-                    shape: Shape::Whole,
-                    access: Access::In,
-                    elem,
-                },
-                WireArg::Whole(hash),
-            ) => {
-                let bytes = buffer_cache::usable(&shared.buffers, *hash, connection)
-                    .await
-                    .ok_or_else(|| {
-                        format!(
-                            "buffer `{}` is not in this node's cache: it was not uploaded, or \
-                             was evicted to make room (this node caches at most {} of whole \
-                             buffers)",
-                            arg.name,
-                            node_jit::describe_bytes(shared.buffer_cache_bytes as u64)
-                        )
-                    })?;
-                wholes.push((*hash, bytes.clone()));
-                bytes.len() % elem.size() == 0
-            }
-            (
-                ArgKind::Buffer {
-                    shape: Shape::PerItem(k),
-                    access,
-                    elem,
-                },
-                WireArg::Split {
-                    bytes_per_item,
-                    input,
-                    output,
-                },
-            ) => {
-                Some(*bytes_per_item) == k.checked_mul(elem.size() as u64)
-                    && *input == access.reads_input()
-                    && *output == access.writes_output()
-            }
-            (
-                ArgKind::Buffer {
-                    shape: Shape::Fixed(n),
-                    access: Access::Sum,
-                    elem,
-                },
-                WireArg::Sum(bytes),
-            ) => Some(*bytes) == n.checked_mul(elem.size() as u64),
-            _ => false,
-        };
-        if !fits {
-            return Err(format!(
-                "argument `{arg}` of kernel `{kernel}` does not match how the job sends it"
-            ));
+        if let WireArg::Whole(hash) = wire {
+            let bytes = buffer_cache::usable(&shared.buffers, *hash, connection)
+                .await
+                .ok_or_else(|| {
+                    format!(
+                        "buffer `{}` is not in this node's cache: it was not uploaded, or \
+                         was evicted to make room (this node caches at most {} of whole \
+                         buffers)",
+                        arg.name,
+                        node_jit::describe_bytes(shared.buffer_cache_bytes as u64)
+                    )
+                })?;
+            wholes.push((*hash, bytes));
         }
     }
+    let whole_len = |hash: &Hash| {
+        wholes
+            .iter()
+            .find(|(h, _)| h == hash)
+            .map(|(_, b)| b.len() as u64)
+    };
+    protocol::check_wire(spec, items, &args, &whole_len)?;
     check_packet_memory(kernel, &args, shared.pool.size())?;
     let mut job = Job {
         package,
         kernel: kernel.to_string(),
+        items,
         args,
         wholes,
         opencl: Vec::new(),
@@ -872,6 +840,7 @@ async fn run_packet(
             let request = ToWorker::Run {
                 package: job.package.hash().0,
                 kernel: job.kernel.clone(),
+                items: job.items,
                 start,
                 end,
                 args: job.args.clone(),

@@ -21,6 +21,7 @@
 //! uses the buffer (`docs/cluster.md`, "Buffer cache"). The worker pipe between a
 //! node and its kernel process uses the same framing with [`ToWorker`] and [`FromWorker`].
 
+use ir_packager::kernel_model;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The protocol version this build speaks.
@@ -31,7 +32,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Version 4: [`Response::Failed`] lost its `retryable` flag (the client decides whose
 /// fault a failure was by running the packet elsewhere), and each request kind has its
 /// own size limit ([`request_limit`]).
-pub const VERSION: u32 = 4;
+/// Version 5: split buffers may have halos ([`WireArg::Split`]'s `halo`): kernel model v2.
+pub const VERSION: u32 = 5;
 
 /// The ALPN protocol name of offload's QUIC connections.
 pub const ALPN: &[u8] = b"offload/1";
@@ -155,6 +157,9 @@ pub enum WireArg {
         input: bool,
         /// Whether the kernel writes it (`out`, `inout`): slices come back.
         output: bool,
+        /// Items on each side of a packet's own that come with its input slice
+        /// (`kernel_model::halo_range`); 0 without a halo.
+        halo: u64,
     },
     /// A `sum` buffer of this many bytes, zeroed per packet; partials come back.
     Sum(u64),
@@ -282,13 +287,15 @@ pub enum ToWorker {
         package: Hash,
         /// The kernel.
         kernel: String,
+        /// Items of the job (where halos stop).
+        items: u64,
         /// First item.
         start: u64,
         /// One past the last item.
         end: u64,
         /// Arguments in manifest order.
         args: Vec<WireArg>,
-        /// Slices of the input split buffers, in argument order.
+        /// Slices of the input split buffers (with their halos), in argument order.
         #[serde(with = "byte_lists")]
         slices: Vec<Vec<u8>>,
     },
@@ -472,6 +479,79 @@ pub fn decode_frame<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T
         )));
     }
     decode(body, limit)
+}
+
+/// Checks a job as it travels (its kernel's manifest entry, items and wire arguments,
+/// with the lengths of its whole buffers from `whole_len`) with the one argument checker,
+/// and that the wire says exactly what the checked layout says. Nodes and workers check
+/// what a client sends this way.
+pub fn check_wire(
+    spec: &kernel_model::KernelSpec,
+    items: u64,
+    args: &[WireArg],
+    whole_len: &dyn Fn(&Hash) -> Option<u64>,
+) -> Result<kernel_model::Layout, String> {
+    use kernel_model::{ArgKind, ArgLayout, Given, ScalarValue};
+    if args.len() != spec.args.len() {
+        return Err(format!(
+            "kernel `{}` takes {} arguments, the job gives {}",
+            spec.name,
+            spec.args.len(),
+            args.len()
+        ));
+    }
+    let mut given = Vec::with_capacity(args.len());
+    for (arg, wire) in spec.args.iter().zip(args) {
+        given.push(match (wire, &arg.kind) {
+            (WireArg::Scalar(bits), ArgKind::Scalar(ty)) => {
+                Given::Scalar(ScalarValue::from_bits(*bits, *ty))
+            }
+            (WireArg::Scalar(bits), ArgKind::Buffer { .. }) => {
+                Given::Scalar(ScalarValue::U64(*bits))
+            }
+            (WireArg::Whole(hash), _) => Given::bytes(
+                whole_len(hash).ok_or_else(|| format!("buffer `{}` is missing", arg.name))?,
+            ),
+            (WireArg::Split { bytes_per_item, .. }, _) => {
+                Given::bytes(items.checked_mul(*bytes_per_item).ok_or_else(|| {
+                    format!("buffer `{}` is larger than a 64-bit count", arg.name)
+                })?)
+            }
+            (WireArg::Sum(bytes), _) => Given::bytes(*bytes),
+        });
+    }
+    let layout = kernel_model::check(spec, items, &given).map_err(|e| e.to_string())?;
+    for ((arg, wire), checked) in spec.args.iter().zip(args).zip(&layout.args) {
+        let fits = match (wire, checked) {
+            (WireArg::Scalar(_), ArgLayout::Scalar(_))
+            | (WireArg::Whole(_), ArgLayout::Whole { .. })
+            | (WireArg::Sum(_), ArgLayout::Sum { .. }) => true,
+            (
+                WireArg::Split {
+                    bytes_per_item,
+                    input,
+                    output,
+                    halo,
+                },
+                split @ ArgLayout::Split {
+                    access, halo: h, ..
+                },
+            ) => {
+                *bytes_per_item == split.bytes_per_item()
+                    && *input == access.reads_input()
+                    && *output == access.writes_output()
+                    && halo == h
+            }
+            _ => false,
+        };
+        if !fits {
+            return Err(format!(
+                "argument `{arg}` of kernel `{}` does not match how the job sends it",
+                spec.name
+            ));
+        }
+    }
+    Ok(layout)
 }
 
 /// The node's verdict on a client's hello: `Ok` to go on, or the refusal to send.

@@ -220,11 +220,12 @@ impl State {
             ToWorker::Run {
                 package,
                 kernel,
+                items,
                 start,
                 end,
                 args,
                 slices,
-            } => self.run(package, kernel, start, end, &args, slices),
+            } => self.run(package, kernel, items, start..end, &args, slices),
         }
     }
 
@@ -256,11 +257,12 @@ impl State {
         &mut self,
         package: Hash,
         kernel: String,
-        start: u64,
-        end: u64,
+        job_items: u64,
+        packet: std::ops::Range<u64>,
         args: &[WireArg],
         slices: Vec<Vec<u8>>,
     ) -> FromWorker {
+        let (start, end) = (packet.start, packet.end);
         let key = (package, kernel.clone());
         let arity = match &self.runner {
             Runner::Jit { kernels, .. } => kernels.get(&key).map(|k| k.spec().args.len()),
@@ -269,7 +271,7 @@ impl State {
         let Some(arity) = arity else {
             return FromWorker::Error(format!("kernel `{kernel}` is not loaded in the worker"));
         };
-        if args.len() != arity || end < start {
+        if args.len() != arity || end < start || end > job_items {
             return FromWorker::Error(format!(
                 "packet {start}..{end} does not match kernel `{kernel}` ({arity} arguments)"
             ));
@@ -292,9 +294,16 @@ impl State {
                 WireArg::Split {
                     bytes_per_item,
                     input,
+                    halo,
                     ..
                 } => {
-                    let Some(len) = items
+                    // An input arrives with its halo; an output is the packet's own items.
+                    let held = if *input {
+                        ir_packager::halo_range(start, end, *halo, job_items)
+                    } else {
+                        start..end
+                    };
+                    let Some(len) = (held.end - held.start)
                         .checked_mul(*bytes_per_item)
                         .and_then(|n| usize::try_from(n).ok())
                     else {
@@ -315,10 +324,10 @@ impl State {
                         Aligned::zeroed(len)
                     };
                     // Kernels index with global item numbers: shift the pointer so that
-                    // item `start`'s elements land at the slice's beginning.
+                    // the first held item's elements land at the slice's beginning.
                     block[slot] = storage
                         .address()
-                        .wrapping_sub(start.wrapping_mul(*bytes_per_item));
+                        .wrapping_sub(held.start.wrapping_mul(*bytes_per_item));
                     owned.push((slot, storage));
                 }
                 WireArg::Sum(bytes) => {
@@ -363,18 +372,17 @@ impl State {
                     let Some(lowering) = lowered.get(&key) else {
                         return FromWorker::Error(format!("kernel `{kernel}` is not loaded"));
                     };
-                    // Only whole buffers are read by `prepare` (uploaded to the device
-                    // once for every packet of the job); their lengths come from here.
-                    let lens: Vec<usize> = args
-                        .iter()
-                        .map(|a| match a {
-                            WireArg::Whole(hash) => self.buffers.get(hash).map_or(0, |b| b.len),
-                            _ => 0,
-                        })
-                        .collect();
+                    // The job's layout (every size) as the node checked it; only whole
+                    // buffers are read by `prepare` (uploaded to the device once).
+                    let whole_len = |hash: &Hash| self.buffers.get(hash).map(|b| b.len as u64);
+                    let layout =
+                        match protocol::check_wire(&lowering.spec, job_items, args, &whole_len) {
+                            Ok(layout) => layout,
+                            Err(e) => return FromWorker::Error(e),
+                        };
                     // SAFETY: the whole buffers' addresses in `block` point at
-                    // `self.buffers` entries of exactly `lens` bytes, alive for the call.
-                    match unsafe { device.prepare(Arc::clone(lowering), &block, &lens) } {
+                    // `self.buffers` entries of exactly the layout's sizes, alive for the call.
+                    match unsafe { device.prepare(Arc::clone(lowering), &layout, &block) } {
                         Ok(kernel) => {
                             prepared.insert(prepared_key.clone(), kernel);
                         }

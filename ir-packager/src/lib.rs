@@ -42,12 +42,13 @@ pub use canonical::{
     ValidationError, LIBM_FUNCTIONS, PANIC_SYMBOL,
 };
 pub use inkwell;
-pub use manifest::{
-    Access, Arg, ArgKind, KernelKind, KernelSpec, Manifest, ManifestError, ScalarType, ScalarValue,
-    Shape,
+pub use kernel_model::{
+    self, check, halo_range, needed_bytes, Access, Arg, ArgError, ArgKind, ArgLayout, Derived,
+    Expr, Given, KernelKind, KernelSpec, Layout, Manifest, ManifestError, ScalarType, ScalarValue,
+    Shape, SUM_PACKETS,
 };
 pub use package::{
-    FormatError, LlvmVersion, Package, PackageHash, Provenance, SourceKind, FORMAT_VERSION,
+    FormatError, LlvmVersion, Package, PackageHash, Provenance, SourceKind, FORMAT_VERSION, MAGIC,
     MAX_PACKAGE_BYTES,
 };
 pub use source::{clang_path, rustc_path};

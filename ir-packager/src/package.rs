@@ -1,15 +1,21 @@
 //! The package file: a versioned header with a checksum, then the bincode-encoded body.
 //!
-//! Layout (format version 2): `b"OKPKG\0"`, the format version as a little-endian `u16`,
-//! the blake3 hash of the body (32 bytes), then the body (provenance, manifest, bitcode)
-//! encoded with bincode's standard configuration. The checksum is verified before
+//! Layout (format version 3): `b"OKPKG\0"`, the format version as a little-endian `u16`,
+//! the blake3 hash of the body (32 bytes), then the body (provenance, the manifest as its
+//! canonical TOML text, bitcode) encoded with bincode's standard configuration. Keeping
+//! the manifest as text means a change of the kernel model's types never changes how a
+//! package is encoded, and a package's manifest is parsed and checked by the same code as
+//! a manifest file. The checksum is verified before
 //! anything of the body is decoded, so a flipped bit is reported as such and never
 //! reaches bincode or LLVM's bitcode reader (which can crash on corrupt input). The
 //! package's identity is the blake3 hash of the whole file, so two packages with the same
 //! hash are byte-for-byte the same artifact.
 //!
-//! Version 1 had no checksum; such files are refused with a message that says how to
-//! make them again.
+//! Version 2 (the previous release) stored the manifest as encoded structures of kernel
+//! model v1; such files are still read (their manifest is turned into its v1 text and
+//! parsed like any manifest) and keep their identity (the hash of the file). Version 1
+//! had no checksum; such files are refused with a message that says how to make them
+//! again.
 
 use std::fmt;
 use std::path::Path;
@@ -22,7 +28,7 @@ use crate::manifest::{Manifest, ManifestError};
 pub const MAGIC: &[u8; 6] = b"OKPKG\0";
 
 /// The package format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 
 /// Bytes before the body: magic, format version, body checksum.
 const HEADER_LEN: usize = MAGIC.len() + 2 + 32;
@@ -135,11 +141,34 @@ pub struct Package {
     hash: PackageHash,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct PackageBody {
     provenance: Provenance,
     manifest: Manifest,
     bitcode: Vec<u8>,
+}
+
+/// The body as it is encoded: the manifest as canonical TOML.
+#[derive(Serialize, Deserialize)]
+struct EncodedBody {
+    provenance: Provenance,
+    manifest: String,
+    #[serde(with = "serde_bytes_vec")]
+    bitcode: Vec<u8>,
+}
+
+/// Bitcode as one byte string (one length, then the bytes), not a sequence of bytes.
+mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let bytes: &[u8] = <&[u8]>::deserialize(d)?;
+        Ok(bytes.to_vec())
+    }
 }
 
 /// A package file that cannot be read.
@@ -236,7 +265,12 @@ impl Package {
             manifest,
             bitcode,
         };
-        let encoded = bincode::serde::encode_to_vec(&body, bincode_config())
+        let wire = EncodedBody {
+            provenance: body.provenance.clone(),
+            manifest: body.manifest.to_toml(),
+            bitcode: body.bitcode.clone(),
+        };
+        let encoded = bincode::serde::encode_to_vec(&wire, bincode_config())
             .map_err(|e| FormatError::Corrupt(format!("cannot encode the package: {e}")))?;
         let mut bytes = Vec::with_capacity(HEADER_LEN + encoded.len());
         bytes.extend_from_slice(MAGIC);
@@ -264,7 +298,7 @@ impl Package {
             return Err(FormatError::NotAPackage);
         };
         let version = u16::from_le_bytes(*version);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != format2::VERSION {
             return Err(FormatError::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
@@ -280,16 +314,23 @@ impl Package {
         if blake3::hash(body_bytes).as_bytes() != checksum {
             return Err(FormatError::ChecksumMismatch);
         }
-        let (body, used): (PackageBody, usize) =
-            bincode::serde::decode_from_slice(body_bytes, bincode_config())
-                .map_err(|e| FormatError::Corrupt(describe_decode_error(&e)))?;
+        let (wire, used): (EncodedBody, usize) = if version == format2::VERSION {
+            format2::decode(body_bytes)?
+        } else {
+            bincode::serde::borrow_decode_from_slice(body_bytes, bincode_config())
+                .map_err(|e| FormatError::Corrupt(describe_decode_error(&e)))?
+        };
         if used != body_bytes.len() {
             return Err(FormatError::Corrupt(format!(
                 "{} trailing bytes after the package body",
                 body_bytes.len() - used
             )));
         }
-        body.manifest.check()?;
+        let body = PackageBody {
+            provenance: wire.provenance,
+            manifest: Manifest::parse(&wire.manifest)?,
+            bitcode: wire.bitcode,
+        };
         let hash = PackageHash(*blake3::hash(bytes).as_bytes());
         Ok(Package {
             body,
@@ -365,5 +406,174 @@ impl Package {
     /// The canonical LLVM bitcode.
     pub fn bitcode(&self) -> &[u8] {
         &self.body.bitcode
+    }
+}
+
+/// Format version 2: the body's manifest as the encoded structures of kernel model v1.
+/// Mirrors of those structures (same fields, same variant order: bincode encodes a
+/// variant by its index) decode it; the manifest then becomes its v1 text.
+mod format2 {
+    use serde::Deserialize;
+
+    use super::{bincode_config, describe_decode_error, EncodedBody, FormatError, Provenance};
+
+    /// The format version these structures were written by.
+    pub const VERSION: u16 = 2;
+
+    #[derive(Deserialize)]
+    struct Body {
+        provenance: Provenance,
+        manifest: Manifest,
+        bitcode: Vec<u8>,
+    }
+
+    #[derive(Deserialize)]
+    struct Manifest {
+        kernels: Vec<KernelSpec>,
+    }
+
+    #[derive(Deserialize)]
+    struct KernelSpec {
+        name: String,
+        kind: KernelKind,
+        args: Vec<Arg>,
+    }
+
+    #[derive(Deserialize)]
+    enum KernelKind {
+        Item,
+        Range,
+    }
+
+    #[derive(Deserialize)]
+    struct Arg {
+        name: String,
+        kind: ArgKind,
+    }
+
+    #[derive(Deserialize)]
+    enum ArgKind {
+        Scalar(ScalarType),
+        Buffer {
+            access: Access,
+            elem: ScalarType,
+            shape: Shape,
+        },
+    }
+
+    #[derive(Deserialize, Clone, Copy)]
+    enum ScalarType {
+        U8,
+        I32,
+        U32,
+        I64,
+        U64,
+        F32,
+        F64,
+    }
+
+    #[derive(Deserialize)]
+    enum Access {
+        In,
+        Out,
+        InOut,
+        Sum,
+    }
+
+    #[derive(Deserialize)]
+    enum Shape {
+        PerItem(u64),
+        Whole,
+        Fixed(u64),
+    }
+
+    impl ScalarType {
+        fn name(self) -> &'static str {
+            match self {
+                ScalarType::U8 => "u8",
+                ScalarType::I32 => "i32",
+                ScalarType::U32 => "u32",
+                ScalarType::I64 => "i64",
+                ScalarType::U64 => "u64",
+                ScalarType::F32 => "f32",
+                ScalarType::F64 => "f64",
+            }
+        }
+    }
+
+    impl Arg {
+        /// The argument in manifest v1 syntax.
+        fn text(&self) -> String {
+            match &self.kind {
+                ArgKind::Scalar(t) => format!("{}: {}", self.name, t.name()),
+                ArgKind::Buffer {
+                    access,
+                    elem,
+                    shape,
+                } => {
+                    let access = match access {
+                        Access::In => "in",
+                        Access::Out => "out",
+                        Access::InOut => "inout",
+                        Access::Sum => "sum",
+                    };
+                    let shape = match shape {
+                        Shape::PerItem(k) | Shape::Fixed(k) => k.to_string(),
+                        Shape::Whole => String::new(),
+                    };
+                    format!("{}: {access} {}[{shape}]", self.name, elem.name())
+                }
+            }
+        }
+    }
+
+    impl Manifest {
+        /// The manifest as a v1 manifest file. Names are written as TOML basic strings;
+        /// whatever they hold, the parser's checks see them as they were.
+        fn text(&self) -> String {
+            let mut out = String::new();
+            for k in &self.kernels {
+                let args: Vec<String> = k.args.iter().map(|a| toml_string(&a.text())).collect();
+                let kind = match k.kind {
+                    KernelKind::Item => "item",
+                    KernelKind::Range => "range",
+                };
+                out.push_str(&format!(
+                    "[[kernel]]\nname = {}\nkind = \"{kind}\"\nargs = [{}]\n\n",
+                    toml_string(&k.name),
+                    args.join(", ")
+                ));
+            }
+            out
+        }
+    }
+
+    /// `text` as a TOML basic string.
+    fn toml_string(text: &str) -> String {
+        let mut out = String::from("\"");
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// Decodes a format 2 body into the current body's encoding.
+    pub fn decode(body: &[u8]) -> Result<(EncodedBody, usize), FormatError> {
+        let (old, used): (Body, usize) = bincode::serde::decode_from_slice(body, bincode_config())
+            .map_err(|e| FormatError::Corrupt(describe_decode_error(&e)))?;
+        Ok((
+            EncodedBody {
+                provenance: old.provenance,
+                manifest: old.manifest.text(),
+                bitcode: old.bitcode,
+            },
+            used,
+        ))
     }
 }

@@ -105,7 +105,7 @@ fn launcher(kernel: &KernelFn) -> proc_macro2::TokenStream {
                 let p = &kernel.params[n];
                 let pname = &p.name;
                 match p.kind {
-                    ParamKind::Scalar(offload_macros_core::ScalarTy::Usize) => {
+                    ParamKind::Scalar(scalar) if scalar.usize => {
                         quote!(::offload::KernelArg::scalar(#pname as u64))
                     }
                     ParamKind::Scalar(_) => quote!(::offload::KernelArg::scalar(#pname)),
@@ -151,18 +151,18 @@ fn launcher(kernel: &KernelFn) -> proc_macro2::TokenStream {
                 cluster: &::offload::Cluster,
                 items: #index_ty,
                 #(#params),*
-            ) -> ::core::result::Result<::offload::LaunchReport, ::offload::LaunchError> {
-                launch_with(cluster, &kernel()?, ::offload::LaunchOptions::default(), items, #(#names),*)
+            ) -> ::core::result::Result<::offload::Report, ::offload::LaunchError> {
+                launch_with(cluster, &kernel()?, &::offload::Options::default(), items, #(#names),*)
             }
 
             /// Runs `kernel` (this kernel, from any package) over `items` on `cluster`.
             pub fn launch_with(
                 cluster: &::offload::Cluster,
                 kernel: &::offload::Kernel,
-                options: ::offload::LaunchOptions,
+                options: &::offload::Options,
                 items: #index_ty,
                 #(#params),*
-            ) -> ::core::result::Result<::offload::LaunchReport, ::offload::LaunchError> {
+            ) -> ::core::result::Result<::offload::Report, ::offload::LaunchError> {
                 cluster.launch(kernel, items as u64, &mut [#(#args),*], options)
             }
 
@@ -172,9 +172,9 @@ fn launcher(kernel: &KernelFn) -> proc_macro2::TokenStream {
                 cluster: &::offload::Cluster,
                 items: #index_ty,
                 #(#params),*
-            ) -> ::core::result::Result<::offload::LaunchReport, ::offload::LaunchError> {
+            ) -> ::core::result::Result<::offload::Report, ::offload::LaunchError> {
                 cluster
-                    .launch_async(&kernel()?, items as u64, &mut [#(#args),*], ::offload::LaunchOptions::default())
+                    .launch_async(&kernel()?, items as u64, &mut [#(#args),*], &::offload::Options::default())
                     .await
             }
         }

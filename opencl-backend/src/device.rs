@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ir_packager::{Access, ArgKind, KernelSpec, ScalarType, Shape};
+use ir_packager::{Access, ArgLayout, KernelSpec, Layout, ScalarType};
 use ocl::core::{self, ArgVal, DeviceInfo as Query, DeviceInfoResult as Answer};
 pub use ptx_backend::cuda::PacketTiming;
 use ptx_backend::cuda::{self as cuda, CudaDevice, CudaDeviceInfo, CudaKernel, PciAddress};
@@ -713,19 +713,20 @@ impl Device {
     /// Prepares `lowered` for one job: builds (or reuses) its program, creates the
     /// kernel and uploads the job's whole `in` buffers.
     ///
-    /// `block` has one slot per manifest argument, as for node-jit's `run_packet`:
-    /// scalar bits or a buffer's address; `lens` the byte length of each buffer slot.
+    /// `layout` is the job's checked layout (`kernel_model::check`), which says every
+    /// buffer's size; `block` has one slot per manifest argument, as for node-jit's
+    /// `run_packet`: scalar bits or a buffer's address.
     ///
     /// # Safety
-    /// Every buffer address in `block` must be valid for reads of `lens[slot]` bytes
-    /// for the duration of this call.
+    /// Every whole buffer's address in `block` must be valid for reads of its size in
+    /// `layout` for the duration of this call.
     pub unsafe fn prepare(
         self: &Arc<Self>,
         lowered: Arc<Lowered>,
+        layout: &Layout,
         block: &[u64],
-        lens: &[usize],
     ) -> Result<PreparedKernel, DeviceError> {
-        check_slots(&lowered.spec, block, lens)?;
+        check_slots(&lowered.spec, layout, block)?;
         let (program, _) = self.program(&lowered)?;
         // SAFETY: forwarded from the caller.
         unsafe {
@@ -735,8 +736,8 @@ impl Device {
                 &lowered.spec,
                 &lowered.entry,
                 lowered.has_sums,
+                layout,
                 block,
-                lens,
             )
         }
     }
@@ -749,10 +750,10 @@ impl Device {
     pub unsafe fn prepare_ptx(
         self: &Arc<Self>,
         ptx: Arc<Ptx>,
+        layout: &Layout,
         block: &[u64],
-        lens: &[usize],
     ) -> Result<PreparedKernel, DeviceError> {
-        check_slots(&ptx.spec, block, lens)?;
+        check_slots(&ptx.spec, layout, block)?;
         match ptx.target.flavor {
             ptx_backend::Flavor::OpenCl => {
                 let (program, _) = self.ptx_program(&ptx)?;
@@ -764,15 +765,15 @@ impl Device {
                         &ptx.spec,
                         &ptx.entry,
                         ptx.has_sums,
+                        layout,
                         block,
-                        lens,
                     )
                 }
             }
             ptx_backend::Flavor::Cuda => {
                 let device = self.cuda()?;
                 // SAFETY: forwarded from the caller.
-                let kernel = unsafe { device.prepare(ptx, block, lens) }?;
+                let kernel = unsafe { device.prepare(ptx, layout, block) }?;
                 Ok(PreparedKernel {
                     device: Arc::clone(self),
                     route: Route::PtxCuda,
@@ -794,43 +795,42 @@ impl Device {
         spec: &KernelSpec,
         entry: &str,
         has_sums: bool,
+        layout: &Layout,
         block: &[u64],
-        lens: &[usize],
     ) -> Result<PreparedKernel, DeviceError> {
         let cl = self.cl(route)?;
         let kernel = core::create_kernel(&program.program, entry)
             .map_err(self.runtime("creating the kernel"))?;
         let mut slots = Vec::with_capacity(block.len());
-        for (slot, arg) in spec.args.iter().enumerate() {
-            let plan = match arg.kind {
-                ArgKind::Scalar(t) => Slot::Scalar(t),
-                ArgKind::Buffer {
+        for (slot, arg) in layout.args.iter().enumerate() {
+            let plan = match *arg {
+                ArgLayout::Scalar(v) => Slot::Scalar(v.scalar_type()),
+                ArgLayout::Split {
                     access,
                     elem,
-                    shape: Shape::PerItem(k),
+                    per_item,
+                    ..
                 } => Slot::Split {
-                    per_item: k as usize * elem.size(),
+                    per_item: usize::try_from(per_item * elem.size() as u64)
+                        .map_err(|_| too_large(spec))?,
                     // `out` slices are uploaded too: elements a kernel leaves unwritten
                     // then keep their value, exactly as on the CPU.
                     download: access != Access::In,
                     mem: None,
                 },
-                ArgKind::Buffer {
-                    shape: Shape::Whole,
-                    ..
-                } => {
-                    // SAFETY: the caller guarantees the address is valid for `lens` bytes.
+                ArgLayout::Whole { elem, len } => {
+                    let bytes =
+                        usize::try_from(len * elem.size() as u64).map_err(|_| too_large(spec))?;
+                    // SAFETY: the caller guarantees the address is valid for the layout's
+                    // size of this buffer.
                     let data =
-                        unsafe { std::slice::from_raw_parts(block[slot] as *const u8, lens[slot]) };
+                        unsafe { std::slice::from_raw_parts(block[slot] as *const u8, bytes) };
                     Slot::Whole(self.upload(data)?)
                 }
-                ArgKind::Buffer {
+                ArgLayout::Sum { elem, len } => Slot::Sum {
                     elem,
-                    shape: Shape::Fixed(n),
-                    ..
-                } => Slot::Sum {
-                    elem,
-                    bytes: n as usize * elem.size(),
+                    bytes: usize::try_from(len * elem.size() as u64)
+                        .map_err(|_| too_large(spec))?,
                     mem: None,
                 },
             };
@@ -911,9 +911,17 @@ enum Slot {
     },
 }
 
+/// A buffer larger than this machine's address space.
+fn too_large(spec: &KernelSpec) -> DeviceError {
+    DeviceError::Arguments {
+        kernel: spec.name.clone(),
+        detail: "a buffer is larger than this machine can address".into(),
+    }
+}
+
 /// The argument slots must match the kernel's arguments.
-fn check_slots(spec: &KernelSpec, block: &[u64], lens: &[usize]) -> Result<(), DeviceError> {
-    if block.len() != spec.args.len() || lens.len() != block.len() {
+fn check_slots(spec: &KernelSpec, layout: &Layout, block: &[u64]) -> Result<(), DeviceError> {
+    if block.len() != spec.args.len() || layout.args.len() != block.len() {
         return Err(DeviceError::Arguments {
             kernel: spec.name.clone(),
             detail: format!(

@@ -42,7 +42,7 @@ pub mod lower;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ir_packager::{Package, PackageHash};
+use ir_packager::{Layout, Package, PackageHash};
 
 pub use device::{
     cuda_note, discover, Device, DeviceError, DeviceInfo, DeviceKind, Discovery, PacketTiming,
@@ -146,21 +146,21 @@ impl OpenCl {
     /// hands over to the next, and the error of the last one is returned.
     ///
     /// # Safety
-    /// As for [`Device::prepare`]: every buffer address in `block` must be valid for
-    /// reads of `lens[slot]` bytes for the duration of this call.
+    /// As for [`Device::prepare`]: every whole buffer's address in `block` must be valid
+    /// for reads of its size in `layout` for the duration of this call.
     pub unsafe fn prepare(
         &self,
         device: &Arc<Device>,
         package: &Package,
         lowered: Arc<Lowered>,
+        layout: &Layout,
         block: &[u64],
-        lens: &[usize],
     ) -> Result<PreparedKernel, DeviceError> {
         let mut last = None;
         for route in self.route_order(device) {
             let attempt = match route {
                 // SAFETY: forwarded from the caller.
-                Route::OpenClC => unsafe { device.prepare(Arc::clone(&lowered), block, lens) },
+                Route::OpenClC => unsafe { device.prepare(Arc::clone(&lowered), layout, block) },
                 Route::PtxOpenCl | Route::PtxCuda => {
                     let info = device.info();
                     let (flavor, sm) = if route == Route::PtxCuda {
@@ -176,7 +176,7 @@ impl OpenCl {
                     };
                     match self.ptx(package, &lowered.spec.name, target) {
                         // SAFETY: forwarded from the caller.
-                        Ok(ptx) => unsafe { device.prepare_ptx(ptx, block, lens) },
+                        Ok(ptx) => unsafe { device.prepare_ptx(ptx, layout, block) },
                         Err(e) => Err(e.into()),
                     }
                 }

@@ -65,6 +65,16 @@ pub enum LowerError {
     /// The canonicalizing pipeline failed.
     #[error("LLVM pipeline `{PIPELINE}` failed: {0}")]
     Pipeline(String),
+    /// A kind of argument the OpenCL entry does not support.
+    #[error("kernel `{kernel}` cannot be lowered to OpenCL C: argument `{arg}`: {reason}; the kernel runs on the CPU only")]
+    UnsupportedArg {
+        /// The kernel.
+        kernel: String,
+        /// The argument as the manifest spells it.
+        arg: String,
+        /// Why.
+        reason: String,
+    },
     /// A construct the lowering does not translate.
     #[error("kernel `{kernel}` cannot be lowered to OpenCL C: in function `{function}`, `{instruction}`: {reason}; the kernel runs on the CPU only")]
     Unsupported {
@@ -106,6 +116,19 @@ pub fn lower(package: &Package, kernel: &str) -> Result<Lowered, LowerError> {
             available: package.manifest().kernel_names(),
         })?
         .clone();
+    // Halos change which part of a buffer a packet's device copy holds, which the entry
+    // below does not know: such kernels stay on the CPU for now.
+    if let Some(arg) = spec
+        .args
+        .iter()
+        .find(|a| matches!(a.kind, ArgKind::Buffer { halo: Some(_), .. }))
+    {
+        return Err(LowerError::UnsupportedArg {
+            kernel: spec.name.clone(),
+            arg: arg.to_string(),
+            reason: "halos are not lowered to OpenCL yet".into(),
+        });
+    }
     let ctx = Context::create();
     let module =
         ir_packager::load_module(&ctx, package).map_err(|e| LowerError::Load(e.to_string()))?;
@@ -740,6 +763,10 @@ impl<'s> Lowering<'s> {
             vec!["i".to_string()]
         };
         let sums = self.spec.has_sum_buffers();
+        // Sizes may be expressions of scalar arguments: they are computed in the entry
+        // from its own scalar parameters.
+        let spec = self.spec.clone();
+        let size = |expr: &ir_packager::Expr| c_size(expr, &spec);
         for (k, arg) in self.spec.args.iter().enumerate() {
             let a = format!("a{k}_{}", sanitize(&arg.name));
             match arg.kind {
@@ -756,15 +783,17 @@ impl<'s> Lowering<'s> {
                     params.push(format!("{c} {a}"));
                     call_args.push(a);
                 }
-                ArgKind::Buffer { elem, shape, .. } => {
+                ArgKind::Buffer {
+                    elem, ref shape, ..
+                } => {
                     params.push(format!("__global uchar* {a}_base"));
                     let bytes = elem.size() as u64;
                     match shape {
                         Shape::PerItem(per) => {
                             let _ = writeln!(
                                 setup,
-                                "    __global uchar* {a} = {a}_base - offload_start * {}UL;",
-                                per * bytes
+                                "    __global uchar* {a} = {a}_base - offload_start * {} * {bytes}UL;",
+                                size(per)
                             );
                         }
                         Shape::Whole => {
@@ -774,8 +803,8 @@ impl<'s> Lowering<'s> {
                             // Each work-item owns a private slice of the partial sums.
                             let _ = writeln!(
                                 setup,
-                                "    __global uchar* {a} = {a}_base + offload_gid * {}UL;",
-                                n * bytes
+                                "    __global uchar* {a} = {a}_base + offload_gid * {} * {bytes}UL;",
+                                size(n)
                             );
                         }
                     }
@@ -811,6 +840,27 @@ impl<'s> Lowering<'s> {
             text.push_str("}\n");
         }
         Ok(text)
+    }
+}
+
+/// A size expression as OpenCL C over the entry's scalar parameters, in `ulong`:
+/// `(3UL)`, `((ulong)a0_n * (ulong)a0_n)`.
+fn c_size(expr: &ir_packager::Expr, spec: &ir_packager::KernelSpec) -> String {
+    use ir_packager::Expr as E;
+    let param = |name: &str| {
+        spec.args.iter().position(|a| a.name == name).map_or_else(
+            || "0UL".to_string(),
+            |k| format!("(ulong)a{k}_{}", sanitize(name)),
+        )
+    };
+    match expr {
+        E::Num(n) => format!("{n}UL"),
+        E::Var(name) => param(name),
+        E::Add(a, b) => format!("({} + {})", c_size(a, spec), c_size(b, spec)),
+        E::Sub(a, b) => format!("({} - {})", c_size(a, spec), c_size(b, spec)),
+        E::Mul(a, b) => format!("({} * {})", c_size(a, spec), c_size(b, spec)),
+        E::Div(a, b) => format!("({} / {})", c_size(a, spec), c_size(b, spec)),
+        E::Rem(a, b) => format!("({} % {})", c_size(a, spec), c_size(b, spec)),
     }
 }
 

@@ -14,7 +14,7 @@ use cudarc::driver::safe::{CudaContext, CudaFunction, CudaModule, CudaSlice, Cud
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{result, DevicePtr, PushKernelArg};
 use cudarc::nvrtc::Ptx as PtxModule;
-use ir_packager::{Access, ArgKind, KernelKind, ScalarType, Shape};
+use ir_packager::{Access, ArgLayout, KernelKind, Layout, ScalarType};
 
 use crate::emit::Ptx;
 
@@ -304,20 +304,20 @@ impl CudaDevice {
     /// Prepares `ptx` for one job: loads (or reuses) its module and uploads the job's
     /// whole `in` buffers.
     ///
-    /// `block` has one slot per manifest argument (scalar bits or a buffer's address),
-    /// `lens` the byte length of each buffer slot, as for the OpenCL route.
+    /// `layout` is the job's checked layout (every buffer's size), `block` has one slot
+    /// per manifest argument (scalar bits or a buffer's address), as for the OpenCL route.
     ///
     /// # Safety
-    /// Every buffer address in `block` must be valid for reads of `lens[slot]` bytes for
-    /// the duration of this call.
+    /// Every whole buffer's address in `block` must be valid for reads of its size in
+    /// `layout` for the duration of this call.
     pub unsafe fn prepare(
         self: &Arc<Self>,
         ptx: Arc<Ptx>,
+        layout: &Layout,
         block: &[u64],
-        lens: &[usize],
     ) -> Result<CudaKernel, CudaError> {
         let spec = &ptx.spec;
-        if block.len() != spec.args.len() || lens.len() != block.len() {
+        if block.len() != spec.args.len() || layout.args.len() != block.len() {
             return Err(CudaError::Arguments {
                 kernel: spec.name.clone(),
                 detail: format!(
@@ -329,35 +329,37 @@ impl CudaDevice {
         }
         let (function, _) = self.function(&ptx)?;
         let mut slots = Vec::with_capacity(block.len());
-        for (slot, arg) in spec.args.iter().enumerate() {
-            slots.push(match arg.kind {
-                ArgKind::Scalar(t) => Slot::Scalar(t),
-                ArgKind::Buffer {
+        let too_large = || CudaError::Arguments {
+            kernel: spec.name.clone(),
+            detail: "a buffer is larger than this machine can address".into(),
+        };
+        for (slot, arg) in layout.args.iter().enumerate() {
+            slots.push(match *arg {
+                ArgLayout::Scalar(v) => Slot::Scalar(v.scalar_type()),
+                ArgLayout::Split {
                     access,
                     elem,
-                    shape: Shape::PerItem(k),
+                    per_item,
+                    ..
                 } => Slot::Split {
-                    per_item: k as usize * elem.size(),
+                    per_item: usize::try_from(per_item * elem.size() as u64)
+                        .map_err(|_| too_large())?,
                     // `out` slices go up too, so unwritten elements keep their value.
                     download: access != Access::In,
                     mem: None,
                 },
-                ArgKind::Buffer {
-                    shape: Shape::Whole,
-                    ..
-                } => {
-                    // SAFETY: the caller guarantees the address is valid for `lens` bytes.
+                ArgLayout::Whole { elem, len } => {
+                    let bytes =
+                        usize::try_from(len * elem.size() as u64).map_err(|_| too_large())?;
+                    // SAFETY: the caller guarantees the address is valid for the layout's
+                    // size of this buffer.
                     let data =
-                        unsafe { std::slice::from_raw_parts(block[slot] as *const u8, lens[slot]) };
+                        unsafe { std::slice::from_raw_parts(block[slot] as *const u8, bytes) };
                     Slot::Whole(self.upload(data)?)
                 }
-                ArgKind::Buffer {
+                ArgLayout::Sum { elem, len } => Slot::Sum {
                     elem,
-                    shape: Shape::Fixed(n),
-                    ..
-                } => Slot::Sum {
-                    elem,
-                    bytes: n as usize * elem.size(),
+                    bytes: usize::try_from(len * elem.size() as u64).map_err(|_| too_large())?,
                     mem: None,
                 },
             });

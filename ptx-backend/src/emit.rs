@@ -190,6 +190,27 @@ pub fn emit(
             available: package.manifest().kernel_names(),
         })?
         .clone();
+    // The entry bakes each buffer's per-item size into the PTX: sizes computed from
+    // arguments and halos are not emitted yet (such kernels take another route).
+    for arg in &spec.args {
+        let unsupported = match &arg.kind {
+            ArgKind::Buffer { halo: Some(_), .. } => Some("halos are not emitted to PTX yet"),
+            ArgKind::Buffer {
+                shape: Shape::PerItem(k) | Shape::Fixed(k),
+                ..
+            } if k.constant().is_none() => {
+                Some("sizes computed from arguments are not emitted to PTX yet")
+            }
+            _ => None,
+        };
+        if let Some(reason) = unsupported {
+            return Err(PtxError::Unsupported {
+                kernel: kernel.to_string(),
+                construct: arg.to_string(),
+                reason: reason.into(),
+            });
+        }
+    }
     let llvm_error = |message: String| PtxError::Llvm {
         kernel: kernel.to_string(),
         message,
@@ -704,22 +725,24 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let mut args: Vec<BasicMetadataValueEnum<'ctx>> = Vec::new();
         for (k, arg) in spec.args.iter().enumerate() {
             let value = p(3 + k as u32)?;
-            match arg.kind {
+            match &arg.kind {
                 ArgKind::Scalar(_) => args.push(value.into()),
                 ArgKind::Buffer { elem, shape, .. } => {
                     let base = value.into_pointer_value();
                     let bytes = elem.size() as u64;
+                    // Constant sizes only: `emit` refused the others.
+                    let constant = |k: &ir_packager::Expr| k.constant().unwrap_or(0);
                     let offset = match shape {
                         // The device holds the packet's slice: index it globally.
                         Shape::PerItem(per) => {
-                            let per = i64t.const_int(per * bytes, false);
+                            let per = i64t.const_int(constant(per) * bytes, false);
                             let back = b.build_int_mul(start, per, "").map_err(llvm_err)?;
                             Some(b.build_int_neg(back, "").map_err(llvm_err)?)
                         }
                         Shape::Whole => None,
                         // Each work-item owns a private slice of the partial sums.
                         Shape::Fixed(n) => Some(
-                            b.build_int_mul(gid, i64t.const_int(n * bytes, false), "")
+                            b.build_int_mul(gid, i64t.const_int(constant(n) * bytes, false), "")
                                 .map_err(llvm_err)?,
                         ),
                     };

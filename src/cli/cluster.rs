@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use cluster::client::{ClientConfig, ClientError, ClusterClient, JobArg};
+use cluster::client::{ClientConfig, ClusterClient};
 use cluster::credentials::{self, Credentials};
 use cluster::node::NodeConfig;
 use cluster::protocol::TunedRate;
 use offload::tune::Profile;
-use offload::{check_args, ArgValue, KernelSpec, Package, PackageHash};
+use offload::{ClusterReport, PackageHash};
 
-use super::{describe_duration, plural, Cli};
+use super::{plural, Cli};
 
 /// `offload cluster ...`: cluster credentials.
 #[derive(Args)]
@@ -151,13 +151,13 @@ pub struct ClusterRunArgs {
     /// If every node is lost before the job is done, fail instead of finishing the
     /// remaining items on this machine.
     #[arg(long, requires = "cluster")]
-    no_local_fallback: bool,
+    pub no_local_fallback: bool,
     /// Run every packet on K different nodes and keep the result the majority agrees on;
     /// a node whose result disagrees is reported and excluded (for machines nobody
     /// vouches for). Needs at least K nodes.
     #[arg(long, value_name = "K", default_value_t = 1, requires = "cluster",
           value_parser = clap::value_parser!(u32).range(1..=16))]
-    redundancy: u32,
+    pub redundancy: u32,
 }
 
 /// Parses a size in bytes: a whole number with an optional K, M, G or T suffix (powers of
@@ -468,17 +468,8 @@ fn resolve_peer(text: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--peer {text} resolves to no address"))
 }
 
-/// Runs a bound job on the cluster; on success the buffers in `values` hold the results.
-pub fn run_on_cluster(
-    cli: &Cli,
-    args: &ClusterRunArgs,
-    device: Option<offload::DeviceChoice>,
-    package: &Package,
-    spec: &KernelSpec,
-    items: u64,
-    values: &mut [ArgValue],
-) -> anyhow::Result<()> {
-    check_args(spec, items, values)?;
+/// Connects to the cluster `args` names (peers, discovery, credentials).
+pub fn connect(cli: &Cli, args: &ClusterRunArgs) -> anyhow::Result<offload::Cluster> {
     let dir = args.credentials.as_deref().context(
         "--cluster needs --credentials DIR (made by `offload cluster init` or `add-node`)",
     )?;
@@ -493,70 +484,60 @@ pub fn run_on_cluster(
         .peers(peers)
         .discover((!args.no_discovery).then(|| Duration::from_millis(1500)))
         .idle_timeout(Duration::from_secs_f64(args.node_timeout))
-        .redundancy(args.redundancy)
-        .devices(device.unwrap_or(offload::DeviceChoice::Auto))
+        .devices(offload::DeviceChoice::Auto)
         .on_event(|line| eprintln!("cluster: {line}"));
-    let mut client = ClusterClient::connect(config)?;
-    if args.redundancy as usize > client.nodes().len() {
+    let cluster = offload::Cluster::connect(config)?;
+    let nodes = cluster.nodes();
+    if args.redundancy as usize > nodes.len() {
         bail!(
-            "--redundancy {} runs every packet on {} different nodes, but only {} node(s) answered; add nodes or lower --redundancy",
+            "--redundancy {} runs every packet on {} different nodes, but only {} answered; add nodes or lower --redundancy",
             args.redundancy,
             args.redundancy,
-            client.nodes().len()
+            plural(nodes.len() as u64, "node")
         );
     }
     if cli.verbose > 0 {
-        for (addr, info) in client.nodes() {
-            eprintln!(
-                "node {} at {addr}: {} cores, {} {} [{}]",
-                info.name, info.cores, info.arch, info.cpu, info.features
-            );
-            for (index, device) in info.opencl.iter().enumerate() {
-                eprintln!(
-                    "node {} at {addr}: opencl{index} {} ({}, {} compute units)",
-                    info.name, device.name, device.kind, device.compute_units
-                );
-            }
+        for line in cluster.node_details() {
+            eprintln!("{line}");
         }
     }
-    let mut job_args: Vec<JobArg<'_>> = values
-        .iter_mut()
-        .map(|v| match v {
-            ArgValue::Scalar(s) => JobArg::Scalar(*s),
-            ArgValue::Buffer(b) => JobArg::Buffer(b.as_bytes_mut()),
-        })
-        .collect();
-    let report = match client.run_job(package, &spec.name, items, &mut job_args) {
-        Ok(report) => report,
-        Err(ClientError::Unfinished(unfinished)) if !args.no_local_fallback => {
-            drop(job_args);
-            return finish_here(cli, package, spec, items, values, &unfinished);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !report.lost.is_empty() {
+    Ok(cluster)
+}
+
+/// What happened on the nodes: lost, rejoined and disagreeing nodes always; packets per
+/// node and device with `-v`.
+pub fn print_cluster_report(cli: &Cli, report: &ClusterReport, redundancy: u32) {
+    if let Some((items, packets)) = report.finished_here {
+        // Why each node went was said as it happened.
         eprintln!(
-            "cluster: {} node(s) lost during the job; their packets were re-run and the output is complete",
-            report.lost.len()
+            "cluster: every node was lost before the job finished; the remaining {} ran on this machine in {} (--no-local-fallback turns this off)",
+            plural(items, "item"),
+            plural(packets, "packet")
+        );
+    } else if !report.lost.is_empty() {
+        eprintln!(
+            "cluster: {} lost during the job; their packets were re-run and the output is complete",
+            plural(report.lost.len() as u64, "node")
         );
     }
     for (node, packets) in &report.rejoined {
         eprintln!(
-            "cluster: node {node} rejoined the job and ran {packets} packets after rejoining"
+            "cluster: node {node} rejoined the job and ran {} after rejoining",
+            plural(*packets, "packet")
         );
     }
     for line in &report.disagreements {
         eprintln!("cluster: {line}");
     }
-    if !report.disagreements.is_empty() {
+    if !report.disagreements.is_empty() && redundancy > 1 {
         eprintln!(
-            "cluster: {} result(s) disagreed with the majority; the output holds the majority's results",
-            report.disagreements.len()
+            "cluster: {} disagreed with the majority; the output holds the majority's results ({redundancy} copies of every packet)",
+            plural(report.disagreements.len() as u64, "result")
         );
     }
     if cli.verbose > 0 {
         for (node, packets) in &report.packets_per_node {
-            eprintln!("node {node}: {packets} packets");
+            eprintln!("node {node}: {}", plural(*packets, "packet"));
         }
         for (device, packets) in &report.packets_per_device {
             eprintln!("device {device}: {}", plural(*packets, "packet"));
@@ -564,62 +545,7 @@ pub fn run_on_cluster(
         for (node, rate) in &report.tuned_rates {
             eprintln!("node {node}: tuned rate {rate:.0} items/s per worker (advertised)");
         }
-        eprintln!("prepare: {}", describe_duration(report.prepare_time));
     }
-    let copies = if args.redundancy > 1 {
-        format!(" ({} copies each, majority vote)", args.redundancy)
-    } else {
-        String::new()
-    };
-    println!(
-        "ran {} over {} in {}{copies} on {}: {}",
-        spec.name,
-        plural(report.items, "item"),
-        plural(report.packets, "packet"),
-        plural(report.packets_per_node.len() as u64, "node"),
-        describe_duration(report.run_time)
-    );
-    Ok(())
-}
-
-/// Finishes a cluster job whose nodes were all lost on this machine: the committed
-/// packets' results are in `values`, the rest of the items run here.
-fn finish_here(
-    cli: &Cli,
-    package: &Package,
-    spec: &KernelSpec,
-    items: u64,
-    values: &mut [ArgValue],
-    unfinished: &cluster::client::Unfinished,
-) -> anyhow::Result<()> {
-    let left: u64 = unfinished.remaining.iter().map(|r| r.end - r.start).sum();
-    // Why each node went was said as it happened.
-    eprintln!(
-        "cluster: every node was lost before the job finished ({} committed); finishing the remaining {} on this machine (--no-local-fallback turns this off)",
-        plural(unfinished.committed_packets, "packet"),
-        plural(left, "item")
-    );
-    let engine = cli.engine()?;
-    let report = offload::run_ranges_local(
-        &engine,
-        package,
-        &spec.name,
-        items,
-        &unfinished.remaining,
-        values,
-        &offload::LocalOptions::default(),
-    )?;
-    println!(
-        "ran {} over {}: {} on the cluster, then {} in {} on this machine ({}): {}",
-        spec.name,
-        plural(items, "item"),
-        plural(unfinished.committed_packets, "packet"),
-        plural(left, "item"),
-        plural(report.packets, "packet"),
-        plural(report.threads as u64, "thread"),
-        describe_duration(report.run_time)
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use offload::{run_local, ArgValue, Buffer, LocalOptions, Manifest, ScalarValue};
+use offload::{ArgValue, Buffer, Cluster, Job, Manifest, Options, ScalarValue};
 
-use super::files::{commit_outputs, StagedOutput};
 use super::{describe_duration, plural, Cli};
+use offload::files::{commit_outputs, StagedOutput};
 
 /// The demo kernel, the same file as `examples/mandelbrot`, built into the binary.
 const KERNEL_SOURCE: &str = include_str!("../../examples/mandelbrot/kernel.rs");
@@ -86,7 +86,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             .max(1) as f64);
     let x0 = -2.2;
     let y0 = -step * f64::from(args.height) / 2.0;
-    let mut values = vec![
+    let values = vec![
         ArgValue::Scalar(ScalarValue::U32(args.width)),
         ArgValue::Scalar(ScalarValue::U32(args.max_iter)),
         ArgValue::Scalar(ScalarValue::F64(x0)),
@@ -99,19 +99,15 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
                 .context("cannot allocate the image's iteration counts: out of memory")?,
         ),
     ];
-    let report = run_local(
-        &engine,
-        &package,
-        "mandelbrot",
-        items,
-        &mut values,
-        &LocalOptions::default(),
-    )?;
-    println!(
-        "kernel: {} in {}",
-        report.code_origin.describe(),
-        describe_duration(report.compile_time)
-    );
+    let mut job = Job::kernel(std::sync::Arc::new(package), "mandelbrot", items, values)?;
+    let report = Cluster::from_engine(engine).run(&mut job, &Options::default())?;
+    if let Some(origin) = &report.code_origin {
+        println!(
+            "kernel: {} in {}",
+            origin.describe(),
+            describe_duration(report.compile_time)
+        );
+    }
     println!(
         "run: {} in {} on {}, {} ({:.1} Mpixel/s)",
         plural(items, "pixel"),
@@ -120,10 +116,10 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         describe_duration(report.run_time),
         items as f64 / report.run_time.as_secs_f64().max(1e-9) / 1e6
     );
-    let ArgValue::Buffer(iters) = &values[5] else {
-        anyhow::bail!("the kernel's output buffer is missing");
-    };
-    let png = encode_png(args.width, args.height, args.max_iter, iters.as_bytes())?;
+    let iters = job
+        .buffer("iters")
+        .context("the kernel's output buffer is missing")?;
+    let png = encode_png(args.width, args.height, args.max_iter, iters)?;
     commit_outputs(vec![(output, png.as_slice())])?;
     println!("wrote {}", args.output.display());
     Ok(())

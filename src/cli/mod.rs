@@ -2,7 +2,6 @@
 
 mod cluster;
 mod demo;
-mod files;
 mod opencl;
 mod package;
 mod run;

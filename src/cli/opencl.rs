@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use offload::local::DeviceChoice;
+use offload::DeviceChoice;
 use opencl_backend::Discovery;
 
 use super::package::read_package;

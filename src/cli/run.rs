@@ -1,32 +1,35 @@
-//! `offload run`: one kernel over items 0..N on this machine.
+//! `offload run`: a program file, or one kernel over items 0..N (the one-step program),
+//! on this machine or on a cluster's nodes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use offload::files::{commit_outputs, read_input, Expected, StagedOutput};
+use offload::job::Number;
 use offload::{
-    check_memory, describe_bytes, memory_limit, required_bytes, run_local, sum_workspace, Arg,
-    ArgKind, ArgValue, Buffer, KernelSpec, LocalOptions, ScalarValue, Shape,
+    check, check_memory, describe_bytes, memory_limit, sum_workspace, ArgKind, ArgValue, Buffer,
+    Cluster, Given, Job, KernelSpec, Options, Report, ScalarValue,
 };
 
-use super::files::{commit_outputs, read_input, Expected, StagedOutput};
 use super::package::read_package;
 use super::{describe_duration, plural, Cli};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The package.
-    package: PathBuf,
-    /// The kernel to run.
+    /// A program file (.toml: buffers, steps, outputs) or a package (.okp) with --kernel.
+    target: PathBuf,
+    /// The kernel to run (a package only).
     #[arg(long)]
-    kernel: String,
-    /// Number of items: the job is items 0..N.
+    kernel: Option<String>,
+    /// Number of items: the job is items 0..N (a package only).
     #[arg(long)]
-    items: u64,
-    /// A scalar argument, NAME=VALUE.
+    items: Option<u64>,
+    /// A scalar argument, NAME=VALUE; for a program, a new value for one of its
+    /// [scalars].
     #[arg(long = "arg", value_name = "NAME=VALUE")]
     scalars: Vec<String>,
     /// An `in` buffer read from a raw little-endian file, NAME=FILE.
@@ -38,7 +41,7 @@ pub struct RunArgs {
     /// An `out` buffer written to FILE.
     #[arg(long = "out", value_name = "NAME=FILE")]
     outputs: Vec<String>,
-    /// A `sum` buffer: the element-wise total over all packets, written to FILE.
+    /// A `sum` buffer: the element-wise total over all items, written to FILE.
     #[arg(long = "sum", value_name = "NAME=FILE")]
     sums: Vec<String>,
     /// Worker threads on this machine, 1 to 4096 [default: all cores].
@@ -52,8 +55,8 @@ pub struct RunArgs {
     cluster: super::cluster::ClusterRunArgs,
 }
 
-/// Per output argument: its position and the staged file its result goes to.
-type OutputFiles = Vec<(usize, StagedOutput)>;
+/// Per output buffer: its name and the staged file its result goes to.
+type OutputFiles = Vec<(String, StagedOutput)>;
 
 struct Binding {
     flag: &'static str,
@@ -72,36 +75,17 @@ fn split_binding(flag: &'static str, text: &str) -> anyhow::Result<Binding> {
     })
 }
 
-/// The bytes argument `arg` needs for `items` items (split and sum buffers), or an
-/// error when that overflows a 64-bit count.
-fn needed_bytes(arg: &Arg, items: u64) -> anyhow::Result<Option<u64>> {
-    let whole = matches!(
-        arg.kind,
-        ArgKind::Buffer {
-            shape: Shape::Whole,
-            ..
-        }
-    );
-    if whole {
-        return Ok(None);
-    }
-    match required_bytes(arg, items) {
-        Some(bytes) => Ok(Some(bytes)),
-        None => bail!(
-            "buffer `{}` (`{arg}`) for {items} items would need more bytes than a 64-bit count holds",
-            arg.name
-        ),
-    }
-}
-
-/// Matches the command line's bindings to the kernel's arguments. Before reading or
-/// allocating anything it stages every output file (so a missing or read-only folder is
-/// found before the job runs) and checks that the buffers, with the per-device copies of
-/// `sum` buffers for `devices` devices, fit in this machine's memory. Then it reads the
-/// inputs (no further than they must be long) and allocates the outputs.
+/// Matches the command line's bindings to the kernel's arguments (every one but the
+/// lengths the runtime fills in). Before reading or allocating anything it checks the
+/// arguments with the kernel model's checker (sizes from the manifest and the files),
+/// stages every output file (so a missing or read-only folder is found before the job
+/// runs) and checks that the buffers, with the per-device copies of `sum` buffers for
+/// `devices` devices, fit in this machine's memory. Then it reads the inputs (no further
+/// than they must be long) and allocates the outputs.
 fn bind(
     args: &RunArgs,
     spec: &KernelSpec,
+    items: u64,
     devices: usize,
 ) -> anyhow::Result<(Vec<ArgValue>, OutputFiles)> {
     let mut bindings = Vec::new();
@@ -125,6 +109,12 @@ fn bind(
                 spec.signature()
             );
         };
+        if arg.derived.is_some() {
+            bail!(
+                "argument `{arg}` is filled in by the runtime; do not pass --arg {}",
+                b.name
+            );
+        }
         let wanted = match arg.kind {
             ArgKind::Scalar(_) => "arg",
             ArgKind::Buffer { access, .. } => access.name(),
@@ -140,7 +130,8 @@ fn bind(
             bail!("argument `{}` is given more than once", b.name);
         }
     }
-    let binding_of = |arg: &Arg| -> anyhow::Result<&Binding> {
+    let params: Vec<_> = spec.args.iter().filter(|a| a.derived.is_none()).collect();
+    let binding_of = |arg: &offload::Arg| -> anyhow::Result<&Binding> {
         bindings
             .iter()
             .find(|b| b.name == arg.name)
@@ -157,64 +148,88 @@ fn bind(
                 )
             })
     };
-    // Scalars first: checking them touches nothing.
-    let mut scalars = Vec::with_capacity(spec.args.len());
-    for arg in &spec.args {
-        scalars.push(match arg.kind {
-            ArgKind::Scalar(ty) => Some(
-                ScalarValue::parse(&binding_of(arg)?.value, ty)
-                    .map_err(|e| anyhow::anyhow!("argument `{}`: {e}", arg.name))?,
-            ),
-            ArgKind::Buffer { .. } => None,
-        });
+    // Scalars first: checking them touches nothing, and sizes may be expressions of them.
+    let mut scalars: Vec<(String, ScalarValue)> = Vec::new();
+    for arg in &params {
+        if let ArgKind::Scalar(ty) = arg.kind {
+            let value = ScalarValue::parse(&binding_of(arg)?.value, ty)
+                .map_err(|e| anyhow::anyhow!("argument `{}`: {e}", arg.name))?;
+            scalars.push((arg.name.clone(), value));
+        }
     }
+    let scalar = |name: &str| scalars.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    // The sizes each buffer must have, and what the files hold: the checker names any
+    // mismatch before a byte is read.
+    let mut given = Vec::with_capacity(params.len());
+    let mut needed: Vec<Option<u64>> = Vec::with_capacity(params.len());
+    for arg in &params {
+        let slot = spec
+            .args
+            .iter()
+            .position(|a| a.name == arg.name)
+            .unwrap_or(0);
+        match arg.kind {
+            ArgKind::Scalar(_) => {
+                given.push(Given::Scalar(
+                    scalar(&arg.name).unwrap_or(ScalarValue::U64(0)),
+                ));
+                needed.push(None);
+            }
+            ArgKind::Buffer { access, .. } => {
+                let bytes = offload::needed_bytes(spec, slot, items, &scalar)?;
+                let path = PathBuf::from(&binding_of(arg)?.value);
+                let size = match bytes {
+                    Some(bytes) if !access.reads_input() => bytes,
+                    // An input as large as its file is (a pipe counts when it is read).
+                    _ => std::fs::metadata(&path)
+                        .ok()
+                        .filter(|m| m.is_file())
+                        .map_or(bytes.unwrap_or(0), |m| m.len()),
+                };
+                given.push(Given::bytes(size));
+                needed.push(bytes);
+            }
+        }
+    }
+    let layout = check(spec, items, &given)?;
     // Stage the outputs and plan the memory before touching any input.
     let mut outputs: OutputFiles = Vec::new();
     let mut needs: Vec<(String, u64)> = Vec::new();
-    for (slot, arg) in spec.args.iter().enumerate() {
-        let ArgKind::Buffer { access, .. } = arg.kind else {
+    for (arg, g) in params.iter().zip(&given) {
+        let (ArgKind::Buffer { access, .. }, Given::Buffer { bytes, .. }) = (&arg.kind, g) else {
             continue;
         };
-        let path = PathBuf::from(&binding_of(arg)?.value);
-        let bytes = match needed_bytes(arg, args.items)? {
-            Some(bytes) => bytes,
-            // A whole input: as large as its file is (a pipe counts when it is read).
-            None => std::fs::metadata(&path)
-                .ok()
-                .filter(|m| m.is_file())
-                .map_or(0, |m| m.len()),
-        };
-        needs.push((format!("buffer `{}` (`{arg}`)", arg.name), bytes));
+        needs.push((format!("buffer `{}` (`{arg}`)", arg.name), *bytes));
         if access.writes_output() {
+            let path = PathBuf::from(&binding_of(arg)?.value);
             let staged = StagedOutput::new(&path, &format!("buffer `{}`", arg.name))?;
             if let Some((other, _)) = outputs
                 .iter()
                 .find(|(_, o)| o.destination() == staged.destination())
             {
                 bail!(
-                    "buffers `{}` and `{}` would both be written to {}",
-                    spec.args[*other].name,
+                    "buffers `{other}` and `{}` would both be written to {}",
                     arg.name,
                     path.display()
                 );
             }
-            outputs.push((slot, staged));
+            outputs.push((arg.name.clone(), staged));
         }
     }
-    needs.extend(sum_workspace(spec, devices));
+    needs.extend(sum_workspace(&layout, devices));
     check_memory(&needs)?;
     let limit = memory_limit().unwrap_or(u64::MAX);
-    let mut values = Vec::with_capacity(spec.args.len());
-    for (arg, scalar) in spec.args.iter().zip(scalars) {
-        let binding = binding_of(arg)?;
-        let value = match (arg.kind, scalar) {
-            (_, Some(value)) => ArgValue::Scalar(value),
-            (ArgKind::Scalar(_), None) => bail!("argument `{}` has no value", arg.name),
-            (ArgKind::Buffer { access, elem, .. }, None) => {
-                let path = PathBuf::from(&binding.value);
-                let needed = needed_bytes(arg, args.items)?;
+    let mut values = Vec::with_capacity(params.len());
+    for (arg, bytes) in params.iter().zip(needed) {
+        let value = match arg.kind {
+            ArgKind::Scalar(_) => match scalar(&arg.name) {
+                Some(value) => ArgValue::Scalar(value),
+                None => bail!("argument `{}` has no value", arg.name),
+            },
+            ArgKind::Buffer { access, elem, .. } => {
+                let path = PathBuf::from(&binding_of(arg)?.value);
                 if access.reads_input() {
-                    let expected = match needed {
+                    let expected = match bytes {
                         Some(bytes) => Expected::Exactly(bytes),
                         None => Expected::Elements {
                             size: elem.size() as u64,
@@ -226,10 +241,10 @@ fn bind(
                         &arg.name,
                         &arg.to_string(),
                         expected,
-                        args.items,
+                        items,
                     )?)
                 } else {
-                    let bytes = needed.unwrap_or(0);
+                    let bytes = bytes.unwrap_or(0);
                     let buffer = usize::try_from(bytes)
                         .ok()
                         .and_then(Buffer::try_zeroed)
@@ -252,16 +267,14 @@ fn bind(
 /// A progress bar that appears only on a terminal and only once a run has lasted a
 /// moment, so short runs and pipes stay quiet. It shows items done, the rate and the
 /// time left, estimated from the run so far.
-fn progress_reporter(
-    items: u64,
-) -> (
+fn progress_reporter() -> (
     Arc<Mutex<Option<ProgressBar>>>,
     impl Fn(u64, u64) + Send + Sync,
 ) {
     let bar: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
     let shared = Arc::clone(&bar);
     let started = Instant::now();
-    let report = move |done: u64, _total: u64| {
+    let report = move |done: u64, items: u64| {
         let elapsed = started.elapsed();
         if elapsed < Duration::from_millis(300) {
             return;
@@ -316,126 +329,237 @@ fn describe_rate(per_second: f64) -> String {
     format!("{value:.digits$}{prefix}")
 }
 
-/// Writes each output buffer to its staged file and renames them all into place.
-fn write_outputs(values: &[ArgValue], outputs: OutputFiles) -> anyhow::Result<()> {
-    let staged = outputs
-        .into_iter()
-        .filter_map(|(slot, staged)| match &values[slot] {
-            ArgValue::Buffer(buffer) => Some((staged, buffer.as_bytes())),
-            ArgValue::Scalar(_) => None,
-        })
-        .collect();
-    commit_outputs(staged)
-}
-
-/// Devices a local run uses for `items` items: the threads asked for (or every core)
-/// and, with `--device opencl|auto`, room for OpenCL devices.
+/// Threads a local run uses: the threads asked for, or every core.
 fn local_threads(args: &RunArgs) -> usize {
     args.threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, args.items.clamp(1, 4096) as usize)
+        .clamp(1, 4096)
+}
+
+/// Whether `path` is a program file rather than a package: by its name, or (for other
+/// names) because it does not start with a package's magic bytes.
+fn is_program(path: &Path) -> bool {
+    if path.extension().is_some_and(|e| e == "toml") {
+        return true;
+    }
+    if path.extension().is_some_and(|e| e == "okp") {
+        return false;
+    }
+    let mut magic = [0u8; 6];
+    match std::fs::File::open(path) {
+        Ok(mut file) => {
+            use std::io::Read;
+            file.read_exact(&mut magic).is_ok() && &magic != offload::PACKAGE_MAGIC
+        }
+        Err(_) => false,
+    }
+}
+
+/// `--arg NAME=VALUE` for a program: new values for its scalars.
+fn scalar_overrides(overrides: &[String]) -> anyhow::Result<Vec<(String, Number)>> {
+    let mut values = Vec::new();
+    for text in overrides {
+        let b = split_binding("arg", text)?;
+        let value = if let Ok(v) = b.value.trim().parse::<i128>() {
+            Number::Int(v)
+        } else if let Ok(v) = b.value.trim().parse::<f64>() {
+            Number::Float(v)
+        } else {
+            bail!("--arg {}: `{}` is not a number", b.name, b.value);
+        };
+        values.push((b.name, value));
+    }
+    Ok(values)
 }
 
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
-    let package = read_package(&args.package)?;
+    if is_program(&args.target) {
+        run_program(cli, args)
+    } else {
+        run_kernel(cli, args)
+    }
+}
+
+/// `offload run program.toml`.
+fn run_program(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    for (flag, given) in [
+        ("--kernel", args.kernel.is_some()),
+        ("--items", args.items.is_some()),
+        ("--in", !args.inputs.is_empty()),
+        ("--inout", !args.inouts.is_empty()),
+        ("--out", !args.outputs.is_empty()),
+        ("--sum", !args.sums.is_empty()),
+    ] {
+        if given {
+            bail!(
+                "{flag} is for running one kernel of a package; the program {} names its kernels, buffers and outputs itself",
+                args.target.display()
+            );
+        }
+    }
+    let mut job = Job::from_program_file_with(&args.target, &scalar_overrides(&args.scalars)?)?;
+    // Staged now: a missing or read-only folder is found before anything runs.
+    let staged = job.stage_outputs()?;
+    let (report, threads) = execute(cli, args, &mut job, None)?;
+    let written = job.write_outputs(staged)?;
+    print_report(cli, &report, None);
+    let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    println!(
+        "ran {}: {} ({}) in {} on {}: {}{}",
+        args.target.display(),
+        plural(report.steps as u64, "step"),
+        plural(report.items, "item"),
+        plural(report.packets, "packet"),
+        threads,
+        describe_duration(report.run_time),
+        if files.is_empty() {
+            String::new()
+        } else {
+            format!("; wrote {}", files.join(", "))
+        }
+    );
+    Ok(())
+}
+
+/// `offload run PKG --kernel K --items N ...`: the one-step program.
+fn run_kernel(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    let (Some(kernel), Some(items)) = (&args.kernel, args.items) else {
+        bail!(
+            "{} is a package: name the kernel and the items (--kernel NAME --items N), or run a program file (.toml)",
+            args.target.display()
+        );
+    };
+    let package = Arc::new(read_package(&args.target)?);
     let spec = package
         .manifest()
-        .kernel(&args.kernel)
+        .kernel(kernel)
         .with_context(|| {
             format!(
-                "package {} has no kernel `{}` (it has: {})",
-                args.package.display(),
-                args.kernel,
+                "package {} has no kernel `{kernel}` (it has: {})",
+                args.target.display(),
                 package.manifest().kernel_names()
             )
         })?
         .clone();
-    if args.cluster.cluster {
-        if let Some(threads) = args.threads {
-            bail!(
-                "--threads {threads} sets this machine's worker threads, which a --cluster run does not use: a node's workers are set where it runs (offload node --cores N)"
-            );
-        }
-        // The client keeps the job's buffers and a copy of the packets in flight.
-        let (mut values, outputs) = bind(args, &spec, 1)?;
-        super::cluster::run_on_cluster(
-            cli,
-            &args.cluster,
-            args.device.map(Into::into),
-            &package,
-            &spec,
-            args.items,
-            &mut values,
-        )?;
-        return write_outputs(&values, outputs);
-    }
-    let threads = local_threads(args);
-    let (mut values, outputs) = bind(args, &spec, threads + 1)?;
-    let engine = cli.engine()?;
-    let (bar, report) = progress_reporter(args.items);
-    let mut options = LocalOptions::default().progress(report);
+    // A cluster client keeps the job's buffers and a copy of the packets in flight.
+    let devices = if args.cluster.cluster {
+        1
+    } else {
+        local_threads(args) + 1
+    };
+    let (values, outputs) = bind(args, &spec, items, devices)?;
+    let mut job = Job::kernel(Arc::clone(&package), kernel, items, values)?;
+    let (report, threads) = execute(cli, args, &mut job, Some((&package, kernel.as_str())))?;
+    let staged = outputs
+        .into_iter()
+        .filter_map(|(name, staged)| job.buffer(&name).map(|bytes| (staged, bytes)))
+        .collect();
+    commit_outputs(staged)?;
+    print_report(cli, &report, Some(kernel));
+    println!(
+        "ran {kernel} over {} in {} on {threads}: {}",
+        plural(report.items, "item"),
+        plural(report.packets, "packet"),
+        describe_duration(report.run_time)
+    );
+    Ok(())
+}
+
+/// Runs `job` here or on the cluster with the command line's options; `tuned` names
+/// the package and kernel of a one-step job, whose `offload tune` profile applies here.
+/// Returns the report and where it ran, in words (`2 threads`, `3 nodes`).
+fn execute(
+    cli: &Cli,
+    args: &RunArgs,
+    job: &mut Job<'_>,
+    tuned: Option<(&offload::Package, &str)>,
+) -> anyhow::Result<(Report, String)> {
+    let (bar, progress) = progress_reporter();
+    let mut options = Options::default().progress(progress);
     if let Some(threads) = args.threads {
         options = options.threads(threads);
     }
-    let device = args.device.unwrap_or(super::opencl::DeviceFlag::Cpu);
-    options = options.device(device.into());
-    let (engine, options) = match super::tune::lookup(&engine, &package, &args.kernel) {
-        Some(settings) => {
-            if cli.verbose > 0 {
-                eprintln!("tuning profile: {settings}");
+    if let Some(device) = args.device {
+        options = options.device(device.into());
+    }
+    let result = if args.cluster.cluster {
+        let cluster = super::cluster::connect(cli, &args.cluster)?;
+        options = options
+            .redundancy(args.cluster.redundancy)
+            .local_fallback(!args.cluster.no_local_fallback);
+        cluster.run(job, &options)
+    } else {
+        let mut engine = cli.engine()?;
+        if let Some((package, kernel)) = tuned {
+            if let Some(settings) = super::tune::lookup(&engine, package, kernel) {
+                if cli.verbose > 0 {
+                    eprintln!("tuning profile: {settings}");
+                }
+                (engine, options) =
+                    super::tune::apply(cli, engine, &settings, args.threads, options)?;
             }
-            super::tune::apply(cli, engine, &settings, args.threads, options)?
         }
-        None => (engine, options),
+        Cluster::from_engine(engine).run(job, &options)
     };
-    let result = run_local(
-        &engine,
-        &package,
-        &args.kernel,
-        args.items,
-        &mut values,
-        &options,
-    );
     if let Some(bar) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
         bar.finish_and_clear();
     }
     let report = result.map_err(|e| {
         anyhow::Error::new(e).context("the run failed; no output or --inout file was changed")
     })?;
-    write_outputs(&values, outputs)?;
-    if cli.verbose > 0 {
-        eprintln!(
-            "device: cpu {} ({})",
-            engine.host(),
-            plural(report.threads as u64, "thread")
-        );
-        for device in &report.opencl_devices {
-            eprintln!("device: opencl {device}");
+    let place = match &report.cluster {
+        Some(cluster) => {
+            super::cluster::print_cluster_report(cli, cluster, args.cluster.redundancy);
+            let copies = if args.cluster.redundancy > 1 {
+                format!(" ({} copies each, majority vote)", args.cluster.redundancy)
+            } else {
+                String::new()
+            };
+            format!(
+                "{}{copies}",
+                plural(cluster.packets_per_node.len() as u64, "node")
+            )
         }
-        if let Some(note) = &report.opencl_note {
-            eprintln!("opencl not used: {note}");
-        }
-        eprintln!(
-            "packets: {} on the cpu, {} on opencl",
-            report.cpu_packets, report.opencl_packets
-        );
-        eprintln!(
-            "kernel {}: {} in {} (key {})",
-            args.kernel,
-            report.code_origin.describe(),
-            describe_duration(report.compile_time),
-            &report.cache_key[..16]
-        );
+        None => plural(report.threads as u64, "thread"),
+    };
+    Ok((report, place))
+}
+
+/// What `-v` adds about a run on this machine; `kernel` names a one-step job's kernel.
+fn print_report(cli: &Cli, report: &Report, kernel: Option<&str>) {
+    if cli.verbose == 0 || report.cluster.is_some() {
+        return;
     }
-    println!(
-        "ran {} over {} in {} on {}: {}",
-        args.kernel,
-        plural(report.items, "item"),
-        plural(report.packets, "packet"),
-        plural(report.threads as u64, "thread"),
-        describe_duration(report.run_time)
+    eprintln!(
+        "device: cpu {} ({})",
+        offload::HostTarget::detect(),
+        plural(report.threads as u64, "thread")
     );
-    Ok(())
+    for device in &report.opencl_devices {
+        eprintln!("device: opencl {device}");
+    }
+    if let Some(note) = &report.opencl_note {
+        eprintln!("opencl not used: {note}");
+    }
+    eprintln!(
+        "packets: {} on the cpu, {} on opencl",
+        report.cpu_packets, report.opencl_packets
+    );
+    if let (Some(origin), Some(key)) = (&report.code_origin, &report.cache_key) {
+        let key = &key[..16.min(key.len())];
+        match kernel {
+            Some(kernel) => eprintln!(
+                "kernel {kernel}: {} in {} (key {key})",
+                origin.describe(),
+                describe_duration(report.compile_time)
+            ),
+            None => eprintln!(
+                "kernels: the first {} (key {key}); {} compiling or loading in all",
+                origin.describe(),
+                describe_duration(report.compile_time)
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use offload::tune::{tune_kernel, Profile, Settings, TuneOptions};
-use offload::{Engine, LocalOptions, Manifest, Package, ScalarValue};
+use offload::{Engine, Manifest, Options, Package, ScalarValue};
 
 use super::package::read_package;
 use super::Cli;
@@ -309,8 +309,8 @@ pub fn apply(
     engine: Engine,
     settings: &Settings,
     threads: Option<usize>,
-    options: LocalOptions,
-) -> anyhow::Result<(Engine, LocalOptions)> {
+    options: Options,
+) -> anyhow::Result<(Engine, Options)> {
     let mut options = settings.apply(options);
     if let Some(threads) = threads {
         options = options.threads(threads);

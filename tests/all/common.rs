@@ -298,3 +298,24 @@ pub fn run_bounded(mut command: Command, limit: std::time::Duration) -> Output {
         }
     }
 }
+
+/// Runs a one-step job of `kernel` on the local node of `engine`, with `args` holding
+/// the inputs before and the results after: the API's `Job::kernel` and `Cluster::run`.
+pub fn run_values(
+    engine: &offload::Engine,
+    package: &offload::Package,
+    kernel: &str,
+    items: u64,
+    args: &mut Vec<offload::ArgValue>,
+    options: &offload::Options,
+) -> Result<offload::Report, offload::LaunchError> {
+    let mut job = offload::Job::kernel(
+        std::sync::Arc::new(package.clone()),
+        kernel,
+        items,
+        args.clone(),
+    )?;
+    let report = offload::Cluster::from_engine(engine.clone()).run(&mut job, options)?;
+    *args = job.into_values();
+    Ok(report)
+}

@@ -15,14 +15,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use offload::local::DeviceChoice;
+use offload::DeviceChoice;
 use offload::{
-    package_source, run_local, Access, ArgKind, ArgValue, Buffer, Config, Engine, KernelSpec,
-    LocalOptions, Manifest, Package, ScalarType, ScalarValue, Shape,
+    package_source, Access, ArgKind, ArgValue, Buffer, Config, Engine, KernelSpec, Manifest,
+    Options, Package, ScalarType, ScalarValue, Shape,
 };
 use opencl_backend::{LowerError, OpenCl};
 
-use crate::common::{offload, offload_ok, repo_path};
+use crate::common::{offload, offload_ok, repo_path, run_values};
 
 use crate::references::logcrunch_ref;
 
@@ -242,12 +242,15 @@ fn make_args(case: &Case, spec: &KernelSpec) -> Vec<ArgValue> {
             ArgKind::Buffer {
                 access,
                 elem,
-                shape,
+                ref shape,
+                ..
             } => {
+                // The conformance kernels' shapes are constants.
+                let constant = |e: &offload::Expr| e.constant().expect("a constant shape");
                 let count = match shape {
-                    Shape::PerItem(k) => (k * case.items) as usize,
+                    Shape::PerItem(k) => (constant(k) * case.items) as usize,
                     Shape::Whole => case.whole_len,
-                    Shape::Fixed(n) => n as usize,
+                    Shape::Fixed(n) => constant(n) as usize,
                 };
                 if access == Access::Sum {
                     ArgValue::Buffer(Buffer::zeroed(count * elem.size()))
@@ -266,13 +269,13 @@ fn make_args(case: &Case, spec: &KernelSpec) -> Vec<ArgValue> {
 
 fn run_cpu(package: &Package, spec: &KernelSpec, items: u64, args: &[ArgValue]) -> Vec<ArgValue> {
     let mut args = args.to_vec();
-    run_local(
+    run_values(
         engine(),
         package,
         &spec.name,
         items,
         &mut args,
-        &LocalOptions::default().threads(2),
+        &Options::default().threads(2),
     )
     .unwrap_or_else(|e| panic!("CPU run of `{}` failed: {e}", spec.name));
     args
@@ -299,9 +302,17 @@ fn run_device(
             ArgValue::Buffer(b) => (b.address(), b.len()),
         })
         .unzip();
+    let given: Vec<offload::Given> = args
+        .iter()
+        .map(|a| match a {
+            ArgValue::Scalar(v) => offload::Given::Scalar(*v),
+            ArgValue::Buffer(b) => offload::Given::bytes(b.len() as u64),
+        })
+        .collect();
+    let layout = offload::check(spec, items, &given).map_err(|e| e.to_string())?;
     // SAFETY: the buffers are live and sized by the manifest for `items`.
     let mut kernel =
-        unsafe { device.prepare(lowered, &block, &lens) }.map_err(|e| e.to_string())?;
+        unsafe { device.prepare(lowered, &layout, &block) }.map_err(|e| e.to_string())?;
     let cut1 = items / 3;
     let cut2 = (cut1 + 1).min(items);
     for (start, end) in [(0, cut1), (cut1, cut2), (cut2, items)] {
@@ -321,7 +332,7 @@ fn run_device(
         unsafe { kernel.run_packet(start, end, &block) }.map_err(|e| e.to_string())?;
         for (slot, partial) in partials {
             if let (ArgValue::Buffer(total), ArgKind::Buffer { elem, .. }) =
-                (&mut args[slot], spec.args[slot].kind)
+                (&mut args[slot], &spec.args[slot].kind)
             {
                 let mut bytes = total.as_bytes().to_vec();
                 elem.add_into(&mut bytes, partial.as_bytes());
@@ -372,7 +383,7 @@ fn ulp_distance_f64(a: f64, b: f64) -> u64 {
 fn compare(spec: &KernelSpec, cpu: &[ArgValue], dev: &[ArgValue], ulp: u64) -> Vec<String> {
     let mut problems = Vec::new();
     for (slot, arg) in spec.args.iter().enumerate() {
-        let ArgKind::Buffer { access, elem, .. } = arg.kind else {
+        let ArgKind::Buffer { access, elem, .. } = arg.kind.clone() else {
             continue;
         };
         if access == Access::In {
@@ -599,23 +610,23 @@ fn unsupported_construct_is_refused_by_name_and_runs_on_cpu() {
         ]
     };
     let mut cpu = make();
-    run_local(
+    run_values(
         engine(),
         &package,
         "mulhi_u128",
         100,
         &mut cpu,
-        &LocalOptions::default(),
+        &Options::default(),
     )
     .expect("cpu");
     let mut auto = make();
-    let options = LocalOptions::default().device(DeviceChoice::Auto);
+    let options = Options::default().device(DeviceChoice::Auto);
     let options = match opencl() {
         Some(o) => options.opencl(o),
         None => options,
     };
     let report =
-        run_local(engine(), &package, "mulhi_u128", 100, &mut auto, &options).expect("auto");
+        run_values(engine(), &package, "mulhi_u128", 100, &mut auto, &options).expect("auto");
     assert_eq!(report.opencl_packets, 0);
     assert!(report.opencl_note.is_some());
     let (ArgValue::Buffer(x), ArgValue::Buffer(y)) = (&cpu[1], &auto[1]) else {
@@ -642,13 +653,13 @@ fn device_panic_is_reported_like_the_cpu() {
         ArgValue::Buffer(Buffer::zeroed(4 * 100)),
     ];
     let mut cpu = args.clone();
-    let cpu_error = run_local(
+    let cpu_error = run_values(
         engine(),
         &package,
         "panics",
         100,
         &mut cpu,
-        &LocalOptions::default(),
+        &Options::default(),
     )
     .expect_err("cpu panics");
     assert!(

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use offload::{Cluster, Config, Kernel, KernelArg, LaunchError, LaunchOptions, Package};
+use offload::{ArgError, Cluster, Config, Kernel, KernelArg, LaunchError, Options, Package};
 
 use crate::common::{offload_ok, repo_path, run_bounded};
 
@@ -70,9 +70,9 @@ fn text(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn two_threads() -> LaunchOptions {
+fn two_threads() -> Options {
     // Two workers: more than one packet, so window offsets and sum merging are exercised.
-    LaunchOptions::default().threads(2)
+    Options::default().threads(2)
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn saxpy_through_the_engine_equals_direct_calls() {
     let report = kernels::saxpy::launch_with(
         &fixture().cluster,
         &saxpy,
-        two_threads(),
+        &two_threads(),
         n,
         -1.75,
         &x,
@@ -122,7 +122,7 @@ fn poly_through_the_engine_equals_direct_calls() {
     kernels::poly::launch_with(
         &fixture().cluster,
         &kernel("poly"),
-        two_threads(),
+        &two_threads(),
         n,
         &coeffs,
         &x,
@@ -142,7 +142,7 @@ fn wc_range_kernel_sums_like_one_direct_call_and_adds_to_the_slice() {
     let report = kernels::wc::launch_with(
         &fixture().cluster,
         &kernel("wc"),
-        two_threads(),
+        &two_threads(),
         text.len(),
         &text,
         &mut offloaded,
@@ -167,7 +167,7 @@ fn async_launch_gives_the_blocking_result() {
     kernels::saxpy::launch_with(
         cluster,
         &saxpy,
-        LaunchOptions::default(),
+        &Options::default(),
         n,
         3.0,
         &x,
@@ -186,7 +186,7 @@ fn async_launch_gives_the_blocking_result() {
                 KernelArg::inout(&mut offloaded),
             ];
             cluster
-                .launch_async(&saxpy, n as u64, args, LaunchOptions::default())
+                .launch_async(&saxpy, n as u64, args, &Options::default())
                 .await
         })
         .expect("async launch");
@@ -206,7 +206,7 @@ fn progress_reports_every_item_once_in_increasing_order() {
     kernels::saxpy::launch_with(
         &fixture().cluster,
         &kernel("saxpy"),
-        options,
+        &options,
         n,
         1.0,
         &x,
@@ -230,28 +230,32 @@ fn wrong_slice_length_is_refused_before_running() {
     let error = kernels::saxpy::launch_with(
         &fixture().cluster,
         &kernel("saxpy"),
-        LaunchOptions::default(),
+        &Options::default(),
         10,
         1.0,
         &x,
         &mut y,
     )
     .expect_err("y is one element short");
-    match &error {
-        LaunchError::SliceLength {
+    match error.arg_error() {
+        Some(ArgError::BufferSize {
             arg,
+            items,
             expected,
             actual,
             ..
-        } => {
-            assert_eq!((arg.as_str(), *expected, *actual), ("y", 10, 9));
+        }) => {
+            assert_eq!(
+                (arg.as_str(), *items, expected.as_str(), actual.as_str()),
+                ("y", 10, "10 elements (40 bytes)", "9 elements (36 bytes)")
+            );
         }
-        other => panic!("expected SliceLength, got {other:?}"),
+        other => panic!("expected a buffer size error, got {other:?}"),
     }
     assert!(
-        error
-            .to_string()
-            .contains("must hold 10 elements for 10 items, but it holds 9"),
+        error.to_string().contains(
+            "must be 10 elements (40 bytes) for 10 items, but it has 9 elements (36 bytes)"
+        ),
         "{error}"
     );
 }
@@ -267,11 +271,11 @@ fn mismatched_argument_types_are_refused() {
     ];
     let error = fixture()
         .cluster
-        .launch(&kernel("saxpy"), 4, args, LaunchOptions::default())
+        .launch(&kernel("saxpy"), 4, args, &Options::default())
         .expect_err("x must be f32");
     assert!(
         error.to_string().contains(
-            "argument `x` of kernel `saxpy` is `x: in f32[1]`, but an input slice of f64 was given"
+            "argument `x` of kernel `saxpy` is `x: in f32[1]`, but an `in` buffer of f64 was given"
         ),
         "{error}"
     );
@@ -471,7 +475,7 @@ fn three_loopback_nodes_give_the_local_results() {
     kernels::saxpy::launch_with(
         &fixture().cluster,
         &saxpy,
-        two_threads(),
+        &two_threads(),
         n,
         0.25,
         &x,
@@ -481,7 +485,7 @@ fn three_loopback_nodes_give_the_local_results() {
     let report = kernels::saxpy::launch_with(
         &cluster,
         &saxpy,
-        LaunchOptions::default(),
+        &Options::default(),
         n,
         0.25,
         &x,
@@ -500,12 +504,12 @@ fn three_loopback_nodes_give_the_local_results() {
     let mut remote = [0u64; 3];
     let done = Arc::new(Mutex::new(None));
     let seen = done.clone();
-    let options = LaunchOptions::default()
-        .progress(move |d, t| *seen.lock().expect("progress") = Some((d, t)));
+    let options =
+        Options::default().progress(move |d, t| *seen.lock().expect("progress") = Some((d, t)));
     kernels::wc::launch_with(
         &cluster,
         &kernel("wc"),
-        options,
+        &options,
         text.len(),
         &text,
         &mut remote,
@@ -535,7 +539,7 @@ fn three_loopback_nodes_give_the_local_results() {
                 KernelArg::output(&mut remote),
             ];
             cluster
-                .launch_async(&poly, n as u64, args, LaunchOptions::default())
+                .launch_async(&poly, n as u64, args, &Options::default())
                 .await
         })
         .expect("cluster poly");
@@ -559,7 +563,7 @@ fn a_remote_cluster_connects_launches_and_drops_inside_a_tokio_runtime() {
     kernels::saxpy::launch_with(
         &fixture().cluster,
         &saxpy,
-        two_threads(),
+        &two_threads(),
         n,
         2.0,
         &x,
@@ -595,7 +599,7 @@ fn a_remote_cluster_connects_launches_and_drops_inside_a_tokio_runtime() {
                     KernelArg::inout(&mut remote),
                 ];
                 cluster
-                    .launch_async(&saxpy, n as u64, args, LaunchOptions::default())
+                    .launch_async(&saxpy, n as u64, args, &Options::default())
                     .await
                     .expect("async launch on the node");
             }

@@ -524,6 +524,40 @@ fn sizes_no_machine_can_hold_are_refused_before_anything_is_allocated() {
         ],
         &[
             "buffer `x`",
+            "must be 1000000000000 elements (4000000000000 bytes)",
+            "but it has 64 bytes",
+        ],
+    );
+    // 10^12 items of a kernel whose only buffer is an output: 4 TB to allocate.
+    let mandel = crate::common::package(
+        &crate::common::repo_path("examples/mandelbrot/kernel.rs"),
+        &crate::common::repo_path("examples/mandelbrot/manifest.toml"),
+        dir,
+        "mandelbrot",
+    );
+    refused(
+        &[
+            "run",
+            &mandel.display().to_string(),
+            "--kernel",
+            "mandelbrot",
+            "--items",
+            "1000000000000",
+            "--arg",
+            "width=1000",
+            "--arg",
+            "max_iter=10",
+            "--arg",
+            "x0=0",
+            "--arg",
+            "y0=0",
+            "--arg",
+            "step=0.1",
+            "--out",
+            &format!("iters={y}"),
+        ],
+        &[
+            "buffer `iters`",
             "4000000000000 bytes",
             "more than this machine can hold",
         ],

@@ -14,7 +14,7 @@ mod kernels;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use offload::{Cluster, LaunchError, LaunchOptions};
+use offload::{Cluster, LaunchError, Options};
 
 /// Deterministic pseudo-random numbers in `[-1, 1)` (splitmix64).
 fn inputs(n: usize, seed: u64) -> Vec<f64> {
@@ -90,13 +90,19 @@ fn run(cluster: &Cluster, items: usize) -> Result<(bool, Results), LaunchError> 
     let mut offloaded = [0u64; 3];
     let started = Instant::now();
     let kernel = kernels::wc::kernel()?;
-    let options = LaunchOptions::default().progress(|done, total| {
+    let options = Options::default().progress(|done, total| {
         if done == total {
             eprintln!("wc: {done}/{total} bytes counted");
         }
     });
-    let report =
-        kernels::wc::launch_with(cluster, &kernel, options, text.len(), &text, &mut offloaded)?;
+    let report = kernels::wc::launch_with(
+        cluster,
+        &kernel,
+        &options,
+        text.len(),
+        &text,
+        &mut offloaded,
+    )?;
     ok &= compare("wc", direct == offloaded, started, &report);
     println!(
         "wc: {} lines, {} words, {} bytes",
@@ -112,7 +118,7 @@ fn run(cluster: &Cluster, items: usize) -> Result<(bool, Results), LaunchError> 
     ))
 }
 
-fn compare(name: &str, same: bool, started: Instant, report: &offload::LaunchReport) -> bool {
+fn compare(name: &str, same: bool, started: Instant, report: &offload::Report) -> bool {
     println!(
         "{name}: {} items in {:.1} ms ({} packets on {} workers, code {}): {}",
         report.items,
@@ -121,6 +127,7 @@ fn compare(name: &str, same: bool, started: Instant, report: &offload::LaunchRep
         report.workers,
         report
             .code_origin
+            .as_ref()
             .map_or("compiled by the nodes", |o| o.describe()),
         if same {
             "same as direct Rust"

@@ -39,24 +39,7 @@ pub const PARAM_ATTRIBUTES: [&str; 3] = ["split", "out", "sum"];
 /// What the allowed parameter types are, for error messages.
 const ALLOWED: &str = "allowed parameters: scalars (i32 u32 i64 u64 f32 f64 usize), `&[T]` (whole input), `#[split(k)] &[T]` (per-item input), `#[split(k)] &mut [T]` (per-item read-write), `#[out(k)] &mut [T]` (per-item output), `#[sum(n)] &mut [T]` (n-element accumulator), with T one of u8 i32 u32 i64 u64 f32 f64";
 
-/// Item or range kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelKind {
-    /// `fn(i, args...)`, once per item.
-    Item,
-    /// `fn(start, end, args...)`, once per packet.
-    Range,
-}
-
-impl KernelKind {
-    /// The manifest spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            KernelKind::Item => "item",
-            KernelKind::Range => "range",
-        }
-    }
-}
+pub use kernel_model::{KernelKind, ScalarType};
 
 /// The Rust type of the index parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,96 +60,27 @@ impl IndexType {
     }
 }
 
-/// A scalar parameter's Rust type.
+/// A scalar parameter's type: the kernel model's, and whether Rust spells it `usize`
+/// (which the kernel ABI passes as `u64`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScalarTy {
-    /// `i32`.
-    I32,
-    /// `u32`.
-    U32,
-    /// `i64`.
-    I64,
-    /// `u64`.
-    U64,
-    /// `f32`.
-    F32,
-    /// `f64`.
-    F64,
-    /// `usize`, passed as `u64`.
-    Usize,
+pub struct ScalarParam {
+    /// The kernel-model type (`u64` for `usize`).
+    pub ty: ScalarType,
+    /// Written `usize` in Rust.
+    pub usize: bool,
 }
 
-impl ScalarTy {
-    fn parse(name: &str) -> Option<ScalarTy> {
-        Some(match name {
-            "i32" => ScalarTy::I32,
-            "u32" => ScalarTy::U32,
-            "i64" => ScalarTy::I64,
-            "u64" => ScalarTy::U64,
-            "f32" => ScalarTy::F32,
-            "f64" => ScalarTy::F64,
-            "usize" => ScalarTy::Usize,
-            _ => return None,
-        })
-    }
-
-    /// The manifest type.
-    pub fn manifest_name(self) -> &'static str {
-        match self {
-            ScalarTy::I32 => "i32",
-            ScalarTy::U32 => "u32",
-            ScalarTy::I64 => "i64",
-            ScalarTy::U64 | ScalarTy::Usize => "u64",
-            ScalarTy::F32 => "f32",
-            ScalarTy::F64 => "f64",
+impl ScalarParam {
+    fn parse(name: &str) -> Option<ScalarParam> {
+        if name == "usize" {
+            return Some(ScalarParam {
+                ty: ScalarType::U64,
+                usize: true,
+            });
         }
-    }
-}
-
-/// A buffer element type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ElemTy {
-    /// `u8`.
-    U8,
-    /// `i32`.
-    I32,
-    /// `u32`.
-    U32,
-    /// `i64`.
-    I64,
-    /// `u64`.
-    U64,
-    /// `f32`.
-    F32,
-    /// `f64`.
-    F64,
-}
-
-impl ElemTy {
-    fn parse(name: &str) -> Option<ElemTy> {
-        Some(match name {
-            "u8" => ElemTy::U8,
-            "i32" => ElemTy::I32,
-            "u32" => ElemTy::U32,
-            "i64" => ElemTy::I64,
-            "u64" => ElemTy::U64,
-            "f32" => ElemTy::F32,
-            "f64" => ElemTy::F64,
-            _ => return None,
-        })
-    }
-
-    /// The manifest (and Rust) spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            ElemTy::U8 => "u8",
-            ElemTy::I32 => "i32",
-            ElemTy::U32 => "u32",
-            ElemTy::I64 => "i64",
-            ElemTy::U64 => "u64",
-            ElemTy::F32 => "f32",
-            ElemTy::F64 => "f64",
-        }
+        ScalarType::parse(name)
+            .filter(|t| t.is_scalar_arg())
+            .map(|ty| ScalarParam { ty, usize: false })
     }
 }
 
@@ -189,11 +103,11 @@ pub enum SliceRole {
 #[derive(Clone, Debug)]
 pub enum ParamKind {
     /// A scalar by value.
-    Scalar(ScalarTy),
+    Scalar(ScalarParam),
     /// A slice.
     Slice {
         /// Element type.
-        elem: ElemTy,
+        elem: ScalarType,
         /// Its buffer mapping.
         role: SliceRole,
     },
@@ -528,7 +442,7 @@ fn type_text(ty: &Type) -> String {
 }
 
 fn param_kind(ty: &Type, attr: Option<ParamAttr>) -> syn::Result<ParamKind> {
-    if let Some(scalar) = path_name(ty).as_deref().and_then(ScalarTy::parse) {
+    if let Some(scalar) = path_name(ty).as_deref().and_then(ScalarParam::parse) {
         return match attr {
             None => Ok(ParamKind::Scalar(scalar)),
             Some(ParamAttr::Split(_, a) | ParamAttr::Out(_, a) | ParamAttr::Sum(_, a)) => {
@@ -556,7 +470,7 @@ fn param_kind(ty: &Type, attr: Option<ParamAttr>) -> syn::Result<ParamKind> {
     };
     let elem = path_name(&slice.elem)
         .as_deref()
-        .and_then(ElemTy::parse)
+        .and_then(ScalarType::parse)
         .ok_or_else(unsupported)?;
     let role = match (reference.mutability.is_some(), attr) {
         (false, None) => SliceRole::Whole,
@@ -602,7 +516,7 @@ impl KernelFn {
         for (n, p) in self.params.iter().enumerate() {
             let name = p.name.to_string();
             let spec = match p.kind {
-                ParamKind::Scalar(t) => format!("{name}: {}", t.manifest_name()),
+                ParamKind::Scalar(t) => format!("{name}: {}", t.ty.name()),
                 ParamKind::Slice { elem, role } => {
                     let e = elem.name();
                     match role {
@@ -626,7 +540,7 @@ impl KernelFn {
             {
                 args.push(ManifestArg {
                     name: format!("{name}_len"),
-                    spec: format!("{name}_len: u64"),
+                    spec: format!("{name}_len: u64 = len({name})"),
                     source: ArgSource::LenOf(n),
                 });
             }
@@ -635,7 +549,7 @@ impl KernelFn {
     }
 
     /// The signature as `ir_packager::KernelSpec::signature` spells it, e.g.
-    /// `item saxpy(i: u64, a: f32, x: in f32[], x_len: u64, y: inout f32[1])`.
+    /// `item saxpy(i: u64, a: f32, x: in f32[], x_len: u64 = len(x), y: inout f32[1])`.
     pub fn signature(&self) -> String {
         let index = match self.kind {
             KernelKind::Item => "i: u64".to_string(),
@@ -699,17 +613,17 @@ impl KernelFn {
             let pname = &p.name;
             match p.kind {
                 ParamKind::Scalar(t) => {
-                    let abi_ty: TokenStream = match t {
-                        ScalarTy::Usize => quote!(u64),
-                        _ => {
-                            let ty = &p.ty;
-                            quote!(#ty)
-                        }
+                    let abi_ty: TokenStream = if t.usize {
+                        quote!(u64)
+                    } else {
+                        let ty = &p.ty;
+                        quote!(#ty)
                     };
                     abi_params.push(quote!(#pname: #abi_ty));
-                    call_args.push(match t {
-                        ScalarTy::Usize => quote!(#pname as usize),
-                        _ => quote!(#pname),
+                    call_args.push(if t.usize {
+                        quote!(#pname as usize)
+                    } else {
+                        quote!(#pname)
                     });
                 }
                 ParamKind::Slice { elem, role } => {

@@ -1,14 +1,28 @@
-//! Buffer files of `offload run`: inputs read no further than they must be long, and
-//! outputs staged beside their destination and renamed into place only when the whole
-//! job succeeded, so that a failure at any point leaves every file as it was.
+//! Buffer files: inputs read no further than they must be long, and outputs staged
+//! beside their destination and renamed into place only when the whole job succeeded,
+//! so that a failure at any point leaves every file as it was. The command line and
+//! programs' `[buffers]` and `[outputs]` use it.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use offload::{describe_bytes, Buffer};
+use node_jit::describe_bytes;
+
+use crate::buffer::Buffer;
+
+/// A buffer file that cannot be read or written: the message names the file, the buffer
+/// and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FileError(pub String);
+
+macro_rules! fail {
+    ($($arg:tt)*) => {
+        return Err(FileError(format!($($arg)*)))
+    };
+}
 
 /// An output file to be: a temporary file created now beside the destination (which
 /// proves the folder exists and is writable before anything runs), renamed over the
@@ -23,13 +37,13 @@ pub struct StagedOutput {
 
 impl StagedOutput {
     /// Stages an output for `path`; `what` names it in messages (`buffer `y``).
-    pub fn new(path: &Path, what: &str) -> anyhow::Result<StagedOutput> {
+    pub fn new(path: &Path, what: &str) -> Result<StagedOutput, FileError> {
         let destination = match std::fs::canonicalize(path) {
             Ok(resolved) => resolved,
             Err(_) => path.to_path_buf(),
         };
         if destination.is_dir() {
-            bail!(
+            fail!(
                 "cannot write {what} to {}: it is a directory",
                 path.display()
             );
@@ -48,11 +62,11 @@ impl StagedOutput {
                     std::io::ErrorKind::PermissionDenied => "is not writable".to_string(),
                     kind => format!("cannot take a new file ({kind})"),
                 };
-                anyhow::anyhow!(
+                FileError(format!(
                     "cannot write {what} to {}: the folder {} {why}; nothing was run",
                     path.display(),
                     folder.display()
-                )
+                ))
             })?;
         Ok(StagedOutput {
             destination,
@@ -70,14 +84,18 @@ impl StagedOutput {
 /// Writes every output's bytes to its staged file and flushes them to disk; only when
 /// all of them are written are they renamed into place (a rename within a folder is
 /// atomic), so an error while writing leaves every destination as it was.
-pub fn commit_outputs(outputs: Vec<(StagedOutput, &[u8])>) -> anyhow::Result<()> {
+pub fn commit_outputs(outputs: Vec<(StagedOutput, &[u8])>) -> Result<(), FileError> {
     let mut ready = Vec::with_capacity(outputs.len());
     for (mut staged, bytes) in outputs {
         let shown = staged.shown.display().to_string();
         let file = staged.temp.as_file_mut();
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {shown}; no output file was changed"))?;
+            .map_err(|e| {
+                FileError(format!(
+                    "cannot write {shown}: {e}; no output file was changed"
+                ))
+            })?;
         // A replaced file keeps its permissions.
         if let Ok(meta) = std::fs::metadata(&staged.destination) {
             let _ = file.set_permissions(std::fs::Permissions::from_mode(
@@ -91,18 +109,23 @@ pub fn commit_outputs(outputs: Vec<(StagedOutput, &[u8])>) -> anyhow::Result<()>
         staged
             .temp
             .persist(&staged.destination)
-            .map_err(|e| e.error)
-            .with_context(|| format!("cannot replace {shown}"))?;
+            .map_err(|e| FileError(format!("cannot replace {shown}: {}", e.error)))?;
     }
     Ok(())
 }
 
 /// What an input file must hold.
+#[derive(Debug, Clone, Copy)]
 pub enum Expected {
     /// Exactly this many bytes (split and sum buffers: the manifest and `--items` say).
     Exactly(u64),
     /// A whole number of elements of this size, at most `limit` bytes in all.
-    Elements { size: u64, limit: u64 },
+    Elements {
+        /// Bytes per element.
+        size: u64,
+        /// The most bytes accepted.
+        limit: u64,
+    },
 }
 
 /// Reads buffer `name` from `path`, never reading more than `expected` allows: a
@@ -114,12 +137,17 @@ pub fn read_input(
     spec: &str,
     expected: Expected,
     items: u64,
-) -> anyhow::Result<Buffer> {
-    let context = || format!("cannot read buffer `{name}` from {}", path.display());
-    let file = File::open(path).with_context(context)?;
-    let meta = file.metadata().with_context(context)?;
+) -> Result<Buffer, FileError> {
+    let context = |e: std::io::Error| {
+        FileError(format!(
+            "cannot read buffer `{name}` from {}: {e}",
+            path.display()
+        ))
+    };
+    let file = File::open(path).map_err(context)?;
+    let meta = file.metadata().map_err(context)?;
     if meta.is_dir() {
-        bail!(
+        fail!(
             "cannot read buffer `{name}` from {}: it is a directory",
             path.display()
         );
@@ -128,7 +156,7 @@ pub fn read_input(
     let limit = match expected {
         Expected::Exactly(bytes) => {
             if let Some(len) = regular.filter(|&len| len != bytes) {
-                bail!(
+                fail!(
                     "buffer `{name}` (`{spec}`) must be {bytes} bytes for {items} items, but {} has {len} bytes",
                     path.display()
                 );
@@ -137,7 +165,7 @@ pub fn read_input(
         }
         Expected::Elements { limit, .. } => {
             if let Some(len) = regular.filter(|&len| len > limit) {
-                bail!(
+                fail!(
                     "buffer `{name}` from {} is {} ({len} bytes), more than this machine can hold ({})",
                     path.display(),
                     describe_bytes(len),
@@ -154,43 +182,41 @@ pub fn read_input(
             let mut buffer = usize::try_from(len)
                 .ok()
                 .and_then(Buffer::try_zeroed)
-                .with_context(|| {
-                    format!(
+                .ok_or_else(|| {
+                    FileError(format!(
                         "cannot allocate {} for buffer `{name}`",
                         describe_bytes(len)
-                    )
+                    ))
                 })?;
-            reader
-                .read_exact(buffer.as_bytes_mut())
-                .with_context(context)?;
+            reader.read_exact(buffer.as_bytes_mut()).map_err(context)?;
             // A file that grew since it was measured holds more than it should.
             let mut extra = [0u8; 1];
-            let more = reader.read(&mut extra).with_context(context)? as u64;
+            let more = reader.read(&mut extra).map_err(context)? as u64;
             (buffer, len + more)
         }
         // A pipe or a device: read what comes, up to one byte past the limit.
         None => {
             let mut bytes = Vec::new();
-            reader.read_to_end(&mut bytes).with_context(context)?;
+            reader.read_to_end(&mut bytes).map_err(context)?;
             let got = bytes.len() as u64;
             (Buffer::from_bytes(&bytes), got)
         }
     };
     match expected {
-        Expected::Exactly(want) if got > want => bail!(
+        Expected::Exactly(want) if got > want => fail!(
             "buffer `{name}` (`{spec}`) must be {want} bytes for {items} items, but {} holds more",
             path.display()
         ),
-        Expected::Exactly(want) if got < want => bail!(
+        Expected::Exactly(want) if got < want => fail!(
             "buffer `{name}` (`{spec}`) must be {want} bytes for {items} items, but {} holds {got}",
             path.display()
         ),
-        Expected::Elements { limit, .. } if got > limit => bail!(
+        Expected::Elements { limit, .. } if got > limit => fail!(
             "buffer `{name}` from {} is more than this machine can hold ({})",
             path.display(),
             describe_bytes(limit)
         ),
-        Expected::Elements { size, .. } if got % size != 0 => bail!(
+        Expected::Elements { size, .. } if got % size != 0 => fail!(
             "buffer `{name}` (`{spec}`) must be a whole number of {size}-byte elements, but {} holds {got} bytes",
             path.display()
         ),

@@ -1,0 +1,1123 @@
+//! The local node's engine: runs a job's checked plan on this machine's CPU threads and
+//! OpenCL devices.
+//!
+//! The plan ([`Plan`], from the kernel model) has checked every step run before the
+//! engine starts. The engine compiles each kernel once, starts one pool of worker threads
+//! for the whole job, and runs the steps one after another with a barrier between them:
+//! the scheduler core cuts each step into packets and places them on the threads (and,
+//! with [`DeviceChoice::OpenCl`]/[`DeviceChoice::Auto`], the OpenCL devices, prepared per
+//! step). Buffers stay where they are: kernels work on the job's memory directly, packets
+//! of a step write disjoint slices, and `sum` partials are private per packet and added
+//! into their buffer in item order (packets of a step with `sum` buffers have a fixed
+//! size), so a job gives bit-identical results run after run on the same devices.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use ir_packager::kernel_model::program::{Init, Instance, Number, Plan, Program, ProgramError};
+use ir_packager::{Access, ArgLayout, Layout, Package, ScalarType};
+use node_jit::{CompileReport, CompiledKernel, Engine, JitError};
+use opencl_backend::{DeviceError, LowerError, OpenCl, PacketTiming, PreparedKernel};
+use scheduler::{
+    Decision, DeviceChoice, DeviceId, DeviceSpec, Event, JobSpec, Link, Packet, Scheduler,
+};
+
+use crate::buffer::Buffer;
+use crate::files::{read_input, Expected};
+use crate::job::{Job, JobError, Options, Report, Storage};
+
+/// A job that could not run or did not finish. Nothing written by a failed job reaches a
+/// file: outputs are written only after success.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The program or a step's arguments are wrong (found before anything ran).
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// A kernel could not be compiled or loaded.
+    #[error(transparent)]
+    Jit(#[from] JitError),
+    /// An option the place the job runs cannot honour.
+    #[error("{0}")]
+    Refused(String),
+    /// The kernel panicked on some packet.
+    #[error("kernel `{kernel}` panicked on items {start}..{end}: {reason}")]
+    KernelPanicked {
+        /// The kernel.
+        kernel: String,
+        /// First item of the packet.
+        start: u64,
+        /// End of the packet.
+        end: u64,
+        /// What went wrong.
+        reason: &'static str,
+    },
+    /// A worker thread died.
+    #[error("a worker thread stopped unexpectedly")]
+    WorkerLost,
+    /// Worker threads could not be started.
+    #[error("cannot start {requested} worker threads (only {started} started): {source}; ask for fewer with --threads")]
+    Threads {
+        /// Threads asked for.
+        requested: usize,
+        /// Threads that started before the failure.
+        started: usize,
+        /// The OS's reason.
+        source: std::io::Error,
+    },
+    /// Something the job needs is larger than this machine's memory.
+    #[error("{what} needs {} ({bytes} bytes), more than this machine can hold ({})", node_jit::describe_bytes(*.bytes), node_jit::describe_bytes(*.limit))]
+    TooLarge {
+        /// What needs the memory.
+        what: String,
+        /// How much.
+        bytes: u64,
+        /// What the machine can hold.
+        limit: u64,
+    },
+    /// An allocation the size check allowed failed anyway (memory is in use elsewhere).
+    #[error("cannot allocate {} for {what}: out of memory", node_jit::describe_bytes(*.bytes))]
+    OutOfMemory {
+        /// What the memory was for.
+        what: String,
+        /// How much.
+        bytes: u64,
+    },
+    /// `--device opencl` on a machine without a usable OpenCL device.
+    #[error("no OpenCL device is available: {note}")]
+    NoOpenClDevice {
+        /// Why (no platform, no device, ...).
+        note: String,
+    },
+    /// The kernel cannot be lowered to OpenCL C (it still runs on the CPU).
+    #[error(transparent)]
+    Lower(#[from] Box<LowerError>),
+    /// An OpenCL device failed.
+    #[error(transparent)]
+    OpenCl(#[from] Box<DeviceError>),
+}
+
+impl From<JobError> for RunError {
+    /// A job's mistake found while it is being checked to run.
+    fn from(e: JobError) -> RunError {
+        match e {
+            JobError::Program(p) => RunError::Program(p),
+            JobError::Memory(m) => m,
+            other => RunError::Refused(other.to_string()),
+        }
+    }
+}
+
+/// Checks that each of `needs` (what, bytes) and all of them together fit in this
+/// machine's memory ([`node_jit::memory_limit`]) before anything is allocated.
+pub fn check_memory(needs: &[(String, u64)]) -> Result<(), RunError> {
+    let Some(limit) = node_jit::memory_limit() else {
+        return Ok(());
+    };
+    for (what, bytes) in needs {
+        if *bytes > limit {
+            return Err(RunError::TooLarge {
+                what: what.clone(),
+                bytes: *bytes,
+                limit,
+            });
+        }
+    }
+    let total = needs
+        .iter()
+        .fold(0u64, |total, (_, bytes)| total.saturating_add(*bytes));
+    if total > limit {
+        let parts: Vec<String> = needs
+            .iter()
+            .filter(|(_, bytes)| *bytes > 0)
+            .map(|(what, bytes)| format!("{what}: {}", node_jit::describe_bytes(*bytes)))
+            .collect();
+        return Err(RunError::TooLarge {
+            what: format!("the job's buffers together ({})", parts.join(", ")),
+            bytes: total,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Memory a step takes beyond the job's buffers: a private, zeroed copy of every `sum`
+/// buffer per device at work, plus those waiting to be added in item order.
+pub fn sum_workspace(layout: &Layout, devices: usize) -> Vec<(String, u64)> {
+    let bytes = layout.sum_bytes();
+    if bytes == 0 {
+        return Vec::new();
+    }
+    vec![(
+        format!(
+            "the per-device copies of kernel `{}`'s sum buffers ({devices} devices)",
+            layout.kernel
+        ),
+        bytes.saturating_mul(2 * devices as u64 + 1),
+    )]
+}
+
+/// Allocates a program's buffers: files read (no further than this machine can hold),
+/// zero-filled and filled ones made, all checked against memory first.
+pub(crate) fn allocate_buffers(
+    program: &Program,
+    base: &Path,
+) -> Result<Vec<Storage<'static>>, JobError> {
+    let mut needs = Vec::new();
+    for decl in &program.buffers {
+        let bytes = match &decl.init {
+            Init::File(file) => std::fs::metadata(base.join(file)).map_or(0, |m| m.len()),
+            Init::Zeros(_) | Init::Fill(..) => program
+                .declared_len(decl)?
+                .unwrap_or(0)
+                .saturating_mul(decl.elem.size() as u64),
+            Init::Provided => {
+                return Err(JobError::File {
+                    path: base.to_path_buf(),
+                    reason: format!(
+                        "buffer `{}` has no contents: give it `file = PATH`, `zeros = LEN` or `fill = VALUE, len = LEN`",
+                        decl.name
+                    ),
+                })
+            }
+        };
+        needs.push((format!("buffer `{}`", decl.name), bytes));
+    }
+    check_memory(&needs)?;
+    let limit = node_jit::memory_limit().unwrap_or(u64::MAX);
+    let mut storage = Vec::with_capacity(program.buffers.len());
+    for decl in &program.buffers {
+        let buffer = match &decl.init {
+            Init::File(file) => {
+                let path = base.join(file);
+                read_input(
+                    &path,
+                    &decl.name,
+                    &format!("{} {}", decl.name, decl.elem),
+                    Expected::Elements {
+                        size: decl.elem.size() as u64,
+                        limit,
+                    },
+                    0,
+                )?
+            }
+            Init::Zeros(_) | Init::Fill(..) => {
+                let len = program.declared_len(decl)?.unwrap_or(0);
+                let bytes = len.saturating_mul(decl.elem.size() as u64);
+                let mut buffer = usize::try_from(bytes)
+                    .ok()
+                    .and_then(Buffer::try_zeroed)
+                    .ok_or(RunError::OutOfMemory {
+                        what: format!("buffer `{}`", decl.name),
+                        bytes,
+                    })?;
+                if let Init::Fill(value, _) = &decl.init {
+                    let element =
+                        element_bytes(*value, decl.elem).map_err(|reason| JobError::File {
+                            path: base.to_path_buf(),
+                            reason: format!("buffer `{}`: {reason}", decl.name),
+                        })?;
+                    for chunk in buffer.as_bytes_mut().chunks_exact_mut(element.len()) {
+                        chunk.copy_from_slice(&element);
+                    }
+                }
+                buffer
+            }
+            Init::Provided => Buffer::zeroed(0),
+        };
+        storage.push(Storage::Owned(buffer));
+    }
+    Ok(storage)
+}
+
+/// One element of type `elem` holding `value`, little-endian.
+fn element_bytes(value: Number, elem: ScalarType) -> Result<Vec<u8>, String> {
+    Ok(match (value, elem) {
+        (Number::Float(v), ScalarType::F32) => (v as f32).to_le_bytes().to_vec(),
+        (Number::Float(v), ScalarType::F64) => v.to_le_bytes().to_vec(),
+        (Number::Int(v), ScalarType::F32) => (v as f32).to_le_bytes().to_vec(),
+        (Number::Int(v), ScalarType::F64) => (v as f64).to_le_bytes().to_vec(),
+        (Number::Float(v), _) => return Err(format!("{v:?} is not a whole number for {elem}")),
+        (Number::Int(v), ScalarType::U8) => {
+            vec![u8::try_from(v).map_err(|_| format!("{v} does not fit in u8"))?]
+        }
+        (Number::Int(v), _) => {
+            let value = ir_packager::ScalarValue::from_integer(v, elem)?;
+            value.to_bits().to_le_bytes()[..elem.size()].to_vec()
+        }
+    })
+}
+
+/// The fewest packets each device gets in a step when no tuning profile sets a packet
+/// size: item costs vary (a Mandelbrot row inside the set costs 100x one outside), and a
+/// packet here costs microseconds, so several per device keep them finishing together.
+const PACKETS_PER_DEVICE: u64 = 32;
+
+/// A step shorter than this (by its kernel's known rate) runs part of its packets on the
+/// coordinating thread.
+const SHORT_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The least work a CPU packet gets once its kernel's rate is known: a packet costs a
+/// few µs of dispatch, so this keeps that under a tenth.
+const MIN_PACKET_TIME: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Where a job resumes (a cluster job finished here after its nodes were lost): step run
+/// `instance` (counting from 0), only its item `ranges`, then every later one.
+pub(crate) struct Resume {
+    pub instance: usize,
+    pub ranges: Vec<Range<u64>>,
+}
+
+/// Runs `job` on this machine.
+pub(crate) fn run(
+    engine: &Engine,
+    job: &mut Job<'_>,
+    options: &Options,
+) -> Result<Report, RunError> {
+    let plan = job.plan()?;
+    run_plan(engine, job, &plan, options, None)
+}
+
+/// Runs `plan` of `job` on this machine, from the start or from `resume`.
+pub(crate) fn run_plan(
+    engine: &Engine,
+    job: &mut Job<'_>,
+    plan: &Plan,
+    options: &Options,
+    resume: Option<Resume>,
+) -> Result<Report, RunError> {
+    if options.redundancy > 1 {
+        return Err(RunError::Refused(format!(
+            "redundancy {} runs every packet on {} different nodes: it needs a cluster (this job runs on this machine)",
+            options.redundancy, options.redundancy
+        )));
+    }
+    let manifests: Vec<_> = job.packages.iter().map(|p| p.manifest()).collect();
+    let packages: Vec<Arc<Package>> = job.packages.clone();
+    // A first walk: totals, the kernels to compile, the largest step.
+    let first = resume.as_ref().map_or(0, |r| r.instance);
+    let mut kernels: Vec<(usize, String)> = Vec::new();
+    let mut total_items = 0u64;
+    let mut largest = 0u64;
+    let mut sum_needs: Vec<(String, u64)> = Vec::new();
+    let mut index = 0usize;
+    plan.for_each(&manifests, &mut |instance| {
+        if index >= first {
+            let key = (instance.package, instance.kernel.clone());
+            if !kernels.contains(&key) {
+                kernels.push(key);
+            }
+            let items = match (&resume, index == first) {
+                (Some(r), true) => r.ranges.iter().map(|r| r.end - r.start).sum(),
+                _ => instance.layout.items,
+            };
+            total_items = total_items.saturating_add(items);
+            largest = largest.max(items);
+            let need = instance.layout.sum_bytes();
+            if need > sum_needs.first().map_or(0, |(_, b)| *b) {
+                sum_needs = sum_workspace(&instance.layout, 1);
+            }
+        }
+        index += 1;
+        Ok(())
+    })?;
+    let threads = if options.device == Some(DeviceChoice::OpenCl) {
+        0
+    } else {
+        options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, largest.clamp(1, 4096) as usize)
+    };
+    // The per-device sum copies of the largest step, with every device at work.
+    let devices = threads.max(1) + 1;
+    let scaled: Vec<(String, u64)> = sum_needs
+        .into_iter()
+        .map(|(what, bytes)| (what, bytes.saturating_mul(devices as u64)))
+        .collect();
+    check_memory(&scaled)?;
+    let tuning = options.tuning.clone().unwrap_or_default();
+    let mut compiled: HashMap<(usize, String), Arc<CompiledKernel>> = HashMap::new();
+    let mut report = Report {
+        threads,
+        ..Report::default()
+    };
+    for (package, kernel) in &kernels {
+        let CompileReport {
+            kernel: code,
+            origin,
+            elapsed,
+        } = engine.compile_tuned(&packages[*package], kernel, &tuning)?;
+        if report.code_origin.is_none() {
+            report.code_origin = Some(origin);
+            report.cache_key = Some(code.cache_key().to_string());
+        }
+        report.compile_time += elapsed;
+        compiled.insert((*package, kernel.clone()), code);
+    }
+    let opencl = OpenClSide::open(options)?;
+    let started = Instant::now();
+    let mut done_items = 0u64;
+    let mut learned: HashMap<(usize, String), f64> = HashMap::new();
+    let storage = &mut job.storage;
+    std::thread::scope(|scope| -> Result<(), RunError> {
+        let pool = Pool::start(scope, threads)?;
+        let mut failure: Option<RunError> = None;
+        let mut index = 0usize;
+        let walk = plan.for_each(&manifests, &mut |instance| {
+            let this = index;
+            index += 1;
+            if this < first {
+                return Ok(());
+            }
+            let ranges = match &resume {
+                Some(r) if this == first => r.ranges.clone(),
+                _ => std::iter::once(0..instance.layout.items).collect(),
+            };
+            let key = (instance.package, instance.kernel.clone());
+            let kernel = &compiled[&key];
+            let step = StepRun {
+                instance: &instance,
+                kernel,
+                package: &packages[instance.package],
+                ranges,
+                options,
+                threads,
+                cpu_rate: learned.get(&key).copied(),
+            };
+            match step.run(scope, &pool, &opencl, storage, &mut done_items, total_items) {
+                Ok(counts) => {
+                    // What this kernel's items cost, for the next step that runs it.
+                    let busy = counts.cpu_busy.as_secs_f64();
+                    if counts.cpu_items > 0 && busy > 0.0 {
+                        learned.insert(key, counts.cpu_items as f64 / busy);
+                    }
+                    report.steps += 1;
+                    report.items += counts.items;
+                    report.packets += counts.cpu + counts.opencl;
+                    report.cpu_packets += counts.cpu;
+                    report.opencl_packets += counts.opencl;
+                    for name in counts.opencl_devices {
+                        if !report.opencl_devices.contains(&name) {
+                            report.opencl_devices.push(name);
+                        }
+                    }
+                    if report.opencl_note.is_none() {
+                        report.opencl_note = counts.opencl_note;
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    // Stops the walk; the real error is `failure`.
+                    Err(ProgramError::Invalid {
+                        at: String::new(),
+                        reason: String::new(),
+                    })
+                }
+            }
+        });
+        match (failure, walk) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e.into()),
+            (None, Ok(())) => Ok(()),
+        }
+    })?;
+    report.run_time = started.elapsed();
+    report.workers = threads;
+    if report.opencl_devices.is_empty() && report.opencl_note.is_none() {
+        report.opencl_note = opencl.note.clone();
+    }
+    Ok(report)
+}
+
+/// The OpenCL devices a job may use, opened once.
+struct OpenClSide {
+    opencl: Option<Arc<OpenCl>>,
+    strict: bool,
+    note: Option<String>,
+}
+
+impl OpenClSide {
+    fn open(options: &Options) -> Result<OpenClSide, RunError> {
+        let choice = options.device.unwrap_or(DeviceChoice::Cpu);
+        if !choice.uses_opencl() {
+            return Ok(OpenClSide {
+                opencl: None,
+                strict: false,
+                note: None,
+            });
+        }
+        let strict = choice == DeviceChoice::OpenCl;
+        let opencl = options
+            .opencl
+            .clone()
+            .unwrap_or_else(|| Arc::new(OpenCl::new()));
+        if opencl.devices().is_empty() {
+            let note = opencl
+                .note()
+                .unwrap_or("no OpenCL device found")
+                .to_string();
+            if strict {
+                return Err(RunError::NoOpenClDevice { note });
+            }
+            return Ok(OpenClSide {
+                opencl: None,
+                strict,
+                note: Some(note),
+            });
+        }
+        Ok(OpenClSide {
+            opencl: Some(opencl),
+            strict,
+            note: None,
+        })
+    }
+
+    /// Prepares `instance` on every device that takes it; notes why others do not.
+    ///
+    /// # Safety
+    /// `block`'s whole-buffer addresses must be valid for their layout sizes for the
+    /// call.
+    unsafe fn prepare(
+        &self,
+        package: &Package,
+        instance: &Instance,
+        block: &[u64],
+    ) -> Result<(Vec<PreparedKernel>, Option<String>), RunError> {
+        let Some(opencl) = &self.opencl else {
+            return Ok((Vec::new(), None));
+        };
+        let lowered = match opencl.lower(package, &instance.kernel) {
+            Ok(l) => l,
+            Err(e) if !self.strict => return Ok((Vec::new(), Some(e.to_string()))),
+            Err(e) => return Err(Box::new(e).into()),
+        };
+        let mut kernels = Vec::new();
+        let mut notes = Vec::new();
+        for device in opencl.devices() {
+            // SAFETY: forwarded from the caller.
+            match unsafe {
+                opencl.prepare(
+                    device,
+                    package,
+                    Arc::clone(&lowered),
+                    &instance.layout,
+                    block,
+                )
+            } {
+                Ok(k) => kernels.push(k),
+                Err(e) if !self.strict => notes.push(e.to_string()),
+                Err(e) => return Err(Box::new(e).into()),
+            }
+        }
+        Ok((kernels, (!notes.is_empty()).then(|| notes.join("; "))))
+    }
+}
+
+/// A `sum` argument: its slot, element type and length in bytes.
+type SumSlot = (usize, ScalarType, usize);
+
+/// What every packet of a step gets besides its items: a private zeroed copy of each
+/// `sum` buffer, and its slice of each `out` buffer cleared first (what a kernel leaves
+/// unwritten in an `out` slice reads as zero, here as on a node).
+struct PacketSlots {
+    sums: Vec<SumSlot>,
+    /// `out` split buffers: slot and bytes per item.
+    outs: Vec<(usize, u64)>,
+}
+
+/// A packet for a CPU worker thread.
+struct CpuTask {
+    kernel: Arc<CompiledKernel>,
+    block: Arc<Vec<u64>>,
+    slots: Arc<PacketSlots>,
+    device: DeviceId,
+    packet: Packet,
+    done: mpsc::Sender<Finished>,
+}
+
+/// The job's CPU worker threads, started once, one per CPU device.
+struct Pool {
+    workers: Vec<mpsc::Sender<CpuTask>>,
+}
+
+impl Pool {
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        threads: usize,
+    ) -> Result<Pool, RunError> {
+        let mut workers = Vec::with_capacity(threads);
+        for w in 0..threads {
+            let (tx, rx) = mpsc::channel::<CpuTask>();
+            std::thread::Builder::new()
+                .name(format!("offload-cpu{w}"))
+                .spawn_scoped(scope, move || cpu_worker(rx))
+                .map_err(|source| RunError::Threads {
+                    requested: threads,
+                    started: w,
+                    source,
+                })?;
+            workers.push(tx);
+        }
+        Ok(Pool { workers })
+    }
+}
+
+fn cpu_worker(tasks: mpsc::Receiver<CpuTask>) {
+    for task in tasks {
+        let CpuTask {
+            kernel,
+            block,
+            slots,
+            device,
+            packet,
+            done,
+        } = task;
+        let finished = run_cpu_packet(&kernel, device, packet, &block, &slots);
+        if done.send(finished).is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs one packet on this thread.
+fn run_cpu_packet(
+    kernel: &CompiledKernel,
+    device: DeviceId,
+    packet: Packet,
+    block: &[u64],
+    slots: &PacketSlots,
+) -> Finished {
+    serve_packet(device, packet, block, slots, |start, end, block| {
+        // SAFETY: the plan checked every buffer of this step against the manifest,
+        // packets of one step cover disjoint items, and sum buffers are private to
+        // this packet; the job's memory outlives the step (the coordinator waits).
+        unsafe { kernel.run_packet(start, end, block) }
+            .map(|()| None)
+            .map_err(|panic| Failure::Panic(panic.reason))
+    })
+}
+
+/// A packet's result.
+struct Finished {
+    device: DeviceId,
+    packet: Packet,
+    compute_us: u64,
+    /// The packet's wall time on its device.
+    elapsed: std::time::Duration,
+    /// Bus transfers of a device with its own memory, timed apart from its kernel.
+    bus: Option<PacketTiming>,
+    outcome: Result<Vec<Buffer>, Failure>,
+}
+
+/// Why a packet did not finish.
+enum Failure {
+    /// The kernel panicked (on any device): the job fails.
+    Panic(&'static str),
+    /// A packet's private sum buffers could not be allocated: the job fails.
+    Memory(u64),
+    /// An OpenCL device failed: it leaves the step and its packets go elsewhere.
+    Device(DeviceError),
+}
+
+/// Runs one packet with fresh zeroed sum buffers and times it.
+fn serve_packet(
+    device: DeviceId,
+    packet: Packet,
+    block: &[u64],
+    slots: &PacketSlots,
+    run: impl FnOnce(u64, u64, &[u64]) -> Result<Option<PacketTiming>, Failure>,
+) -> Finished {
+    let sums = &slots.sums;
+    let partials: Option<Vec<Buffer>> = sums
+        .iter()
+        .map(|&(_, _, len)| Buffer::try_zeroed(len))
+        .collect();
+    let Some(mut partials) = partials else {
+        return Finished {
+            device,
+            packet,
+            compute_us: 0,
+            elapsed: std::time::Duration::ZERO,
+            bus: None,
+            outcome: Err(Failure::Memory(
+                sums.iter().map(|&(_, _, len)| len as u64).sum(),
+            )),
+        };
+    };
+    for &(slot, bytes_per_item) in &slots.outs {
+        let (start, len) = (
+            packet.start * bytes_per_item,
+            packet.items() * bytes_per_item,
+        );
+        // SAFETY: the plan checked that the buffer holds every item's slice, and this
+        // packet's items are its own (packets of a step are disjoint).
+        unsafe { std::ptr::write_bytes((block[slot] + start) as *mut u8, 0, len as usize) };
+    }
+    let mut block = block.to_vec();
+    for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
+        block[slot] = partial.address();
+    }
+    let started = Instant::now();
+    let outcome = run(packet.start, packet.end, &block);
+    let elapsed = started.elapsed();
+    let mut compute_us = elapsed.as_micros() as u64;
+    let bus = outcome.as_ref().ok().copied().flatten();
+    if let Some(t) = bus {
+        compute_us = t.kernel.as_micros() as u64;
+    }
+    Finished {
+        device,
+        packet,
+        compute_us,
+        elapsed,
+        bus,
+        outcome: outcome.map(|_| partials),
+    }
+}
+
+/// What a step did.
+#[derive(Default)]
+struct StepCounts {
+    items: u64,
+    /// Items the CPU threads ran, and the time they spent on them.
+    cpu_items: u64,
+    cpu_busy: std::time::Duration,
+    cpu: u64,
+    opencl: u64,
+    opencl_devices: Vec<String>,
+    opencl_note: Option<String>,
+}
+
+/// One step run on this machine.
+struct StepRun<'a> {
+    instance: &'a Instance,
+    kernel: &'a Arc<CompiledKernel>,
+    package: &'a Package,
+    ranges: Vec<Range<u64>>,
+    options: &'a Options,
+    threads: usize,
+    /// Items per second of one CPU thread on this kernel, as an earlier step of the job
+    /// measured it.
+    cpu_rate: Option<f64>,
+}
+
+impl StepRun<'_> {
+    fn run<'scope>(
+        &self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        pool: &Pool,
+        opencl: &OpenClSide,
+        storage: &mut [Storage<'_>],
+        done_items: &mut u64,
+        total_items: u64,
+    ) -> Result<StepCounts, RunError> {
+        let layout = &self.instance.layout;
+        let block = layout.block(|slot| match self.instance.buffers[slot] {
+            Some(buffer) => storage[buffer].address(),
+            None => 0,
+        });
+        let slots = PacketSlots {
+            sums: layout
+                .args
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, a)| match a {
+                    ArgLayout::Sum { elem, len } => {
+                        Some((slot, *elem, (*len as usize) * elem.size()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            outs: layout
+                .args
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.access() == Some(Access::Out))
+                .map(|(slot, a)| (slot, a.bytes_per_item()))
+                .collect(),
+        };
+        // SAFETY: `block` points into `storage`, which outlives the call.
+        let (prepared, note) = unsafe { opencl.prepare(self.package, self.instance, &block) }?;
+        let mut counts = StepCounts {
+            opencl_devices: prepared
+                .iter()
+                .map(|k| format!("{} [{}]", k.device().info().name, k.route()))
+                .collect(),
+            opencl_note: note,
+            ..StepCounts::default()
+        };
+        let block = Arc::new(block);
+        let slots = Arc::new(slots);
+        let (done_tx, done_rx) = mpsc::channel::<Finished>();
+        // OpenCL devices get a thread each for this step.
+        let mut device_senders = Vec::new();
+        for (k, kernel) in prepared.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<Packet>();
+            let done = done_tx.clone();
+            let block = Arc::clone(&block);
+            let slots = Arc::clone(&slots);
+            let device = DeviceId((self.threads + k) as u32);
+            let name = format!("{} [{}]", kernel.device().info().name, kernel.route());
+            let bus = !kernel.device().info().host_unified_memory;
+            std::thread::Builder::new()
+                .name(format!("offload-opencl{k}"))
+                .spawn_scoped(scope, move || {
+                    opencl_worker(kernel, device, &block, &slots, rx, done)
+                })
+                .map_err(|source| RunError::Threads {
+                    requested: self.threads + k + 1,
+                    started: self.threads + k,
+                    source,
+                })?;
+            device_senders.push((tx, name, bus));
+        }
+        // Partials waiting to be added in item order, by their packet's start.
+        let mut totals: Vec<Buffer> = slots
+            .sums
+            .iter()
+            .map(|&(_, _, len)| {
+                Buffer::try_zeroed(len).ok_or(RunError::OutOfMemory {
+                    what: format!("the totals of kernel `{}`'s sum buffers", layout.kernel),
+                    bytes: len as u64,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for range in &self.ranges {
+            let ctx = RangeRun {
+                step: self,
+                block: &block,
+                slots: &slots,
+                range: range.clone(),
+                device_senders: &device_senders,
+            };
+            ctx.run(
+                pool,
+                &done_tx,
+                &done_rx,
+                &mut totals,
+                &mut counts,
+                done_items,
+                total_items,
+            )?;
+        }
+        drop(device_senders);
+        // The step's totals go into its sum buffers.
+        for (&(slot, elem, _), total) in slots.sums.iter().zip(&totals) {
+            if let Some(buffer) = self.instance.buffers[slot] {
+                if let Some(bytes) = storage[buffer].bytes_mut() {
+                    elem.add_into(bytes, total.as_bytes());
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// One item range of a step (the whole step, or what was left of it).
+struct RangeRun<'a> {
+    step: &'a StepRun<'a>,
+    block: &'a Arc<Vec<u64>>,
+    slots: &'a Arc<PacketSlots>,
+    range: Range<u64>,
+    device_senders: &'a [(mpsc::Sender<Packet>, String, bool)],
+}
+
+impl RangeRun<'_> {
+    #[allow(clippy::too_many_arguments)] // the step's shared state, passed down once
+    fn run(
+        &self,
+        pool: &Pool,
+        done_tx: &mpsc::Sender<Finished>,
+        done_rx: &mpsc::Receiver<Finished>,
+        totals: &mut [Buffer],
+        counts: &mut StepCounts,
+        done_items: &mut u64,
+        total_items: u64,
+    ) -> Result<(), RunError> {
+        let step = self.step;
+        let layout = &step.instance.layout;
+        let first = self.range.start;
+        let items = self.range.end - self.range.start;
+        if items == 0 {
+            return Ok(());
+        }
+        let threads = step.threads;
+        let devices = (threads + self.device_senders.len()).max(1) as u64;
+        // Bytes a packet moves per item over a GPU's own bus (split slices; `out` slices
+        // go up too, so unwritten elements keep their value).
+        let (bytes_in, bytes_out) = layout.args.iter().fold((0, 0), |(i, o), a| match a {
+            ArgLayout::Split { access, .. } => {
+                let b = a.bytes_per_item();
+                (
+                    i + b,
+                    if access.reads_input() && !access.writes_output() {
+                        o
+                    } else {
+                        o + b
+                    },
+                )
+            }
+            _ => (i, o),
+        });
+        let mut job = JobSpec::new(items)
+            .speculation(false)
+            .bytes_in_per_item(bytes_in)
+            .bytes_out_per_item(bytes_out);
+        let mut cpu_cap = None;
+        let has_sums = !self.slots.sums.is_empty();
+        match step.options.packet_items {
+            Some(size) => job = job.min_packet(size).max_packet(size),
+            // Steps with sums cut fixed packets, so the partials (added in item order)
+            // are the same run after run whatever the timing.
+            None if has_sums => {
+                let granule = layout.sum_packet_items().unwrap_or(1);
+                job = job.min_packet(granule).max_packet(granule);
+            }
+            // A GPU behind its own bus is not capped: it needs packets of millions of
+            // items, and the scheduler sizes them from its measured rate. With the
+            // kernel's rate known from an earlier step, a packet is never cut below
+            // MIN_PACKET_TIME of work: a cheap step runs as one packet per device.
+            None => {
+                let cap = items.div_ceil(devices * PACKETS_PER_DEVICE).max(1);
+                let floor = step.cpu_rate.map_or(1, |rate| {
+                    let floor = (rate * MIN_PACKET_TIME.as_secs_f64()).ceil() as u64;
+                    floor.clamp(1, items.div_ceil(devices).max(1))
+                });
+                cpu_cap = Some(cap.max(floor));
+            }
+        }
+        let capped = |spec: DeviceSpec| {
+            let spec = match step.cpu_rate {
+                Some(rate) => spec.rate(rate),
+                None => spec,
+            };
+            match cpu_cap {
+                Some(cap) => spec.max_packet(cap),
+                None => spec,
+            }
+        };
+        let mut sched = Scheduler::new(job);
+        let clock = Instant::now();
+        let now = || clock.elapsed().as_micros() as u64;
+        for w in 0..threads {
+            sched.handle(
+                now(),
+                Event::DeviceJoined {
+                    device: DeviceId(w as u32),
+                    spec: capped(DeviceSpec::local_cpu(format!("cpu{w}"))),
+                },
+            );
+        }
+        for (k, (_, name, bus)) in self.device_senders.iter().enumerate() {
+            let spec = DeviceSpec::local_opencl(name.clone());
+            let spec = if *bus {
+                spec.bus(Some(Link::pcie()))
+            } else {
+                capped(spec)
+            };
+            sched.handle(
+                now(),
+                Event::DeviceJoined {
+                    device: DeviceId((threads + k) as u32),
+                    spec,
+                },
+            );
+        }
+        let mut pending: HashMap<(DeviceId, u64), Vec<Buffer>> = HashMap::new();
+        // Committed partials by start, folded into `totals` in item order.
+        let mut ordered: BTreeMap<u64, (u64, Vec<Buffer>)> = BTreeMap::new();
+        let mut next = first;
+        let mut last_device_error: Option<DeviceError> = None;
+        let kernel_name = &layout.kernel;
+        // A step known (from an earlier one of the same kernel) to be short runs CPU
+        // device 0's packets on this thread: waking a worker and being woken by it is
+        // most of such a step's cost. A long step keeps this thread free to hand out
+        // packets the moment a device finishes one.
+        let run_inline = threads > 0
+            && step.cpu_rate.is_some_and(|rate| {
+                items as f64 / (rate * threads as f64) < SHORT_STEP.as_secs_f64()
+            });
+        let mut inline: std::collections::VecDeque<Packet> = std::collections::VecDeque::new();
+        loop {
+            while let Some(decision) = sched.poll(now()) {
+                match decision {
+                    // The scheduler counts from 0; the kernel sees global items.
+                    Decision::Run { device, packet } => {
+                        let packet = Packet {
+                            start: first + packet.start,
+                            end: first + packet.end,
+                            ..packet
+                        };
+                        let d = device.0 as usize;
+                        let sent = if d == 0 && run_inline {
+                            inline.push_back(packet);
+                            true
+                        } else if d < threads {
+                            pool.workers[d]
+                                .send(CpuTask {
+                                    kernel: Arc::clone(step.kernel),
+                                    block: Arc::clone(self.block),
+                                    slots: Arc::clone(self.slots),
+                                    device,
+                                    packet,
+                                    done: done_tx.clone(),
+                                })
+                                .is_ok()
+                        } else {
+                            self.device_senders[d - threads].0.send(packet).is_ok()
+                        };
+                        if !sent {
+                            return Err(RunError::WorkerLost);
+                        }
+                    }
+                    Decision::Commit { device, packet } => {
+                        if (device.0 as usize) < threads {
+                            counts.cpu += 1;
+                            counts.cpu_items += packet.items();
+                        } else {
+                            counts.opencl += 1;
+                        }
+                        counts.items += packet.items();
+                        *done_items += packet.items();
+                        if let Some(partials) = pending.remove(&(device, packet.id.0)) {
+                            if has_sums {
+                                let start = first + packet.start;
+                                ordered.insert(start, (first + packet.end, partials));
+                                while let Some((end, partials)) = ordered.remove(&next) {
+                                    for (total, (partial, &(_, elem, _))) in totals
+                                        .iter_mut()
+                                        .zip(partials.iter().zip(self.slots.sums.iter()))
+                                    {
+                                        total.add_assign(partial, elem);
+                                    }
+                                    next = end;
+                                }
+                            }
+                        }
+                        if let Some(progress) = &step.options.progress {
+                            progress(*done_items, total_items);
+                        }
+                    }
+                    Decision::Discard { device, packet } => {
+                        pending.remove(&(device, packet.id.0));
+                    }
+                    Decision::Cancel { .. } => {}
+                }
+            }
+            if sched.is_done() || sched.failed().is_some() || sched.stalled() {
+                break;
+            }
+            // Results first (their devices get their next packet sooner), then this
+            // thread's own packet, then wait.
+            let finished = match done_rx.try_recv() {
+                Ok(finished) => finished,
+                Err(mpsc::TryRecvError::Disconnected) => return Err(RunError::WorkerLost),
+                Err(mpsc::TryRecvError::Empty) => match inline.pop_front() {
+                    Some(packet) => {
+                        run_cpu_packet(step.kernel, DeviceId(0), packet, self.block, self.slots)
+                    }
+                    None => done_rx.recv().map_err(|_| RunError::WorkerLost)?,
+                },
+            };
+            match finished.outcome {
+                Ok(partials) => {
+                    if let Some(t) = finished.bus {
+                        for (bytes, took) in
+                            [(t.bytes_in, t.transfer_in), (t.bytes_out, t.transfer_out)]
+                        {
+                            sched.handle(
+                                now(),
+                                Event::BusTransferMeasured {
+                                    device: finished.device,
+                                    bytes,
+                                    micros: took.as_micros() as u64,
+                                },
+                            );
+                        }
+                    }
+                    if (finished.device.0 as usize) < threads {
+                        counts.cpu_busy += finished.elapsed;
+                    }
+                    pending.insert((finished.device, finished.packet.id.0), partials);
+                    sched.handle(
+                        now(),
+                        Event::PacketFinished {
+                            device: finished.device,
+                            packet: finished.packet.id,
+                            compute_us: finished.compute_us,
+                            digest: None,
+                        },
+                    );
+                }
+                Err(Failure::Panic(reason)) => {
+                    return Err(RunError::KernelPanicked {
+                        kernel: kernel_name.clone(),
+                        start: finished.packet.start,
+                        end: finished.packet.end,
+                        reason,
+                    });
+                }
+                Err(Failure::Memory(bytes)) => {
+                    return Err(RunError::OutOfMemory {
+                        what: format!(
+                            "the sum buffers of items {}..{}",
+                            finished.packet.start, finished.packet.end
+                        ),
+                        bytes,
+                    });
+                }
+                Err(Failure::Device(error)) => {
+                    tracing::warn!("{error}; its packets go to the other devices");
+                    pending.retain(|(d, _), _| *d != finished.device);
+                    sched.handle(
+                        now(),
+                        Event::DeviceLost {
+                            device: finished.device,
+                        },
+                    );
+                    last_device_error = Some(error);
+                }
+            }
+        }
+        if sched.is_done() {
+            Ok(())
+        } else if let Some(error) = last_device_error {
+            Err(RunError::OpenCl(Box::new(error)))
+        } else {
+            Err(RunError::WorkerLost)
+        }
+    }
+}
+
+/// Runs the packets sent to one OpenCL device during a step; it stops after a failure
+/// (the device leaves the step).
+fn opencl_worker(
+    mut kernel: PreparedKernel,
+    device: DeviceId,
+    block: &[u64],
+    slots: &PacketSlots,
+    packets: mpsc::Receiver<Packet>,
+    done: mpsc::Sender<Finished>,
+) {
+    let bus = !kernel.device().info().host_unified_memory;
+    for packet in packets {
+        let finished = serve_packet(device, packet, block, slots, |start, end, block| {
+            // SAFETY: as for the CPU workers: buffers checked against the manifest,
+            // packets disjoint, sum buffers private to this packet.
+            match unsafe { kernel.run_packet(start, end, block) } {
+                Ok(()) => Ok(bus.then(|| kernel.last_timing())),
+                Err(DeviceError::Panicked { reason, .. }) => Err(Failure::Panic(reason)),
+                Err(e) => Err(Failure::Device(e)),
+            }
+        });
+        let failed = finished.outcome.is_err();
+        if done.send(finished).is_err() || failed {
+            return;
+        }
+    }
+}
