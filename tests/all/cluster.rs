@@ -1488,3 +1488,29 @@ fn a_node_keeps_its_caches_and_workers_under_their_caps() {
     assert!(log.contains("(package cache full)"), "{log}");
     assert!(log.contains("starting it afresh"), "{log}");
 }
+
+#[test]
+fn programs_on_loopback_nodes_equal_the_native_references() {
+    use crate::programs::{assert_jacobi_close, floyd_reference, jacobi_reference, Example};
+    let cluster = Cluster::new(2);
+    let flags: Vec<String> = cluster
+        .cluster_flags(&cluster.credentials())
+        .into_iter()
+        .map(|f| f.to_string_lossy().into_owned())
+        .collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // Halos: every sweep ships each packet's rows and one row either side.
+    let jacobi = Example::new("jacobi");
+    let stdout = jacobi.run(&[("n", 40), ("tsteps", 4)], &flags);
+    assert!(
+        stdout.contains("9 steps") && stdout.contains("2 nodes"),
+        "{stdout}"
+    );
+    let grid: Vec<f64> = crate::common::read_le(&jacobi.path("grid.bin"));
+    assert_jacobi_close(&grid, &jacobi_reference(40, 4));
+    // A whole buffer read and a buffer written in place, step after step.
+    let floyd = Example::new("floyd");
+    floyd.run(&[("n", 30)], &flags);
+    let paths: Vec<i32> = crate::common::read_le(&floyd.path("paths.bin"));
+    assert_eq!(paths, floyd_reference(30));
+}

@@ -9,6 +9,7 @@ mod cross;
 mod examples;
 mod gpu_check;
 mod macros;
+mod programs;
 mod references;
 mod tune;
 mod validation;
