@@ -92,10 +92,20 @@ pub enum WorkerError {
 }
 
 /// What runs the packets.
+/// A node's tuned settings for a kernel of a package (an `offload tune` profile), if
+/// it has any: the code generation choices and the optimization level to compile with.
+/// The worker gets it from whoever starts it (the CLI reads the profiles), so that a
+/// node runs the settings whose rate it advertises.
+pub type TuningLookup =
+    Box<dyn Fn(&Engine, &Package, &str) -> Option<(node_jit::Tuning, node_jit::OptLevel)>>;
+
 enum Runner {
     /// The CPU JIT: compiled kernels by (package, kernel).
     Jit {
         engine: Engine,
+        /// Engines of other optimization levels that tuned kernels asked for.
+        tuned_engines: HashMap<node_jit::OptLevel, Engine>,
+        tuning: TuningLookup,
         kernels: HashMap<(Hash, String), Arc<CompiledKernel>>,
     },
     /// One OpenCL device: lowered kernels by (package, kernel), and kernels prepared
@@ -123,14 +133,21 @@ fn lower_priority() {
     }
 }
 
-/// Serves one node over stdin/stdout until stdin closes. `nice`: lower this process's
-/// priority to 19 first.
-pub fn serve(engine_config: node_jit::Config, nice: bool) -> Result<(), WorkerError> {
+/// Serves one node over stdin/stdout until stdin closes, compiling each kernel with the
+/// settings `tuning` finds for it (or the engine's defaults). `nice`: lower this
+/// process's priority to 19 first.
+pub fn serve(
+    engine_config: node_jit::Config,
+    nice: bool,
+    tuning: TuningLookup,
+) -> Result<(), WorkerError> {
     if nice {
         lower_priority();
     }
     let runner = Runner::Jit {
         engine: Engine::new(engine_config)?,
+        tuned_engines: HashMap::new(),
+        tuning,
         kernels: HashMap::new(),
     };
     serve_with(runner)
@@ -233,10 +250,34 @@ impl State {
         let package = Package::from_bytes(package).map_err(|e| format!("package refused: {e}"))?;
         let key = (package.hash().0, kernel.to_string());
         match &mut self.runner {
-            Runner::Jit { engine, kernels } => {
-                let compiled = engine
-                    .compile(&package, kernel)
-                    .map_err(|e| format!("cannot compile kernel `{kernel}`: {e}"))?;
+            Runner::Jit {
+                engine,
+                tuned_engines,
+                tuning,
+                kernels,
+            } => {
+                let compiled = match tuning(engine, &package, kernel) {
+                    Some((settings, level)) => {
+                        tracing::info!(
+                            "kernel `{kernel}`: compiling with its tuned settings ({level:?}, {settings:?})"
+                        );
+                        let engine = if level == engine.config().level() {
+                            &*engine
+                        } else {
+                            match tuned_engines.entry(level) {
+                                std::collections::hash_map::Entry::Occupied(e) => &*e.into_mut(),
+                                std::collections::hash_map::Entry::Vacant(e) => {
+                                    let other = Engine::new(engine.config().clone().opt_level(level))
+                                        .map_err(|e| format!("cannot start a JIT at {level:?}: {e}"))?;
+                                    &*e.insert(other)
+                                }
+                            }
+                        };
+                        engine.compile_tuned(&package, kernel, &settings).map(|r| r.kernel)
+                    }
+                    None => engine.compile(&package, kernel),
+                }
+                .map_err(|e| format!("cannot compile kernel `{kernel}`: {e}"))?;
                 kernels.insert(key, compiled);
             }
             Runner::OpenCl {

@@ -254,6 +254,11 @@ impl Config {
         self
     }
 
+    /// The optimization level kernels are compiled at.
+    pub fn level(&self) -> OptLevel {
+        self.opt_level
+    }
+
     /// The configured cache root, if there is one.
     pub fn cache_root(&self) -> Option<&Path> {
         self.cache_dir.as_deref()

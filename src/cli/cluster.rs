@@ -449,7 +449,15 @@ pub fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
     }
     match args.opencl_device {
         Some(index) => cluster::worker::serve_opencl(index, args.nice)?,
-        None => cluster::worker::serve(config, args.nice)?,
+        None => {
+            // The node advertises the rates of its `offload tune` profiles: its workers
+            // compile those kernels with the settings that were measured.
+            let lookup: cluster::worker::TuningLookup = Box::new(|engine, package, kernel| {
+                super::tune::lookup(engine, package, kernel)
+                    .map(|settings| (settings.tuning(), settings.opt()))
+            });
+            cluster::worker::serve(config, args.nice, lookup)?
+        }
     }
     Ok(())
 }

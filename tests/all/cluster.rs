@@ -979,6 +979,14 @@ fn a_node_advertises_its_tuned_rate_and_the_client_starts_from_it() {
     assert_eq!(lines.len(), 1, "{}", text(&output));
     assert!(lines[0].contains("test-node-0"), "{}", lines[0]);
     assert_same_output(&remote, &local, "cluster output differs from the local run");
+    // The tuned node's workers run the settings whose rate it advertised.
+    let tuned = "kernel `mandelbrot`: compiling with its tuned settings";
+    assert!(
+        cluster.nodes[0].log().contains(tuned),
+        "{}",
+        cluster.nodes[0].log()
+    );
+    assert!(!cluster.nodes[1].log().contains(tuned));
 }
 
 /// Whether this machine has an OpenCL device (PoCL here and in CI). Without one, `test`
