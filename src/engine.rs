@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use ir_packager::kernel_model::program::{Init, Instance, Number, Plan, Program, ProgramError};
-use ir_packager::{Access, ArgLayout, Layout, Package, ScalarType};
+use ir_packager::{ArgLayout, Layout, Package, ScalarType};
 use node_jit::{CompileReport, CompiledKernel, Engine, JitError};
 use opencl_backend::{DeviceError, LowerError, OpenCl, PacketTiming, PreparedKernel};
 use scheduler::{
@@ -259,6 +259,15 @@ const PACKETS_PER_DEVICE: u64 = 32;
 /// A step shorter than this (by its kernel's known rate) runs part of its packets on the
 /// coordinating thread.
 const SHORT_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A step whose kernel's rate is known and whose share per CPU thread is shorter than
+/// this is cut into one contiguous range per thread, range `t` always on thread `t`
+/// (OpenMP's static schedule): the same rows stay in the same core's caches step after
+/// step (a stencil or Floyd-Warshall reads what it wrote), and no scheduling decision is
+/// made per packet. A longer step, whose items may cost very different amounts, is
+/// scheduled packet by packet; what a static step can lose to uneven items is bounded
+/// by this.
+const STATIC_STEP: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// The least work a CPU packet gets once its kernel's rate is known: a packet costs a
 /// few µs of dispatch, so this keeps that under a tenth.
@@ -522,12 +531,10 @@ impl OpenClSide {
 type SumSlot = (usize, ScalarType, usize);
 
 /// What every packet of a step gets besides its items: a private zeroed copy of each
-/// `sum` buffer, and its slice of each `out` buffer cleared first (what a kernel leaves
-/// unwritten in an `out` slice reads as zero, here as on a node).
+/// `sum` buffer. `out` slices are not cleared: a kernel writes every element of its
+/// slice (clearing them first cost a stencil a quarter of its time in memory traffic).
 struct PacketSlots {
     sums: Vec<SumSlot>,
-    /// `out` split buffers: slot and bytes per item.
-    outs: Vec<(usize, u64)>,
 }
 
 /// A packet for a CPU worker thread.
@@ -567,8 +574,34 @@ impl Pool {
     }
 }
 
+/// How long a thread that expects a message soon polls for it before it sleeps: waking
+/// a sleeping thread costs tens of µs on a virtual machine (an inter-processor interrupt
+/// the host must deliver), as much as a short step's work. OpenMP's barriers spin for
+/// the same reason.
+const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(1000);
+
+/// `rx.recv()`, polling for up to [`SPIN_BEFORE_SLEEP`] before sleeping.
+fn recv_soon<T>(rx: &mpsc::Receiver<T>) -> Result<T, mpsc::RecvError> {
+    let started = Instant::now();
+    loop {
+        for _ in 0..64 {
+            match rx.try_recv() {
+                Ok(message) => return Ok(message),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+                Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+        if started.elapsed() > SPIN_BEFORE_SLEEP {
+            return rx.recv();
+        }
+    }
+}
+
 fn cpu_worker(tasks: mpsc::Receiver<CpuTask>) {
-    for task in tasks {
+    // The first task may be far off; after each one the next is likely close.
+    let Ok(first) = tasks.recv() else { return };
+    let mut next = Some(first);
+    while let Some(task) = next.take() {
         let CpuTask {
             kernel,
             block,
@@ -581,6 +614,7 @@ fn cpu_worker(tasks: mpsc::Receiver<CpuTask>) {
         if done.send(finished).is_err() {
             return;
         }
+        next = recv_soon(&tasks).ok();
     }
 }
 
@@ -649,15 +683,6 @@ fn serve_packet(
             )),
         };
     };
-    for &(slot, bytes_per_item) in &slots.outs {
-        let (start, len) = (
-            packet.start * bytes_per_item,
-            packet.items() * bytes_per_item,
-        );
-        // SAFETY: the plan checked that the buffer holds every item's slice, and this
-        // packet's items are its own (packets of a step are disjoint).
-        unsafe { std::ptr::write_bytes((block[slot] + start) as *mut u8, 0, len as usize) };
-    }
     let mut block = block.to_vec();
     for (partial, &(slot, _, _)) in partials.iter_mut().zip(sums) {
         block[slot] = partial.address();
@@ -732,13 +757,6 @@ impl StepRun<'_> {
                     }
                     _ => None,
                 })
-                .collect(),
-            outs: layout
-                .args
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.access() == Some(Access::Out))
-                .map(|(slot, a)| (slot, a.bytes_per_item()))
                 .collect(),
         };
         // SAFETY: `block` points into `storage`, which outlives the call.
@@ -847,6 +865,16 @@ impl RangeRun<'_> {
             return Ok(());
         }
         let threads = step.threads;
+        let static_step = threads > 0
+            && self.device_senders.is_empty()
+            && step.options.packet_items.is_none()
+            && layout.sum_packet_items().is_none()
+            && step.cpu_rate.is_some_and(|rate| {
+                items as f64 / (rate * threads as f64) < STATIC_STEP.as_secs_f64()
+            });
+        if static_step {
+            return self.run_static(pool, done_tx, done_rx, counts, done_items, total_items);
+        }
         let devices = (threads + self.device_senders.len()).max(1) as u64;
         // Bytes a packet moves per item over a GPU's own bus (split slices; `out` slices
         // go up too, so unwritten elements keep their value).
@@ -1021,7 +1049,7 @@ impl RangeRun<'_> {
                     Some(packet) => {
                         run_cpu_packet(step.kernel, DeviceId(0), packet, self.block, self.slots)
                     }
-                    None => done_rx.recv().map_err(|_| RunError::WorkerLost)?,
+                    None => recv_soon(done_rx).map_err(|_| RunError::WorkerLost)?,
                 },
             };
             match finished.outcome {
@@ -1091,6 +1119,89 @@ impl RangeRun<'_> {
         } else {
             Err(RunError::WorkerLost)
         }
+    }
+}
+
+impl RangeRun<'_> {
+    /// The step as one contiguous range per CPU thread (see [`STATIC_STEP`]): range 0 on
+    /// this thread, range `t` on worker `t`; every range runs, then the step is done.
+    fn run_static(
+        &self,
+        pool: &Pool,
+        done_tx: &mpsc::Sender<Finished>,
+        done_rx: &mpsc::Receiver<Finished>,
+        counts: &mut StepCounts,
+        done_items: &mut u64,
+        total_items: u64,
+    ) -> Result<(), RunError> {
+        let step = self.step;
+        let first = self.range.start;
+        let items = self.range.end - first;
+        let threads = (step.threads as u64).min(items).max(1);
+        let packet = |t: u64| Packet {
+            id: scheduler::PacketId(t),
+            start: first + items * t / threads,
+            end: first + items * (t + 1) / threads,
+        };
+        for t in 1..threads {
+            let task = CpuTask {
+                kernel: Arc::clone(step.kernel),
+                block: Arc::clone(self.block),
+                slots: Arc::clone(self.slots),
+                device: DeviceId(t as u32),
+                packet: packet(t),
+                done: done_tx.clone(),
+            };
+            if pool.workers[t as usize].send(task).is_err() {
+                return Err(RunError::WorkerLost);
+            }
+        }
+        let mut results = vec![run_cpu_packet(
+            step.kernel,
+            DeviceId(0),
+            packet(0),
+            self.block,
+            self.slots,
+        )];
+        for _ in 1..threads {
+            results.push(recv_soon(done_rx).map_err(|_| RunError::WorkerLost)?);
+        }
+        // The first failure by item order is the one reported.
+        results.sort_by_key(|f| f.packet.start);
+        for finished in results {
+            match finished.outcome {
+                Ok(_) => {
+                    counts.cpu += 1;
+                    counts.cpu_items += finished.packet.items();
+                    counts.cpu_busy += finished.elapsed;
+                    counts.items += finished.packet.items();
+                    *done_items += finished.packet.items();
+                }
+                Err(Failure::Panic(reason)) => {
+                    return Err(RunError::KernelPanicked {
+                        kernel: step.instance.layout.kernel.clone(),
+                        start: finished.packet.start,
+                        end: finished.packet.end,
+                        reason,
+                    })
+                }
+                Err(Failure::Memory(bytes)) => {
+                    return Err(RunError::OutOfMemory {
+                        what: format!(
+                            "the sum buffers of items {}..{}",
+                            finished.packet.start, finished.packet.end
+                        ),
+                        bytes,
+                    })
+                }
+                // Only OpenCL devices fail this way, and a static step has none.
+                Err(Failure::Device(error)) => return Err(RunError::OpenCl(Box::new(error))),
+            }
+        }
+        if let Some(progress) = &step.options.progress {
+            progress(*done_items, total_items);
+        }
+        Ok(())
     }
 }
 

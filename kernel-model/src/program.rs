@@ -584,7 +584,9 @@ impl Plan {
             count += 1;
             Ok(())
         })?;
-        if count == 0 {
+        // A `repeat` of 0 runs nothing and is fine (0 time steps); a program without any
+        // step written is a mistake.
+        if plan.program.steps.is_empty() {
             return Err(invalid("program", "it has no steps"));
         }
         plan.steps = count;
