@@ -335,7 +335,8 @@ pub fn run_scheduler(scenario: &Scenario) -> SimReport {
 pub fn run_equal_split(scenario: &Scenario) -> SimReport {
     simulate(
         scenario,
-        &mut Baseline::equal_split(scenario.workload.items),
+        &mut Baseline::equal_split(scenario.workload.items)
+            .redundancy(scenario.workload.redundancy),
     )
 }
 
@@ -343,7 +344,8 @@ pub fn run_equal_split(scenario: &Scenario) -> SimReport {
 pub fn run_fixed_chunks(scenario: &Scenario, chunks_per_device: u64) -> SimReport {
     simulate(
         scenario,
-        &mut Baseline::fixed_chunks(scenario.workload.items, chunks_per_device),
+        &mut Baseline::fixed_chunks(scenario.workload.items, chunks_per_device)
+            .redundancy(scenario.workload.redundancy),
     )
 }
 

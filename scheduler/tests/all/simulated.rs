@@ -67,7 +67,7 @@ fn spikes_cost_little() {
 fn failures_joins_and_slowdowns_beat_the_baselines() {
     for name in ["failures-16", "join-16", "slowdown-16"] {
         let (ours, equal, chunks) = run(name);
-        assert!(ours.ratio() < 1.25, "{name}: {:.3}", ours.ratio());
+        assert!(ours.ratio() <= 1.05, "{name}: {:.3}", ours.ratio());
         assert!(
             ours.ratio() < chunks.ratio(),
             "{name}: {:.3} vs {:.3}",
@@ -75,5 +75,52 @@ fn failures_joins_and_slowdowns_beat_the_baselines() {
             chunks.ratio()
         );
         assert!(ours.ratio() < equal.ratio());
+    }
+}
+
+/// On 1 GbE the links, not the devices, bound the remote nodes: results queue on the
+/// way up, which the scheduler's link model books per direction.
+#[test]
+fn a_link_bound_cluster_is_within_5_percent_and_ahead_of_the_baselines() {
+    let (ours, equal, chunks) = run("gigabit-16");
+    assert!(ours.ratio() <= 1.05, "{:.3}", ours.ratio());
+    assert!(
+        ours.ratio() < chunks.ratio() && ours.ratio() < equal.ratio(),
+        "{:.3} vs chunks {:.3}, equal {:.3}",
+        ours.ratio(),
+        chunks.ratio(),
+        equal.ratio()
+    );
+}
+
+/// No scenario where the scheduler is behind either baseline.
+#[test]
+fn never_behind_a_baseline() {
+    for name in scheduler::sim::SCENARIOS {
+        let (ours, equal, chunks) = run(name);
+        assert!(
+            ours.makespan_us <= chunks.makespan_us && ours.makespan_us <= equal.makespan_us,
+            "{name}: {} µs vs chunks {} µs, equal {} µs",
+            ours.makespan_us,
+            chunks.makespan_us,
+            equal.makespan_us
+        );
+    }
+}
+
+/// Under redundancy the baselines run every range on as many distinct nodes and vote as
+/// the scheduler does, so that their makespans compare with the same work done.
+#[test]
+fn baselines_run_every_copy_under_redundancy() {
+    let s = scenario("liar-8").expect("scenario");
+    for report in [run_equal_split(&s), run_fixed_chunks(&s, 16)] {
+        assert!(report.complete && report.exactly_once(), "{report:?}");
+        assert_eq!(report.wrong_commits, 0);
+        assert!(
+            report.packets >= 3 * report.commits.len() as u64,
+            "{} runs for {} commits",
+            report.packets,
+            report.commits.len()
+        );
     }
 }
