@@ -1124,7 +1124,7 @@ impl Scheduler {
         let max_packet = self.max_packet(d);
         if !dev.calibrated {
             let size = if dev.largest_done == 0 {
-                job.calibration_packet().min(max_packet)
+                job.calibration_packet(self.devices.len()).min(max_packet)
             } else {
                 dev.largest_done.saturating_mul(8).min(max_packet)
             };

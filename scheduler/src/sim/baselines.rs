@@ -346,6 +346,16 @@ impl Policy for Baseline {
                 return Some(d);
             }
         }
+        if self.pending.is_empty() && self.cursor >= self.items {
+            return None;
+        }
+        if self.redundancy == 1 {
+            // Any free device may take any range.
+            let &device = self.free.first()?;
+            let id = self.next_task(device)?;
+            return self.run(device, id);
+        }
+        // A copy needs a device of a node that has none: look further.
         let free: Vec<DeviceId> = self.free.iter().copied().collect();
         for device in free {
             if let Some(id) = self.next_task(device) {

@@ -392,6 +392,8 @@ struct NodeState {
 struct Sim<'a> {
     scenario: &'a Scenario,
     devs: Vec<Dev>,
+    /// The devices of node `n` are `devs[node_devs[n].clone()]` (numbered across nodes).
+    node_devs: Vec<std::ops::Range<usize>>,
     nodes: Vec<NodeState>,
     attempts: Vec<Attempt>,
     live: BTreeMap<(usize, Packet), usize>,
@@ -408,7 +410,9 @@ struct Sim<'a> {
 /// happen.
 pub fn simulate(scenario: &Scenario, policy: &mut dyn Policy) -> SimReport {
     let mut devs = Vec::new();
+    let mut node_devs = Vec::with_capacity(scenario.nodes.len());
     for (n, node) in scenario.nodes.iter().enumerate() {
+        node_devs.push(devs.len()..devs.len() + node.devices.len());
         for local in 0..node.devices.len() {
             devs.push(Dev {
                 id: DeviceId(devs.len() as u32),
@@ -423,6 +427,7 @@ pub fn simulate(scenario: &Scenario, policy: &mut dyn Policy) -> SimReport {
     let mut sim = Sim {
         scenario,
         devs,
+        node_devs,
         nodes: vec![
             NodeState {
                 down_free: 0,
@@ -527,10 +532,7 @@ impl Sim<'_> {
             Ev::Wake => {}
             Ev::Join(n) => {
                 let node = &self.scenario.nodes[n];
-                for d in 0..self.devs.len() {
-                    if self.devs[d].node != n {
-                        continue;
-                    }
+                for d in self.node_devs[n].clone() {
                     self.devs[d].alive = true;
                     let s = self.spec(d);
                     let spec = DeviceSpec {
@@ -557,8 +559,8 @@ impl Sim<'_> {
                 }
             }
             Ev::Fail(n) => {
-                for d in 0..self.devs.len() {
-                    if self.devs[d].node != n || !self.devs[d].alive {
+                for d in self.node_devs[n].clone() {
+                    if !self.devs[d].alive {
                         continue;
                     }
                     self.devs[d].alive = false;
