@@ -5,7 +5,8 @@
 //! speeds compute packets one after the other (`start-up + items / speed`, times a
 //! log-normal noise factor and rare spikes drawn from a seeded [`Rng`]); every node
 //! has one link, a FIFO per direction (`latency + bytes / bandwidth`), that its devices
-//! share; nodes join and fail at given times; lying devices return wrong digests.
+//! share, and every transfer over it is reported as [`Event::TransferMeasured`] (its
+//! time without the queueing before it, as a runner times a frame); nodes join and fail at given times; lying devices return wrong digests.
 //!
 //! ```
 //! use scheduler::sim::{run_scheduler, scenario};
@@ -378,6 +379,8 @@ struct Attempt {
     compute_us: u64,
     in_bytes: u64,
     in_us: u64,
+    /// The results' transfer over the node's link: bytes and µs (without queueing).
+    out: Option<(u64, u64)>,
     /// Bus transfers of a device with its own bus: (bytes, µs) in, then out.
     bus: Option<[(u64, u64); 2]>,
 }
@@ -628,7 +631,9 @@ impl Sim<'_> {
                         let start = now.max(self.nodes[n].up_free);
                         let busy = (bytes as f64 / l.bytes_per_us).ceil() as u64;
                         self.nodes[n].up_free = start + busy;
-                        self.push(start + busy + l.latency_us.ceil() as u64, Ev::ResultBack(a));
+                        let latency = l.latency_us.ceil() as u64;
+                        self.attempts[a].out = Some((bytes, busy + latency));
+                        self.push(start + busy + latency, Ev::ResultBack(a));
                     }
                     None => self.push(now, Ev::ResultBack(a)),
                 }
@@ -646,6 +651,16 @@ impl Sim<'_> {
                     g[0] ^= 1;
                 }
                 self.live.remove(&(d, packet));
+                if let Some((bytes, micros)) = self.attempts[a].out.filter(|o| o.0 > 0) {
+                    policy.handle(
+                        now,
+                        Event::TransferMeasured {
+                            device: self.devs[d].id,
+                            bytes,
+                            micros,
+                        },
+                    );
+                }
                 policy.handle(
                     now,
                     Event::PacketFinished {
@@ -721,6 +736,7 @@ impl Sim<'_> {
                     compute_us: 0,
                     in_bytes: 0,
                     in_us: 0,
+                    out: None,
                     bus: None,
                 });
                 self.live.insert((d, packet), a);

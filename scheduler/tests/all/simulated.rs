@@ -135,3 +135,92 @@ fn baselines_run_every_copy_under_redundancy() {
         );
     }
 }
+
+/// A runner that feeds measured transfers fixes a wrong link prior: `gigabit-16` on
+/// links of 100 Mbit/s announced as gigabit (the cluster client's fixed figure), and on
+/// gigabit links announced as 100 Mbit/s. Without the measurements the scheduler
+/// overloads the slow links, or starves the fast ones.
+#[test]
+fn measured_transfers_correct_a_wrong_link_prior() {
+    use scheduler::sim::{simulate, Policy};
+    use scheduler::{Decision, Event, Link, Scheduler};
+
+    /// Announces every link as `prior`; drops the transfer measurements unless `measure`.
+    struct WrongPrior {
+        sched: Scheduler,
+        prior: Link,
+        measure: bool,
+    }
+    impl Policy for WrongPrior {
+        fn handle(&mut self, now: u64, event: Event) {
+            let event = match event {
+                Event::DeviceJoined { device, spec } => {
+                    let link = spec.link.map(|_| self.prior);
+                    Event::DeviceJoined {
+                        device,
+                        spec: spec.link(link),
+                    }
+                }
+                Event::TransferMeasured { .. } if !self.measure => return,
+                other => other,
+            };
+            self.sched.handle(now, event);
+        }
+        fn poll(&mut self, now: u64) -> Option<Decision> {
+            self.sched.poll(now)
+        }
+        fn is_done(&self) -> bool {
+            self.sched.is_done()
+        }
+        fn stalled(&self) -> bool {
+            self.sched.stalled()
+        }
+        fn poll_timeout(&self) -> Option<u64> {
+            self.sched.poll_timeout()
+        }
+    }
+    let slow = Link::new(150.0, 11.7);
+    for (truth, prior, blind_at_least) in
+        [(slow, Link::gigabit(), 1.1), (Link::gigabit(), slow, 1.5)]
+    {
+        let mut s = scenario("gigabit-16").expect("scenario");
+        for node in &mut s.nodes {
+            if node.link.is_some() {
+                node.link = Some(truth);
+            }
+        }
+        let run = |measure| {
+            let mut policy = WrongPrior {
+                sched: Scheduler::new(s.job_spec()),
+                prior,
+                measure,
+            };
+            let report = simulate(&s, &mut policy);
+            assert!(report.complete && report.exactly_once());
+            // Device 4 is on node 1, a remote node.
+            let link = policy.sched.estimates()[4]
+                .link_bytes_per_us
+                .expect("a remote device's link");
+            (report, link)
+        };
+        let (measured, measured_link) = run(true);
+        let (blind, blind_link) = run(false);
+        let want = truth.bytes_per_us;
+        assert!(
+            (measured_link - want).abs() < 0.05 * want,
+            "{measured_link} for {want}"
+        );
+        assert!((blind_link - prior.bytes_per_us).abs() < 1e-6 * prior.bytes_per_us);
+        assert!(
+            measured.ratio() <= 1.05,
+            "{truth:?}: {:.3}",
+            measured.ratio()
+        );
+        assert!(
+            blind.ratio() > blind_at_least,
+            "{truth:?}: blind {:.3} vs measured {:.3}",
+            blind.ratio(),
+            measured.ratio()
+        );
+    }
+}
