@@ -45,7 +45,7 @@ fn main() {
         );
     }
     println!();
-    for devices in [4, 16, 1000] {
+    for devices in [4, 16, 1000, 10_000] {
         let mut lp = DecisionLoop::new(devices);
         let (mut decisions, mut steps) = (0u64, 0u64);
         let start = Instant::now();

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use thiserror::Error;
 
 use crate::job::{JobSpec, JobSpecError};
+use crate::link::NodeLink;
 use crate::model::RobustLine;
 use crate::table::PacketTable;
 use crate::types::{Decision, DeviceId, DeviceSpec, Event, NodeId, Packet, PacketId};
@@ -16,6 +17,14 @@ const FASTEST_CHECKED: usize = 4;
 const COPY_SCAN: usize = 32;
 /// Retryable failures in a row after which a device gets no more work.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
+/// Guided self-scheduling divisor of remote devices, relative to the job's
+/// `target_packets_per_device`: their packets are this much smaller (see `packet_size`).
+const REMOTE_PACKET_FACTOR: f64 = 2.0;
+/// Slow start: a device's first packet is this fraction of its guided self-scheduling
+/// size ...
+const RAMP_FIRST: f64 = 8.0;
+/// ... and each packet at most this many times the largest the device has finished.
+const RAMP_GROWTH: f64 = 2.0;
 /// A speculative copy must be predicted to finish before this fraction of the time the
 /// straggler still needs.
 const SPECULATION_GAIN: f64 = 0.7;
@@ -169,8 +178,7 @@ impl Device {
 #[derive(Debug, Clone)]
 struct Node {
     id: NodeId,
-    link: Option<RobustLine>,
-    link_free: f64,
+    link: Option<NodeLink>,
     broadcast_sent: bool,
     devices: Vec<usize>,
     active: u32,
@@ -223,8 +231,11 @@ type Verify = (Packet, Option<[u8; 32]>, f64);
 /// Predicted timeline of a packet on a device.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
+    /// When the down direction of the node's link has sent this packet's inputs.
     link_free: f64,
     compute_end: f64,
+    /// Time the results occupy the up direction of the node's link, µs.
+    upload: f64,
     result_at: f64,
     compute_est: f64,
 }
@@ -389,7 +400,7 @@ impl Scheduler {
                 let d = self.device(device)?;
                 let n = self.devices[d].node;
                 if let Some(link) = self.nodes[n].link.as_mut() {
-                    link.add(bytes as f64, micros as f64);
+                    link.model.add(bytes as f64, micros as f64);
                     for k in 0..self.nodes[n].devices.len() {
                         let dev = self.nodes[n].devices[k];
                         self.sync(dev);
@@ -521,7 +532,7 @@ impl Scheduler {
         self.devices
             .iter()
             .map(|d| {
-                let link = self.nodes[d.node].link.as_ref();
+                let link = self.nodes[d.node].link.as_ref().map(|l| &l.model);
                 let bus = d.bus.as_ref();
                 DeviceEstimate {
                     bus_latency_us: bus.map(|b| b.intercept()),
@@ -564,10 +575,12 @@ impl Scheduler {
             None => {
                 self.nodes.push(Node {
                     id: spec.node,
-                    link: spec
-                        .link
-                        .map(|l| RobustLine::new(l.latency_us, 1.0 / l.bytes_per_us.max(1e-9))),
-                    link_free: 0.0,
+                    link: spec.link.map(|l| {
+                        NodeLink::new(RobustLine::new(
+                            l.latency_us,
+                            1.0 / l.bytes_per_us.max(1e-9),
+                        ))
+                    }),
                     broadcast_sent: false,
                     devices: Vec::new(),
                     active: 0,
@@ -678,11 +691,14 @@ impl Scheduler {
         dev.calibrated = true;
         dev.largest_done = dev.largest_done.max(items);
         dev.failures_in_a_row = 0;
+        let before = dev.avail;
         dev.avail = if dev.in_flight.is_empty() {
             now
         } else {
             (dev.avail + (now - attempt.result_at)).max(now)
         };
+        let delta = dev.avail - before;
+        self.unbook_upload(d, pid, delta);
         self.sync(d);
         self.mark_free_if_slot(d);
         self.resolve(pid);
@@ -942,12 +958,25 @@ impl Scheduler {
         let now = self.now;
         let dev = &mut self.devices[d];
         dev.in_flight.retain(|&p| p != pid);
+        let before = dev.avail;
         dev.avail = if dev.in_flight.is_empty() {
             now
         } else {
             (dev.avail - compute_est).max(now)
         };
+        let delta = dev.avail - before;
+        self.unbook_upload(d, pid, delta);
         self.sync(d);
+    }
+
+    /// Takes the upload of `pid` on device `d` off its node's link, and moves the
+    /// device's other uploads by `delta` µs, as its queue moved.
+    fn unbook_upload(&mut self, d: usize, pid: PacketId, delta: f64) {
+        let n = self.devices[d].node;
+        if let Some(link) = self.nodes[n].link.as_mut() {
+            link.release(pid, d);
+            link.shift(d, delta);
+        }
     }
 
     /// Tells the runner to cancel `packet` on device `d`; its late result is discarded.
@@ -1095,7 +1124,7 @@ impl Scheduler {
         let max_packet = self.max_packet(d);
         if !dev.calibrated {
             let size = if dev.largest_done == 0 {
-                job.calibration_packet().min(max_packet)
+                job.calibration_packet(self.devices.len()).min(max_packet)
             } else {
                 dev.largest_done.saturating_mul(8).min(max_packet)
             };
@@ -1103,7 +1132,9 @@ impl Scheduler {
         }
         let r = dev.rate.max(1e-12);
         let total = self.total_rate.max(r);
-        let slope = dev.model.slope().max(1e-12);
+        // The device's time per item, its own bus included: what a packet's minimum
+        // length in µs is measured in.
+        let slope = (dev.model.slope() + self.bus_per_item(d)).max(1e-12);
         let s_min = job
             .min_packet
             .max((self.min_packet_us(d) / slope).ceil() as u64)
@@ -1115,14 +1146,25 @@ impl Scheduler {
         let now = self.now;
         let horizon = (w as f64 + (self.load_weighted - now * self.load_rate).max(0.0)) / total;
         let backlog = (dev.avail - now).max(0.0);
-        let base = horizon / job.packets_per_device;
+        // Work in flight on a remote node is lost if the node fails or drops off the
+        // network: remote devices get a smaller share of the remaining time per packet.
+        // Not under redundancy, where a lost node costs one copy of its packets and the
+        // others live on (and where measured makespans are better with larger packets).
+        let single = job.redundancy == 1;
+        let k = job.packets_per_device
+            * if single && dev.spec.link.is_some() {
+                REMOTE_PACKET_FACTOR
+            } else {
+                1.0
+            };
+        let base = horizon / k;
         let target_us = if dev.in_flight.is_empty() {
             base
         } else {
             // A second slot (pipelining): enough work to cover the packet ahead's results
             // going back and this packet's inputs coming in (twice: the node's devices
             // share the link) plus a round trip, so the device never waits for data.
-            let pipeline = match &self.nodes[dev.node].link {
+            let pipeline = match self.nodes[dev.node].link.as_ref().map(|l| &l.model) {
                 Some(l) => {
                     let bytes = (job.bytes_in_per_item + job.bytes_out_per_item) as f64;
                     2.0 * l.intercept()
@@ -1135,6 +1177,18 @@ impl Scheduler {
         };
         let gss = (target_us.max(0.0) * r).ceil().min(u64::MAX as f64) as u64;
         let mut size = gss.max(s_min).min(max_packet);
+        // Slow start: a device's first packets are sized from a guess (a tuning profile or
+        // a calibration packet) and from the devices known so far, both of which may be
+        // wrong (later joins, a profile off by 30%), and on a link they fill the pipeline
+        // before anything comes back. So a packet is at most the larger of 1/RAMP_FIRST
+        // of its size by the rule above and RAMP_GROWTH times the largest packet the
+        // device has finished. Not under redundancy (copies run on devices other than
+        // the one a packet is sized for).
+        if single {
+            let first = (base / RAMP_FIRST * r).ceil().min(u64::MAX as f64) as u64;
+            let grown = (dev.largest_done as f64 * RAMP_GROWTH).min(u64::MAX as f64) as u64;
+            size = size.min(first.max(grown).max(s_min));
+        }
         if dev.spec.rate_items_per_s.is_none() && dev.model.samples() < 3 {
             size = size.min(dev.largest_done.saturating_mul(8).max(s_min));
         }
@@ -1204,27 +1258,39 @@ impl Scheduler {
                 + b.predict((size * self.job.bytes_out_per_item) as f64)
         });
         let compute_est = dev.model.predict(size as f64) + bus;
-        let (arrive, link_free, back) = match &node.link {
-            Some(l) => {
+        match &node.link {
+            Some(link) => {
+                let l = &link.model;
                 let broadcast = if node.broadcast_sent {
                     0
                 } else {
                     self.job.broadcast_bytes
                 };
                 let bytes = size * self.job.bytes_in_per_item + broadcast;
-                let start = now.max(node.link_free);
-                let busy = l.slope() * bytes as f64;
-                let back = l.intercept() + l.slope() * (size * self.job.bytes_out_per_item) as f64;
-                (start + busy + l.intercept(), start + busy, back)
+                let start = now.max(link.down_free);
+                let sent = start + l.slope() * bytes as f64;
+                let compute_end = (sent + l.intercept()).max(dev.avail).max(now) + compute_est;
+                // Results leave in the order packets finish computing, after those ahead.
+                let upload = l.slope() * (size * self.job.bytes_out_per_item) as f64;
+                let uploaded = link.upload_end(compute_end, upload);
+                Plan {
+                    link_free: sent,
+                    compute_end,
+                    upload,
+                    result_at: uploaded + l.intercept(),
+                    compute_est,
+                }
             }
-            None => (now, node.link_free, 0.0),
-        };
-        let compute_end = arrive.max(dev.avail).max(now) + compute_est;
-        Plan {
-            link_free,
-            compute_end,
-            result_at: compute_end + back,
-            compute_est,
+            None => {
+                let compute_end = dev.avail.max(now) + compute_est;
+                Plan {
+                    link_free: now,
+                    compute_end,
+                    upload: 0.0,
+                    result_at: compute_end,
+                    compute_est,
+                }
+            }
         }
     }
 
@@ -1233,8 +1299,9 @@ impl Scheduler {
         let plan = self.plan(d, packet.items());
         let now = self.now;
         let node = self.devices[d].node;
-        if self.nodes[node].link.is_some() {
-            self.nodes[node].link_free = plan.link_free;
+        if let Some(link) = self.nodes[node].link.as_mut() {
+            link.down_free = plan.link_free;
+            link.book(pid, d, plan.compute_end, plan.upload);
             self.nodes[node].broadcast_sent = true;
         }
         let dev = &mut self.devices[d];
@@ -1345,6 +1412,13 @@ impl Scheduler {
         }
     }
 
+    /// µs per item that device `d`'s own bus adds to its packets (0 without a bus).
+    fn bus_per_item(&self, d: usize) -> f64 {
+        self.devices[d].bus.as_ref().map_or(0.0, |b| {
+            b.slope() * (self.job.bytes_in_per_item + self.job.bytes_out_per_item) as f64
+        })
+    }
+
     /// Effective rate of a device in items/µs: its compute rate, capped by its share of
     /// its node's link when items carry bytes.
     fn effective_rate(&self, d: usize) -> f64 {
@@ -1354,14 +1428,11 @@ impl Scheduler {
         }
         // A slope of 0 (results reported as 0 µs) means "very fast", not "no rate". A
         // device's own bus is crossed in line with its packets: its time per item adds.
-        let bus = dev.bus.as_ref().map_or(0.0, |b| {
-            b.slope() * (self.job.bytes_in_per_item + self.job.bytes_out_per_item) as f64
-        });
-        let mut r = 1.0 / (dev.model.slope() + bus).max(1e-9);
+        let mut r = 1.0 / (dev.model.slope() + self.bus_per_item(d)).max(1e-9);
         let node = &self.nodes[dev.node];
         // Links are full duplex: inputs and results do not compete.
         let bytes = self.job.bytes_in_per_item.max(self.job.bytes_out_per_item);
-        if let (Some(l), true) = (&node.link, bytes > 0) {
+        if let (Some(l), true) = (node.link.as_ref().map(|l| &l.model), bytes > 0) {
             if l.slope() > 0.0 {
                 let share = 1.0 / (l.slope() * bytes as f64 * node.active.max(1) as f64);
                 r = r.min(share);

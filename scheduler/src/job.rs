@@ -120,7 +120,9 @@ impl JobSpec {
     }
 
     /// Size of the first packet given to a device that joined without a rate estimate.
-    /// Default: `items / 65536`, within the packet bounds.
+    /// Default: `items / 65536`, and at most `items / (64 × devices)` when more than 1024
+    /// devices have joined (a device far slower than the others must still finish its
+    /// blind first packet early in the job), within the packet bounds.
     pub fn calibration_items(mut self, items: u64) -> Self {
         self.calibration_items = Some(items);
         self
@@ -164,9 +166,11 @@ impl JobSpec {
         self
     }
 
-    pub(crate) fn calibration_packet(&self) -> u64 {
+    /// The first packet of an uncalibrated device when `devices` have joined.
+    pub(crate) fn calibration_packet(&self, devices: usize) -> u64 {
+        let share = self.items / (64 * devices.max(1) as u64);
         self.calibration_items
-            .unwrap_or(self.items / 65536)
+            .unwrap_or((self.items / 65536).min(share))
             .clamp(self.min_packet, self.max_packet)
     }
 }

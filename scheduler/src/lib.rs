@@ -59,6 +59,7 @@
 
 mod core;
 mod job;
+mod link;
 mod model;
 pub mod sim;
 mod table;

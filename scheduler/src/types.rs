@@ -281,8 +281,15 @@ pub enum Event {
         /// The device.
         device: DeviceId,
     },
-    /// A transfer to or from a device's node took `micros` for `bytes`; refines the link
-    /// model of that node.
+    /// A measured transfer over the network link of a device's node: `bytes` went one
+    /// way, in either direction, in `micros`, counted from when the link could start on
+    /// it (not the time queued behind other transfers) until the last byte arrived, so
+    /// `micros` is one latency plus `bytes / bandwidth`. `bytes: 0` measures the latency
+    /// alone (half the round trip of a small message: a ping, a heartbeat). The samples
+    /// of a node, from any of its devices, refine its one link model (`latency +
+    /// bytes / bandwidth`, full duplex, fitted robustly: a spike changes nothing) in
+    /// place of the prior in [`DeviceSpec::link`]; [`crate::Scheduler::estimates`]
+    /// reports the result. Ignored for a device without a link.
     TransferMeasured {
         /// A device of the node whose link was used.
         device: DeviceId,

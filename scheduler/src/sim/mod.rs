@@ -5,7 +5,8 @@
 //! speeds compute packets one after the other (`start-up + items / speed`, times a
 //! log-normal noise factor and rare spikes drawn from a seeded [`Rng`]); every node
 //! has one link, a FIFO per direction (`latency + bytes / bandwidth`), that its devices
-//! share; nodes join and fail at given times; lying devices return wrong digests.
+//! share, and every transfer over it is reported as [`Event::TransferMeasured`] (its
+//! time without the queueing before it, as a runner times a frame); nodes join and fail at given times; lying devices return wrong digests.
 //!
 //! ```
 //! use scheduler::sim::{run_scheduler, scenario};
@@ -335,7 +336,8 @@ pub fn run_scheduler(scenario: &Scenario) -> SimReport {
 pub fn run_equal_split(scenario: &Scenario) -> SimReport {
     simulate(
         scenario,
-        &mut Baseline::equal_split(scenario.workload.items),
+        &mut Baseline::equal_split(scenario.workload.items)
+            .redundancy(scenario.workload.redundancy),
     )
 }
 
@@ -343,7 +345,8 @@ pub fn run_equal_split(scenario: &Scenario) -> SimReport {
 pub fn run_fixed_chunks(scenario: &Scenario, chunks_per_device: u64) -> SimReport {
     simulate(
         scenario,
-        &mut Baseline::fixed_chunks(scenario.workload.items, chunks_per_device),
+        &mut Baseline::fixed_chunks(scenario.workload.items, chunks_per_device)
+            .redundancy(scenario.workload.redundancy),
     )
 }
 
@@ -376,6 +379,8 @@ struct Attempt {
     compute_us: u64,
     in_bytes: u64,
     in_us: u64,
+    /// The results' transfer over the node's link: bytes and µs (without queueing).
+    out: Option<(u64, u64)>,
     /// Bus transfers of a device with its own bus: (bytes, µs) in, then out.
     bus: Option<[(u64, u64); 2]>,
 }
@@ -390,6 +395,8 @@ struct NodeState {
 struct Sim<'a> {
     scenario: &'a Scenario,
     devs: Vec<Dev>,
+    /// The devices of node `n` are `devs[node_devs[n].clone()]` (numbered across nodes).
+    node_devs: Vec<std::ops::Range<usize>>,
     nodes: Vec<NodeState>,
     attempts: Vec<Attempt>,
     live: BTreeMap<(usize, Packet), usize>,
@@ -406,7 +413,9 @@ struct Sim<'a> {
 /// happen.
 pub fn simulate(scenario: &Scenario, policy: &mut dyn Policy) -> SimReport {
     let mut devs = Vec::new();
+    let mut node_devs = Vec::with_capacity(scenario.nodes.len());
     for (n, node) in scenario.nodes.iter().enumerate() {
+        node_devs.push(devs.len()..devs.len() + node.devices.len());
         for local in 0..node.devices.len() {
             devs.push(Dev {
                 id: DeviceId(devs.len() as u32),
@@ -421,6 +430,7 @@ pub fn simulate(scenario: &Scenario, policy: &mut dyn Policy) -> SimReport {
     let mut sim = Sim {
         scenario,
         devs,
+        node_devs,
         nodes: vec![
             NodeState {
                 down_free: 0,
@@ -525,10 +535,7 @@ impl Sim<'_> {
             Ev::Wake => {}
             Ev::Join(n) => {
                 let node = &self.scenario.nodes[n];
-                for d in 0..self.devs.len() {
-                    if self.devs[d].node != n {
-                        continue;
-                    }
+                for d in self.node_devs[n].clone() {
                     self.devs[d].alive = true;
                     let s = self.spec(d);
                     let spec = DeviceSpec {
@@ -555,8 +562,8 @@ impl Sim<'_> {
                 }
             }
             Ev::Fail(n) => {
-                for d in 0..self.devs.len() {
-                    if self.devs[d].node != n || !self.devs[d].alive {
+                for d in self.node_devs[n].clone() {
+                    if !self.devs[d].alive {
                         continue;
                     }
                     self.devs[d].alive = false;
@@ -624,7 +631,9 @@ impl Sim<'_> {
                         let start = now.max(self.nodes[n].up_free);
                         let busy = (bytes as f64 / l.bytes_per_us).ceil() as u64;
                         self.nodes[n].up_free = start + busy;
-                        self.push(start + busy + l.latency_us.ceil() as u64, Ev::ResultBack(a));
+                        let latency = l.latency_us.ceil() as u64;
+                        self.attempts[a].out = Some((bytes, busy + latency));
+                        self.push(start + busy + latency, Ev::ResultBack(a));
                     }
                     None => self.push(now, Ev::ResultBack(a)),
                 }
@@ -642,6 +651,16 @@ impl Sim<'_> {
                     g[0] ^= 1;
                 }
                 self.live.remove(&(d, packet));
+                if let Some((bytes, micros)) = self.attempts[a].out.filter(|o| o.0 > 0) {
+                    policy.handle(
+                        now,
+                        Event::TransferMeasured {
+                            device: self.devs[d].id,
+                            bytes,
+                            micros,
+                        },
+                    );
+                }
                 policy.handle(
                     now,
                     Event::PacketFinished {
@@ -717,6 +736,7 @@ impl Sim<'_> {
                     compute_us: 0,
                     in_bytes: 0,
                     in_us: 0,
+                    out: None,
                     bus: None,
                 });
                 self.live.insert((d, packet), a);

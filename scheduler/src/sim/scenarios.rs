@@ -15,6 +15,7 @@ pub const SCENARIOS: &[&str] = &[
     "hetero-4",
     "hetero-16",
     "hetero-1000",
+    "hetero-10000",
     "spiky-16",
     "slowdown-16",
     "failures-16",
@@ -166,6 +167,7 @@ fn hetero16(name: &str) -> Scenario {
 ///   profiles off by up to ±30%.
 /// - `hetero-1000`: 1000 devices of random speeds 1..16 on 250 nodes on 10 GbE, no
 ///   profiles (every device is calibrated).
+/// - `hetero-10000`: the same with 10 000 devices on 2500 nodes.
 /// - `spiky-16`: `hetero-16` where 1% of packets take 100 ms longer.
 /// - `slowdown-16`: `hetero-16` where the fastest device becomes 4× slower at 0.5 s.
 /// - `failures-16`: `hetero-16` where node 1 fails at 0.6 s and node 3 at 1.2 s.
@@ -218,6 +220,16 @@ pub fn scenario(name: &str) -> Option<Scenario> {
                 link: Link::ten_gigabit(),
                 profile_error: None,
                 seed: 1000,
+            },
+        ),
+        "hetero-10000" => hetero(
+            name,
+            Hetero {
+                devices: 10_000,
+                per_node: 4,
+                link: Link::ten_gigabit(),
+                profile_error: None,
+                seed: 10_000,
             },
         ),
         "spiky-16" => {
@@ -282,9 +294,12 @@ pub fn scenario(name: &str) -> Option<Scenario> {
     Some(s)
 }
 
-/// Items of [`DecisionLoop`]'s job: about 20 s of simulated time at 1000 devices; the
-/// loop starts a new job when one ends.
-const LOOP_ITEMS: u64 = 200_000_000_000;
+/// Items per device of [`DecisionLoop`]'s job (at least [`LOOP_ITEMS_MIN`] in all):
+/// about 20 s of simulated time, so that a timed run rarely reaches the end of a job
+/// (the loop then starts a new one, whose joins and first round are not steady state).
+const LOOP_ITEMS_PER_DEVICE: u64 = 200_000_000;
+/// Items of [`DecisionLoop`]'s job at least.
+const LOOP_ITEMS_MIN: u64 = 200_000_000_000;
 
 /// A steady-state driver for measuring the scheduler's cost per decision at a given
 /// number of devices: remote devices of speeds 1..16 on 10 GbE nodes of 4, a job too
@@ -303,7 +318,7 @@ impl DecisionLoop {
     pub fn new(devices: usize) -> Self {
         let mut rng = Rng::new(devices as u64);
         let mut sched = Scheduler::new(
-            JobSpec::new(LOOP_ITEMS)
+            JobSpec::new((LOOP_ITEMS_PER_DEVICE * devices as u64).max(LOOP_ITEMS_MIN))
                 .bytes_in_per_item(4)
                 .bytes_out_per_item(8),
         );

@@ -146,8 +146,10 @@ fn without_the_bus_model_a_transfer_bound_job_overloads_the_gpu() {
     assert!(s.nodes[0].devices[GPU.0 as usize].bus.is_some());
     let without = scheduler::sim::simulate(&s, &mut Blind(&mut sched));
     assert!(without.complete && without.exactly_once());
+    // With the bus the GPU gets about what its bus sustains (6%); blind, more, and
+    // since every item costs it 200 times what the scheduler believes, the job ends late.
     assert!(
-        gpu_share(&without) > 3.0 * gpu_share(&with_bus).max(0.01),
+        gpu_share(&without) > 1.2 * gpu_share(&with_bus).max(0.01),
         "blind {:.3} vs with the bus {:.3}",
         gpu_share(&without),
         gpu_share(&with_bus)

@@ -160,3 +160,78 @@ fn transfer_measurements_refine_the_link_model() {
     assert!((bw - 1000.0).abs() < 10.0, "{bw}");
     assert!((lat - 100.0).abs() < 5.0, "{lat}");
 }
+
+/// What a runner feeds: latency probes (`bytes: 0`, half a ping's round trip) and timed
+/// transfers of either direction. They replace a wrong prior (10 GbE for a gigabit link)
+/// and one spike does not move the fit.
+#[test]
+fn latency_probes_and_transfers_replace_a_wrong_link_prior() {
+    let mut sched = Scheduler::new(JobSpec::new(1000));
+    let ten_gig = scheduler::Link::ten_gigabit();
+    sched.handle(
+        0,
+        Event::DeviceJoined {
+            device: DeviceId(0),
+            spec: DeviceSpec::remote("a", scheduler::NodeId(1), ten_gig),
+        },
+    );
+    sched.handle(
+        0,
+        Event::DeviceJoined {
+            device: DeviceId(1),
+            spec: DeviceSpec::remote("b", scheduler::NodeId(1), ten_gig),
+        },
+    );
+    // The true link: 150 µs one way, 117 bytes/µs. Samples come from both devices.
+    let (latency, bandwidth) = (150.0, 117.0);
+    for i in 0..12u64 {
+        let device = DeviceId((i % 2) as u32);
+        let bytes = if i % 3 == 0 { 0 } else { 40_000 + 20_000 * i };
+        let mut micros = (latency + bytes as f64 / bandwidth) as u64;
+        if i == 7 {
+            micros += 50_000;
+        }
+        sched
+            .try_handle(
+                i,
+                Event::TransferMeasured {
+                    device,
+                    bytes,
+                    micros,
+                },
+            )
+            .expect("a device of the node");
+    }
+    for e in sched.estimates() {
+        let bw = e.link_bytes_per_us.expect("bandwidth");
+        let lat = e.link_latency_us.expect("latency");
+        assert!((bw - bandwidth).abs() < 0.03 * bandwidth, "{bw}");
+        assert!((lat - latency).abs() < 0.03 * latency, "{lat}");
+    }
+}
+
+/// A measurement names a device that joined; one of a device without a link (in this
+/// process) changes nothing.
+#[test]
+fn transfer_measurements_of_unknown_or_local_devices() {
+    let mut sched = Scheduler::new(JobSpec::new(1000));
+    let event = |device| Event::TransferMeasured {
+        device,
+        bytes: 1000,
+        micros: 10,
+    };
+    assert_eq!(
+        sched.try_handle(0, event(DeviceId(3))),
+        Err(scheduler::EventError::UnknownDevice(DeviceId(3)))
+    );
+    sched.handle(
+        0,
+        Event::DeviceJoined {
+            device: DeviceId(0),
+            spec: DeviceSpec::local_cpu("cpu"),
+        },
+    );
+    assert_eq!(sched.try_handle(0, event(DeviceId(0))), Ok(()));
+    let e = &sched.estimates()[0];
+    assert_eq!((e.link_latency_us, e.link_bytes_per_us), (None, None));
+}
