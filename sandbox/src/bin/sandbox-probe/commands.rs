@@ -132,7 +132,10 @@ pub fn serve(state: &mut State, input: impl BufRead, mut out: impl Write) -> io:
                 format!("caught {}", caught.is_err())
             }
             "kernel" => match &state.kernel {
-                Some(kernel) => format!("kernel {}", (kernel.entry)(number as i64)),
+                Some(kernel) => match rest.trim().parse::<i64>() {
+                    Ok(argument) => format!("kernel {}", (kernel.entry)(argument)),
+                    Err(_) => format!("kernel needs a number, not {rest:?}"),
+                },
                 None => "no kernel loaded".into(),
             },
             "opencl" => match &mut state.opencl {

@@ -48,6 +48,8 @@ fn parse_worker(args: &[String]) -> Result<WorkerOptions, String> {
                 options.opencl = true;
                 options.config = Config::opencl();
             }
+            // The OpenCL profile without opening a device.
+            "--opencl-profile" => options.config = Config::opencl(),
             "--report-fd" => {
                 options.config = options.config.report_fd(number(args.next(), arg)? as i32)
             }
