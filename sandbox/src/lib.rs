@@ -274,9 +274,9 @@ pub enum SandboxError {
         /// The kernel's Landlock ABI.
         abi: u32,
     },
-    /// The threads of this process could not be counted.
-    #[error("cannot count this process's threads: {0}")]
-    Threads(std::io::Error),
+    /// The threads or descriptors of this process could not be listed.
+    #[error("cannot list this process's threads or descriptors in /proc: {0}")]
+    ProcFs(std::io::Error),
     /// The parent died before the worker asked to die with it.
     #[error("the worker's parent {expected} is gone (its parent is now {now}): a worker must not outlive its node")]
     ParentGone {
@@ -330,6 +330,10 @@ pub struct Report {
     pub process_limit: Option<u64>,
     /// Threads that ran besides the calling one when the sandbox was applied.
     pub other_threads: usize,
+    /// The descriptors open when the sandbox was applied: the worker can still read and
+    /// write them (the filter cannot tell one descriptor from another), so a worker should
+    /// hold only its pipes or socket and its memfds, and may check this list.
+    pub descriptors: Vec<i32>,
     /// The calling thread's stack bounds are known, so its overflow is recognised.
     pub stack_known: bool,
     /// Landlock's part (`None`: left out with [`Config::without_landlock`]).
@@ -391,6 +395,10 @@ impl fmt::Display for Report {
         if let Some(count) = self.process_limit {
             write!(f, "; at most {count} tasks of this user")?;
         }
+        f.write_str("; descriptors open:")?;
+        for (i, fd) in self.descriptors.iter().enumerate() {
+            write!(f, "{}{fd}", if i == 0 { " " } else { ", " })?;
+        }
         write!(
             f,
             "; descriptors below {}; no core dumps; own process group {}; dies with parent {}",
@@ -428,6 +436,7 @@ pub fn apply(config: &Config) -> Result<Report, SandboxError> {
         None
     };
     let other_threads = process::other_threads()?;
+    let descriptors = process::open_descriptors()?;
     if config.landlock && other_threads > 0 && !config.allow_existing_threads {
         if let Some(abi) = files::kernel_abi().filter(|abi| *abi < LANDLOCK_ALL_THREADS_ABI) {
             return Err(SandboxError::OtherThreads {
@@ -505,6 +514,7 @@ pub fn apply(config: &Config) -> Result<Report, SandboxError> {
         open_files_limit,
         process_limit,
         other_threads,
+        descriptors,
         stack_known,
         landlock,
         seccomp,

@@ -88,16 +88,33 @@ pub(crate) fn limit(
 
 /// How many threads this process runs besides the calling one (from `/proc/self/status`).
 pub(crate) fn other_threads() -> Result<usize, SandboxError> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(SandboxError::Threads)?;
+    let status = std::fs::read_to_string("/proc/self/status").map_err(SandboxError::ProcFs)?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("Threads:"))
         .and_then(|n| n.trim().parse::<usize>().ok())
         .map(|n| n.saturating_sub(1))
         .ok_or_else(|| {
-            SandboxError::Threads(io::Error::new(
+            SandboxError::ProcFs(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "/proc/self/status has no Threads: line",
             ))
         })
+}
+
+/// The descriptors open in this process, in order (from `/proc/self/fd`, without the one
+/// used to read it): the files, pipes and sockets a sandboxed worker can still use.
+pub(crate) fn open_descriptors() -> Result<Vec<i32>, SandboxError> {
+    let listed: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(SandboxError::ProcFs)?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own descriptor is closed now: keep what is still open.
+    let mut open: Vec<i32> = listed
+        .into_iter()
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } != -1)
+        .collect();
+    open.sort_unstable();
+    Ok(open)
 }

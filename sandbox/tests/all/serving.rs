@@ -16,6 +16,8 @@ fn the_worker_loop_runs_under_the_cpu_profile() {
         "{ready}"
     );
     assert!(ready.contains("no file can be opened"), "{ready}");
+    // What the worker can still read and write: stdio and the report pipe, at least.
+    assert!(ready.contains("; descriptors open: 0, 1, 2, 3"), "{ready}");
     // Several packets: threads, locks, a condition variable, a growing buffer, a hash map,
     // the clock; a caught panic; a big mapping.
     for items in [1u64, 1000, 100_000] {
