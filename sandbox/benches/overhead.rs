@@ -12,7 +12,9 @@
 //!   through the filter).
 //!
 //! Run it under the shared lock: `flock -o /tmp/offload-cargo.lock cargo bench -p sandbox`.
-//! `OVERHEAD_ROUNDS` sets the rounds per kind (default 41).
+//! `OVERHEAD_ROUNDS` sets the rounds per kind (default 41); `OVERHEAD_SANDBOXED_ARGS` adds
+//! probe options to the sandboxed worker, e.g. `--without-seccomp` or `--without-landlock`
+//! to measure one layer.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -116,11 +118,13 @@ fn run() -> Result<(), String> {
         return Err(format!("this kernel cannot sandbox: {support}"));
     }
     pin_to_one_cpu()?;
+    let layers = std::env::var("OVERHEAD_SANDBOXED_ARGS").unwrap_or_default();
+    let sandboxed_args: Vec<&str> = layers.split_whitespace().collect();
     // A second unsandboxed worker gives the noise floor: the ratio of two identical
     // workers, measured the same way at the same time.
     let mut workers = [
         Worker::start("unsandboxed", &["--no-sandbox"])?,
-        Worker::start("sandboxed", &[])?,
+        Worker::start("sandboxed", &sandboxed_args)?,
         Worker::start("unsandboxed twin", &["--no-sandbox"])?,
     ];
     println!("{rounds} rounds per kind, order rotating; medians of one packet's round trip");
