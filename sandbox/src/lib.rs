@@ -116,7 +116,8 @@ impl Config {
     /// The OpenCL worker's sandbox: read access under the system's library folders,
     /// `/etc/OpenCL`, the CPU information in `/sys`, and the PoCL kernel cache
     /// (`$POCL_CACHE_DIR`, else `$XDG_CACHE_HOME/pocl`, else `~/.cache/pocl`); read, write
-    /// and ioctl on device files under `/dev`. Threads the driver started before
+    /// and ioctl on GPU device files (`/dev/dri`, `/dev/kfd`, `/dev/nvidia*`), those that
+    /// exist. Threads the driver started before
     /// [`apply`] are allowed (see [`Config::allow_existing_threads`]).
     pub fn opencl() -> Config {
         let mut readable: Vec<PathBuf> = [
@@ -138,7 +139,7 @@ impl Config {
             profile: Profile::OpenCl,
             allow_existing_threads: true,
             readable,
-            devices: vec![PathBuf::from("/dev")],
+            devices: gpu_device_files(),
             ..Config::cpu()
         }
     }
@@ -229,6 +230,23 @@ impl Config {
     pub fn profile(&self) -> Profile {
         self.profile
     }
+}
+
+/// The device files GPU drivers open: DRM nodes (`/dev/dri`), AMD's compute node
+/// (`/dev/kfd`), NVIDIA's control, unified-memory and per-GPU nodes. Not the rest of
+/// `/dev`: a worker running as root could otherwise write to disks.
+fn gpu_device_files() -> Vec<PathBuf> {
+    let mut devices: Vec<PathBuf> = ["/dev/dri", "/dev/kfd"].iter().map(PathBuf::from).collect();
+    if let Ok(entries) = std::fs::read_dir("/dev") {
+        let mut nvidia: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("nvidia"))
+            .map(|entry| entry.path())
+            .collect();
+        nvidia.sort();
+        devices.extend(nvidia);
+    }
+    devices
 }
 
 fn pocl_cache_dir() -> Option<PathBuf> {

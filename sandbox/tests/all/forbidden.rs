@@ -155,3 +155,35 @@ fn an_extra_call_can_be_allowed_and_an_unknown_one_is_refused() {
     );
     assert_eq!(probe.end().end, WorkerEnd::Exited(2));
 }
+
+#[test]
+fn the_opencl_profile_reads_driver_files_and_writes_no_other_device() {
+    if !sandbox_available() {
+        return;
+    }
+    let mut probe = Probe::start(&["--opencl-profile"]);
+    probe.expect_ready();
+    // The driver's libraries are readable; `/etc` and devices beyond the GPU's are not.
+    let library = std::fs::read_dir("/usr/lib")
+        .expect("list /usr/lib")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        // A regular file, not a link: Landlock checks where a link leads.
+        .find(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
+        .expect("a regular file in /usr/lib");
+    assert_eq!(
+        probe.ask(&format!("open-file {}", library.display())),
+        "opened"
+    );
+    let answer = probe.ask("open-file /etc/hostname");
+    assert!(
+        answer.starts_with("open failed: Permission denied"),
+        "{answer}"
+    );
+    let answer = probe.ask("create-file /dev/null");
+    assert!(
+        answer.starts_with("create failed: Permission denied"),
+        "{answer}"
+    );
+    assert_eq!(probe.end().end, WorkerEnd::Exited(0));
+}
