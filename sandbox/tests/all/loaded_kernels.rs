@@ -6,14 +6,7 @@ use std::process::Command;
 
 use sandbox::WorkerEnd;
 
-use crate::probe::{sandbox_available, Probe};
-
-/// Says loudly that a test cannot run here; fails under `CI=true`.
-fn cannot_run(why: &str) {
-    let message = format!("THIS TEST CANNOT RUN HERE: {why}");
-    eprintln!("{message}");
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-}
+use crate::probe::{cannot_run, sandbox_available, Probe};
 
 const C_KERNEL: &str = r#"
 #include <stdio.h>

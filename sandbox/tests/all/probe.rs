@@ -18,10 +18,15 @@ pub fn sandbox_available() -> bool {
     if support.is_complete() {
         return true;
     }
-    let message = format!("THIS KERNEL CANNOT SANDBOX ({support}): the test checks nothing here");
+    cannot_run(&format!("this kernel cannot sandbox ({support})"));
+    false
+}
+
+/// Says loudly that a test cannot run here and checks nothing; fails under `CI=true`.
+pub fn cannot_run(why: &str) {
+    let message = format!("THIS TEST CANNOT RUN HERE: {why}");
     eprintln!("{message}");
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-    false
 }
 
 /// A running probe worker.
