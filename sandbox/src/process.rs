@@ -1,0 +1,120 @@
+//! Process-wide settings: death with the parent, an own process group, resource limits.
+
+use std::io;
+
+use crate::SandboxError;
+
+/// A resource of `getrlimit`/`setrlimit` (glibc names the type; musl uses `c_int`).
+#[cfg(target_env = "gnu")]
+pub(crate) type Resource = libc::__rlimit_resource_t;
+/// A resource of `getrlimit`/`setrlimit`.
+#[cfg(not(target_env = "gnu"))]
+pub(crate) type Resource = libc::c_int;
+
+fn os(what: &'static str) -> SandboxError {
+    SandboxError::Os {
+        what,
+        source: io::Error::last_os_error(),
+    }
+}
+
+/// Asks for `SIGKILL` when the parent dies, then checks that the parent is still the one
+/// expected: a parent that died before the request was made sends no signal, and the
+/// worker was re-parented already. Returns the parent's pid.
+pub(crate) fn die_with_parent(expected: Option<u32>) -> Result<u32, SandboxError> {
+    // SAFETY: plain calls on this process.
+    let before = unsafe { libc::getppid() } as u32;
+    // SAFETY: as above.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(os("ask to die with the parent (PR_SET_PDEATHSIG)"));
+    }
+    // SAFETY: as above.
+    let now = unsafe { libc::getppid() } as u32;
+    let expected = expected.unwrap_or(before);
+    if now != expected {
+        return Err(SandboxError::ParentGone { expected, now });
+    }
+    Ok(now)
+}
+
+/// Makes this process the leader of its own process group (a terminal's Ctrl-C then goes
+/// to the node, which ends its workers itself). Returns the group id.
+pub(crate) fn own_process_group() -> Result<u32, SandboxError> {
+    // SAFETY: plain calls on this process.
+    unsafe {
+        let pid = libc::getpid();
+        if libc::getpgrp() != pid && libc::setpgid(0, 0) != 0 {
+            return Err(os("start an own process group (setpgid)"));
+        }
+        Ok(pid as u32)
+    }
+}
+
+/// Sets `resource`'s soft and hard limits to `value`, or to the current hard limit if that
+/// is lower (an unprivileged process cannot raise it). Returns the limit in force.
+pub(crate) fn limit(
+    resource: Resource,
+    value: u64,
+    what: &'static str,
+) -> Result<u64, SandboxError> {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `current`.
+    if unsafe { libc::getrlimit(resource, &mut current) } != 0 {
+        return Err(os(what));
+    }
+    let value = value.min(current.rlim_max);
+    let new = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit reads `new`.
+    if unsafe { libc::setrlimit(resource, &new) } != 0 {
+        return Err(os(what));
+    }
+    Ok(value)
+}
+
+/// How many threads this process runs besides the calling one (from `/proc/self/status`).
+pub(crate) fn other_threads() -> Result<usize, SandboxError> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(SandboxError::ProcFs)?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .map(|n| n.saturating_sub(1))
+        .ok_or_else(|| {
+            SandboxError::ProcFs(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "/proc/self/status has no Threads: line",
+            ))
+        })
+}
+
+/// The descriptors open in this process, in order (from `/proc/self/fd`, without the one
+/// used to read it): the files, pipes and sockets a sandboxed worker can still use.
+pub(crate) fn open_descriptors() -> Result<Vec<i32>, SandboxError> {
+    let listed: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(SandboxError::ProcFs)?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own descriptor is closed now: keep what is still open.
+    let mut open: Vec<i32> = listed
+        .into_iter()
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } != -1)
+        .collect();
+    open.sort_unstable();
+    Ok(open)
+}
