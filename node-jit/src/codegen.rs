@@ -1,5 +1,7 @@
 //! From a validated package module to an object file: retarget, wrap, optimize, emit.
 
+mod search;
+
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
@@ -29,7 +31,62 @@ pub(crate) fn compile_entry_object(
     tuning: &Tuning,
 ) -> Result<Vec<u8>, JitError> {
     let ctx = Context::create();
-    let module = ir_packager::load_module(&ctx, package)?;
+    let (module, machine) = optimized_entry_module(&ctx, package, kernel, target, opt, tuning)?;
+    emit(&module, &machine, FileType::Object)
+}
+
+/// What [`listing`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListingKind {
+    /// The optimized LLVM IR of the module, as the code generator receives it.
+    OptimizedIr,
+    /// The target's assembly, as the object file would contain it.
+    Assembly,
+}
+
+/// The code node-jit generates for `kernel` of `package` on `target`, as text: the
+/// optimized IR or the assembly of exactly the module that [`crate::Engine::compile`]
+/// turns into a shared library (same retargeting, entry wrapper, attributes and
+/// pipeline). `target` need not be this machine: a [`HostTarget`] with another `cpu`
+/// (and empty `features`, meaning that CPU's own) shows what that CPU's node would run.
+/// For inspection and tests; nothing is cached.
+pub fn listing(
+    package: &Package,
+    kernel: &str,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+    kind: ListingKind,
+) -> Result<String, JitError> {
+    let spec = package
+        .manifest()
+        .kernel(kernel)
+        .ok_or_else(|| JitError::NoSuchKernel {
+            kernel: kernel.to_string(),
+            available: kernel_names(package),
+        })?;
+    let ctx = Context::create();
+    let (module, machine) = optimized_entry_module(&ctx, package, spec, target, opt, tuning)?;
+    match kind {
+        ListingKind::OptimizedIr => Ok(module.print_to_string().to_string()),
+        ListingKind::Assembly => {
+            let text = emit(&module, &machine, FileType::Assembly)?;
+            Ok(String::from_utf8_lossy(&text).into_owned())
+        }
+    }
+}
+
+/// The whole JIT pipeline up to code generation: load, retarget, panic hook, `noalias`,
+/// entry wrapper, internalize, attributes, optimize.
+fn optimized_entry_module<'ctx>(
+    ctx: &'ctx Context,
+    package: &Package,
+    kernel: &KernelSpec,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+) -> Result<(Module<'ctx>, TargetMachine), JitError> {
+    let module = ir_packager::load_module(ctx, package)?;
     let machine = target.machine(opt.llvm())?;
     retarget(&module, &machine);
     let kernel_fn = module
@@ -38,13 +95,17 @@ pub(crate) fn compile_entry_object(
             kernel: kernel.name.clone(),
             available: kernel_names(package),
         })?;
-    define_panic_hook(&ctx, &module)?;
+    define_panic_hook(ctx, &module)?;
     mark_buffers_noalias(kernel_fn, kernel, kernel.kind.index_params() as u32);
-    let entry = build_entry(&ctx, &module, kernel_fn, kernel)?;
+    let entry = build_entry(ctx, &module, kernel_fn, kernel)?;
     internalize_all_but(&module, &[entry]);
+    if tuning.library_search.unwrap_or(opt != OptLevel::O0) {
+        let searches = search::add_library_search_paths(&module, target.triple.contains("linux"));
+        tracing::debug!(kernel = %kernel.name, searches, "byte searches with a C library fast path");
+    }
     set_code_attributes(&module, tuning);
     optimize(&module, &machine, opt, tuning)?;
-    emit(&module, &machine)
+    Ok((module, machine))
 }
 
 /// Compiles every kernel of `package` for `target`, exported under its own name with the
@@ -67,7 +128,7 @@ pub(crate) fn compile_kernels_object(
     internalize_all_but(&module, &kernels);
     set_code_attributes(&module, &Tuning::default());
     optimize(&module, &machine, opt, &Tuning::default())?;
-    emit(&module, &machine)
+    emit(&module, &machine, FileType::Object)
 }
 
 fn kernel_names(package: &Package) -> String {
@@ -359,9 +420,13 @@ fn optimize(
         .map_err(|e| JitError::Codegen(format!("optimized module is invalid: {e}")))
 }
 
-fn emit(module: &Module<'_>, machine: &TargetMachine) -> Result<Vec<u8>, JitError> {
+fn emit(
+    module: &Module<'_>,
+    machine: &TargetMachine,
+    file_type: FileType,
+) -> Result<Vec<u8>, JitError> {
     machine
-        .write_to_memory_buffer(module, FileType::Object)
+        .write_to_memory_buffer(module, file_type)
         .map(|buffer| buffer.as_slice().to_vec())
         .map_err(|e| JitError::Codegen(format!("object emission failed: {e}")))
 }

@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use inkwell::OptimizationLevel;
 use ir_packager::{KernelSpec, LoadError, Package};
 
-pub use codegen::{c_prototype, ENTRY_SYMBOL, PANIC_HOOK_SYMBOL};
-pub use host::HostTarget;
+pub use codegen::{c_prototype, listing, ListingKind, ENTRY_SYMBOL, PANIC_HOOK_SYMBOL};
+pub use host::{CpuIdentity, HostTarget};
 
 /// Errors of compiling and loading kernels.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +150,9 @@ pub struct Tuning {
     pub prefer_vector_width: Option<u32>,
     /// Whether loop unrolling is enabled (default: on at O1 and above).
     pub unroll: Option<bool>,
+    /// Whether byte-search loops get a fast path through the C library's `memchr` /
+    /// `memrchr` (default: on at O1 and above; off shows the plain loops).
+    pub library_search: Option<bool>,
 }
 
 /// Engine settings. Every setter documents its default.
@@ -159,6 +162,7 @@ pub struct Config {
     cache_dir: PathBuf,
     disk_cache: bool,
     linker: Option<PathBuf>,
+    target: Option<HostTarget>,
 }
 
 impl Default for Config {
@@ -168,6 +172,7 @@ impl Default for Config {
             cache_dir: default_cache_dir(),
             disk_cache: true,
             linker: std::env::var_os("CC").map(PathBuf::from),
+            target: None,
         }
     }
 }
@@ -214,6 +219,15 @@ impl Config {
     /// driver, which adds start-up files a kernel library does not need).
     pub fn linker(mut self, linker: impl Into<PathBuf>) -> Config {
         self.linker = Some(linker.into());
+        self
+    }
+
+    /// The CPU to generate code for. Default: this machine's ([`HostTarget::detect`]).
+    /// Another CPU of the same triple (e.g. [`HostTarget::named_cpu`]`(triple, "znver3")`)
+    /// compiles what a node with that CPU would run, for comparisons on one machine;
+    /// running it needs a CPU with at least those ISA extensions.
+    pub fn target(mut self, target: HostTarget) -> Config {
+        self.target = Some(target);
         self
     }
 
@@ -362,7 +376,7 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Bumped whenever the generated code changes for the same inputs (entry ABI, passes).
-const CODEGEN_REVISION: u32 = 2;
+const CODEGEN_REVISION: u32 = 3;
 
 impl Engine {
     /// Creates an engine for this machine.
@@ -382,7 +396,7 @@ impl Engine {
         };
         Ok(Engine {
             inner: Arc::new(EngineInner {
-                host: HostTarget::detect(),
+                host: config.target.clone().unwrap_or_else(HostTarget::detect),
                 config,
                 loaded: Mutex::new(HashMap::new()),
                 scratch,
