@@ -53,13 +53,19 @@ const COLD_GOAL: Duration = Duration::from_millis(50);
 /// Goal for a disk-cache hit.
 const HIT_GOAL: Duration = Duration::from_millis(1);
 
+/// The engine settings of every compile: the defaults, for this CPU or the one
+/// `OFFLOAD_BENCH_CPU` names (checked once in `main`).
+fn base_config() -> Config {
+    examples::bench_config(Config::default()).expect("OFFLOAD_BENCH_CPU was checked in main")
+}
+
 /// A fresh, empty cache directory under `parent` and an engine using it.
 fn fresh_engine(parent: &Path) -> Result<(tempfile::TempDir, Engine)> {
     let dir = tempfile::Builder::new()
         .prefix("cache-")
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a cache directory under {}", parent.display()))?;
-    let engine = Engine::new(Config::default().cache_dir(dir.path()))?;
+    let engine = Engine::new(base_config().cache_dir(dir.path()))?;
     Ok((dir, engine))
 }
 
@@ -173,7 +179,7 @@ impl LinkProbe {
             .prefix("cache-")
             .tempdir_in(parent)
             .context("cannot create a cache directory")?;
-        let engine = Engine::new(Config::default().cache_dir(dir.path()).linker(&self.script))?;
+        let engine = Engine::new(base_config().cache_dir(dir.path()).linker(&self.script))?;
         match std::fs::remove_file(&self.stamps) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).context("cannot reset the link time stamps");
@@ -327,6 +333,7 @@ fn main() -> Result<()> {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
+    examples::bench_config(Config::default())?;
     let parent = tempfile::Builder::new()
         .prefix("offload-compile-bench-")
         .tempdir()
@@ -377,7 +384,7 @@ fn main() -> Result<()> {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let engine = Engine::new(Config::default().cache_dir(warm_dir.path()))
+                    let engine = Engine::new(base_config().cache_dir(warm_dir.path()))
                         .unwrap_or_else(|e| panic!("cannot create an engine: {e}"));
                     let start = Instant::now();
                     compile_expecting(&engine, package, kernel, CodeOrigin::DiskCache);
@@ -402,7 +409,7 @@ fn main() -> Result<()> {
 
     let engine_new = median_of(|| {
         let start = Instant::now();
-        let engine = Engine::new(Config::default().cache_dir(parent.path().join("unused")))?;
+        let engine = Engine::new(base_config().cache_dir(parent.path().join("unused")))?;
         let elapsed = start.elapsed();
         drop(engine);
         Ok(elapsed)
