@@ -465,3 +465,52 @@ fn searches_the_library_cannot_do_stay_correct() {
         .collect();
     assert_eq!(out, want);
 }
+
+/// The property that fixed logcrunch (issue 17): its `split` on `\n` and its `rposition`
+/// of `"` reach the C library in the code generated for this CPU, for Zen 3 and for
+/// Cascade Lake, and so do csvsum's searches for `\n` and `,`.
+#[test]
+fn logcrunch_and_csvsum_searches_call_the_library() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let kernels = [
+        (
+            "examples/logcrunch",
+            "logcrunch",
+            &["@memchr(ptr", "@memrchr(ptr"][..],
+        ),
+        ("benches/kernels/csvsum", "csvsum", &["@memchr(ptr"][..]),
+    ];
+    for (dir, name, calls) in kernels {
+        let dir = repo.join(dir);
+        let text = std::fs::read_to_string(dir.join("manifest.toml")).expect("manifest");
+        let manifest = Manifest::parse(&text).expect("valid manifest");
+        let package = ir_packager::package_source(&dir.join("kernel.rs"), &manifest)
+            .unwrap_or_else(|e| panic!("packaging {name}: {e}"));
+        for target in targets() {
+            let ir = optimized_ir(&package, name, &target);
+            for call in calls {
+                assert!(
+                    ir.contains(call),
+                    "{name} for {}: no {call} in the optimized IR",
+                    target.cpu
+                );
+            }
+            let plain = node_jit::listing(
+                &package,
+                name,
+                &target,
+                OptLevel::O3,
+                &Tuning {
+                    library_search: Some(false),
+                    ..Tuning::default()
+                },
+                ListingKind::OptimizedIr,
+            )
+            .expect("listing without library searches");
+            assert!(
+                !plain.contains("@memchr(") && !plain.contains("@memrchr("),
+                "{name}: the switch turns it off"
+            );
+        }
+    }
+}
