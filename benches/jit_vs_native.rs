@@ -543,6 +543,7 @@ fn calls_library_search(
     engine: &Engine,
     package: &ir_packager::Package,
     kernel: &str,
+    tuning: &Tuning,
 ) -> Result<bool> {
     let ir = node_jit::listing(
         package,
@@ -550,7 +551,7 @@ fn calls_library_search(
         engine.host(),
         // The engine's optimization level: the benches keep the default.
         OptLevel::O3,
-        &Tuning::default(),
+        tuning,
         ListingKind::OptimizedIr,
     )?;
     Ok(ir.contains("@memchr(") || ir.contains("@memrchr("))
@@ -572,20 +573,25 @@ fn bench_kernel(
         .with_context(|| format!("examples/{kernel}/manifest.toml has no kernel `{kernel}`"))?
         .clone();
     let package = examples::package(kernel)?;
+    let tuning = examples::bench_tuning()?;
     let jit = engine
-        .compile(&package, kernel)
-        .with_context(|| format!("node-jit cannot compile {kernel}"))?;
+        .compile_tuned(&package, kernel, &tuning)
+        .with_context(|| format!("node-jit cannot compile {kernel}"))?
+        .kernel;
     let kernel_file = examples::example_dir(kernel).join("kernel.rs");
-    let native = examples::emulated_cpu().map_or(Cpu::Native, Cpu::Named);
+    let native = examples::emulated_cpu().map_or(Cpu::Native, |setting| {
+        // rustc takes the CPU; feature changes (`CPU:FEATURES`) apply to the JIT only.
+        Cpu::Named(setting.split(':').next().unwrap_or_default().to_string())
+    });
     let mut builds = vec![
         Build::Jit(jit),
         Build::Aot(aot::build(dir, case, &kernel_file, &spec, &native)?),
         Build::Aot(aot::build(dir, case, &kernel_file, &spec, &Cpu::Generic)?),
     ];
-    if calls_library_search(engine, &package, kernel)? {
+    if calls_library_search(engine, &package, kernel, &tuning)? {
         let plain = Tuning {
             library_search: Some(false),
-            ..Tuning::default()
+            ..tuning.clone()
         };
         let report = engine
             .compile_tuned(&package, kernel, &plain)
@@ -715,7 +721,33 @@ fn print_table(title: &str, rows: &[Row]) {
     );
 }
 
+/// `OFFLOAD_BENCH_FLUSH_DENORMALS=1`: run every build with denormal inputs read as zero
+/// and denormal results flushed to zero (x86 MXCSR DAZ and FTZ) on the bench thread. A
+/// diagnostic: a build that speeds up with it spends its time in denormal assists. The
+/// output check still runs, so it fails if real values were denormal.
+fn flush_denormals_if_asked() -> Result<()> {
+    if std::env::var_os("OFFLOAD_BENCH_FLUSH_DENORMALS").is_none() {
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // MXCSR bit 6 is DAZ, bit 15 FTZ.
+        #[allow(deprecated)]
+        // SAFETY: changes only how this thread's SSE/AVX arithmetic treats denormals.
+        unsafe {
+            core::arch::x86_64::_mm_setcsr(core::arch::x86_64::_mm_getcsr() | 0x8040)
+        };
+        println!(
+            "OFFLOAD_BENCH_FLUSH_DENORMALS: denormals are flushed to zero on the bench thread"
+        );
+        Ok(())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    bail!("OFFLOAD_BENCH_FLUSH_DENORMALS is only implemented for x86_64")
+}
+
 fn main() -> Result<()> {
+    flush_denormals_if_asked()?;
     let mut criterion = Criterion::default()
         .with_measurement(ThreadCpuTime)
         .sample_size(SAMPLE_SIZE)

@@ -37,7 +37,8 @@ pub fn example_dir(name: &str) -> PathBuf {
 
 /// The LLVM CPU node-jit compiles for: `$OFFLOAD_BENCH_CPU` if set (e.g. `znver3`,
 /// `cascadelake`: code generated for that CPU, run on this one, which must have its ISA
-/// extensions), else `None`, this machine's own CPU.
+/// extensions; `CPU:FEATURES` adds LLVM feature changes such as `znver5:-avx512f`), else
+/// `None`, this machine's own CPU.
 pub fn emulated_cpu() -> Option<String> {
     std::env::var("OFFLOAD_BENCH_CPU")
         .ok()
@@ -47,12 +48,31 @@ pub fn emulated_cpu() -> Option<String> {
 /// The engine configuration of the benches: `config`, retargeted to [`emulated_cpu`].
 pub fn bench_config(config: node_jit::Config) -> Result<node_jit::Config> {
     Ok(match emulated_cpu() {
-        Some(cpu) => {
-            let target = HostTarget::named_cpu(&HostTarget::detect().triple, &cpu)
-                .with_context(|| format!("OFFLOAD_BENCH_CPU={cpu}"))?;
+        Some(setting) => {
+            // `CPU` or `CPU:FEATURES` (LLVM's `+avx512f,-fma` form) for experiments.
+            let (cpu, features) = setting.split_once(':').unwrap_or((&setting, ""));
+            let mut target = HostTarget::named_cpu(&HostTarget::detect().triple, cpu)
+                .with_context(|| format!("OFFLOAD_BENCH_CPU={setting}"))?;
+            target.features = features.to_string();
             config.target(target)
         }
         None => config,
+    })
+}
+
+/// The code-generation settings of the benches' JIT builds: the defaults, except the
+/// pipeline `$OFFLOAD_BENCH_PIPELINE` names (`post-link`, the default, or `per-module`,
+/// node-jit's pipeline before issue 17), so that runs of both can be compared.
+pub fn bench_tuning() -> Result<node_jit::Tuning> {
+    let pipeline = match std::env::var("OFFLOAD_BENCH_PIPELINE").as_deref() {
+        Err(_) | Ok("") => None,
+        Ok("post-link") => Some(node_jit::Pipeline::PostLink),
+        Ok("per-module") => Some(node_jit::Pipeline::PerModule),
+        Ok(other) => anyhow::bail!("OFFLOAD_BENCH_PIPELINE={other}: use post-link or per-module"),
+    };
+    Ok(node_jit::Tuning {
+        pipeline,
+        ..node_jit::Tuning::default()
     })
 }
 
@@ -94,9 +114,13 @@ pub fn describe_machine(host: &HostTarget) -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "rustc (version unknown)".into());
+    let pipeline = match bench_tuning().ok().and_then(|t| t.pipeline) {
+        Some(node_jit::Pipeline::PerModule) => " (OFFLOAD_BENCH_PIPELINE=per-module)",
+        _ => "",
+    };
     format!(
-        "{model}, {cores} logical CPUs, load average {load}; node-jit target: {host}{emulated}; \
-         AOT compiler: {rustc}"
+        "{model}, {cores} logical CPUs, load average {load}; node-jit target: {host}{emulated}\
+         {pipeline}; AOT compiler: {rustc}"
     )
 }
 

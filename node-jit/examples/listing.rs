@@ -1,4 +1,5 @@
-//! Prints the code node-jit generates for one kernel: optimized LLVM IR or assembly, for
+//! Prints the code node-jit generates for one kernel: the IR the optimizer receives
+//! (`--prepared`), the optimized IR (`--ir`, the default) or the assembly (`--asm`), for
 //! this machine's CPU or any CPU LLVM knows (to see what another node would run).
 //!
 //! ```sh
@@ -14,7 +15,8 @@ use std::process::ExitCode;
 use ir_packager::Manifest;
 use node_jit::{HostTarget, ListingKind, OptLevel, Tuning};
 
-const USAGE: &str = "usage: listing SOURCE KERNEL [--cpu CPU] [--ir | --asm] [--opt-level 0..3]";
+const USAGE: &str =
+    "usage: listing SOURCE KERNEL [--cpu CPU] [--features LLVM-FEATURES] [--prepared | --ir | --asm] [--opt-level 0..3]";
 
 fn manifest_path(source: &Path) -> PathBuf {
     let beside = source.with_extension("toml");
@@ -30,10 +32,13 @@ fn run(args: &[String]) -> Result<String, String> {
         return Err(USAGE.into());
     };
     let (mut cpu, mut kind, mut opt) = (None, ListingKind::OptimizedIr, OptLevel::O3);
+    let mut features = None;
     let mut options = options.iter();
     while let Some(option) = options.next() {
         match option.as_str() {
             "--cpu" => cpu = Some(options.next().ok_or(USAGE)?.clone()),
+            "--features" => features = Some(options.next().ok_or(USAGE)?.clone()),
+            "--prepared" => kind = ListingKind::PreparedIr,
             "--ir" => kind = ListingKind::OptimizedIr,
             "--asm" => kind = ListingKind::Assembly,
             "--opt-level" => {
@@ -50,10 +55,13 @@ fn run(args: &[String]) -> Result<String, String> {
     let manifest = Manifest::parse(&text).map_err(|e| e.to_string())?;
     let package = ir_packager::package_source(source, &manifest).map_err(|e| e.to_string())?;
     let host = HostTarget::detect();
-    let target = match cpu {
+    let mut target = match cpu {
         Some(cpu) => HostTarget::named_cpu(&host.triple, &cpu).map_err(|e| e.to_string())?,
         None => host,
     };
+    if let Some(features) = features {
+        target.features = features;
+    }
     node_jit::listing(&package, kernel, &target, opt, &Tuning::default(), kind)
         .map_err(|e| e.to_string())
 }

@@ -182,7 +182,10 @@ impl fmt::Display for HostTarget {
             "{} cpu={} ({}) LLVM {}",
             self.triple,
             self.cpu,
-            if interesting.is_empty() {
+            if self.features.is_empty() && self.cpu != "generic" {
+                // A named CPU without an explicit list: LLVM uses that CPU's features.
+                "its default features".to_string()
+            } else if interesting.is_empty() {
                 "baseline".to_string()
             } else {
                 interesting.join(" ")

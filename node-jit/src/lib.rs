@@ -39,7 +39,10 @@ use std::time::{Duration, Instant};
 use inkwell::OptimizationLevel;
 use ir_packager::{KernelSpec, LoadError, Package};
 
-pub use codegen::{c_prototype, listing, ListingKind, ENTRY_SYMBOL, PANIC_HOOK_SYMBOL};
+pub use codegen::{
+    c_prototype, compile_phases, link_needs, listing, CompilePhases, LinkNeeds, ListingKind,
+    ENTRY_SYMBOL, PANIC_HOOK_SYMBOL,
+};
 pub use host::{CpuIdentity, HostTarget};
 
 /// Errors of compiling and loading kernels.
@@ -99,26 +102,29 @@ pub struct KernelPanic {
     pub reason: &'static str,
 }
 
-/// LLVM optimization level for kernels.
+/// LLVM optimization level for kernels (of the [`Pipeline`] in [`Tuning::pipeline`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OptLevel {
     /// No optimization (debugging the lowering).
     O0,
-    /// `default<O1>`.
+    /// Level 1 (`lto<O1>`, or `default<O1>` with [`Pipeline::PerModule`]).
     O1,
-    /// `default<O2>`.
+    /// Level 2 (`lto<O2>` or `default<O2>`).
     O2,
-    /// `default<O3>`, the default.
+    /// Level 3 (`lto<O3>` or `default<O3>`), the default.
     O3,
 }
 
 impl OptLevel {
-    fn pipeline(self) -> &'static str {
-        match self {
-            OptLevel::O0 => "default<O0>",
-            OptLevel::O1 => "default<O1>",
-            OptLevel::O2 => "default<O2>",
-            OptLevel::O3 => "default<O3>",
+    fn pipeline(self, pipeline: Pipeline) -> &'static str {
+        match (self, pipeline) {
+            (OptLevel::O0, _) => "default<O0>",
+            (OptLevel::O1, Pipeline::PerModule) => "default<O1>",
+            (OptLevel::O2, Pipeline::PerModule) => "default<O2>",
+            (OptLevel::O3, Pipeline::PerModule) => "default<O3>",
+            (OptLevel::O1, Pipeline::PostLink) => "lto<O1>",
+            (OptLevel::O2, Pipeline::PostLink) => "lto<O2>",
+            (OptLevel::O3, Pipeline::PostLink) => "lto<O3>",
         }
     }
 
@@ -143,6 +149,20 @@ impl OptLevel {
     }
 }
 
+/// The LLVM optimization pipeline node-jit runs on a kernel's module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pipeline {
+    /// LLVM's post-link pipeline for modules that were already optimized one by one
+    /// (`lto<O3>`, what a linker runs on LTO bitcode): the package's bitcode was
+    /// optimized by its front end, so the node inlines across the entry wrapper and
+    /// optimizes and vectorizes for its CPU without redoing the whole per-module
+    /// simplification. The default since issue 17: about half the optimization time,
+    /// and code as fast or faster (`docs/jit-benchmarks.md`).
+    PostLink,
+    /// LLVM's per-module pipeline (`default<O3>`), as before issue 17.
+    PerModule,
+}
+
 /// Code-generation knobs chosen by per-node tuning. `None` leaves LLVM's own choice.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tuning {
@@ -153,6 +173,8 @@ pub struct Tuning {
     /// Whether byte-search loops get a fast path through the C library's `memchr` /
     /// `memrchr` (default: on at O1 and above; off shows the plain loops).
     pub library_search: Option<bool>,
+    /// Which LLVM pipeline optimizes the module (default: [`Pipeline::PostLink`]).
+    pub pipeline: Option<Pipeline>,
 }
 
 /// Engine settings. Every setter documents its default.
@@ -214,9 +236,10 @@ impl Config {
     }
 
     /// A C compiler driver to link objects into shared libraries with
-    /// (`DRIVER -shared -o LIB OBJ -lm`). Default: `$CC` if set, else `ld` called
-    /// directly with libgcc (about 30 ms faster per cold compile than going through the
-    /// driver, which adds start-up files a kernel library does not need).
+    /// (`DRIVER -shared -o LIB OBJ`, plus `-lm` if the kernel calls libm). Default: `$CC`
+    /// if set, else `ld` called directly, with libgcc only if the object calls it (about
+    /// 30 ms faster per cold compile than going through the driver, which adds start-up
+    /// files a kernel library does not need; see [`link_needs`]).
     pub fn linker(mut self, linker: impl Into<PathBuf>) -> Config {
         self.linker = Some(linker.into());
         self
@@ -539,8 +562,13 @@ impl Engine {
                 c
             }
         };
-        command.arg("-o").arg(&staged).arg(&object_path).arg("-lm");
-        if self.inner.config.linker.is_none() {
+        command.arg("-o").arg(&staged).arg(&object_path);
+        // Only what the object calls: reading libm and libgcc is half of a small link.
+        let needs = codegen::link_needs(object);
+        if needs.libm {
+            command.arg("-lm");
+        }
+        if self.inner.config.linker.is_none() && needs.libgcc {
             if let Some(libgcc) = libgcc_archive() {
                 command.arg(libgcc);
             }
