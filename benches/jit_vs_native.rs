@@ -235,24 +235,9 @@ fn workload(case: &str) -> Result<Workload> {
             }
         }
         "logcrunch" => {
-            let (lines, chunks) = (40_000usize, 64usize);
+            let lines = 40_000;
             let log = logcrunch_ref::generate_log(lines, 11);
-            let bounds = logcrunch_ref::chunk_bounds(&log, chunks);
-            let size = format!("{lines} lines, {} bytes, {chunks} chunks", log.len());
-            let (log_len, bounds_len) = (log.len() as u64, bounds.len() as u64);
-            Workload {
-                items: chunks as u64,
-                work: lines as u64,
-                unit: "lines",
-                slots: vec![
-                    Slot::U8(log),
-                    Slot::Scalar(log_len),
-                    Slot::U64(bounds),
-                    Slot::Scalar(bounds_len),
-                    Slot::U64(vec![0; logcrunch_ref::BINS]),
-                ],
-                size,
-            }
+            text_chunks(log, lines, 64, logcrunch_ref::BINS)
         }
         "raytrace" => {
             let (width, height) = (160u32, 120u32);

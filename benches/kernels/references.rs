@@ -3,35 +3,18 @@
 //! Each reference is written independently of its kernel (iterators where the kernel
 //! uses loops and indices, and the other way round), so a bug in one is not copied into
 //! the other. Used by `benches/jit_vs_native.rs` (inputs) and `tests/all/bench_kernels.rs`
-//! (inputs and references).
+//! (inputs and references). Random inputs come from the scheduler simulator's SplitMix64.
 
-/// splitmix64: tiny, deterministic and good enough for test data.
-pub struct Rng(u64);
+use scheduler::sim::Rng;
 
-impl Rng {
-    /// A generator starting from `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
+/// A value in `0..n`.
+fn below(rng: &mut Rng, n: u64) -> u64 {
+    rng.next_u64() % n
+}
 
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A float in `[-1, 1)` on a grid that `f32` represents exactly.
-    pub fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
+/// A float in `[-1, 1)` on a grid that `f32` represents exactly.
+fn unit(rng: &mut Rng) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
 }
 
 // ---- csvsum -------------------------------------------------------------------------
@@ -46,22 +29,22 @@ pub fn generate_csv(lines: usize, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(lines * 64);
     for id in 0..lines {
-        if rng.below(50) == 0 {
+        if below(&mut rng, 50) == 0 {
             out.push(b'\n');
             continue;
         }
         let mut name = String::new();
-        let target = 8 + rng.below(65) as usize;
+        let target = 8 + below(&mut rng, 65) as usize;
         while name.len() < target {
             if !name.is_empty() {
-                name.push(if rng.below(3) == 0 { ' ' } else { '-' });
+                name.push(if below(&mut rng, 3) == 0 { ' ' } else { '-' });
             }
-            name.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+            name.push_str(WORDS[below(&mut rng, WORDS.len() as u64) as usize]);
         }
-        let digits = 1 + rng.below(6) as u32;
-        let quantity = rng.below(10u64.pow(digits));
-        let price = rng.below(100_000);
-        let line = match rng.below(100) {
+        let digits = 1 + below(&mut rng, 6) as u32;
+        let quantity = below(&mut rng, 10u64.pow(digits));
+        let price = below(&mut rng, 100_000);
+        let line = match below(&mut rng, 100) {
             0 => format!("{id},{name}\n"),
             1 => format!(
                 "{id},{name},{quantity}x,{}.{:02}\n",
@@ -114,7 +97,7 @@ pub const HASH_WORDS: usize = 8;
 /// `records` records of [`HASH_WORDS`] random words.
 pub fn hash_records(records: usize, seed: u64) -> Vec<u64> {
     let mut rng = Rng::new(seed);
-    (0..records * HASH_WORDS).map(|_| rng.next()).collect()
+    (0..records * HASH_WORDS).map(|_| rng.next_u64()).collect()
 }
 
 /// The hash of every record, as the kernel defines it.
@@ -145,8 +128,8 @@ pub const MATRIX: usize = 6;
 /// `n` pairs of random 6x6 matrices, row-major.
 pub fn matrices(n: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let mut rng = Rng::new(seed);
-    let a = (0..n * MATRIX * MATRIX).map(|_| rng.unit()).collect();
-    let b = (0..n * MATRIX * MATRIX).map(|_| rng.unit()).collect();
+    let a = (0..n * MATRIX * MATRIX).map(|_| unit(&mut rng)).collect();
+    let b = (0..n * MATRIX * MATRIX).map(|_| unit(&mut rng)).collect();
     (a, b)
 }
 
@@ -174,9 +157,11 @@ pub fn matmul_all(a: &[f32], b: &[f32]) -> Vec<f32> {
 /// A table of `table` floats, `n` random indices into it and `n` values of `y`.
 pub fn gather_inputs(n: usize, table: usize, seed: u64) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
     let mut rng = Rng::new(seed);
-    let x = (0..table).map(|_| rng.unit()).collect();
-    let idx = (0..n).map(|_| rng.below(table as u64) as u32).collect();
-    let y = (0..n).map(|_| rng.unit()).collect();
+    let x = (0..table).map(|_| unit(&mut rng)).collect();
+    let idx = (0..n)
+        .map(|_| below(&mut rng, table as u64) as u32)
+        .collect();
+    let y = (0..n).map(|_| unit(&mut rng)).collect();
     (x, idx, y)
 }
 
@@ -198,13 +183,13 @@ pub fn scan_rows(rows: usize, seed: u64) -> Vec<i32> {
     let mut rng = Rng::new(seed);
     let mut values = Vec::with_capacity(rows * ROW);
     for _ in 0..rows {
-        let stop = if rng.below(8) == 0 {
+        let stop = if below(&mut rng, 8) == 0 {
             ROW
         } else {
-            ROW / 2 + rng.below((ROW / 2) as u64) as usize
+            ROW / 2 + below(&mut rng, (ROW / 2) as u64) as usize
         };
         for j in 0..ROW {
-            let v = rng.below(1000) as i32;
+            let v = below(&mut rng, 1000) as i32;
             values.push(if j == stop { -1 - v } else { v });
         }
     }
@@ -244,25 +229,25 @@ pub fn generate_source(lines: usize, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(lines * 48);
     for _ in 0..lines {
-        for _ in 0..rng.below(4) {
+        for _ in 0..below(&mut rng, 4) {
             out.extend_from_slice(b"    ");
         }
-        for _ in 0..1 + rng.below(8) {
-            match rng.below(12) {
-                0..=3 => out.extend_from_slice(IDENTS[rng.below(8) as usize].as_bytes()),
-                4 | 5 => out.extend_from_slice(rng.below(100_000).to_string().as_bytes()),
+        for _ in 0..1 + below(&mut rng, 8) {
+            match below(&mut rng, 12) {
+                0..=3 => out.extend_from_slice(IDENTS[below(&mut rng, 8) as usize].as_bytes()),
+                4 | 5 => out.extend_from_slice(below(&mut rng, 100_000).to_string().as_bytes()),
                 6 => out.extend_from_slice(b"\"text \\\" more\""),
                 7 => out.extend_from_slice(b"0x1f.5e"),
-                8..=10 => out.extend_from_slice(OPS[rng.below(10) as usize].as_bytes()),
-                _ => out.extend_from_slice(match rng.below(3) {
+                8..=10 => out.extend_from_slice(OPS[below(&mut rng, 10) as usize].as_bytes()),
+                _ => out.extend_from_slice(match below(&mut rng, 3) {
                     0 => "\u{e9}".as_bytes(),
                     1 => b"@",
                     _ => b"\"unterminated",
                 }),
             }
-            out.push(if rng.below(4) == 0 { b'\t' } else { b' ' });
+            out.push(if below(&mut rng, 4) == 0 { b'\t' } else { b' ' });
         }
-        if rng.below(5) == 0 {
+        if below(&mut rng, 5) == 0 {
             out.extend_from_slice(b"// a comment with \"quotes\" and / slashes");
         }
         out.push(b'\n');

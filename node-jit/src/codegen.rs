@@ -61,13 +61,7 @@ pub fn compile_phases(
     opt: OptLevel,
     tuning: &Tuning,
 ) -> Result<CompilePhases, JitError> {
-    let spec = package
-        .manifest()
-        .kernel(kernel)
-        .ok_or_else(|| JitError::NoSuchKernel {
-            kernel: kernel.to_string(),
-            available: kernel_names(package),
-        })?;
+    let spec = kernel_spec(package, kernel)?;
     let mut phases = CompilePhases::default();
     let ctx = Context::create();
     let (module, machine) =
@@ -170,13 +164,7 @@ pub fn listing(
     tuning: &Tuning,
     kind: ListingKind,
 ) -> Result<String, JitError> {
-    let spec = package
-        .manifest()
-        .kernel(kernel)
-        .ok_or_else(|| JitError::NoSuchKernel {
-            kernel: kernel.to_string(),
-            available: kernel_names(package),
-        })?;
+    let spec = kernel_spec(package, kernel)?;
     let ctx = Context::create();
     if kind == ListingKind::PreparedIr {
         let (module, _) = prepared_entry_module(&ctx, package, spec, target, opt, tuning)?;
@@ -284,6 +272,17 @@ pub(crate) fn compile_kernels_object(
     set_code_attributes(&module, &Tuning::default());
     optimize(&module, &machine, opt, &Tuning::default())?;
     emit(&module, &machine, FileType::Object)
+}
+
+/// The manifest entry of `kernel`, or the error naming the package's kernels.
+fn kernel_spec<'p>(package: &'p Package, kernel: &str) -> Result<&'p KernelSpec, JitError> {
+    package
+        .manifest()
+        .kernel(kernel)
+        .ok_or_else(|| JitError::NoSuchKernel {
+            kernel: kernel.to_string(),
+            available: kernel_names(package),
+        })
 }
 
 fn kernel_names(package: &Package) -> String {
