@@ -1,26 +1,32 @@
-//! `compile`: how long node-jit takes to get native code for each example kernel.
+//! `compile`: how long node-jit takes to get native code for each kernel (the examples and
+//! the kernels of `benches/kernels/`), with its optimization pipeline and, side by side,
+//! with the per-module pipeline it ran before issue 17.
 //!
-//! - `cold_compile/<kernel>`: `Engine::compile` with an empty cache directory
-//!   (`Config::default().cache_dir(fresh temp dir)` per iteration): loading and validating
-//!   the package, retargeting, the O3 pipeline, object emission, linking the shared
-//!   library with `cc -shared` and loading it.
+//! - `cold_compile/<kernel>`: `Engine::compile` with an empty cache directory (a new
+//!   engine on a fresh temp dir per iteration): loading and validating the package,
+//!   retargeting, the entry wrapper, optimization (`Pipeline::PostLink`, `lto<O3>`),
+//!   object emission, linking the shared library with `ld` and loading it.
+//! - `cold_compile_per_module/<kernel>`: the same with `Pipeline::PerModule`
+//!   (`default<O3>`).
 //! - `disk_cache_hit/<kernel>`: `Engine::compile` on a new `Engine` over a warm cache
 //!   directory, so the in-memory cache is empty and the library is found on disk and
 //!   loaded with `dlopen` (the engine is dropped after each iteration, so every iteration
 //!   really maps the library again). This is what a second process pays.
 //!
 //! Engine creation (host detection) happens outside the timed region; its cost is
-//! reported separately. Times are wall-clock: the link step runs in child processes.
+//! reported separately. Times are wall-clock: the link step runs in a child process.
 //!
-//! After the criterion groups a breakdown of the cold compile is printed. node-jit does
-//! not expose its phases, so the bench runs real cold compiles with a linker wrapper
-//! (`Config::linker`) that time-stamps the start and end of the link: code generation
-//! (parse, validate, entry wrapper, O3, object emission) is the time before the link,
-//! loading (rename into the cache, `dlopen`) the time after it. The same object linked by
-//! hand with `cc -shared` and with `ld -shared` shows what the compiler driver costs, and
-//! a memory-cache hit is timed too.
+//! After the criterion groups, interleaved rounds (both pipelines in turn, every part once
+//! per round) give where the time goes: `node_jit::compile_phases` times parse and
+//! validation, the target machine, preparation, optimization and object emission; the
+//! same object is then linked by hand with the linker command node-jit runs (only the
+//! libraries `node_jit::link_needs` names) and with `-lm` and libgcc always (as before
+//! issue 17); and plain
+//! cold compiles are measured in wall time and in CPU time (this thread plus the linker
+//! process), which on an idle machine is what the wall time would be.
 //!
-//! Run: `cargo bench --bench compile`.
+//! Run: `cargo bench --bench compile` (`OFFLOAD_BENCH_CPU=znver3` compiles for another
+//! CPU, as in `jit_vs_native`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,11 +35,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use criterion::{Criterion, SamplingMode};
 use ir_packager::Package;
-use node_jit::{CodeOrigin, Config, Engine, Tuning};
+use node_jit::{CodeOrigin, Config, Engine, OptLevel, Pipeline, Tuning};
 
 #[path = "support/cpu_time.rs"]
 mod cpu_time;
 #[path = "support/examples.rs"]
+#[allow(dead_code)] // shared with jit_vs_native, which uses all of it
 mod examples;
 
 use cpu_time::{children_cpu_time, thread_cpu_time};
@@ -41,11 +48,12 @@ use cpu_time::{children_cpu_time, thread_cpu_time};
 /// Criterion samples per benchmark: few, the machine is small and shared.
 const SAMPLE_SIZE: usize = 10;
 
-/// Repetitions of each step of the breakdown (median reported).
-const BREAKDOWN_REPS: usize = 7;
+/// Interleaved rounds of the breakdown (medians reported).
+const BREAKDOWN_REPS: usize = 9;
 
-/// The kernel the "cold compile of a small kernel under 50 ms" goal is checked on.
-const SMALL_KERNEL: &str = "saxpy";
+/// The kernels the "cold compile under 50 ms" goal is checked on: the small example and
+/// the demo's.
+const GOAL_KERNELS: [&str; 2] = ["saxpy", "mandelbrot"];
 
 /// Goal for a cold compile of a small kernel.
 const COLD_GOAL: Duration = Duration::from_millis(50);
@@ -53,20 +61,45 @@ const COLD_GOAL: Duration = Duration::from_millis(50);
 /// Goal for a disk-cache hit.
 const HIT_GOAL: Duration = Duration::from_millis(1);
 
+/// The two pipelines, in table order: node-jit's, and the one before issue 17.
+const PIPELINES: [(Pipeline, &str); 2] = [
+    (Pipeline::PostLink, "post-link"),
+    (Pipeline::PerModule, "per-module"),
+];
+
+fn tuning(pipeline: Pipeline) -> Tuning {
+    Tuning {
+        pipeline: Some(pipeline),
+        ..Tuning::default()
+    }
+}
+
+/// The engine settings of every compile: the defaults, for this CPU or the one
+/// `OFFLOAD_BENCH_CPU` names (checked once in `main`).
+fn base_config() -> Config {
+    examples::bench_config(Config::default()).expect("OFFLOAD_BENCH_CPU was checked in main")
+}
+
 /// A fresh, empty cache directory under `parent` and an engine using it.
 fn fresh_engine(parent: &Path) -> Result<(tempfile::TempDir, Engine)> {
     let dir = tempfile::Builder::new()
         .prefix("cache-")
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a cache directory under {}", parent.display()))?;
-    let engine = Engine::new(Config::default().cache_dir(dir.path()))?;
+    let engine = Engine::new(base_config().cache_dir(dir.path()))?;
     Ok((dir, engine))
 }
 
 /// Compiles and checks where the code came from.
-fn compile_expecting(engine: &Engine, package: &Package, kernel: &str, want: CodeOrigin) {
+fn compile_expecting(
+    engine: &Engine,
+    package: &Package,
+    kernel: &str,
+    tuning: &Tuning,
+    want: CodeOrigin,
+) {
     let report = engine
-        .compile_tuned(package, kernel, &Tuning::default())
+        .compile_tuned(package, kernel, tuning)
         .unwrap_or_else(|e| panic!("compiling {kernel} failed: {e}"));
     assert_eq!(
         report.origin,
@@ -95,8 +128,13 @@ fn median_of(mut step: impl FnMut() -> Result<Duration>) -> Result<Duration> {
     for _ in 0..BREAKDOWN_REPS {
         times.push(step()?.as_secs_f64());
     }
-    let median = examples::median(&mut times).context("no repetitions")?;
-    Ok(Duration::from_secs_f64(median))
+    median_duration(&mut times)
+}
+
+fn median_duration(values: &mut [f64]) -> Result<Duration> {
+    examples::median(values)
+        .map(Duration::from_secs_f64)
+        .context("no repetitions")
 }
 
 /// Times `program args...`, failing with its stderr if it fails.
@@ -116,197 +154,131 @@ fn time_command(program: &str, args: &[&std::ffi::OsStr]) -> Result<Duration> {
     Ok(elapsed)
 }
 
-/// A linker wrapper that records when node-jit's link step starts and ends, so that a
-/// real cold `Engine::compile` can be split into code generation, linking and loading.
-struct LinkProbe {
-    script: PathBuf,
-    stamps: PathBuf,
-    /// The wrapper copies the object node-jit links here, for timing linkers alone.
-    object: PathBuf,
-}
-
-impl LinkProbe {
-    fn new(dir: &Path) -> Result<LinkProbe> {
-        let probe = LinkProbe {
-            script: dir.join("timed-cc.sh"),
-            stamps: dir.join("link-stamps"),
-            object: dir.join("entry.o"),
-        };
-        let linker = node_jit_linker();
-        for path in [&probe.stamps, &probe.object] {
-            if path.to_string_lossy().contains('\'') {
-                bail!("temporary path {} contains a quote", path.display());
-            }
-        }
-        // node-jit runs `LINKER -shared -o OUT OBJECT -lm`, so the object is "$4".
-        let script = format!(
-            "#!/bin/sh\n\
-             # Written by benches/compile.rs: times the link step of Engine::compile.\n\
-             date +%s%N >> '{stamps}'\n\
-             {linker} \"$@\"\n\
-             status=$?\n\
-             date +%s%N >> '{stamps}'\n\
-             [ -e '{object}' ] || cp \"$4\" '{object}'\n\
-             exit $status\n",
-            stamps = probe.stamps.display(),
-            object = probe.object.display(),
-        );
-        std::fs::write(&probe.script, script)
-            .with_context(|| format!("cannot write {}", probe.script.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&probe.script, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot make {} executable", probe.script.display()))?;
-        }
-        Ok(probe)
+/// The link command node-jit runs by default (`ld -shared --eh-frame-hdr -z noexecstack
+/// -o LIB OBJ`, then `-lm` and libgcc where `needs` says so), as program and arguments.
+fn node_jit_link(
+    object: &Path,
+    library: &Path,
+    needs: node_jit::LinkNeeds,
+) -> Result<(String, Vec<std::ffi::OsString>)> {
+    let output = Command::new("cc")
+        .arg("-print-libgcc-file-name")
+        .output()
+        .context("cannot run cc -print-libgcc-file-name")?;
+    let libgcc = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let mut args: Vec<std::ffi::OsString> =
+        ["-shared", "--eh-frame-hdr", "-z", "noexecstack", "-o"]
+            .iter()
+            .map(Into::into)
+            .collect();
+    args.push(library.into());
+    args.push(object.into());
+    if needs.libm {
+        args.push("-lm".into());
     }
-
-    /// One cold compile through the wrapper: (total, codegen, link, load).
-    fn cold_compile(
-        &self,
-        parent: &Path,
-        package: &Package,
-        kernel: &str,
-    ) -> Result<[Duration; 4]> {
-        let dir = tempfile::Builder::new()
-            .prefix("cache-")
-            .tempdir_in(parent)
-            .context("cannot create a cache directory")?;
-        let engine = Engine::new(Config::default().cache_dir(dir.path()).linker(&self.script))?;
-        match std::fs::remove_file(&self.stamps) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).context("cannot reset the link time stamps");
-            }
-            _ => {}
-        }
-        let started = epoch_nanos()?;
-        let clock = Instant::now();
-        compile_expecting(&engine, package, kernel, CodeOrigin::Compiled);
-        let total = clock.elapsed();
-        let ended = epoch_nanos()?;
-        let text = std::fs::read_to_string(&self.stamps)
-            .with_context(|| format!("the link probe left no {}", self.stamps.display()))?;
-        let stamps: Vec<u128> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        let [link_start, link_end] = stamps[..] else {
-            bail!("expected two link time stamps, found {text:?}");
-        };
-        let span = |from: u128, to: u128| Duration::from_nanos(to.saturating_sub(from) as u64);
-        Ok([
-            total,
-            span(started, link_start),
-            span(link_start, link_end),
-            span(link_end, ended),
-        ])
+    if needs.libgcc && libgcc.is_file() {
+        args.push(libgcc.into());
     }
+    Ok(("ld".into(), args))
 }
 
-fn epoch_nanos() -> Result<u128> {
-    Ok(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_nanos())
-}
-
-/// node-jit's default linker: `$CC`, else `cc`.
-fn node_jit_linker() -> String {
-    std::env::var("CC").unwrap_or_else(|_| "cc".into())
-}
-
-/// The parts of one kernel's cold compile, each the median over [`BREAKDOWN_REPS`] rounds;
-/// every round measures every part once, so all parts see the same machine load.
-struct Breakdown {
-    /// A whole cold `Engine::compile` through the link probe.
-    cold: Duration,
-    parse_validate: Duration,
-    /// From the start of `Engine::compile` to the start of the link: parse, validate,
-    /// retarget, entry wrapper, O3, object emission, writing the object.
-    codegen: Duration,
-    /// node-jit's `cc -shared` step (plus one `date` of the probe).
-    link: Duration,
-    /// From the end of the link to the return: rename into the cache, `dlopen`.
+/// One pipeline's share of a kernel's breakdown (medians over the interleaved rounds).
+#[derive(Default)]
+struct PipelineParts {
     load: Duration,
-    /// `cc -shared` alone on the same object.
-    link_cc: Duration,
-    /// `ld -shared` alone on the same object; `None` if `ld` is unavailable.
-    link_ld: Option<Duration>,
-    /// A plain cold compile (default linker): wall time, CPU time of this thread and CPU
-    /// time of the linker processes it ran.
-    plain_wall: Duration,
+    target_machine: Duration,
+    prepare: Duration,
+    optimize: Duration,
+    emit: Duration,
+    object_bytes: usize,
+    /// The object linked by hand with node-jit's linker command.
+    link: Duration,
+    /// The same with `-lm` and libgcc always, as before issue 17.
+    link_all: Duration,
+    /// A plain cold `Engine::compile`: wall time, CPU time of this thread, CPU time of the
+    /// linker process.
+    wall: Duration,
     cpu_self: Duration,
     cpu_children: Duration,
-    memory_hit: Duration,
 }
 
-fn median_duration(values: &mut [f64]) -> Result<Duration> {
-    examples::median(values)
-        .map(Duration::from_secs_f64)
-        .context("no repetitions")
-}
-
-fn breakdown(parent: &Path, package: &Package, kernel: &str) -> Result<Breakdown> {
+/// Interleaved rounds for one kernel: in each round both pipelines run every part once.
+fn breakdown(parent: &Path, package: &Package, kernel: &str) -> Result<[PipelineParts; 2]> {
     let work = tempfile::Builder::new()
-        .prefix("probe-")
+        .prefix("link-")
         .tempdir_in(parent)
-        .context("cannot create a probe directory")?;
-    let probe = LinkProbe::new(work.path())?;
-    // One compile through the probe leaves the exact object node-jit links.
-    probe.cold_compile(parent, package, kernel)?;
-    let library = work.path().join("kernel.so");
-    let link_args = [
-        "-shared".as_ref(),
-        "-o".as_ref(),
-        library.as_os_str(),
-        probe.object.as_os_str(),
-        "-lm".as_ref(),
-    ];
-    let linker = node_jit_linker();
-    let ld_works = time_command("ld", &link_args).is_ok();
-    let mut times: [Vec<f64>; 10] = Default::default();
+        .context("cannot create a link directory")?;
+    let target = base_config();
+    let host = Engine::new(target.cache_dir(parent.join("unused")))?
+        .host()
+        .clone();
+    // times[pipeline][part] over the rounds.
+    let mut times: [[Vec<f64>; 10]; 2] = Default::default();
+    let mut bytes = [0usize; 2];
     for _ in 0..BREAKDOWN_REPS {
-        let parts = probe.cold_compile(parent, package, kernel)?;
-        for (list, part) in times.iter_mut().zip(parts) {
-            list.push(part.as_secs_f64());
+        for (p, (pipeline, _)) in PIPELINES.iter().enumerate() {
+            let tuning = tuning(*pipeline);
+            let phases = node_jit::compile_phases(package, kernel, &host, OptLevel::O3, &tuning)?;
+            let object = work.path().join(format!("kernel-{p}.o"));
+            let library = work.path().join(format!("kernel-{p}.so"));
+            std::fs::write(&object, &phases.object)
+                .with_context(|| format!("cannot write {}", object.display()))?;
+            let (program, args) =
+                node_jit_link(&object, &library, node_jit::link_needs(&phases.object))?;
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            let link = time_command(&program, &args)?;
+            // Before issue 17 node-jit always linked libm and libgcc.
+            let both = node_jit::LinkNeeds {
+                libm: true,
+                libgcc: true,
+            };
+            let (program, args) = node_jit_link(&object, &library, both)?;
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            let link_all = time_command(&program, &args)?;
+            let (dir, engine) = fresh_engine(parent)?;
+            let (cpu, children, wall) = (thread_cpu_time(), children_cpu_time(), Instant::now());
+            compile_expecting(&engine, package, kernel, &tuning, CodeOrigin::Compiled);
+            let wall = wall.elapsed();
+            let (cpu, children) = (thread_cpu_time() - cpu, children_cpu_time() - children);
+            drop(engine);
+            drop(dir);
+            bytes[p] = phases.object.len();
+            let parts = [
+                phases.load,
+                phases.target_machine,
+                phases.prepare,
+                phases.optimize,
+                phases.emit,
+                link,
+                link_all,
+                wall,
+                cpu,
+                children,
+            ];
+            for (list, part) in times[p].iter_mut().zip(parts) {
+                list.push(part.as_secs_f64());
+            }
         }
-        let ctx = ir_packager::inkwell::context::Context::create();
-        let start = Instant::now();
-        let module = ir_packager::load_module(&ctx, package)?;
-        times[4].push(start.elapsed().as_secs_f64());
-        drop(module);
-        times[5].push(time_command(&linker, &link_args)?.as_secs_f64());
-        if ld_works {
-            times[6].push(time_command("ld", &link_args)?.as_secs_f64());
-        }
-        let (dir, engine) = fresh_engine(parent)?;
-        let (cpu, children, wall) = (thread_cpu_time(), children_cpu_time(), Instant::now());
-        compile_expecting(&engine, package, kernel, CodeOrigin::Compiled);
-        times[7].push(wall.elapsed().as_secs_f64());
-        times[8].push((thread_cpu_time() - cpu).as_secs_f64());
-        times[9].push((children_cpu_time() - children).as_secs_f64());
-        drop(engine);
-        drop(dir);
     }
-    let [cold, codegen, link, load, parse, cc, ld, plain_wall, cpu_self, cpu_children] = &mut times;
-    let (_dir, engine) = fresh_engine(parent)?;
-    compile_expecting(&engine, package, kernel, CodeOrigin::Compiled);
-    let memory_hit = median_of(|| {
-        let start = Instant::now();
-        compile_expecting(&engine, package, kernel, CodeOrigin::MemoryCache);
-        Ok(start.elapsed())
-    })?;
-    Ok(Breakdown {
-        cold: median_duration(cold)?,
-        parse_validate: median_duration(parse)?,
-        codegen: median_duration(codegen)?,
-        link: median_duration(link)?,
-        load: median_duration(load)?,
-        link_cc: median_duration(cc)?,
-        link_ld: median_duration(ld).ok(),
-        plain_wall: median_duration(plain_wall)?,
-        cpu_self: median_duration(cpu_self)?,
-        cpu_children: median_duration(cpu_children)?,
-        memory_hit,
-    })
+    let mut result: [PipelineParts; 2] = Default::default();
+    for (p, parts) in result.iter_mut().enumerate() {
+        let [load, tm, prepare, optimize, emit, link, link_all, wall, cpu, children] =
+            &mut times[p];
+        *parts = PipelineParts {
+            load: median_duration(load)?,
+            target_machine: median_duration(tm)?,
+            prepare: median_duration(prepare)?,
+            optimize: median_duration(optimize)?,
+            emit: median_duration(emit)?,
+            object_bytes: bytes[p],
+            link: median_duration(link)?,
+            link_all: median_duration(link_all)?,
+            wall: median_duration(wall)?,
+            cpu_self: median_duration(cpu)?,
+            cpu_children: median_duration(children)?,
+        };
+    }
+    Ok(result)
 }
 
 fn ms(d: Duration) -> String {
@@ -321,7 +293,44 @@ fn opt(d: Option<Duration>, show: fn(Duration) -> String) -> String {
     d.map_or_else(|| "-".into(), show)
 }
 
+/// Criterion group `name`: a cold compile of every kernel with `tuning`; returns the
+/// median per kernel.
+fn cold_group(
+    criterion: &mut Criterion,
+    name: &str,
+    parent: &Path,
+    packages: &[(&'static str, Package)],
+    tuning: &Tuning,
+) -> Vec<Option<Duration>> {
+    let mut medians = Vec::new();
+    let mut group = criterion.benchmark_group(name);
+    group.sampling_mode(SamplingMode::Flat);
+    for (kernel, package) in packages {
+        let mut samples: Vec<(u64, Duration)> = Vec::new();
+        group.bench_function(*kernel, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (dir, engine) = fresh_engine(parent)
+                        .unwrap_or_else(|e| panic!("cannot set up a fresh cache: {e:#}"));
+                    let start = Instant::now();
+                    compile_expecting(&engine, package, kernel, tuning, CodeOrigin::Compiled);
+                    total += start.elapsed();
+                    drop(engine);
+                    drop(dir);
+                }
+                samples.push((iters, total));
+                total
+            })
+        });
+        medians.push(median_per_iter(&samples));
+    }
+    group.finish();
+    medians
+}
+
 fn main() -> Result<()> {
+    examples::bench_config(Config::default())?;
     let mut criterion = Criterion::default()
         .sample_size(SAMPLE_SIZE)
         .warm_up_time(Duration::from_secs(1))
@@ -332,55 +341,46 @@ fn main() -> Result<()> {
         .tempdir()
         .context("cannot create a temporary directory")?;
     let mut packages = Vec::new();
-    for kernel in examples::KERNELS {
-        packages.push((kernel, examples::package(kernel)?));
+    for kernel in examples::KERNELS.iter().chain(&examples::OTHER_KERNELS) {
+        packages.push((*kernel, examples::package(kernel)?));
     }
     let (_probe_dir, probe) = fresh_engine(parent.path())?;
     let machine = examples::describe_machine(probe.host());
     println!("machine: {machine}");
 
-    let mut cold = Vec::new();
-    let mut group = criterion.benchmark_group("cold_compile");
-    group.sampling_mode(SamplingMode::Flat);
-    for (kernel, package) in &packages {
-        let mut samples: Vec<(u64, Duration)> = Vec::new();
-        group.bench_function(*kernel, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (dir, engine) = fresh_engine(parent.path())
-                        .unwrap_or_else(|e| panic!("cannot set up a fresh cache: {e:#}"));
-                    let start = Instant::now();
-                    compile_expecting(&engine, package, kernel, CodeOrigin::Compiled);
-                    total += start.elapsed();
-                    drop(engine);
-                    drop(dir);
-                }
-                samples.push((iters, total));
-                total
-            })
-        });
-        cold.push(median_per_iter(&samples));
-    }
-    group.finish();
+    let cold = cold_group(
+        &mut criterion,
+        "cold_compile",
+        parent.path(),
+        &packages,
+        &tuning(Pipeline::PostLink),
+    );
+    let cold_per_module = cold_group(
+        &mut criterion,
+        "cold_compile_per_module",
+        parent.path(),
+        &packages,
+        &tuning(Pipeline::PerModule),
+    );
 
     let mut hits = Vec::new();
     let mut group = criterion.benchmark_group("disk_cache_hit");
+    let default = Tuning::default();
     for (kernel, package) in &packages {
         // One compile warms this kernel's cache directory; every iteration then starts
         // with an empty memory cache.
         let (warm_dir, warm) = fresh_engine(parent.path())?;
-        compile_expecting(&warm, package, kernel, CodeOrigin::Compiled);
+        compile_expecting(&warm, package, kernel, &default, CodeOrigin::Compiled);
         drop(warm);
         let mut samples: Vec<(u64, Duration)> = Vec::new();
         group.bench_function(*kernel, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let engine = Engine::new(Config::default().cache_dir(warm_dir.path()))
+                    let engine = Engine::new(base_config().cache_dir(warm_dir.path()))
                         .unwrap_or_else(|e| panic!("cannot create an engine: {e}"));
                     let start = Instant::now();
-                    compile_expecting(&engine, package, kernel, CodeOrigin::DiskCache);
+                    compile_expecting(&engine, package, kernel, &default, CodeOrigin::DiskCache);
                     total += start.elapsed();
                     // Dropping the engine unloads the library, so the next iteration maps
                     // it again instead of bumping dlopen's reference count.
@@ -402,99 +402,114 @@ fn main() -> Result<()> {
 
     let engine_new = median_of(|| {
         let start = Instant::now();
-        let engine = Engine::new(Config::default().cache_dir(parent.path().join("unused")))?;
+        let engine = Engine::new(base_config().cache_dir(parent.path().join("unused")))?;
         let elapsed = start.elapsed();
         drop(engine);
         Ok(elapsed)
     })?;
-
     // The floor of any external linker: starting a process that does nothing.
     let spawn = median_of(|| time_command("true", &[]))?;
 
-    println!("\nmachine: {machine}");
-    println!("\n| kernel | cold compile | disk-cache hit | memory-cache hit |");
-    println!("|---|---:|---:|---:|");
     let mut parts = Vec::new();
-    for (((kernel, package), cold), hit) in packages.iter().zip(&cold).zip(&hits) {
-        let part = breakdown(parent.path(), package, kernel)?;
-        println!(
-            "| {kernel} | {} | {} | {} |",
-            opt(*cold, ms),
-            opt(*hit, us),
-            us(part.memory_hit),
-        );
-        parts.push(part);
+    for (kernel, package) in &packages {
+        parts.push(breakdown(parent.path(), package, kernel)?);
     }
+
+    println!("\nmachine: {}", examples::describe_machine(probe.host()));
     println!(
-        "\nCold compile and disk-cache hit: criterion medians of `Engine::compile` (empty \
-         cache dir; new engine on a warm cache dir). `Engine::new` (host detection, in \
-         neither): {}.",
-        us(engine_new)
+        "\n| kernel | cold compile, post-link | cold compile, per-module | post-link / per-module | disk-cache hit |"
     );
-    println!(
-        "\nBreakdown of the cold compile (median of {BREAKDOWN_REPS} rounds, every part \
-         measured once per round):\n"
-    );
-    println!(
-        "| kernel | cold compile | parse + validate | codegen | link | link share | load | `cc -shared` alone | `ld -shared` alone |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for ((kernel, _), part) in packages.iter().zip(&parts) {
+    println!("|---|---:|---:|---:|---:|");
+    for (i, (kernel, _)) in packages.iter().enumerate() {
+        let ratio = match (cold[i], cold_per_module[i]) {
+            (Some(a), Some(b)) => format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()),
+            _ => "-".into(),
+        };
         println!(
-            "| {kernel} | {} | {} | {} | {} | {:.0}% | {} | {} | {} |",
-            ms(part.cold),
-            ms(part.parse_validate),
-            ms(part.codegen),
-            ms(part.link),
-            100.0 * part.link.as_secs_f64() / part.cold.as_secs_f64(),
-            ms(part.load),
-            ms(part.link_cc),
-            opt(part.link_ld, ms),
+            "| {kernel} | {} | {} | {ratio} | {} |",
+            opt(cold[i], ms),
+            opt(cold_per_module[i], ms),
+            opt(hits[i], us),
         );
     }
     println!(
-        "\nThe breakdown's cold compile runs node-jit with a linker wrapper that time-stamps \
-         the link: codegen = start of `Engine::compile` to start of the link (includes \
-         parse + validate, entry wrapper, O3, object emission); link = node-jit's \
-         `cc -shared` (plus one `date` of the wrapper); load = rename into the cache and \
-         dlopen. `cc -shared` / `ld -shared` alone: the same object linked by hand. \
-         Starting a process that does nothing (`true`): {}.",
+        "\nCriterion medians, wall clock, of `Engine::compile` on an empty cache dir (post-link: \
+         `lto<O3>`, node-jit's pipeline; per-module: `default<O3>`, the one before issue 17) \
+         and on a warm cache dir with a new engine. `Engine::new` (host detection, in \
+         neither): {}. Starting a process that does nothing (`true`): {}.",
+        us(engine_new),
         ms(spawn)
     );
 
     println!(
-        "\nCPU time of a plain cold compile (median of {BREAKDOWN_REPS}; on an idle machine \
-         its wall time is about the total, as the steps run one after the other):\n"
+        "\nWhere the time goes (median of {BREAKDOWN_REPS} rounds, both pipelines in turn in \
+         every round; `node_jit::compile_phases`, then the same object linked by hand with \
+         node-jit's `ld` command):\n"
     );
     println!(
-        "| kernel | wall (this run) | CPU in-process | CPU of `cc`/`ld` processes | CPU total |"
+        "| kernel | pipeline | parse + validate | target machine | prepare | optimize | emit object | `ld` | `ld` with libm + libgcc | object |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for ((kernel, _), both) in packages.iter().zip(&parts) {
+        for ((_, name), part) in PIPELINES.iter().zip(both) {
+            println!(
+                "| {kernel} | {name} | {} | {} | {} | {} | {} | {} | {} | {} B |",
+                ms(part.load),
+                ms(part.target_machine),
+                ms(part.prepare),
+                ms(part.optimize),
+                ms(part.emit),
+                ms(part.link),
+                ms(part.link_all),
+                part.object_bytes,
+            );
+        }
+    }
+
+    println!(
+        "\nA plain cold compile, wall and CPU time (this thread + the `ld` process; median of \
+         {BREAKDOWN_REPS}, interleaved). On an idle machine the wall time is about the CPU \
+         total, as the steps run one after the other:\n"
+    );
+    println!(
+        "| kernel | wall, post-link | CPU, post-link (in-process + `ld`) | wall, per-module | CPU, per-module (in-process + `ld`) |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for ((kernel, _), part) in packages.iter().zip(&parts) {
+    for ((kernel, _), [post, per]) in packages.iter().zip(&parts) {
+        let cpu = |p: &PipelineParts| {
+            format!(
+                "{} ({} + {})",
+                ms(p.cpu_self + p.cpu_children),
+                ms(p.cpu_self),
+                ms(p.cpu_children)
+            )
+        };
         println!(
             "| {kernel} | {} | {} | {} | {} |",
-            ms(part.plain_wall),
-            ms(part.cpu_self),
-            ms(part.cpu_children),
-            ms(part.cpu_self + part.cpu_children),
+            ms(post.wall),
+            cpu(post),
+            ms(per.wall),
+            cpu(per),
         );
     }
     println!();
 
-    let small = packages.iter().position(|(k, _)| *k == SMALL_KERNEL);
-    if let Some(cold) = small.and_then(|i| cold[i]) {
-        let verdict = if cold < COLD_GOAL { "met" } else { "NOT met" };
-        println!(
-            "goal: cold compile of {SMALL_KERNEL} under {}: {} wall ({verdict})",
-            ms(COLD_GOAL),
-            ms(cold)
-        );
-    }
-    if let Some(part) = small.map(|i| &parts[i]) {
-        let cpu = part.cpu_self + part.cpu_children;
+    for goal_kernel in GOAL_KERNELS {
+        let Some(i) = packages.iter().position(|(k, _)| *k == goal_kernel) else {
+            continue;
+        };
+        if let Some(cold) = cold[i] {
+            let verdict = if cold < COLD_GOAL { "met" } else { "NOT met" };
+            println!(
+                "goal: cold compile of {goal_kernel} under {}: {} wall, criterion median ({verdict})",
+                ms(COLD_GOAL),
+                ms(cold)
+            );
+        }
+        let cpu = parts[i][0].cpu_self + parts[i][0].cpu_children;
         let verdict = if cpu < COLD_GOAL { "met" } else { "NOT met" };
         println!(
-            "goal: cold compile of {SMALL_KERNEL} under {} counting CPU time only (an idle \
+            "goal: cold compile of {goal_kernel} under {} counting CPU time only (an idle \
              machine's wall time): {} ({verdict})",
             ms(COLD_GOAL),
             ms(cpu)

@@ -1,6 +1,12 @@
-//! `jit_vs_native`: throughput of every example kernel JIT-compiled by node-jit against the
-//! same kernel source compiled ahead of time by rustc, twice in the same run: for the
-//! generic `x86-64` CPU (what a distributed binary gets) and with `-C target-cpu=native`.
+//! `jit_vs_native`: throughput of every example kernel, and of the six kernels of other
+//! shapes in `benches/kernels/`, JIT-compiled by node-jit against the same kernel source
+//! compiled ahead of time by rustc, twice in the same run: for the generic `x86-64` CPU
+//! (what a distributed binary gets) and with `-C target-cpu=native`.
+//!
+//! `OFFLOAD_BENCH_CPU=znver3` (any LLVM CPU name) makes node-jit generate code for that
+//! CPU and the "native" AOT build use `-C target-cpu=znver3`: both run on this machine,
+//! which must have that CPU's ISA extensions. That compares the code each pipeline makes
+//! for a CPU one does not have; it does not measure that CPU.
 //!
 //! All three run single-threaded over one packet `0..items` with the same inputs and the
 //! same argument block (one 8-byte slot per manifest argument), so thread scheduling does
@@ -28,7 +34,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use criterion::{Criterion, Throughput};
 use ir_packager::{ArgKind, KernelSpec};
-use node_jit::{CompiledKernel, Config, Engine};
+use node_jit::{CompiledKernel, Config, Engine, ListingKind, OptLevel, Tuning};
 
 #[path = "support/aot.rs"]
 mod aot;
@@ -44,6 +50,9 @@ mod examples;
 #[allow(dead_code)]
 #[path = "../examples/dot/reference.rs"]
 mod dot_ref;
+#[allow(dead_code)]
+#[path = "kernels/references.rs"]
+mod kernels_ref;
 #[allow(dead_code)]
 #[path = "../examples/logcrunch/reference.rs"]
 mod logcrunch_ref;
@@ -64,8 +73,10 @@ use cpu_time::thread_cpu_time;
 /// Criterion samples per variant: few, the machine is small and shared.
 const SAMPLE_SIZE: usize = 10;
 
-/// The three builds of a kernel, in table order.
-const VARIANTS: [&str; 3] = ["jit", "aot-native", "aot-generic"];
+/// The builds of a kernel, in table order. The fourth is only made for kernels whose JIT
+/// code calls the C library for a byte search: the same JIT without that fast path
+/// (`Tuning::library_search = Some(false)`), the plain loops as before issue 17.
+const VARIANTS: [&str; 4] = ["jit", "aot-native", "aot-generic", "jit-plain-search"];
 
 /// One argument slot's value: a scalar's bits, or a buffer that owns its elements.
 #[derive(Clone)]
@@ -139,6 +150,37 @@ const CASES: [(&str, &str); 7] = [
     ("raytrace", "raytrace"),
 ];
 
+/// The kernels of other shapes (`benches/kernels/`), one case each, in a second table.
+const OTHER_CASES: [(&str, &str); 6] = [
+    ("csvsum", "csvsum"),
+    ("hash", "hash"),
+    ("matmul6", "matmul6"),
+    ("gather", "gather"),
+    ("prefixscan", "prefixscan"),
+    ("lexer", "lexer"),
+];
+
+/// A range kernel's text workload: `text`, cut into `chunks` line-aligned chunks, with
+/// one slot for the per-packet sum buffer of `bins` counters.
+fn text_chunks(text: Vec<u8>, lines: usize, chunks: usize, bins: usize) -> Workload {
+    let bounds = logcrunch_ref::chunk_bounds(&text, chunks);
+    let size = format!("{lines} lines, {} bytes, {chunks} chunks", text.len());
+    let (text_len, bounds_len) = (text.len() as u64, bounds.len() as u64);
+    Workload {
+        items: chunks as u64,
+        work: lines as u64,
+        unit: "lines",
+        slots: vec![
+            Slot::U8(text),
+            Slot::Scalar(text_len),
+            Slot::U64(bounds),
+            Slot::Scalar(bounds_len),
+            Slot::U64(vec![0; bins]),
+        ],
+        size,
+    }
+}
+
 /// The inputs of benchmark case `case`, sized so that one run takes about 1 µs to 10 ms
 /// and data stays in cache where that matters (saxpy, dot), so the bench measures code,
 /// not DRAM.
@@ -193,24 +235,9 @@ fn workload(case: &str) -> Result<Workload> {
             }
         }
         "logcrunch" => {
-            let (lines, chunks) = (40_000usize, 64usize);
+            let lines = 40_000;
             let log = logcrunch_ref::generate_log(lines, 11);
-            let bounds = logcrunch_ref::chunk_bounds(&log, chunks);
-            let size = format!("{lines} lines, {} bytes, {chunks} chunks", log.len());
-            let (log_len, bounds_len) = (log.len() as u64, bounds.len() as u64);
-            Workload {
-                items: chunks as u64,
-                work: lines as u64,
-                unit: "lines",
-                slots: vec![
-                    Slot::U8(log),
-                    Slot::Scalar(log_len),
-                    Slot::U64(bounds),
-                    Slot::Scalar(bounds_len),
-                    Slot::U64(vec![0; logcrunch_ref::BINS]),
-                ],
-                size,
-            }
+            text_chunks(log, lines, 64, logcrunch_ref::BINS)
         }
         "raytrace" => {
             let (width, height) = (160u32, 120u32);
@@ -228,6 +255,71 @@ fn workload(case: &str) -> Result<Workload> {
                 ],
                 size: format!("{width}x{height} pixels, {nspheres} spheres"),
             }
+        }
+        "csvsum" => {
+            let lines = 40_000;
+            text_chunks(kernels_ref::generate_csv(lines, 5), lines, 64, 3)
+        }
+        "hash" => {
+            let records = 8192usize;
+            Workload {
+                items: records as u64,
+                work: records as u64,
+                unit: "records",
+                slots: vec![
+                    Slot::Scalar(0x5EED),
+                    Slot::U64(kernels_ref::hash_records(records, 9)),
+                    Slot::U64(vec![0; records]),
+                ],
+                size: format!("{records} records of 64 bytes (512 KiB)"),
+            }
+        }
+        "matmul6" => {
+            let n = 2048usize;
+            let (a, b) = kernels_ref::matrices(n, 13);
+            Workload {
+                items: n as u64,
+                work: n as u64,
+                unit: "products",
+                slots: vec![Slot::F32(a), Slot::F32(b), Slot::F32(vec![0.0; 36 * n])],
+                size: format!("{n} products of 6x6 f32 matrices"),
+            }
+        }
+        "gather" => {
+            let (n, table) = (1usize << 16, 1usize << 14);
+            let (x, idx, y) = kernels_ref::gather_inputs(n, table, 17);
+            Workload {
+                items: n as u64,
+                work: n as u64,
+                unit: "elements",
+                slots: vec![
+                    f32_bits(0.75),
+                    Slot::F32(x),
+                    Slot::Scalar(table as u64),
+                    Slot::U32(idx),
+                    Slot::F32(y),
+                ],
+                size: format!("{n} elements from a table of {table} f32 (64 KiB)"),
+            }
+        }
+        "prefixscan" => {
+            let rows = 4096usize;
+            // The kernel's i32 values and i64 sums travel as their bit patterns.
+            let values = kernels_ref::scan_rows(rows, 19)
+                .into_iter()
+                .map(|v| v as u32)
+                .collect();
+            Workload {
+                items: rows as u64,
+                work: rows as u64,
+                unit: "rows",
+                slots: vec![Slot::U32(values), Slot::U64(vec![0; rows])],
+                size: format!("{rows} rows of 64 i32 (1 MiB)"),
+            }
+        }
+        "lexer" => {
+            let lines = 40_000;
+            text_chunks(kernels_ref::generate_source(lines, 23), lines, 64, 6)
         }
         other => bail!("no workload for benchmark case `{other}`"),
     })
@@ -360,10 +452,10 @@ const ROUNDS: usize = 15;
 const BATCH_TIME: Duration = Duration::from_millis(20);
 
 /// Seconds per run of each build in each round: `per_run[variant][round]`.
-type Rounds = [Vec<f64>; 3];
+type Rounds = Vec<Vec<f64>>;
 
 /// Times `builds` in [`ROUNDS`] interleaved rounds (see [`ROUNDS`]).
-fn interleaved_rounds(builds: &[Build; 3], instance: &Instance, items: u64) -> Rounds {
+fn interleaved_rounds(builds: &[Build], instance: &Instance, items: u64) -> Rounds {
     let time_batch = |build: &Build, runs: u64| {
         let start = thread_cpu_time();
         for _ in 0..runs {
@@ -378,10 +470,10 @@ fn interleaved_rounds(builds: &[Build; 3], instance: &Instance, items: u64) -> R
         .map(|b| time_batch(b, 1))
         .fold(0.0f64, f64::max);
     let runs = ((BATCH_TIME.as_secs_f64() / slowest.max(1e-9)) as u64).max(1);
-    let mut rounds: Rounds = Default::default();
+    let mut rounds: Rounds = vec![Vec::new(); builds.len()];
     for round in 0..ROUNDS {
-        for k in 0..3 {
-            let v = (round + k) % 3;
+        for k in 0..builds.len() {
+            let v = (round + k) % builds.len();
             let secs = time_batch(&builds[v], runs);
             rounds[v].push(secs / runs as f64);
         }
@@ -403,7 +495,8 @@ impl Row {
     /// Best (fastest round's) work per second of `variant`.
     fn best_rate(&self, variant: usize) -> Option<f64> {
         let rounds = self.rounds.as_ref()?;
-        let fastest = rounds[variant]
+        let fastest = rounds
+            .get(variant)?
             .iter()
             .copied()
             .fold(f64::INFINITY, f64::min);
@@ -413,18 +506,45 @@ impl Row {
     /// Median over rounds of the JIT's speed relative to `variant` in the same round
     /// (time of `variant` / time of the JIT; above 1 means the JIT is faster).
     fn paired_ratio(&self, variant: usize) -> Option<f64> {
+        self.ratio_of(0, variant)
+    }
+
+    /// Median over rounds of `variant`'s speed relative to `against` in the same round.
+    fn ratio_of(&self, variant: usize, against: usize) -> Option<f64> {
         let rounds = self.rounds.as_ref()?;
-        let mut ratios: Vec<f64> = rounds[0]
+        let mut ratios: Vec<f64> = rounds
+            .get(variant)?
             .iter()
-            .zip(&rounds[variant])
-            .map(|(jit, other)| other / jit)
+            .zip(rounds.get(against)?)
+            .map(|(mine, other)| other / mine)
             .collect();
         examples::median(&mut ratios)
     }
 }
 
-/// Compiles `kernel` three ways, checks that the builds agree, then times them side by
-/// side in one criterion group, then in interleaved rounds for the table.
+/// Whether node-jit's code for `kernel` on the engine's target calls `memchr` or
+/// `memrchr` (a byte search got the library fast path).
+fn calls_library_search(
+    engine: &Engine,
+    package: &ir_packager::Package,
+    kernel: &str,
+    tuning: &Tuning,
+) -> Result<bool> {
+    let ir = node_jit::listing(
+        package,
+        kernel,
+        engine.host(),
+        // The engine's optimization level: the benches keep the default.
+        OptLevel::O3,
+        tuning,
+        ListingKind::OptimizedIr,
+    )?;
+    Ok(ir.contains("@memchr(") || ir.contains("@memrchr("))
+}
+
+/// Compiles `kernel` three ways (four with [`calls_library_search`]), checks that the
+/// builds agree, then times them side by side in one criterion group, then in
+/// interleaved rounds for the table.
 fn bench_kernel(
     criterion: &mut Criterion<ThreadCpuTime>,
     engine: &Engine,
@@ -438,15 +558,33 @@ fn bench_kernel(
         .with_context(|| format!("examples/{kernel}/manifest.toml has no kernel `{kernel}`"))?
         .clone();
     let package = examples::package(kernel)?;
+    let tuning = examples::bench_tuning()?;
     let jit = engine
-        .compile(&package, kernel)
-        .with_context(|| format!("node-jit cannot compile {kernel}"))?;
+        .compile_tuned(&package, kernel, &tuning)
+        .with_context(|| format!("node-jit cannot compile {kernel}"))?
+        .kernel;
     let kernel_file = examples::example_dir(kernel).join("kernel.rs");
-    let builds = [
+    let native = examples::emulated_cpu().map_or(Cpu::Native, |setting| {
+        // rustc takes the CPU; feature changes (`CPU:FEATURES`) apply to the JIT only.
+        Cpu::Named(setting.split(':').next().unwrap_or_default().to_string())
+    });
+    let mut builds = vec![
         Build::Jit(jit),
-        Build::Aot(aot::build(dir, case, &kernel_file, &spec, Cpu::Native)?),
-        Build::Aot(aot::build(dir, case, &kernel_file, &spec, Cpu::Generic)?),
+        Build::Aot(aot::build(dir, case, &kernel_file, &spec, &native)?),
+        Build::Aot(aot::build(dir, case, &kernel_file, &spec, &Cpu::Generic)?),
     ];
+    if calls_library_search(engine, &package, kernel, &tuning)? {
+        let plain = Tuning {
+            library_search: Some(false),
+            ..tuning.clone()
+        };
+        let report = engine
+            .compile_tuned(&package, kernel, &plain)
+            .with_context(|| {
+                format!("node-jit cannot compile {kernel} without library searches")
+            })?;
+        builds.push(Build::Jit(report.kernel));
+    }
     let workload = workload(case)?;
 
     let instances: Vec<Instance> = builds
@@ -469,7 +607,7 @@ fn bench_kernel(
     println!(
         "{case}: {}; the outputs of {} agree (largest relative float difference {worst:.1e})",
         workload.size,
-        VARIANTS.join(", ")
+        VARIANTS[..builds.len()].join(", ")
     );
     if keep {
         for (variant, build) in VARIANTS.iter().zip(&builds) {
@@ -532,15 +670,17 @@ fn ratio(value: Option<f64>) -> String {
 }
 
 /// Prints the results as a Markdown table (ready for docs/jit-benchmarks.md).
-fn print_table(rows: &[Row]) {
-    println!();
+fn print_table(title: &str, rows: &[Row]) {
+    let native =
+        examples::emulated_cpu().map_or_else(|| "native".to_string(), |cpu| format!("`{cpu}`"));
+    println!("\n{title}:\n");
     println!(
-        "| case | work per run | JIT | AOT native | AOT generic | JIT / native | JIT / generic |"
+        "| case | work per run | JIT | AOT {native} | AOT generic | JIT / {native} | JIT / generic | plain-search JIT / {native} |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.case,
             row.size,
             rate(row.best_rate(0)),
@@ -548,6 +688,7 @@ fn print_table(rows: &[Row]) {
             rate(row.best_rate(2)),
             ratio(row.paired_ratio(1)),
             ratio(row.paired_ratio(2)),
+            ratio(row.ratio_of(3, 1)),
         );
     }
     let units: Vec<String> = rows
@@ -557,13 +698,41 @@ fn print_table(rows: &[Row]) {
     println!(
         "\nRates: {} per second, single thread, thread CPU time, fastest of {ROUNDS} \
          interleaved rounds of ~{} ms per build. Ratios: median over the rounds of (time of the AOT build) / (time \
-         of the JIT build) in the same round; above 1 means the JIT is faster.",
+         of the JIT build) in the same round; above 1 means the JIT is faster. plain-search JIT: \
+         node-jit without the C library fast path for byte searches (`Tuning::library_search = \
+         Some(false)`), only for kernels that have one.",
         units.join(", "),
         BATCH_TIME.as_millis()
     );
 }
 
+/// `OFFLOAD_BENCH_FLUSH_DENORMALS=1`: run every build with denormal inputs read as zero
+/// and denormal results flushed to zero (x86 MXCSR DAZ and FTZ) on the bench thread. A
+/// diagnostic: a build that speeds up with it spends its time in denormal assists. The
+/// output check still runs, so it fails if real values were denormal.
+fn flush_denormals_if_asked() -> Result<()> {
+    if std::env::var_os("OFFLOAD_BENCH_FLUSH_DENORMALS").is_none() {
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // MXCSR bit 6 is DAZ, bit 15 FTZ.
+        #[allow(deprecated)]
+        // SAFETY: changes only how this thread's SSE/AVX arithmetic treats denormals.
+        unsafe {
+            core::arch::x86_64::_mm_setcsr(core::arch::x86_64::_mm_getcsr() | 0x8040)
+        };
+        println!(
+            "OFFLOAD_BENCH_FLUSH_DENORMALS: denormals are flushed to zero on the bench thread"
+        );
+        Ok(())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    bail!("OFFLOAD_BENCH_FLUSH_DENORMALS is only implemented for x86_64")
+}
+
 fn main() -> Result<()> {
+    flush_denormals_if_asked()?;
     let mut criterion = Criterion::default()
         .with_measurement(ThreadCpuTime)
         .sample_size(SAMPLE_SIZE)
@@ -576,12 +745,20 @@ fn main() -> Result<()> {
         .tempdir()
         .context("cannot create a temporary directory")?;
     // A fresh cache: the bench times code compiled now by this build of node-jit.
-    let engine = Engine::new(Config::default().cache_dir(work_dir.path().join("cache")))?;
+    let engine = Engine::new(examples::bench_config(
+        Config::default().cache_dir(work_dir.path().join("cache")),
+    )?)?;
     if let Some(missing) = examples::KERNELS
         .iter()
         .find(|k| !CASES.iter().any(|(_, kernel)| kernel == *k))
     {
         bail!("example `{missing}` has no benchmark case in CASES");
+    }
+    if let Some(missing) = examples::OTHER_KERNELS
+        .iter()
+        .find(|k| !OTHER_CASES.iter().any(|(_, kernel)| kernel == *k))
+    {
+        bail!("kernel `{missing}` of benches/kernels has no benchmark case in OTHER_CASES");
     }
     println!("machine: {}", examples::describe_machine(engine.host()));
     let mut rows = Vec::new();
@@ -594,9 +771,20 @@ fn main() -> Result<()> {
             keep,
         )?);
     }
+    let mut other_rows = Vec::new();
+    for case in OTHER_CASES {
+        other_rows.push(bench_kernel(
+            &mut criterion,
+            &engine,
+            work_dir.path(),
+            case,
+            keep,
+        )?);
+    }
     criterion.final_summary();
     println!("\nmachine: {}", examples::describe_machine(engine.host()));
-    print_table(&rows);
+    print_table("The examples (`examples/`)", &rows);
+    print_table("Kernels of other shapes (`benches/kernels/`)", &other_rows);
     if keep {
         let path = work_dir.keep();
         println!("kept the compiled libraries under {}", path.display());

@@ -130,6 +130,7 @@ impl Settings {
         Tuning {
             prefer_vector_width: self.vector_width,
             unroll: self.unroll,
+            ..Tuning::default()
         }
     }
 

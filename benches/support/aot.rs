@@ -20,21 +20,25 @@ use anyhow::{bail, Context, Result};
 use ir_packager::{ArgKind, KernelKind, KernelSpec, ScalarType};
 
 /// Which CPU rustc compiles the baseline for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cpu {
     /// The architecture's baseline (`x86-64` on x86_64): what a distributed binary gets.
     Generic,
     /// `-C target-cpu=native`: the best a user compiling on this very machine gets.
     Native,
+    /// `-C target-cpu=NAME`: the native build of another CPU (when the JIT compiles for
+    /// that CPU too, `OFFLOAD_BENCH_CPU`).
+    Named(String),
 }
 
 impl Cpu {
     /// The value of `-C target-cpu`.
-    pub fn rustc_name(self) -> &'static str {
+    pub fn rustc_name(&self) -> &str {
         match self {
             Cpu::Generic if cfg!(target_arch = "x86_64") => "x86-64",
             Cpu::Generic => "generic",
             Cpu::Native => "native",
+            Cpu::Named(name) => name,
         }
     }
 }
@@ -164,7 +168,7 @@ pub fn build(
     tag: &str,
     kernel_file: &Path,
     spec: &KernelSpec,
-    cpu: Cpu,
+    cpu: &Cpu,
 ) -> Result<AotKernel> {
     let text = std::fs::read_to_string(kernel_file)
         .with_context(|| format!("cannot read {}", kernel_file.display()))?;

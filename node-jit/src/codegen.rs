@@ -1,5 +1,7 @@
 //! From a validated package module to an object file: retarget, wrap, optimize, emit.
 
+mod search;
+
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
@@ -10,7 +12,7 @@ use inkwell::AddressSpace;
 use ir_packager::{ArgKind, KernelKind, KernelSpec, Package, ScalarType, PANIC_SYMBOL};
 
 use crate::host::HostTarget;
-use crate::{JitError, OptLevel, Tuning};
+use crate::{JitError, OptLevel, Pipeline, Tuning};
 
 /// Name of the generated per-packet entry point in JIT objects:
 /// `void __offload_entry(u64 start, u64 end, const u64 *args)`.
@@ -29,8 +31,206 @@ pub(crate) fn compile_entry_object(
     tuning: &Tuning,
 ) -> Result<Vec<u8>, JitError> {
     let ctx = Context::create();
-    let module = ir_packager::load_module(&ctx, package)?;
+    let (module, machine) = optimized_entry_module(&ctx, package, kernel, target, opt, tuning)?;
+    emit(&module, &machine, FileType::Object)
+}
+
+/// Where the time of one cold compile's code generation goes (see [`compile_phases`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompilePhases {
+    /// Parsing and validating the package's bitcode.
+    pub load: std::time::Duration,
+    /// Creating the target machine for the CPU.
+    pub target_machine: std::time::Duration,
+    /// Retargeting, the entry wrapper, `noalias`, the library fast paths, attributes.
+    pub prepare: std::time::Duration,
+    /// The optimization pipeline ([`Pipeline`]) and the verifier after it.
+    pub optimize: std::time::Duration,
+    /// Instruction selection, register allocation and object emission.
+    pub emit: std::time::Duration,
+    /// The relocatable object, exactly what the cold compile links.
+    pub object: Vec<u8>,
+}
+
+/// Runs the code generation of a cold [`crate::Engine::compile`] for `kernel` (everything
+/// before the link) and times each phase. For benchmarks; nothing is cached.
+pub fn compile_phases(
+    package: &Package,
+    kernel: &str,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+) -> Result<CompilePhases, JitError> {
+    let spec = kernel_spec(package, kernel)?;
+    let mut phases = CompilePhases::default();
+    let ctx = Context::create();
+    let (module, machine) =
+        prepare_timed(&ctx, package, spec, target, opt, tuning, Some(&mut phases))?;
+    let started = std::time::Instant::now();
+    optimize(&module, &machine, opt, tuning)?;
+    phases.optimize = started.elapsed();
+    let started = std::time::Instant::now();
+    phases.object = emit(&module, &machine, FileType::Object)?;
+    phases.emit = started.elapsed();
+    Ok(phases)
+}
+
+/// What a kernel object needs from outside at link time (see [`link_needs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkNeeds {
+    /// It calls a libm function (`sinf`, `pow`, ...): link `-lm`.
+    pub libm: bool,
+    /// It calls a compiler runtime helper (`__powidf2`, 128-bit division, ...): link
+    /// libgcc.
+    pub libgcc: bool,
+}
+
+/// The libraries a relocatable object of node-jit needs, from its undefined symbols.
+/// Most kernels need neither: linking only what is needed saves the linker reading
+/// `libm.so` and `libgcc.a` (2.5 ms of BFD `ld`'s 5.5 ms for a small kernel here). An
+/// object LLVM cannot read needs both, to be safe.
+pub fn link_needs(object: &[u8]) -> LinkNeeds {
+    use llvm_sys::object as obj;
+    let everything = LinkNeeds {
+        libm: true,
+        libgcc: true,
+    };
+    let mut needs = LinkNeeds::default();
+    // SAFETY: the buffer copies `object`; the binary (no LLVM context: it only reads the
+    // object's symbols) borrows it, and the binary, its iterators and the buffer are
+    // disposed of once, in reverse order; names are read while the binary lives.
+    unsafe {
+        let buffer = llvm_sys::core::LLVMCreateMemoryBufferWithMemoryRangeCopy(
+            object.as_ptr().cast(),
+            object.len(),
+            c"kernel.o".as_ptr(),
+        );
+        let mut error = std::ptr::null_mut();
+        let binary = obj::LLVMCreateBinary(buffer, std::ptr::null_mut(), &mut error);
+        if binary.is_null() {
+            if !error.is_null() {
+                llvm_sys::core::LLVMDisposeMessage(error);
+            }
+            llvm_sys::core::LLVMDisposeMemoryBuffer(buffer);
+            return everything;
+        }
+        let symbols = obj::LLVMObjectFileCopySymbolIterator(binary);
+        let sections = obj::LLVMObjectFileCopySectionIterator(binary);
+        while obj::LLVMObjectFileIsSymbolIteratorAtEnd(binary, symbols) == 0 {
+            obj::LLVMMoveToContainingSection(sections, symbols);
+            // A symbol in no section is undefined here (or absolute, like the file name).
+            if obj::LLVMObjectFileIsSectionIteratorAtEnd(binary, sections) != 0 {
+                let name =
+                    std::ffi::CStr::from_ptr(obj::LLVMGetSymbolName(symbols)).to_string_lossy();
+                if ir_packager::is_libm_function(&name) {
+                    needs.libm = true;
+                } else if name.starts_with("__") {
+                    needs.libgcc = true;
+                }
+            }
+            obj::LLVMMoveToNextSymbol(symbols);
+        }
+        obj::LLVMDisposeSectionIterator(sections);
+        obj::LLVMDisposeSymbolIterator(symbols);
+        obj::LLVMDisposeBinary(binary);
+        llvm_sys::core::LLVMDisposeMemoryBuffer(buffer);
+    }
+    needs
+}
+
+/// What [`listing`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListingKind {
+    /// The LLVM IR the optimizer receives: retargeted, with the entry wrapper, `noalias`
+    /// and the library fast paths, not yet optimized.
+    PreparedIr,
+    /// The optimized LLVM IR of the module, as the code generator receives it.
+    OptimizedIr,
+    /// The target's assembly, as the object file would contain it.
+    Assembly,
+}
+
+/// The code node-jit generates for `kernel` of `package` on `target`, as text: the
+/// optimized IR or the assembly of exactly the module that [`crate::Engine::compile`]
+/// turns into a shared library (same retargeting, entry wrapper, attributes and
+/// pipeline). `target` need not be this machine: a [`HostTarget`] with another `cpu`
+/// (and empty `features`, meaning that CPU's own) shows what that CPU's node would run.
+/// For inspection and tests; nothing is cached.
+pub fn listing(
+    package: &Package,
+    kernel: &str,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+    kind: ListingKind,
+) -> Result<String, JitError> {
+    let spec = kernel_spec(package, kernel)?;
+    let ctx = Context::create();
+    if kind == ListingKind::PreparedIr {
+        let (module, _) = prepared_entry_module(&ctx, package, spec, target, opt, tuning)?;
+        return Ok(module.print_to_string().to_string());
+    }
+    let (module, machine) = optimized_entry_module(&ctx, package, spec, target, opt, tuning)?;
+    match kind {
+        ListingKind::PreparedIr | ListingKind::OptimizedIr => {
+            Ok(module.print_to_string().to_string())
+        }
+        ListingKind::Assembly => {
+            let text = emit(&module, &machine, FileType::Assembly)?;
+            Ok(String::from_utf8_lossy(&text).into_owned())
+        }
+    }
+}
+
+/// The whole JIT pipeline up to code generation: [`prepared_entry_module`], optimized.
+fn optimized_entry_module<'ctx>(
+    ctx: &'ctx Context,
+    package: &Package,
+    kernel: &KernelSpec,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+) -> Result<(Module<'ctx>, TargetMachine), JitError> {
+    let (module, machine) = prepared_entry_module(ctx, package, kernel, target, opt, tuning)?;
+    optimize(&module, &machine, opt, tuning)?;
+    Ok((module, machine))
+}
+
+/// The module as the optimizer receives it: loaded, retargeted, with the panic hook,
+/// `noalias` buffers, the entry wrapper, everything else internal, the library fast
+/// paths and the code attributes.
+fn prepared_entry_module<'ctx>(
+    ctx: &'ctx Context,
+    package: &Package,
+    kernel: &KernelSpec,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+) -> Result<(Module<'ctx>, TargetMachine), JitError> {
+    prepare_timed(ctx, package, kernel, target, opt, tuning, None)
+}
+
+/// [`prepared_entry_module`], recording the time of its phases in `phases` if given.
+fn prepare_timed<'ctx>(
+    ctx: &'ctx Context,
+    package: &Package,
+    kernel: &KernelSpec,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+    mut phases: Option<&mut CompilePhases>,
+) -> Result<(Module<'ctx>, TargetMachine), JitError> {
+    let mut clock = std::time::Instant::now();
+    let mut lap = |slot: fn(&mut CompilePhases) -> &mut std::time::Duration| {
+        if let Some(phases) = phases.as_deref_mut() {
+            *slot(phases) = clock.elapsed();
+        }
+        clock = std::time::Instant::now();
+    };
+    let module = ir_packager::load_module(ctx, package)?;
+    lap(|p| &mut p.load);
     let machine = target.machine(opt.llvm())?;
+    lap(|p| &mut p.target_machine);
     retarget(&module, &machine);
     let kernel_fn = module
         .get_function(&kernel.name)
@@ -38,13 +238,17 @@ pub(crate) fn compile_entry_object(
             kernel: kernel.name.clone(),
             available: kernel_names(package),
         })?;
-    define_panic_hook(&ctx, &module)?;
+    define_panic_hook(ctx, &module)?;
     mark_buffers_noalias(kernel_fn, kernel, kernel.kind.index_params() as u32);
-    let entry = build_entry(&ctx, &module, kernel_fn, kernel)?;
+    let entry = build_entry(ctx, &module, kernel_fn, kernel)?;
     internalize_all_but(&module, &[entry]);
+    if tuning.library_search.unwrap_or(opt != OptLevel::O0) {
+        let searches = search::add_library_search_paths(&module, target.triple.contains("linux"));
+        tracing::debug!(kernel = %kernel.name, searches, "byte searches with a C library fast path");
+    }
     set_code_attributes(&module, tuning);
-    optimize(&module, &machine, opt, tuning)?;
-    emit(&module, &machine)
+    lap(|p| &mut p.prepare);
+    Ok((module, machine))
 }
 
 /// Compiles every kernel of `package` for `target`, exported under its own name with the
@@ -67,7 +271,18 @@ pub(crate) fn compile_kernels_object(
     internalize_all_but(&module, &kernels);
     set_code_attributes(&module, &Tuning::default());
     optimize(&module, &machine, opt, &Tuning::default())?;
-    emit(&module, &machine)
+    emit(&module, &machine, FileType::Object)
+}
+
+/// The manifest entry of `kernel`, or the error naming the package's kernels.
+fn kernel_spec<'p>(package: &'p Package, kernel: &str) -> Result<&'p KernelSpec, JitError> {
+    package
+        .manifest()
+        .kernel(kernel)
+        .ok_or_else(|| JitError::NoSuchKernel {
+            kernel: kernel.to_string(),
+            available: kernel_names(package),
+        })
 }
 
 fn kernel_names(package: &Package) -> String {
@@ -339,12 +554,47 @@ fn set_code_attributes(module: &Module<'_>, tuning: &Tuning) {
     }
 }
 
+/// The LLVM command-line options node-jit sets for its process, once, before its first
+/// optimization.
+///
+/// `-slp-threshold=2`: the SLP vectorizer only keeps trees that it expects to save at
+/// least 2 cost units (LLVM's default is any gain). Below that it mostly pairs two
+/// floats of a small vector type (`[f32; 3]` dot products and normalizations) into a
+/// 64-bit vector, which x86 computes in a 128-bit register whose upper lanes hold
+/// whatever was there before; when those are denormal, each operation takes a
+/// microcode assist. On this Zen 5 that made raytrace run at 0.73x of rustc's build
+/// (1.21x with the threshold, 1.15x with denormals flushed, which confirms the cause;
+/// see `docs/jit-benchmarks.md`), while the wider trees that pay off (nbody's, matmul6's)
+/// are kept.
+const LLVM_OPTIONS: &[&str] = &["-slp-threshold=2"];
+
+fn set_llvm_options() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let args: Vec<std::ffi::CString> = std::iter::once("offload-node-jit")
+            .chain(LLVM_OPTIONS.iter().copied())
+            .filter_map(|arg| std::ffi::CString::new(arg).ok())
+            .collect();
+        let argv: Vec<*const std::ffi::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        // SAFETY: `argv` holds `argv.len()` NUL-terminated strings that outlive the call;
+        // LLVM copies what it keeps. The options are LLVM's own, so parsing cannot fail.
+        unsafe {
+            llvm_sys::support::LLVMParseCommandLineOptions(
+                argv.len() as i32,
+                argv.as_ptr(),
+                std::ptr::null(),
+            )
+        };
+    });
+}
+
 fn optimize(
     module: &Module<'_>,
     machine: &TargetMachine,
     opt: OptLevel,
     tuning: &Tuning,
 ) -> Result<(), JitError> {
+    set_llvm_options();
     let options = PassBuilderOptions::create();
     let vectorize = opt != OptLevel::O0;
     options.set_loop_vectorization(vectorize);
@@ -352,16 +602,24 @@ fn optimize(
     options.set_loop_interleaving(vectorize);
     options.set_loop_unrolling(tuning.unroll.unwrap_or(vectorize));
     module
-        .run_passes(opt.pipeline(), machine, options)
+        .run_passes(
+            opt.pipeline(tuning.pipeline.unwrap_or(Pipeline::PostLink)),
+            machine,
+            options,
+        )
         .map_err(|e| JitError::Codegen(format!("optimization failed: {e}")))?;
     module
         .verify()
         .map_err(|e| JitError::Codegen(format!("optimized module is invalid: {e}")))
 }
 
-fn emit(module: &Module<'_>, machine: &TargetMachine) -> Result<Vec<u8>, JitError> {
+fn emit(
+    module: &Module<'_>,
+    machine: &TargetMachine,
+    file_type: FileType,
+) -> Result<Vec<u8>, JitError> {
     machine
-        .write_to_memory_buffer(module, FileType::Object)
+        .write_to_memory_buffer(module, file_type)
         .map(|buffer| buffer.as_slice().to_vec())
         .map_err(|e| JitError::Codegen(format!("object emission failed: {e}")))
 }

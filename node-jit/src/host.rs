@@ -49,6 +49,17 @@ impl HostTarget {
         })
     }
 
+    /// LLVM's CPU `cpu` of `triple` with that CPU's own features (an empty feature
+    /// string), e.g. `znver3` or `cascadelake`: to see the code another node would get.
+    /// The triple is checked as for [`HostTarget::generic`]; the CPU name when a target
+    /// machine is made.
+    pub fn named_cpu(triple: &str, cpu: &str) -> Result<HostTarget, JitError> {
+        Ok(HostTarget {
+            cpu: cpu.to_string(),
+            ..HostTarget::generic(triple)?
+        })
+    }
+
     /// The ISA extensions enabled on this target (`avx2`, `avx512f`, `neon`, ...).
     pub fn enabled_features(&self) -> Vec<&str> {
         self.features
@@ -81,6 +92,79 @@ impl HostTarget {
     }
 }
 
+/// The CPU as the operating system names it (`/proc/cpuinfo` on Linux): what benchmark
+/// figures are recorded against, next to LLVM's name for it ([`HostTarget::cpu`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuIdentity {
+    /// `vendor_id`, e.g. `AuthenticAMD`, `GenuineIntel`.
+    pub vendor: String,
+    /// `model name`, e.g. `Intel(R) Xeon(R) Processor @ 2.50GHz`.
+    pub model_name: String,
+    /// `cpu family`, `model` and `stepping` (x86); absent where the kernel does not say.
+    pub family: Option<u32>,
+    /// See `family`.
+    pub model: Option<u32>,
+    /// See `family`.
+    pub stepping: Option<u32>,
+}
+
+impl CpuIdentity {
+    /// This machine's CPU, from `/proc/cpuinfo`; `None` where that file is missing or
+    /// names no model.
+    pub fn of_this_machine() -> Option<CpuIdentity> {
+        CpuIdentity::parse(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+    }
+
+    /// The first processor's entry of a `/proc/cpuinfo` text: x86's `model name` (with
+    /// vendor, family, model and stepping), PowerPC's `cpu`, a board's `Model`.
+    pub fn parse(cpuinfo: &str) -> Option<CpuIdentity> {
+        let mut identity = CpuIdentity::default();
+        for line in cpuinfo.lines() {
+            if line.trim().is_empty() && !identity.model_name.is_empty() {
+                break;
+            }
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let number = || value.parse::<u32>().ok();
+            match key {
+                "vendor_id" | "CPU implementer" if identity.vendor.is_empty() => {
+                    identity.vendor = value.to_string()
+                }
+                "model name" | "Model" | "cpu" if identity.model_name.is_empty() => {
+                    identity.model_name = value.to_string()
+                }
+                "cpu family" => identity.family = number(),
+                "model" => identity.model = number(),
+                "stepping" => identity.stepping = number(),
+                _ => {}
+            }
+        }
+        (!identity.model_name.is_empty()).then_some(identity)
+    }
+}
+
+impl fmt::Display for CpuIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.model_name)?;
+        let numbers: Vec<String> = [
+            ("family", self.family),
+            ("model", self.model),
+            ("stepping", self.stepping),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name} {v}")))
+        .collect();
+        match (self.vendor.is_empty(), numbers.is_empty()) {
+            (true, true) => Ok(()),
+            (false, true) => write!(f, " ({})", self.vendor),
+            (true, false) => write!(f, " ({})", numbers.join(", ")),
+            (false, false) => write!(f, " ({}, {})", self.vendor, numbers.join(", ")),
+        }
+    }
+}
+
 impl fmt::Display for HostTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let interesting: Vec<&str> = self
@@ -98,7 +182,10 @@ impl fmt::Display for HostTarget {
             "{} cpu={} ({}) LLVM {}",
             self.triple,
             self.cpu,
-            if interesting.is_empty() {
+            if self.features.is_empty() && self.cpu != "generic" {
+                // A named CPU without an explicit list: LLVM uses that CPU's features.
+                "its default features".to_string()
+            } else if interesting.is_empty() {
                 "baseline".to_string()
             } else {
                 interesting.join(" ")
@@ -172,4 +259,27 @@ pub fn describe_bytes(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_identity_reads_the_first_processor() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n\
+                    model name\t: AMD EPYC 7B13\nstepping\t: 1\nflags\t\t: fpu avx2\n\n\
+                    processor\t: 1\nvendor_id\t: Other\nmodel name\t: Other\n";
+        let id = CpuIdentity::parse(text).expect("a model name");
+        assert_eq!(id.model_name, "AMD EPYC 7B13");
+        assert_eq!(
+            (id.vendor.as_str(), id.family, id.model, id.stepping),
+            ("AuthenticAMD", Some(25), Some(1), Some(1))
+        );
+        assert_eq!(
+            id.to_string(),
+            "AMD EPYC 7B13 (AuthenticAMD, family 25, model 1, stepping 1)"
+        );
+        assert_eq!(CpuIdentity::parse("processor\t: 0\n"), None);
+    }
 }

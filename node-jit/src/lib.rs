@@ -49,8 +49,11 @@ use inkwell::OptimizationLevel;
 use ir_packager::{KernelSpec, LoadError, Package};
 
 pub use cache::ensure_private_dir;
-pub use codegen::{c_prototype, ENTRY_SYMBOL, PANIC_HOOK_SYMBOL};
-pub use host::{describe_bytes, memory_limit, HostTarget};
+pub use codegen::{
+    c_prototype, compile_phases, link_needs, listing, CompilePhases, LinkNeeds, ListingKind,
+    ENTRY_SYMBOL, PANIC_HOOK_SYMBOL,
+};
+pub use host::{describe_bytes, memory_limit, CpuIdentity, HostTarget};
 
 /// Errors of compiling and loading kernels.
 #[derive(Debug, thiserror::Error)]
@@ -117,26 +120,29 @@ pub struct KernelPanic {
     pub reason: &'static str,
 }
 
-/// LLVM optimization level for kernels.
+/// LLVM optimization level for kernels (of the [`Pipeline`] in [`Tuning::pipeline`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OptLevel {
     /// No optimization (debugging the lowering).
     O0,
-    /// `default<O1>`.
+    /// Level 1 (`lto<O1>`, or `default<O1>` with [`Pipeline::PerModule`]).
     O1,
-    /// `default<O2>`.
+    /// Level 2 (`lto<O2>` or `default<O2>`).
     O2,
-    /// `default<O3>`, the default.
+    /// Level 3 (`lto<O3>` or `default<O3>`), the default.
     O3,
 }
 
 impl OptLevel {
-    fn pipeline(self) -> &'static str {
-        match self {
-            OptLevel::O0 => "default<O0>",
-            OptLevel::O1 => "default<O1>",
-            OptLevel::O2 => "default<O2>",
-            OptLevel::O3 => "default<O3>",
+    fn pipeline(self, pipeline: Pipeline) -> &'static str {
+        match (self, pipeline) {
+            (OptLevel::O0, _) => "default<O0>",
+            (OptLevel::O1, Pipeline::PerModule) => "default<O1>",
+            (OptLevel::O2, Pipeline::PerModule) => "default<O2>",
+            (OptLevel::O3, Pipeline::PerModule) => "default<O3>",
+            (OptLevel::O1, Pipeline::PostLink) => "lto<O1>",
+            (OptLevel::O2, Pipeline::PostLink) => "lto<O2>",
+            (OptLevel::O3, Pipeline::PostLink) => "lto<O3>",
         }
     }
 
@@ -161,6 +167,20 @@ impl OptLevel {
     }
 }
 
+/// The LLVM optimization pipeline node-jit runs on a kernel's module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pipeline {
+    /// LLVM's post-link pipeline for modules that were already optimized one by one
+    /// (`lto<O3>`, what a linker runs on LTO bitcode): the package's bitcode was
+    /// optimized by its front end, so the node inlines across the entry wrapper and
+    /// optimizes and vectorizes for its CPU without redoing the whole per-module
+    /// simplification. The default since issue 17: about half the optimization time,
+    /// and code as fast or faster (`docs/jit-benchmarks.md`).
+    PostLink,
+    /// LLVM's per-module pipeline (`default<O3>`), as before issue 17.
+    PerModule,
+}
+
 /// Code-generation knobs chosen by per-node tuning. `None` leaves LLVM's own choice.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tuning {
@@ -168,6 +188,11 @@ pub struct Tuning {
     pub prefer_vector_width: Option<u32>,
     /// Whether loop unrolling is enabled (default: on at O1 and above).
     pub unroll: Option<bool>,
+    /// Whether byte-search loops get a fast path through the C library's `memchr` /
+    /// `memrchr` (default: on at O1 and above; off shows the plain loops).
+    pub library_search: Option<bool>,
+    /// Which LLVM pipeline optimizes the module (default: [`Pipeline::PostLink`]).
+    pub pipeline: Option<Pipeline>,
 }
 
 /// Engine settings. Every setter documents its default.
@@ -179,6 +204,7 @@ pub struct Config {
     disk_cache_bytes: u64,
     memory_cache_entries: usize,
     linker: Option<PathBuf>,
+    target: Option<HostTarget>,
 }
 
 impl Default for Config {
@@ -190,6 +216,7 @@ impl Default for Config {
             disk_cache_bytes: 1 << 30,
             memory_cache_entries: 256,
             linker: std::env::var_os("CC").map(PathBuf::from),
+            target: None,
         }
     }
 }
@@ -246,9 +273,10 @@ impl Config {
     }
 
     /// A C compiler driver to link objects into shared libraries with
-    /// (`DRIVER -shared -o LIB OBJ -lm`). Default: `$CC` if set, else `ld` called
-    /// directly with libgcc (about 30 ms faster per cold compile than going through the
-    /// driver, which adds start-up files a kernel library does not need).
+    /// (`DRIVER -shared -o LIB OBJ`, plus `-lm` if the kernel calls libm). Default: `$CC`
+    /// if set, else `ld` called directly, with libgcc only if the object calls it (about
+    /// 30 ms faster per cold compile than going through the driver, which adds start-up
+    /// files a kernel library does not need; see [`link_needs`]).
     pub fn linker(mut self, linker: impl Into<PathBuf>) -> Config {
         self.linker = Some(linker.into());
         self
@@ -257,6 +285,15 @@ impl Config {
     /// The optimization level kernels are compiled at.
     pub fn level(&self) -> OptLevel {
         self.opt_level
+    }
+
+    /// The CPU to generate code for. Default: this machine's ([`HostTarget::detect`]).
+    /// Another CPU of the same triple (e.g. [`HostTarget::named_cpu`]`(triple, "znver3")`)
+    /// compiles what a node with that CPU would run, for comparisons on one machine;
+    /// running it needs a CPU with at least those ISA extensions.
+    pub fn target(mut self, target: HostTarget) -> Config {
+        self.target = Some(target);
+        self
     }
 
     /// The configured cache root, if there is one.
@@ -444,7 +481,7 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Bumped whenever the generated code changes for the same inputs (entry ABI, passes).
-const CODEGEN_REVISION: u32 = 2;
+const CODEGEN_REVISION: u32 = 3;
 
 impl Engine {
     /// Creates an engine for this machine. The cache directory is checked when the first
@@ -471,7 +508,7 @@ impl Engine {
         };
         Ok(Engine {
             inner: Arc::new(EngineInner {
-                host: HostTarget::detect(),
+                host: config.target.clone().unwrap_or_else(HostTarget::detect),
                 config,
                 loaded: Mutex::new(MemoryCache::default()),
                 scratch,
@@ -643,8 +680,13 @@ impl Engine {
                 c
             }
         };
-        command.arg("-o").arg(&staged).arg(&object_path).arg("-lm");
-        if self.inner.config.linker.is_none() {
+        command.arg("-o").arg(&staged).arg(&object_path);
+        // Only what the object calls: reading libm and libgcc is half of a small link.
+        let needs = codegen::link_needs(object);
+        if needs.libm {
+            command.arg("-lm");
+        }
+        if self.inner.config.linker.is_none() && needs.libgcc {
             if let Some(libgcc) = libgcc_archive() {
                 command.arg(libgcc);
             }

@@ -207,6 +207,9 @@ fn devices(cli: &Cli) -> anyhow::Result<()> {
     let host = engine.host();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("cpu: {host}");
+    if let Some(identity) = node_jit::CpuIdentity::of_this_machine() {
+        println!("  model: {identity}");
+    }
     println!("  cores: {cores}");
     println!("  features: {}", host.enabled_features().join(" "));
     opencl::print_devices();

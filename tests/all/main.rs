@@ -1,6 +1,7 @@
 //! offload's integration tests: one test binary, one module per topic (as wasmtime does),
 //! so the suite links once.
 
+mod bench_kernels;
 mod cache;
 mod cluster;
 mod common;

@@ -2,6 +2,8 @@
 
 #[path = "../../examples/dot/reference.rs"]
 pub mod dot_ref;
+#[path = "../../benches/kernels/references.rs"]
+pub mod kernels_ref;
 #[path = "../../examples/logcrunch/reference.rs"]
 pub mod logcrunch_ref;
 #[path = "../../examples/mandelbrot/reference.rs"]
