@@ -55,6 +55,7 @@ mod driver;
 pub mod fault;
 pub mod node;
 pub mod protocol;
+pub mod revocation;
 mod wire;
 pub mod worker;
 

@@ -37,8 +37,27 @@ enum ClusterCommand {
         /// The cluster directory (made by `offload cluster init`).
         #[arg(long)]
         dir: PathBuf,
-        /// The member's name.
+        /// The member's name (its certificate's common name, and a node's name).
         #[arg(long)]
+        name: String,
+        /// Issue a new key and certificate for a name issued before (the old certificate
+        /// stays valid until it is revoked).
+        #[arg(long)]
+        reissue: bool,
+    },
+    /// List the identities issued from DIR: name, serial, expiry, revoked or not.
+    List {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Revoke every certificate issued to NAME: writes DIR/crl.pem (copied into each
+    /// DIR/nodes/*/), which nodes and clients load and enforce.
+    Revoke {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The identity to revoke.
         name: String,
     },
 }
@@ -234,10 +253,60 @@ pub fn cluster(args: &ClusterArgs) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        ClusterCommand::AddNode { dir, name } => {
-            let out = credentials::issue(dir, name)?;
+        ClusterCommand::AddNode { dir, name, reissue } => {
+            let out = credentials::issue(dir, name, *reissue)?;
             println!("issued {name}: {}", out.display());
             println!("copy that directory to {name} and run: offload node --credentials DIR");
+        }
+        ClusterCommand::List { dir } => {
+            let issued = credentials::issued(dir)?;
+            println!("{:<20} {:<42} {:<22} status", "name", "serial", "expires");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for identity in &issued {
+                let status = if identity.revoked {
+                    "revoked".to_string()
+                } else if identity.not_after < now {
+                    "expired".to_string()
+                } else if identity.superseded {
+                    "superseded (re-issued; valid until revoked)".to_string()
+                } else {
+                    match &identity.location {
+                        Some(path) => format!("valid ({})", path.display()),
+                        None => "valid".to_string(),
+                    }
+                };
+                println!(
+                    "{:<20} {:<42} {:<22} {status}",
+                    identity.name,
+                    identity.serial,
+                    cluster::certs::date(identity.not_after)
+                );
+            }
+        }
+        ClusterCommand::Revoke { dir, name } => {
+            let revocation = credentials::revoke(dir, name)?;
+            if revocation.serials.is_empty() {
+                println!(
+                    "every certificate of {name} was revoked already; wrote revocation list number {} to {}",
+                    revocation.number,
+                    revocation.path.display()
+                );
+            } else {
+                println!(
+                    "revoked {name} (serial {}): revocation list number {} in {}",
+                    revocation.serials.join(", "),
+                    revocation.number,
+                    revocation.path.display()
+                );
+            }
+            for copy in &revocation.copies {
+                println!("  copied into {}", copy.display());
+            }
+            println!(
+                "copy crl.pem beside the credentials of every node and client (nodes pick it up within a second, no restart)"
+            );
         }
     }
     Ok(())
