@@ -352,7 +352,7 @@ impl Kernel {
 pub struct LaunchOptions {
     threads: Option<usize>,
     tuning: Tuning,
-    progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
+    progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
     local_fallback: bool,
 }
 
@@ -391,13 +391,13 @@ impl LaunchOptions {
         self
     }
 
-    /// Called with `(items done, items total)` each time a packet's results are committed
-    /// (on a cluster: once, when the job completes). Default: none.
+    /// Called with `(items done, items total)` each time a packet's results are committed,
+    /// on this machine and on a cluster. Default: none.
     pub fn progress(
         mut self,
         progress: impl Fn(u64, u64) + Send + Sync + 'static,
     ) -> LaunchOptions {
-        self.progress = Some(Box::new(progress));
+        self.progress = Some(Arc::new(progress));
         self
     }
 
@@ -414,7 +414,7 @@ impl LaunchOptions {
             local = local.threads(threads);
         }
         if let Some(progress) = self.progress {
-            local = local.progress(progress);
+            local = local.progress(move |done, total| progress(done, total));
         }
         local
     }
@@ -659,20 +659,21 @@ impl Backend {
                         ArgValue::Buffer(b) => JobArg::Buffer(b.as_bytes_mut()),
                     })
                     .collect();
-                let report =
-                    match client.run_job(&kernel.package, kernel.name(), items, &mut job_args) {
-                        Ok(report) => report,
-                        Err(ClientError::Unfinished(unfinished)) if options.local_fallback => {
-                            drop(job_args);
-                            return finish_here(kernel, items, values, &unfinished, &options);
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                // The cluster client has no per-packet hook: progress is reported once,
-                // when every item is committed.
-                if let Some(progress) = &options.progress {
-                    progress(items, items);
-                }
+                client.set_progress(options.progress.clone().map(|progress| {
+                    Arc::new(move |job: &cluster::client::JobProgress| {
+                        progress(job.items_done, job.items)
+                    }) as Arc<cluster::client::ProgressFn>
+                }));
+                let ran = client.run_job(&kernel.package, kernel.name(), items, &mut job_args);
+                client.set_progress(None);
+                let report = match ran {
+                    Ok(report) => report,
+                    Err(ClientError::Unfinished(unfinished)) if options.local_fallback => {
+                        drop(job_args);
+                        return finish_here(kernel, items, values, &unfinished, &options);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 Ok(LaunchReport {
                     items: report.items,
                     packets: report.packets,

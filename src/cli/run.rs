@@ -281,7 +281,7 @@ fn progress_reporter(
 }
 
 /// `1.23 M items/s, about 4.2 s left`, from the items done so far.
-fn progress_message(done: u64, items: u64, elapsed: Duration) -> String {
+pub(super) fn progress_message(done: u64, items: u64, elapsed: Duration) -> String {
     let seconds = elapsed.as_secs_f64();
     if done == 0 || seconds <= 0.0 {
         return String::new();
