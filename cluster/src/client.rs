@@ -661,9 +661,13 @@ pub(crate) async fn connect_one(
         wire::recv::<HelloReply>(&mut recv, MAX_CONTROL).await
     }
     .await
-    .map_err(|e| match e {
-        WireError::Connection(e) => describe_connection_error(&e),
-        other => format!("the hello failed: {other}"),
+    .map_err(|e| match (e, connection.close_reason()) {
+        (WireError::Connection(e), _) => describe_connection_error(&e),
+        // In TLS 1.3 the node checks our certificate after our side of the handshake
+        // is done: its refusal closes the connection during the hello, and the close
+        // says why.
+        (_, Some(closed)) => describe_connection_error(&closed),
+        (other, None) => format!("the hello failed: {other}"),
     })?;
     let rtt = started.elapsed();
     match reply {

@@ -379,6 +379,13 @@ pub struct Advertisement {
     fullname: String,
 }
 
+impl Advertisement {
+    /// The advertised service instance's full name.
+    pub fn instance(&self) -> &str {
+        &self.fullname
+    }
+}
+
 impl Drop for Advertisement {
     fn drop(&mut self) {
         let _ = self.daemon.unregister(&self.fullname);

@@ -78,7 +78,9 @@ async fn lookup(
     let resolver = builder.build();
     let mut found: Vec<SocketAddr> = Vec::new();
     let service = format!("_offload._udp.{name}");
-    match resolver.srv_lookup(service.as_str()).await {
+    // A server that refuses or fails the SRV query (many answer only what they hold)
+    // still gets asked for A/AAAA records; its SRV error is told only if those fail too.
+    let srv_error = match resolver.srv_lookup(service.as_str()).await {
         Ok(records) => {
             for srv in records.iter() {
                 let target = srv.target().to_ascii();
@@ -88,15 +90,19 @@ async fn lookup(
                     .map_err(|e| failed(format!("SRV target {target}: {e}")))?;
                 found.extend(ips.iter().map(|ip| SocketAddr::new(ip, srv.port())));
             }
+            None
         }
-        Err(e) if e.is_no_records_found() => {}
-        Err(e) => return Err(failed(format!("SRV {service}: {e}"))),
-    }
+        Err(e) if e.is_no_records_found() => None,
+        Err(e) => Some(format!("SRV {service}: {e}")),
+    };
     if found.is_empty() {
         match resolver.lookup_ip(name).await {
             Ok(ips) => found.extend(ips.iter().map(|ip: IpAddr| SocketAddr::new(ip, port))),
-            Err(e) if e.is_no_records_found() => {}
-            Err(e) => return Err(failed(e.to_string())),
+            Err(e) if e.is_no_records_found() && srv_error.is_none() => {}
+            Err(e) => {
+                let also = srv_error.map(|s| format!("; {s}")).unwrap_or_default();
+                return Err(failed(format!("{e}{also}")));
+            }
         }
     }
     found.sort();

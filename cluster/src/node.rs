@@ -315,7 +315,13 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     let _advert = if config.advertise {
         let ca = config.credentials.ca_fingerprint();
         match crate::discovery::advertise(&info, local, &ca) {
-            Ok(advert) => Some(advert),
+            Ok(advert) => {
+                tracing::info!(
+                    "advertising by mDNS as {} (cluster CA {ca})",
+                    advert.instance()
+                );
+                Some(advert)
+            }
             Err(e) => {
                 tracing::warn!("not advertising by mDNS: {e}");
                 None

@@ -402,9 +402,18 @@ fn worker_command(
 pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
     let file = super::node_config::read_file(args.config.as_deref())?;
     let settings = super::node_config::resolve(args, file)?;
+    if args.check {
+        match &settings.file {
+            Some(file) => println!("configuration {} is valid:", file.display()),
+            None => println!("no configuration file; the flags and defaults give:"),
+        }
+        println!("{}", settings.describe());
+        return Ok(());
+    }
     if let Some(file) = &settings.file {
         tracing::info!("configuration from {}", file.display());
     }
+    let faults = cluster::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?;
     let mut credentials = match (&settings.credentials, args.insecure) {
         (Some(dir), _) => Credentials::load(dir)?,
         (None, true) => {
@@ -448,7 +457,7 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         .buffer_cache_bytes(usize::try_from(settings.buffer_cache).unwrap_or(usize::MAX))
         .worker_memory_bytes(settings.worker_memory)
         .metrics(settings.metrics)
-        .faults(cluster::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?);
+        .faults(faults);
     if let Some(name) = settings.name.clone().or(insecure_name) {
         config = config.name(name);
     }

@@ -118,6 +118,9 @@ pub struct NodeArgs {
     /// crl.pem beside the credentials].
     #[arg(long, value_name = "FILE")]
     pub revocation_list: Option<PathBuf>,
+    /// Check the configuration (file and flags), print the settings and exit.
+    #[arg(long)]
+    pub check: bool,
     /// Test builds only: misbehave on purpose (see the cluster crate's `fault` module).
     #[arg(long, value_name = "FAULT", hide = true)]
     pub fault: Vec<String>,
@@ -208,6 +211,71 @@ pub struct NodeSettings {
     pub mdns: bool,
     pub metrics: Option<SocketAddr>,
     pub revocation_list: Option<PathBuf>,
+}
+
+impl NodeSettings {
+    /// The settings as `key = value` lines, for `offload node --check`.
+    pub fn describe(&self) -> String {
+        let or = |value: Option<String>, default: &str| value.unwrap_or_else(|| default.into());
+        let lines = [
+            format!("listen = {}", self.listen),
+            format!(
+                "credentials = {}",
+                or(
+                    self.credentials.as_ref().map(|p| p.display().to_string()),
+                    "(none)"
+                )
+            ),
+            format!(
+                "name = {}",
+                or(self.name.clone(), "(the certificate's name)")
+            ),
+            format!(
+                "cores = {}",
+                or(self.cores.map(|c| c.to_string()), "(every core)")
+            ),
+            format!("opencl = {}", self.opencl),
+            format!("normal_priority = {}", self.normal_priority),
+            format!("packet_timeout = {} s", self.packet_timeout),
+            format!(
+                "cache_dir = {}",
+                or(
+                    self.cache_dir.as_ref().map(|p| p.display().to_string()),
+                    "(the user's cache)"
+                )
+            ),
+            format!("owner.idle_only = {}", self.idle_only),
+            format!(
+                "owner.idle_threshold = {}",
+                or(
+                    self.idle_threshold.map(|t| t.to_string()),
+                    "(half the cores, at least 1)"
+                )
+            ),
+            format!(
+                "owner.max_bandwidth = {}",
+                or(self.max_bandwidth.map(|b| format!("{b} bytes/s")), "(none)")
+            ),
+            format!("limits.package_cache = {} bytes", self.package_cache),
+            format!("limits.buffer_cache = {} bytes", self.buffer_cache),
+            format!("limits.worker_memory = {} bytes", self.worker_memory),
+            format!("discovery.mdns = {}", self.mdns),
+            format!(
+                "metrics.listen = {}",
+                or(self.metrics.map(|m| m.to_string()), "(off)")
+            ),
+            format!(
+                "revocation.list = {}",
+                or(
+                    self.revocation_list
+                        .as_ref()
+                        .map(|p| p.display().to_string()),
+                    "(crl.pem beside the credentials)"
+                )
+            ),
+        ];
+        lines.join("\n")
+    }
 }
 
 /// Reads the configuration file: `explicit` (from `--config` or the environment), else
