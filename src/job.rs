@@ -746,6 +746,9 @@ pub struct ClusterReport {
     pub lost: Vec<String>,
     /// Nodes excluded for results that disagreed or packets that failed.
     pub disagreements: Vec<String>,
+    /// Nodes that paused during the job (their owner came back, or they were stopped),
+    /// with why; their packets ran elsewhere.
+    pub paused: Vec<String>,
     /// Nodes that rejoined, with the packets they ran after rejoining.
     pub rejoined: Vec<(String, u64)>,
     /// Nodes whose advertised tuned rate was used.

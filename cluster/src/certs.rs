@@ -5,8 +5,9 @@
 //! situation. The verifiers here wrap the WebPKI ones and turn a refusal into what a user
 //! can act on: the peer belongs to another cluster (with both CAs' SHA-256 fingerprints,
 //! as `openssl x509 -noout -fingerprint -sha256` prints them), a certificate expired on a
-//! given day or is not valid yet, or may not be used for offload's connections. The text
-//! travels to the refused peer too: quinn puts it in the CONNECTION_CLOSE it sends.
+//! given day or is not valid yet, was revoked by the cluster's administrator, or may not
+//! be used for offload's connections. The text travels to the refused peer too: quinn
+//! puts it in the CONNECTION_CLOSE it sends.
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub struct Summary {
     pub name: String,
     /// The issuer's common name.
     pub issuer: String,
+    /// The serial number in hexadecimal, without leading zeros (what a revocation list
+    /// names).
+    pub serial: String,
     /// Valid from (Unix seconds).
     pub not_before: i64,
     /// Valid until (Unix seconds).
@@ -53,10 +57,24 @@ pub fn summarize(der: &[u8]) -> Result<Summary, String> {
     Ok(Summary {
         name: common_name(cert.subject()),
         issuer: common_name(cert.issuer()),
+        serial: serial_hex(cert.raw_serial()),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
         server_and_client_auth,
     })
+}
+
+/// A DER integer's content bytes as lowercase hexadecimal without leading zeros, so
+/// that the serial of a certificate and the same serial in a revocation list compare
+/// equal whatever padding each encoding carries.
+pub fn serial_hex(raw: &[u8]) -> String {
+    let digits: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let trimmed = digits.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed.to_string()
+    }
 }
 
 /// The SHA-256 fingerprint of a certificate, as `AB:CD:...` (what OpenSSL prints).
@@ -134,6 +152,10 @@ fn explain(
                 "{who} belongs to another cluster: its certificate (`{name}`) was issued by {theirs}, but this cluster's CA has fingerprint {our_ca}"
             )
         }
+        CertificateError::Revoked => format!(
+            "the certificate of {who} (`{name}`, serial {}) was revoked by the cluster's administrator (offload cluster revoke {name}); a member with a new certificate (offload cluster add-node --name {name} --reissue) is accepted again",
+            cert.serial
+        ),
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             format!(
                 "the certificate of {who} (`{name}`) may not be used for offload connections: its extended key usage lacks TLS server and client authentication"
@@ -271,6 +293,13 @@ mod tests {
         assert_eq!(date(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(date(1_735_689_599), "2024-12-31 23:59 UTC");
         assert_eq!(date(-86_400), "1969-12-31 00:00 UTC");
+    }
+
+    #[test]
+    fn serials_compare_without_padding() {
+        assert_eq!(serial_hex(&[0x00, 0x8a, 0x01]), "8a01");
+        assert_eq!(serial_hex(&[0x0a, 0x01]), "a01");
+        assert_eq!(serial_hex(&[0x00]), "0");
     }
 
     #[test]

@@ -22,6 +22,20 @@ use crate::wire::{self, WireError};
 /// refusing us, packets re-run elsewhere).
 pub type EventFn = dyn Fn(&str) + Send + Sync;
 
+/// Called as a job's results are committed ([`ClientConfig::on_progress`]).
+pub type ProgressFn = dyn Fn(&JobProgress) + Send + Sync;
+
+/// How far a cluster job is, as results are committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Items whose results are committed.
+    pub items_done: u64,
+    /// Items of the job.
+    pub items: u64,
+    /// Items committed per node (name and address), in the order the nodes joined.
+    pub per_node: Vec<(String, u64)>,
+}
+
 /// How a client connects. Every setter documents its default.
 pub struct ClientConfig {
     credentials: Credentials,
@@ -34,6 +48,7 @@ pub struct ClientConfig {
     redundancy: u32,
     devices: DeviceChoice,
     on_event: Option<Arc<EventFn>>,
+    on_progress: Option<Arc<ProgressFn>>,
 }
 
 impl ClientConfig {
@@ -50,6 +65,7 @@ impl ClientConfig {
             redundancy: 1,
             devices: DeviceChoice::Auto,
             on_event: None,
+            on_progress: None,
         }
     }
 
@@ -107,6 +123,13 @@ impl ClientConfig {
     /// Receives a line for each notable event. Default: events go to `tracing` only.
     pub fn on_event(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Arc::new(f));
+        self
+    }
+
+    /// Receives a job's progress each time a packet's results are committed (items done,
+    /// per node). Default: none.
+    pub fn on_progress(mut self, f: impl Fn(&JobProgress) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(f));
         self
     }
 }
@@ -251,9 +274,6 @@ pub struct JobSettings {
     pub devices: Option<DeviceChoice>,
 }
 
-/// Called with the items committed so far in a job.
-pub type ProgressFn<'a> = &'a (dyn Fn(u64) + Send + Sync);
-
 /// What a finished cluster job did.
 #[derive(Debug, Clone)]
 pub struct JobReport {
@@ -272,6 +292,9 @@ pub struct JobReport {
     /// Nodes excluded because a result of theirs disagreed with the majority of a
     /// packet's copies (with redundancy), one line each naming the node and the items.
     pub disagreements: Vec<String>,
+    /// Nodes that paused during the job (their owner came back, or they were stopped),
+    /// one line each naming the node and why; their packets ran elsewhere.
+    pub paused: Vec<String>,
     /// Time from the first packet to the last commit.
     pub run_time: Duration,
     /// Time to upload and prepare the job on the nodes.
@@ -286,10 +309,10 @@ pub struct JobReport {
 
 /// A connected node.
 #[derive(Clone)]
-struct Remote {
-    addr: SocketAddr,
-    info: NodeInfo,
-    connection: quinn::Connection,
+pub(crate) struct Remote {
+    pub(crate) addr: SocketAddr,
+    pub(crate) info: NodeInfo,
+    pub(crate) connection: quinn::Connection,
     rtt: Duration,
 }
 
@@ -315,10 +338,16 @@ impl ClusterClient {
         };
         let mut addrs = config.peers.clone();
         if let Some(window) = config.discover {
-            match crate::discovery::browse(window, false) {
-                Ok(found) => addrs.extend(found.into_iter().map(|f| f.addr)),
-                Err(e) => notify(&config.on_event, &format!("discovery failed: {e}")),
+            // Only this cluster's nodes: another cluster's on the same LAN would refuse us.
+            let ca = config.credentials.ca_fingerprint();
+            let found = crate::discovery::find(&[crate::discovery::Source::Mdns], &ca, window);
+            for line in &found.skipped {
+                tracing::info!("discovery: {line}");
             }
+            for line in &found.failures {
+                notify(&config.on_event, &format!("discovery failed: {line}"));
+            }
+            addrs.extend(found.addrs);
         }
         addrs.sort();
         addrs.dedup();
@@ -402,6 +431,11 @@ impl ClusterClient {
             notify(&self.config.on_event, &line);
         }
         Ok(())
+    }
+
+    /// Replaces the progress callback for the next jobs ([`ClientConfig::on_progress`]).
+    pub fn set_progress(&mut self, f: Option<Arc<ProgressFn>>) {
+        self.config.on_progress = f;
     }
 
     /// The connected nodes: address and description.
@@ -536,8 +570,8 @@ impl ClusterClient {
         self.run_job_with(package, kernel, items, args, &JobSettings::default(), None)
     }
 
-    /// [`run_job`](Self::run_job) with `settings` for this job and `progress` called with
-    /// the items committed so far as packets are committed.
+    /// [`run_job`](Self::run_job) with `settings` for this job and `progress` called (as
+    /// well as [`ClientConfig::on_progress`]) each time packets are committed.
     pub fn run_job_with(
         &mut self,
         package: &Package,
@@ -545,7 +579,7 @@ impl ClusterClient {
         items: u64,
         args: &mut [JobArg<'_>],
         settings: &JobSettings,
-        progress: Option<ProgressFn<'_>>,
+        progress: Option<&ProgressFn>,
     ) -> Result<JobReport, ClientError> {
         self.reconnect()?;
         let job_id = self.next_job;
@@ -559,6 +593,7 @@ impl ClusterClient {
             items,
             layout,
             on_event: self.config.on_event.clone(),
+            on_progress: self.config.on_progress.clone(),
             slots: self.config.slots,
             redundancy: settings.redundancy.unwrap_or(self.config.redundancy).max(1),
             devices: settings.devices.unwrap_or(self.config.devices),
@@ -641,7 +676,10 @@ fn describe_connection_error(error: &quinn::ConnectionError) -> String {
     }
 }
 
-async fn connect_one(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Remote, String> {
+pub(crate) async fn connect_one(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> Result<Remote, String> {
     let connection = endpoint
         .connect(addr, crate::credentials::SERVER_NAME)
         .map_err(|e| format!("cannot connect: {e}"))?
@@ -659,9 +697,13 @@ async fn connect_one(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Rem
         wire::recv::<HelloReply>(&mut recv, MAX_CONTROL).await
     }
     .await
-    .map_err(|e| match e {
-        WireError::Connection(e) => describe_connection_error(&e),
-        other => format!("the hello failed: {other}"),
+    .map_err(|e| match (e, connection.close_reason()) {
+        (WireError::Connection(e), _) => describe_connection_error(&e),
+        // In TLS 1.3 the node checks our certificate after our side of the handshake
+        // is done: its refusal closes the connection during the hello, and the close
+        // says why.
+        (_, Some(closed)) => describe_connection_error(&closed),
+        (other, None) => format!("the hello failed: {other}"),
     })?;
     let rtt = started.elapsed();
     match reply {
@@ -685,7 +727,10 @@ fn host_label() -> String {
 }
 
 /// One request on its own stream, one response back.
-async fn request(connection: &quinn::Connection, request: &Request) -> Result<Response, WireError> {
+pub(crate) async fn request(
+    connection: &quinn::Connection,
+    request: &Request,
+) -> Result<Response, WireError> {
     let (mut send, mut recv) = connection.open_bi().await?;
     wire::send(&mut send, request, MAX_DATA).await?;
     wire::recv(&mut recv, MAX_DATA).await
@@ -1002,6 +1047,7 @@ struct JobRun {
     items: u64,
     layout: Layout,
     on_event: Option<Arc<EventFn>>,
+    on_progress: Option<Arc<ProgressFn>>,
     slots: u32,
     redundancy: u32,
     devices: DeviceChoice,
@@ -1069,7 +1115,15 @@ enum Wake {
         remote: Remote,
         opencl: Vec<u32>,
     },
+    /// A paused member (pause `epoch`) says it takes packets again.
+    Resumed {
+        member: usize,
+        epoch: u64,
+    },
 }
+
+/// How often a paused node is asked whether it serves again.
+const RESUME_POLL: Duration = Duration::from_millis(250);
 
 /// A node taking part in a job.
 struct Member {
@@ -1091,6 +1145,17 @@ struct Member {
     committed: u64,
     /// Packets committed since it last rejoined, if it did.
     committed_since_rejoin: Option<u64>,
+    /// What the node said of itself, its round trip and the OpenCL devices that took the
+    /// job: what its new devices need when it takes packets again after a pause.
+    info: NodeInfo,
+    rtt: Duration,
+    opencl: Vec<u32>,
+    /// Paused by its owner (or draining): its devices left the job until it serves again.
+    paused: bool,
+    /// Bumped on every pause, so a late "serving again" of an earlier pause is ignored.
+    pause_epoch: u64,
+    /// Items committed, for progress.
+    items: u64,
 }
 
 impl JobRun {
@@ -1351,11 +1416,36 @@ impl JobRun {
         })
     }
 
+    /// Asks a paused member's node for its status until it serves again, then says so
+    /// on `tx`; ends quietly if the connection goes (its watcher reports that).
+    fn await_resume(
+        member: usize,
+        epoch: u64,
+        connection: quinn::Connection,
+        tx: mpsc::UnboundedSender<Wake>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RESUME_POLL).await;
+                match request(&connection, &Request::Status).await {
+                    Ok(Response::Status(status))
+                        if status.state == crate::protocol::NodeState::Serving =>
+                    {
+                        let _ = tx.send(Wake::Resumed { member, epoch });
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+    }
+
     async fn run(
         self,
         remotes: Vec<Remote>,
         args: &mut [JobArg<'_>],
-        progress: Option<ProgressFn<'_>>,
+        progress: Option<&ProgressFn>,
     ) -> Result<(JobReport, Vec<Remote>), ClientError> {
         let prepare_started = Instant::now();
         // Prepare on every node at once.
@@ -1402,6 +1492,12 @@ impl JobRun {
                 failed: 0,
                 committed: 0,
                 committed_since_rejoin: None,
+                info: remote.info.clone(),
+                rtt: remote.rtt,
+                opencl: opencl.clone(),
+                paused: false,
+                pause_epoch: 0,
+                items: 0,
             });
         }
         if members.is_empty() {
@@ -1445,7 +1541,6 @@ impl JobRun {
         }
         let mut sched = Scheduler::new(spec);
         let mut sums = SumFold::new(&self.layout);
-        let mut committed_items = 0u64;
         let clock = Instant::now();
         let now = || clock.elapsed().as_micros() as u64;
         // Where each device's packets run on its node, and its name and committed
@@ -1488,6 +1583,8 @@ impl JobRun {
         let mut failures: Vec<(u64, u64, usize, String)> = Vec::new();
         let mut last_failure: Option<(String, String)> = None;
         let mut disagreements = Vec::new();
+        let mut paused_lines: Vec<String> = Vec::new();
+        let mut items_done = 0u64;
         let outcome: Result<(), ClientError> = loop {
             while let Some(decision) = sched.poll(now()) {
                 match decision {
@@ -1529,10 +1626,6 @@ impl JobRun {
                             let partials = self.layout.commit(args, packet.start, outputs);
                             sums.add(&self.layout, packet.start, packet.end, partials);
                             committed_packets += 1;
-                            committed_items += packet.items();
-                            if let Some(progress) = progress {
-                                progress(committed_items);
-                            }
                             committed_ranges.push((packet.start, packet.end));
                             if let Some(entry) =
                                 device_packets.iter_mut().find(|(d, _, _)| *d == device)
@@ -1541,10 +1634,27 @@ impl JobRun {
                             }
                             if let Some(&m) = device_member.get(&device) {
                                 members[m].committed += 1;
+                                members[m].items += packet.items();
                                 if members[m].devices.contains(&device) {
                                     if let Some(n) = &mut members[m].committed_since_rejoin {
                                         *n += 1;
                                     }
+                                }
+                            }
+                            items_done += packet.items();
+                            if self.on_progress.is_some() || progress.is_some() {
+                                let now_done = JobProgress {
+                                    items_done,
+                                    items: self.items,
+                                    per_node: members
+                                        .iter()
+                                        .map(|m| (m.name.clone(), m.items))
+                                        .collect(),
+                                };
+                                for observer in
+                                    self.on_progress.as_deref().into_iter().chain(progress)
+                                {
+                                    observer(&now_done);
                                 }
                             }
                         }
@@ -1575,6 +1685,7 @@ impl JobRun {
                     }
                 }
                 let mut why = lost_lines.clone();
+                why.extend(paused_lines.iter().cloned());
                 why.extend(disagreements.iter().cloned());
                 break Err(ClientError::Unfinished(Box::new(Unfinished {
                     why,
@@ -1648,6 +1759,39 @@ impl JobRun {
                     rejoined.push(remote);
                     continue;
                 }
+                Ok(Some(Wake::Resumed { member: m, epoch })) => {
+                    let member = &mut members[m];
+                    if !member.paused || member.pause_epoch != epoch || member.lost {
+                        continue;
+                    }
+                    member.paused = false;
+                    let remote = Remote {
+                        addr: member.addr,
+                        info: member.info.clone(),
+                        connection: member.connection.clone(),
+                        rtt: member.rtt,
+                    };
+                    let opencl = member.opencl.clone();
+                    let new = self.device_specs(
+                        &member.name,
+                        member.node,
+                        &remote,
+                        &opencl,
+                        &mut next_device,
+                    );
+                    member.devices = new.iter().map(|(d, _, _)| *d).collect();
+                    for (device, spec, target) in new {
+                        device_member.insert(device, m);
+                        device_target.insert(device, target);
+                        device_packets.push((device, spec.name.clone(), 0));
+                        sched.handle(now(), Event::DeviceJoined { device, spec });
+                    }
+                    self.notify(&format!(
+                        "node {} takes packets again and is back in the job",
+                        member.name
+                    ));
+                    continue;
+                }
                 Err(_) => continue,
             };
             let Some(&m) = device_member.get(&outcome.device) else {
@@ -1657,6 +1801,7 @@ impl JobRun {
             // not used.
             if members[m].lost
                 || members[m].excluded
+                || members[m].paused
                 || !members[m].devices.contains(&outcome.device)
             {
                 continue;
@@ -1749,6 +1894,28 @@ impl JobRun {
                         ));
                     }
                 }
+                Ok(Response::Paused { reason, .. }) => {
+                    // Routed around at once: its packets run elsewhere, and it is asked
+                    // until it serves again.
+                    let member = &mut members[m];
+                    member.paused = true;
+                    member.pause_epoch += 1;
+                    for device in &member.devices {
+                        sched.handle(now(), Event::DeviceLost { device: *device });
+                    }
+                    let line = format!(
+                        "node {} is {reason}; its packets run on the other nodes until it takes packets again",
+                        member.name
+                    );
+                    self.notify(&line);
+                    paused_lines.push(line);
+                    background.0.push(JobRun::await_resume(
+                        m,
+                        member.pause_epoch,
+                        member.connection.clone(),
+                        tx.clone(),
+                    ));
+                }
                 Ok(other) => {
                     let line = self.lose(
                         &mut members[m],
@@ -1799,6 +1966,7 @@ impl JobRun {
             },
             lost: lost_lines,
             disagreements,
+            paused: paused_lines,
             run_time,
             prepare_time,
             rejoined: members

@@ -11,7 +11,10 @@
 //! - `fail-packets`: answer every packet with a failure (a broken node);
 //! - `die-on-packet`: kill the node (SIGKILL) when its first packet arrives;
 //! - `stop-on-packet`: stop the node (SIGSTOP) when its first packet arrives;
-//! - `gate=PATH`: hold every packet until the file PATH exists.
+//! - `gate=PATH`: hold every packet until the file PATH exists;
+//! - `owner-busy`: report the node paused by its owner from the start, as `--idle-only`
+//!   does while the machine's load is above the threshold (without depending on it);
+//! - `owner-busy-until=PATH`: the same until the file PATH exists, then serve.
 
 /// The faults a node was told to inject (none outside test builds).
 #[derive(Debug, Clone, Default)]
@@ -28,6 +31,8 @@ struct Enabled {
     die_on_packet: bool,
     stop_on_packet: bool,
     gate: Option<std::path::PathBuf>,
+    owner_busy: bool,
+    owner_busy_until: Option<std::path::PathBuf>,
 }
 
 /// What a node does with a packet after [`Faults::before_packet`].
@@ -61,10 +66,16 @@ impl Faults {
                     "fail-packets" => enabled.fail_packets = true,
                     "die-on-packet" => enabled.die_on_packet = true,
                     "stop-on-packet" => enabled.stop_on_packet = true,
-                    other => match other.strip_prefix("gate=") {
-                        Some(path) => enabled.gate = Some(path.into()),
-                        None => return Err(format!("--fault {other}: no such fault")),
-                    },
+                    "owner-busy" => enabled.owner_busy = true,
+                    other => {
+                        if let Some(path) = other.strip_prefix("gate=") {
+                            enabled.gate = Some(path.into());
+                        } else if let Some(path) = other.strip_prefix("owner-busy-until=") {
+                            enabled.owner_busy_until = Some(path.into());
+                        } else {
+                            return Err(format!("--fault {other}: no such fault"));
+                        }
+                    }
                 }
             }
             Ok(Faults { enabled })
@@ -96,6 +107,24 @@ impl Faults {
             }
         }
         Verdict::Run
+    }
+
+    /// Whether the node pretends its owner keeps it busy, and until which file exists
+    /// (`None`: for good).
+    // Only fault injection pauses: without the feature the node never calls it.
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    pub(crate) fn owner_busy(&self) -> Option<Option<std::path::PathBuf>> {
+        #[cfg(feature = "fault-injection")]
+        {
+            let e = &self.enabled;
+            if e.owner_busy {
+                return Some(None);
+            }
+            if let Some(path) = &e.owner_busy_until {
+                return Some(Some(path.clone()));
+            }
+        }
+        None
     }
 
     /// Called on a packet's outputs before they are sent.

@@ -50,10 +50,14 @@ pub mod certs;
 pub mod client;
 pub mod credentials;
 pub mod discovery;
+pub mod dns;
 mod driver;
 pub mod fault;
+mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod revocation;
+pub mod status;
 mod wire;
 pub mod worker;
 

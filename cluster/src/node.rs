@@ -5,7 +5,16 @@
 //! cluster, so a kernel that crashes or hangs costs one worker, never the node: the
 //! packet is reported failed with the reason, the worker is started again, and the node
 //! goes on serving. Owner controls: the number of workers (`cores`), nice 19 for the
-//! workers, an idle-only gate on the machine's load, and a bandwidth cap on results.
+//! workers, an idle-only pause on the machine's load (a paused node answers packets
+//! [`Response::Paused`] at once, so clients run them elsewhere), and a bandwidth cap on
+//! results.
+//!
+//! Operation: the node answers [`Request::Status`] (`offload status`), counts what it
+//! does in [`crate::metrics`] (served over HTTP with [`NodeConfig::metrics`]), reads its
+//! revocation list again every second and on SIGHUP (a changed list applies to the next
+//! handshake, and connections of members it revokes are closed), and drains on SIGTERM
+//! or SIGINT: running packets finish, new ones are answered paused, then it exits (a
+//! second signal exits at once).
 //!
 //! OpenCL devices get one worker process each (`offload __worker --opencl-device N`),
 //! in a pool of their own: a client sends a packet to the CPU workers or to one device
@@ -29,8 +38,8 @@ use tokio::sync::{watch, Mutex, Semaphore};
 use crate::buffer_cache::{self, lock, BufferCache, ConnectionId};
 use crate::credentials::Credentials;
 use crate::protocol::{
-    self, FromWorker, Hash, Hello, HelloReply, NodeInfo, Request, Response, ToWorker, WireArg,
-    MAX_CONTROL, MAX_DATA,
+    self, FromWorker, Hash, Hello, HelloReply, NodeInfo, NodeState, Request, Response, ToWorker,
+    WireArg, MAX_CONTROL, MAX_DATA,
 };
 use crate::wire::{self, WireError};
 
@@ -54,6 +63,7 @@ pub struct NodeConfig {
     package_cache_bytes: usize,
     buffer_cache_bytes: usize,
     worker_memory_bytes: u64,
+    metrics: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -66,6 +76,7 @@ impl NodeConfig {
         worker_args: Vec<OsString>,
     ) -> NodeConfig {
         NodeConfig {
+            name: credentials.name(),
             listen,
             credentials,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -75,7 +86,6 @@ impl NodeConfig {
             idle_timeout: wire::DEFAULT_IDLE,
             worker_program: worker_program.into(),
             worker_args,
-            name: host_name(),
             advertise: true,
             rates: Vec::new(),
             opencl: false,
@@ -83,7 +93,16 @@ impl NodeConfig {
             package_cache_bytes: 256 << 20,
             buffer_cache_bytes: 4 << 30,
             worker_memory_bytes: 2 << 30,
+            metrics: None,
         }
+    }
+
+    /// Serve the node's metrics in the Prometheus text format on this TCP address
+    /// (`GET /metrics`, see [`crate::metrics`]); the node prints
+    /// `metrics on http://ADDR/metrics` once it listens. Default: none.
+    pub fn metrics(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics = addr;
+        self
     }
 
     /// Faults to inject (test builds only, see [`crate::fault`]). Default: none.
@@ -138,7 +157,8 @@ impl NodeConfig {
         self
     }
 
-    /// The node's name in logs and discovery. Default: the host name.
+    /// The node's name in logs, discovery and status. Default: its certificate's name
+    /// (the identity's common name).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -166,14 +186,6 @@ impl NodeConfig {
     }
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "node".into())
-}
-
 /// Why a node stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -187,6 +199,14 @@ pub enum NodeError {
     /// The JIT could not start (to describe this CPU).
     #[error(transparent)]
     Jit(#[from] node_jit::JitError),
+    /// The metrics endpoint could not listen.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Runs a node until the process is stopped. Prints `listening on ADDR` on stdout once
@@ -246,18 +266,62 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
             addr: config.listen,
             source,
         })?;
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let metrics = Arc::new(crate::metrics::NodeMetrics::new(
+        &info.name,
+        &info.arch,
+        &info.cpu,
+        started_unix,
+    ));
+    if let Some(addr) = config.metrics {
+        let (listener, bound) = crate::metrics::bind(addr)
+            .await
+            .map_err(|source| NodeError::Metrics { addr, source })?;
+        // Printed before `listening on`, which tests and scripts wait for.
+        println!("metrics on http://{bound}/metrics");
+        tracing::info!("serving metrics on http://{bound}/metrics");
+        tokio::spawn(crate::metrics::serve(listener, Arc::clone(&metrics)));
+    }
     // Tests and scripts read this line to learn the port.
     println!("listening on {local}");
     tracing::info!(
-        "node {} serving {} workers on {local} ({} {})",
+        "node {} serving {} workers on {local} ({} {}); offload {}, protocol version {}",
         info.name,
         config.cores,
         info.arch,
-        info.cpu
+        info.cpu,
+        env!("CARGO_PKG_VERSION"),
+        protocol::VERSION
     );
+    match config.credentials.revocation_list() {
+        Some(list) => {
+            tracing::info!(
+                "revocation list number {} from {}: {} revoked",
+                list.number,
+                config.credentials.revocation_list_path().display(),
+                list.serials.len()
+            );
+            metrics
+                .revocation_list
+                .set(i64::try_from(list.number).unwrap_or(i64::MAX));
+        }
+        None => tracing::info!(
+            "no revocation list at {} (checked every second)",
+            config.credentials.revocation_list_path().display()
+        ),
+    }
     let _advert = if config.advertise {
-        match crate::discovery::advertise(&info, local) {
-            Ok(advert) => Some(advert),
+        let ca = config.credentials.ca_fingerprint();
+        match crate::discovery::advertise(&info, local, &ca) {
+            Ok(advert) => {
+                tracing::info!(
+                    "advertising by mDNS as {} (cluster CA {ca})",
+                    advert.instance()
+                );
+                Some(advert)
+            }
             Err(e) => {
                 tracing::warn!("not advertising by mDNS: {e}");
                 None
@@ -276,9 +340,12 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
         &config.worker_args,
         limits,
     );
-    let (gate_tx, gate) = watch::channel(true);
+    let (state, _) = watch::channel(NodeState::Serving);
     if let Some(threshold) = config.idle_only {
-        tokio::spawn(watch_load(threshold, Arc::clone(&pool), gate_tx));
+        tokio::spawn(watch_load(threshold, Arc::clone(&pool), state.clone()));
+    }
+    if let Some(until) = config.faults.owner_busy() {
+        tokio::spawn(pretend_owner_busy(until, state.clone()));
     }
     let shared = Arc::new(Shared {
         info,
@@ -292,29 +359,189 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
         spares: std::sync::Mutex::new(SpareBuffers::default()),
         pool,
         opencl_pools,
-        gate,
+        state,
         bucket: config.max_bandwidth.map(TokenBucket::new),
         packet_timeout: config.packet_timeout,
+        metrics,
+        started: Instant::now(),
+        clients: std::sync::Mutex::new(HashMap::new()),
     });
-    while let Some(incoming) = endpoint.accept().await {
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(connection) => {
-                    if let Err(e) = serve_connection(shared, connection).await {
-                        tracing::info!("connection from {remote} ended: {e}");
+    tokio::spawn(mirror_state(
+        shared.state.subscribe(),
+        Arc::clone(&shared.metrics),
+    ));
+    tokio::spawn(watch_revocations(
+        config.credentials.clone(),
+        config.idle_timeout,
+        endpoint.clone(),
+        Arc::clone(&shared),
+    ));
+    let accept = async {
+        while let Some(incoming) = endpoint.accept().await {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(connection) => serve_connection(shared, connection).await,
+                    // A peer without a certificate signed by the cluster CA (or with a
+                    // revoked one) ends here, before it can send a single request.
+                    Err(e) => {
+                        shared.metrics.refused.inc();
+                        tracing::warn!("refused connection from {remote}: {}", describe_refusal(&e))
                     }
                 }
-                // A peer without a certificate signed by the cluster CA ends here,
-                // before it can send a single request.
-                Err(e) => {
-                    tracing::warn!("refused connection from {remote}: {}", describe_refusal(&e))
-                }
-            }
-        });
+            });
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = drain_on_signal(Arc::clone(&shared)) => {}
     }
+    endpoint.close(quinn::VarInt::from_u32(0), b"the node is shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    tracing::info!("node {} stopped", shared.info.name);
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, then drains: new packets are answered paused, and once
+/// the packets in progress are answered (or a second signal comes, or a packet's time
+/// limit passes) it returns, so the node exits. Returns never if the signals cannot be
+/// watched (the node then stops only when killed, as before).
+async fn drain_on_signal(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot watch SIGTERM and SIGINT: the node will not drain before it stops");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    let running = shared.metrics.in_progress.get();
+    tracing::info!(
+        "draining: {running} packet(s) in progress finish, new packets are answered paused; a second signal stops at once"
+    );
+    shared.state.send_replace(NodeState::Draining);
+    let drained = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        while shared.metrics.in_progress.get() > 0 {
+            tick.tick().await;
+        }
+    };
+    tokio::select! {
+        () = drained => tracing::info!("drained: no packet in progress"),
+        _ = term.recv() => tracing::warn!("second signal: stopping with packets in progress"),
+        _ = interrupt.recv() => tracing::warn!("second signal: stopping with packets in progress"),
+        () = tokio::time::sleep(shared.packet_timeout) => {
+            tracing::warn!("packets still in progress after {:?}: stopping", shared.packet_timeout)
+        }
+    }
+}
+
+/// Reads the revocation list again every second and at once on SIGHUP; a newer list
+/// applies to the next handshake, and the connections of members it revokes are
+/// closed.
+async fn watch_revocations(
+    mut credentials: Credentials,
+    idle: Duration,
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = hup => tracing::info!("SIGHUP: reading the revocation list again"),
+        }
+        let list = match credentials.reload_revocation_list() {
+            Ok(crate::revocation::Reload::Same) => continue,
+            Ok(crate::revocation::Reload::Refused(reason)) => {
+                tracing::warn!("{reason}");
+                continue;
+            }
+            Ok(crate::revocation::Reload::Newer(list)) => list,
+            Err(e) => {
+                // Logged once per change of the file would be nicer; the list in use
+                // stays either way.
+                tracing::warn!("revocation list not reloaded, the one in use stays: {e}");
+                continue;
+            }
+        };
+        match wire::server_config(&credentials, idle) {
+            Ok(config) => endpoint.set_server_config(Some(config)),
+            Err(e) => {
+                tracing::warn!("cannot use the new revocation list: {e}");
+                continue;
+            }
+        }
+        tracing::info!(
+            "revocation list number {} from {}: {} revoked; it applies to every new connection",
+            list.number,
+            credentials.revocation_list_path().display(),
+            list.serials.len()
+        );
+        shared
+            .metrics
+            .revocation_list
+            .set(i64::try_from(list.number).unwrap_or(i64::MAX));
+        if list.revokes(&credentials.serial()) {
+            tracing::warn!(
+                "this node's own certificate (serial {}) is revoked: members with the new list refuse it",
+                credentials.serial()
+            );
+        }
+        let revoked: Vec<(String, quinn::Connection)> = lock(&shared.clients)
+            .values()
+            .filter(|c| list.revokes(&c.serial))
+            .map(|c| (c.identity.clone(), c.connection.clone()))
+            .collect();
+        for (identity, connection) in revoked {
+            tracing::warn!(
+                "closing the connection of `{identity}` from {}: its certificate was revoked",
+                connection.remote_address()
+            );
+            connection.close(
+                quinn::VarInt::from_u32(3),
+                b"this member's certificate was revoked",
+            );
+        }
+    }
+}
+
+/// Test builds: pretends the owner keeps the machine busy, until `until` exists (or for
+/// good).
+async fn pretend_owner_busy(until: Option<PathBuf>, state: watch::Sender<NodeState>) {
+    state.send_replace(NodeState::PausedByOwner {
+        reason: "fault injection: the owner is busy".into(),
+    });
+    tracing::info!("fault injection: paused as if by the owner");
+    let Some(path) = until else {
+        return;
+    };
+    while !path.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    state.send_if_modified(|s| {
+        let paused = matches!(s, NodeState::PausedByOwner { .. });
+        if paused {
+            *s = NodeState::Serving;
+        }
+        paused
+    });
+    tracing::info!("fault injection: the owner is no longer busy: taking packets again");
 }
 
 /// A `pre_exec` hook that makes the child process die (SIGKILL) when the thread that
@@ -369,9 +596,75 @@ struct Shared {
     pool: Arc<WorkerPool>,
     /// One single-worker pool per OpenCL device, indexed as in [`NodeInfo::opencl`].
     opencl_pools: Vec<Arc<WorkerPool>>,
-    gate: watch::Receiver<bool>,
+    /// Whether the node takes packets (its owner's load, a drain).
+    state: watch::Sender<NodeState>,
     bucket: Option<TokenBucket>,
     packet_timeout: Duration,
+    metrics: Arc<crate::metrics::NodeMetrics>,
+    started: Instant,
+    /// The members connected now, by connection number (for status and revocation).
+    clients: std::sync::Mutex<HashMap<ConnectionId, ClientEntry>>,
+}
+
+/// A connected member, as status and revocation see it.
+struct ClientEntry {
+    identity: String,
+    serial: String,
+    since: Instant,
+    connection: quinn::Connection,
+    jobs: Arc<std::sync::Mutex<HashMap<u64, Arc<Job>>>>,
+    counters: Arc<ClientCounters>,
+}
+
+/// What one member's connection has on the node.
+#[derive(Default)]
+struct ClientCounters {
+    /// Packets received and not answered yet.
+    packets: std::sync::atomic::AtomicU32,
+    /// Packets answered with results.
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// What the node is doing now.
+    fn status(&self) -> protocol::NodeStatus {
+        use crate::metrics::PacketOutcome;
+        use std::sync::atomic::Ordering::Relaxed;
+        let clients = lock(&self.clients)
+            .values()
+            .map(|c| protocol::ClientActivity {
+                identity: c.identity.clone(),
+                addr: c.connection.remote_address().to_string(),
+                connected_s: c.since.elapsed().as_secs(),
+                jobs: lock(&c.jobs).values().map(|j| j.kernel.clone()).collect(),
+                packets: c.counters.packets.load(Relaxed),
+                packets_done: c.counters.done.load(Relaxed),
+            })
+            .collect();
+        protocol::NodeStatus {
+            info: self.info.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state: self.state.borrow().clone(),
+            sandboxed: false,
+            load: load_average().unwrap_or(0.0),
+            uptime_s: self.started.elapsed().as_secs(),
+            busy_workers: self.pool.busy.load(Relaxed) as u32,
+            queued: u32::try_from(self.metrics.queue_depth.get().max(0)).unwrap_or(u32::MAX),
+            packets_done: self.metrics.packets(PacketOutcome::Done),
+            packets_failed: self.metrics.packets(PacketOutcome::Failed),
+            items_done: self.metrics.items.get(),
+            bytes_in: self.metrics.received_bytes.get(),
+            bytes_out: self.metrics.sent_bytes.get(),
+            clients,
+        }
+    }
+}
+
+/// The machine's 1-minute load average, from `/proc/loadavg`.
+fn load_average() -> Option<f64> {
+    // A tiny procfs read does not block in practice.
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// MiB of request bodies a node holds at once (see [`Shared::in_flight`]).
@@ -428,6 +721,9 @@ impl PackageCache {
 struct ClientLink {
     gone: watch::Receiver<bool>,
     running: Arc<std::sync::atomic::AtomicUsize>,
+    counters: Arc<ClientCounters>,
+    /// `` `NAME` (ADDR) `` for logs.
+    peer: String,
 }
 
 impl ClientLink {
@@ -490,33 +786,84 @@ struct Job {
     wholes: Vec<(Hash, Arc<Vec<u8>>)>,
     /// The OpenCL devices that loaded the kernel (indices into `Shared::opencl_pools`).
     opencl: Vec<u32>,
+    /// Packets and items answered with results, for the log line at its end.
+    packets_done: std::sync::atomic::AtomicU64,
+    items_done: std::sync::atomic::AtomicU64,
 }
 
-fn peer_name(connection: &quinn::Connection) -> String {
-    let who = connection
+/// The member behind a connection: the common name and serial of the certificate it
+/// presented (the handshake verified it).
+fn peer_identity(connection: &quinn::Connection) -> (String, String) {
+    connection
         .peer_identity()
         .and_then(|id| {
             id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .map(|certs| format!("a member with {} certificate(s)", certs.len()))
-        .unwrap_or_else(|| "an unidentified peer".into());
-    format!("{} ({who})", connection.remote_address())
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|cert| crate::certs::summarize(cert).ok())
+        })
+        .map_or_else(
+            || ("an unidentified peer".into(), String::new()),
+            |cert| (cert.name, cert.serial),
+        )
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
-    connection: quinn::Connection,
-) -> Result<(), WireError> {
-    let peer = peer_name(&connection);
+/// Serves one member's connection until it closes, and logs how it ended.
+async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
+    let (identity, serial) = peer_identity(&connection);
+    let peer = format!("`{identity}` ({})", connection.remote_address());
     let connection_id = shared
         .next_connection
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let jobs: Arc<std::sync::Mutex<HashMap<u64, Arc<Job>>>> = Arc::default();
+    let counters = Arc::new(ClientCounters::default());
+    lock(&shared.clients).insert(
+        connection_id,
+        ClientEntry {
+            identity: identity.clone(),
+            serial,
+            since: Instant::now(),
+            connection: connection.clone(),
+            jobs: Arc::clone(&jobs),
+            counters: Arc::clone(&counters),
+        },
+    );
+    shared.metrics.connections.inc();
+    let ended = serve_requests(&shared, connection_id, &connection, &peer, jobs, &counters).await;
+    lock(&shared.clients).remove(&connection_id);
+    shared.metrics.connections.dec();
+    let done = counters.done.load(std::sync::atomic::Ordering::Relaxed);
+    match ended {
+        Ok(()) => {}
+        Err(WireError::Connection(quinn::ConnectionError::ApplicationClosed(close))) => {
+            tracing::info!(
+                "member {peer} disconnected ({}); {done} packet(s) answered with results",
+                String::from_utf8_lossy(&close.reason)
+            )
+        }
+        Err(e) => tracing::info!(
+            "connection of member {peer} ended: {e}; {done} packet(s) answered with results"
+        ),
+    }
+}
+
+async fn serve_requests(
+    shared: &Arc<Shared>,
+    connection_id: ConnectionId,
+    connection: &quinn::Connection,
+    peer: &str,
+    jobs: Arc<std::sync::Mutex<HashMap<u64, Arc<Job>>>>,
+    counters: &Arc<ClientCounters>,
+) -> Result<(), WireError> {
     // The hello comes first, on the first stream.
     let (mut send, mut recv) = connection.accept_bi().await?;
     let hello: Hello = wire::recv(&mut recv, MAX_CONTROL).await?;
     if let Err(reason) = protocol::check_hello(&hello) {
         tracing::warn!("refused {peer}: {reason}");
+        shared.metrics.refused.inc();
         let reply = HelloReply::Refused {
             version: protocol::VERSION,
             reason,
@@ -526,27 +873,32 @@ async fn serve_connection(
         let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
         return Ok(());
     }
-    tracing::info!("client {} connected from {peer}", hello.client);
+    tracing::info!(
+        "member {peer} connected (client `{}`, protocol version {})",
+        hello.client,
+        hello.version
+    );
     let reply = HelloReply::Welcome {
         version: protocol::VERSION,
         node: shared.info.clone(),
     };
     wire::send(&mut send, &reply, MAX_CONTROL).await?;
-    let jobs: Arc<std::sync::Mutex<HashMap<u64, Arc<Job>>>> = Arc::default();
     let (gone_tx, gone) = watch::channel(false);
     let client = ClientLink {
         gone,
         running: Arc::default(),
+        counters: Arc::clone(counters),
+        peer: peer.to_string(),
     };
     tokio::spawn(watch_client(
         connection.clone(),
         Arc::clone(&client.running),
         gone_tx,
-        peer.clone(),
+        peer.to_string(),
     ));
     loop {
         let (mut send, mut recv) = connection.accept_bi().await?;
-        let shared = Arc::clone(&shared);
+        let shared = Arc::clone(shared);
         let jobs = Arc::clone(&jobs);
         let client = client.clone();
         tokio::spawn(async move {
@@ -556,7 +908,7 @@ async fn serve_connection(
                     handle(&shared, connection_id, &client, &jobs, request, &mut recv).await
                 }
                 Err(WireError::Decode(e)) => {
-                    tracing::warn!("refused a message: {e}");
+                    tracing::warn!("refused a message from {}: {e}", client.peer);
                     Response::Error(format!("refused: {e}"))
                 }
                 Err(e) => {
@@ -574,10 +926,21 @@ async fn serve_connection(
             if let Some(bucket) = &shared.bucket {
                 bucket.take(frame.len() as u64).await;
             }
+            shared.metrics.sent_bytes.inc_by(frame.len() as u64);
             if let Err(e) = wire::send_frame(&mut send, &frame).await {
                 tracing::debug!("cannot send a response: {e}");
             }
         });
+    }
+}
+
+/// The approximate size of a request on the wire, for the byte counters.
+fn request_bytes(request: &Request) -> u64 {
+    match request {
+        Request::Package(bytes) => bytes.len() as u64,
+        Request::Buffer { len, .. } => *len,
+        Request::Run { slices, .. } => slices.iter().map(|s| s.len() as u64).sum(),
+        _ => 0,
     }
 }
 
@@ -589,23 +952,35 @@ async fn handle(
     request: Request,
     recv: &mut quinn::RecvStream,
 ) -> Response {
+    // Frames are small next to the data they carry: count the data.
+    shared
+        .metrics
+        .received_bytes
+        .inc_by(request_bytes(&request) + 64);
     match request {
         Request::Ping => Response::Pong,
-        Request::HavePackage(hash) => Response::Has(lock(&shared.packages).get(&hash).is_some()),
-        Request::HaveBuffer(hash) => Response::Has(
-            buffer_cache::usable(&shared.buffers, hash, connection)
+        Request::Status => Response::Status(Box::new(shared.status())),
+        Request::HavePackage(hash) => {
+            let has = lock(&shared.packages).get(&hash).is_some();
+            shared.metrics.package_lookup(has);
+            Response::Has(has)
+        }
+        Request::HaveBuffer(hash) => {
+            let has = buffer_cache::usable(&shared.buffers, hash, connection)
                 .await
-                .is_some(),
-        ),
+                .is_some();
+            shared.metrics.buffer_lookup(has);
+            Response::Has(has)
+        }
         Request::Package(bytes) => match Package::from_bytes(&bytes) {
             Ok(package) => {
                 let hash = package.hash().0;
-                tracing::info!("stored package {}", package.hash());
+                tracing::info!("stored package {} from {}", package.hash(), client.peer);
                 lock(&shared.packages).insert(package, shared.package_cache_bytes);
                 Response::Stored(hash)
             }
             Err(e) => {
-                tracing::warn!("refused a package: {e}");
+                tracing::warn!("refused a package from {}: {e}", client.peer);
                 Response::Error(format!("package refused: {e}"))
             }
         },
@@ -618,7 +993,7 @@ async fn handle(
             let bytes = match wire::recv_payload(recv, len, MAX_DATA, spare).await {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    tracing::warn!("refused a buffer upload: {e}");
+                    tracing::warn!("refused a buffer upload from {}: {e}", client.peer);
                     return Response::Error(format!("buffer upload refused: {e}"));
                 }
             };
@@ -640,17 +1015,35 @@ async fn handle(
             args,
         } => match prepare(shared, connection, package, &kernel, items, args).await {
             Ok(prepared) => {
+                tracing::info!(
+                    "job {job} of {}: prepared kernel `{kernel}` for {items} items (CPU workers{})",
+                    client.peer,
+                    prepared
+                        .opencl
+                        .iter()
+                        .map(|i| format!(", OpenCL device {i}"))
+                        .collect::<String>()
+                );
                 let opencl = prepared.opencl.clone();
                 lock(jobs).insert(job, Arc::new(prepared));
                 Response::Prepared { opencl }
             }
             Err(e) => {
-                tracing::warn!("cannot prepare job {job}: {e}");
+                tracing::warn!("cannot prepare job {job} of {}: {e}", client.peer);
                 Response::Error(e)
             }
         },
         Request::EndJob(job) => {
-            lock(jobs).remove(&job);
+            if let Some(ended) = lock(jobs).remove(&job) {
+                use std::sync::atomic::Ordering::Relaxed;
+                tracing::info!(
+                    "job {job} of {} ended: kernel `{}`, {} packet(s), {} item(s) run here",
+                    client.peer,
+                    ended.kernel,
+                    ended.packets_done.load(Relaxed),
+                    ended.items_done.load(Relaxed)
+                );
+            }
             Response::Prepared { opencl: Vec::new() }
         }
         Request::Run {
@@ -664,10 +1057,10 @@ async fn handle(
             let Some(job) = lock(jobs).get(&job).cloned() else {
                 return Response::Error(format!("job {job} is not prepared on this node"));
             };
-            let pool = match device {
-                None => &shared.pool,
+            let (pool, label) = match device {
+                None => (&shared.pool, "cpu".to_string()),
                 Some(index) => match shared.opencl_pools.get(index as usize) {
-                    Some(pool) if job.opencl.contains(&index) => pool,
+                    Some(pool) if job.opencl.contains(&index) => (pool, format!("opencl{index}")),
                     _ => {
                         return Response::Error(format!(
                             "OpenCL device {index} of this node does not run job {}'s kernel",
@@ -676,7 +1069,23 @@ async fn handle(
                     }
                 },
             };
-            run_packet(shared, client, pool, &job, packet, start, end, slices).await
+            let counters = &client.counters;
+            counters
+                .packets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.metrics.in_progress.inc();
+            let packet = Packet {
+                id: packet,
+                start,
+                end,
+                slices,
+            };
+            let response = run_packet(shared, client, pool, &label, &job, packet).await;
+            shared.metrics.in_progress.dec();
+            counters
+                .packets
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            response
         }
     }
 }
@@ -737,16 +1146,18 @@ async fn prepare(
         args,
         wholes,
         opencl: Vec::new(),
+        packets_done: Default::default(),
+        items_done: Default::default(),
     };
     let mut worker = shared.pool.acquire().await;
-    let loaded = worker.ensure_loaded(&job).await;
+    let loaded = worker.ensure_loaded(&job, &shared.metrics).await;
     shared.pool.release(worker).await;
     loaded?;
     // Each OpenCL device lowers and builds the kernel now; one that cannot is left out
     // of the job, which then runs on the CPU workers (and the other devices).
     for (index, pool) in shared.opencl_pools.iter().enumerate() {
         let mut worker = pool.acquire().await;
-        let loaded = worker.ensure_loaded(&job).await;
+        let loaded = worker.ensure_loaded(&job, &shared.metrics).await;
         pool.release(worker).await;
         match loaded {
             Ok(()) => job.opencl.push(index as u32),
@@ -763,13 +1174,7 @@ async fn prepare(
             }
         }
     }
-    tracing::info!(
-        "prepared kernel `{kernel}` for {items} items (CPU workers{})",
-        job.opencl
-            .iter()
-            .map(|i| format!(", OpenCL device {i}"))
-            .collect::<String>()
-    );
+    tracing::debug!("kernel `{kernel}` loaded for {items} items");
     Ok(job)
 }
 
@@ -801,40 +1206,80 @@ enum Ran {
     ClientGone,
 }
 
-#[allow(clippy::too_many_arguments)] // one packet's request, taken apart
+/// One packet of a [`Request::Run`].
+struct Packet {
+    id: u64,
+    start: u64,
+    end: u64,
+    slices: Vec<Vec<u8>>,
+}
+
+/// Why the node takes no packets now, if it does not.
+fn not_serving(state: &NodeState) -> Option<String> {
+    match state {
+        NodeState::Serving => None,
+        NodeState::PausedByOwner { reason } => Some(format!("paused by its owner: {reason}")),
+        NodeState::Draining => Some("the node is shutting down".into()),
+    }
+}
+
 async fn run_packet(
     shared: &Shared,
     client: &ClientLink,
     pool: &WorkerPool,
+    pool_label: &str,
     job: &Job,
-    packet: u64,
-    start: u64,
-    end: u64,
-    slices: Vec<Vec<u8>>,
+    packet: Packet,
 ) -> Response {
-    let failed = |reason: String| Response::Failed { packet, reason };
-    let gone = || failed("the client went away".into());
+    use crate::metrics::PacketOutcome;
+    let Packet {
+        id,
+        start,
+        end,
+        slices,
+    } = packet;
+    let failed = |reason: String| {
+        shared.metrics.packet(PacketOutcome::Failed);
+        Response::Failed { packet: id, reason }
+    };
+    let gone = || {
+        shared.metrics.packet(PacketOutcome::Cancelled);
+        Response::Failed {
+            packet: id,
+            reason: "the client went away".into(),
+        }
+    };
+    let paused = |reason: String| {
+        shared.metrics.packet(PacketOutcome::Paused);
+        Response::Paused { packet: id, reason }
+    };
     if let crate::fault::Verdict::Fail(reason) = shared.faults.before_packet().await {
         return failed(reason);
     }
-    // Idle-only: hold new packets while the owner is busy (not past the client's life).
-    let mut gate = shared.gate.clone();
-    tokio::select! {
-        opened = gate.wait_for(|open| *open) => {
-            if opened.is_err() {
-                tracing::debug!("load gate gone");
-            }
-        }
-        _ = client.gone() => return gone(),
+    // A paused node says so at once: the client runs the packet elsewhere.
+    let mut state = shared.state.subscribe();
+    if let Some(reason) = not_serving(&state.borrow_and_update()) {
+        return paused(reason);
     }
-    let mut worker = tokio::select! {
-        worker = pool.acquire() => worker,
-        _ = client.gone() => return gone(),
+    shared.metrics.queue_depth.inc();
+    let acquired = tokio::select! {
+        worker = pool.acquire() => Ok(worker),
+        _ = client.gone() => Err(None),
+        changed = state.wait_for(|s| *s != NodeState::Serving) => {
+            Err(changed.ok().and_then(|s| not_serving(&s)))
+        }
+    };
+    shared.metrics.queue_depth.dec();
+    let mut worker = match acquired {
+        Ok(worker) => worker,
+        Err(Some(reason)) => return paused(reason),
+        Err(None) => return gone(),
     };
     client
         .running
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let response = match worker.ensure_loaded(job).await {
+    let started = Instant::now();
+    let response = match worker.ensure_loaded(job, &shared.metrics).await {
         Err(reason) => failed(reason),
         Ok(()) => {
             let request = ToWorker::Run {
@@ -855,25 +1300,45 @@ async fn run_packet(
                     // The exchange was cut off halfway: the worker cannot be reused.
                     let status = worker.reap().await;
                     tracing::warn!(
-                        "cancelled kernel `{}` on items {start}..{end}: its client went away (worker {status}; it is started again for the next packet)",
-                        job.kernel
+                        "cancelled kernel `{}` on items {start}..{end}: its client went away ({}; worker {status}; it is started again for the next packet)",
+                        job.kernel,
+                        client.peer
                     );
                     gone()
                 }
                 Ran::Answered(Ok(FromWorker::Done {
                     compute_us,
                     outputs,
-                })) => Response::Done {
-                    packet,
-                    compute_us,
-                    outputs: shared.faults.on_outputs(outputs),
-                },
-                Ran::Answered(Ok(FromWorker::Panicked(reason))) => failed(format!(
-                    "kernel `{}` panicked on items {start}..{end}: {reason}",
-                    job.kernel
-                )),
-                Ran::Answered(Ok(FromWorker::Error(reason))) => failed(reason),
-                Ran::Answered(Ok(FromWorker::Ready)) => {
+                })) => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    shared.metrics.packet(PacketOutcome::Done);
+                    shared.metrics.items.inc_by(end - start);
+                    job.packets_done.fetch_add(1, Relaxed);
+                    job.items_done.fetch_add(end - start, Relaxed);
+                    client.counters.done.fetch_add(1, Relaxed);
+                    Response::Done {
+                        packet: id,
+                        compute_us,
+                        outputs: shared.faults.on_outputs(outputs),
+                    }
+                }
+                Ran::Answered(Ok(FromWorker::Panicked(reason))) => {
+                    let reason = format!(
+                        "kernel `{}` panicked on items {start}..{end}: {reason}",
+                        job.kernel
+                    );
+                    tracing::warn!("{reason} (packet of {})", client.peer);
+                    failed(reason)
+                }
+                Ran::Answered(Ok(FromWorker::Error(reason))) => {
+                    tracing::warn!(
+                        "kernel `{}` on items {start}..{end} failed: {reason} (packet of {})",
+                        job.kernel,
+                        client.peer
+                    );
+                    failed(reason)
+                }
+                Ran::Answered(Ok(FromWorker::Ready | FromWorker::Loaded { .. })) => {
                     worker.reap().await;
                     failed(
                         "the worker answered a packet as if it were a load; it was restarted"
@@ -885,12 +1350,16 @@ async fn run_packet(
                         "kernel `{}` on items {start}..{end}: {fault}; the node restarted its worker",
                         job.kernel
                     );
-                    tracing::warn!("{reason}");
+                    tracing::warn!("{reason} (packet of {})", client.peer);
                     failed(reason)
                 }
             }
         }
     };
+    shared.metrics.busy(
+        &format!("{pool_label}{}", worker.index),
+        started.elapsed().as_secs_f64(),
+    );
     client
         .running
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -1103,7 +1572,11 @@ impl Worker {
 
     /// Makes sure the worker has the job's kernel and whole buffers. A worker that has
     /// loaded many kernels or grown past its memory limit is started afresh first.
-    async fn ensure_loaded(&mut self, job: &Job) -> Result<(), String> {
+    async fn ensure_loaded(
+        &mut self,
+        job: &Job,
+        metrics: &crate::metrics::NodeMetrics,
+    ) -> Result<(), String> {
         let key = (job.package.hash().0, job.kernel.clone());
         // Compiling may take a while; a cache hit is a dlopen.
         let load_timeout = Duration::from_secs(600);
@@ -1131,6 +1604,16 @@ impl Worker {
                 kernel: job.kernel.clone(),
             };
             match self.call(&request, load_timeout).await {
+                Ok(FromWorker::Loaded { origin, micros }) => {
+                    metrics.kernel_load(&origin, micros as f64 / 1e6);
+                    tracing::debug!(
+                        "worker {}: kernel `{}` {origin} in {} µs",
+                        self.index,
+                        job.kernel,
+                        micros
+                    );
+                    self.loaded.insert(key);
+                }
                 Ok(FromWorker::Ready) => {
                     self.loaded.insert(key);
                 }
@@ -1290,34 +1773,63 @@ fn unreachable_worker() -> Worker {
     panic!("worker pool out of step with its semaphore")
 }
 
-/// Opens and closes the gate for new packets from the machine's load.
-async fn watch_load(threshold: f64, pool: Arc<WorkerPool>, gate: watch::Sender<bool>) {
+/// Pauses and resumes the node from the machine's load, once a second.
+async fn watch_load(threshold: f64, pool: Arc<WorkerPool>, state: watch::Sender<NodeState>) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     loop {
         interval.tick().await;
-        // A tiny procfs read does not block in practice.
-        let Ok(text) = std::fs::read_to_string("/proc/loadavg") else {
-            continue;
-        };
-        let Some(load) = text
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<f64>().ok())
-        else {
+        let Some(load) = load_average() else {
             continue;
         };
         let ours = pool.busy.load(std::sync::atomic::Ordering::Relaxed) as f64;
-        let owner = (load - ours).max(0.0);
-        let open = owner <= threshold;
-        if *gate.borrow() != open {
-            if open {
-                tracing::info!(
-                    "owner's load {owner:.2} is at most {threshold}: taking packets again"
-                );
-            } else {
-                tracing::info!("owner's load {owner:.2} is above {threshold}: pausing new packets");
-            }
-            let _ = gate.send(open);
+        state.send_if_modified(
+            |current| match owner_state(load, ours, threshold, current) {
+                Some(next) => {
+                    match &next {
+                        NodeState::Serving => tracing::info!(
+                            "the owner's load is at most {threshold} again: taking packets"
+                        ),
+                        other => tracing::info!(
+                            "{}: new packets are answered paused, clients run them elsewhere",
+                            not_serving(other).unwrap_or_default()
+                        ),
+                    }
+                    *current = next;
+                    true
+                }
+                None => false,
+            },
+        );
+    }
+}
+
+/// The state the machine's 1-minute `load`, less `ours` (this node's busy workers),
+/// calls for against `threshold`, if it differs from `current`. A draining node stays
+/// draining.
+fn owner_state(load: f64, ours: f64, threshold: f64, current: &NodeState) -> Option<NodeState> {
+    let owner = (load - ours).max(0.0);
+    match current {
+        NodeState::Draining => None,
+        NodeState::Serving if owner > threshold => Some(NodeState::PausedByOwner {
+            reason: format!(
+                "the machine's load without this node's work is {owner:.2}, above --idle-threshold {threshold}"
+            ),
+        }),
+        NodeState::PausedByOwner { .. } if owner <= threshold => Some(NodeState::Serving),
+        _ => None,
+    }
+}
+
+/// Keeps the `paused` gauge in step with the node's state.
+async fn mirror_state(
+    mut state: watch::Receiver<NodeState>,
+    metrics: Arc<crate::metrics::NodeMetrics>,
+) {
+    loop {
+        let serving = *state.borrow_and_update() == NodeState::Serving;
+        metrics.paused.set(i64::from(!serving));
+        if state.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -1389,6 +1901,28 @@ mod tests {
             spares.give(Arc::new(Vec::with_capacity(8 << 20)));
         }
         assert!(spares.bytes <= SPARE_BYTES, "{} bytes kept", spares.bytes);
+    }
+
+    #[test]
+    fn the_owners_load_pauses_and_resumes_the_node_but_not_a_drain() {
+        let serving = NodeState::Serving;
+        // 3.5 load with 1 of our workers busy: the owner's 2.5 is above 2.
+        let paused = owner_state(3.5, 1.0, 2.0, &serving).expect("pauses");
+        let NodeState::PausedByOwner { reason } = &paused else {
+            panic!("{paused:?}")
+        };
+        assert!(
+            reason.contains("2.50") && reason.contains("threshold 2"),
+            "{reason}"
+        );
+        assert_eq!(owner_state(3.5, 1.0, 2.0, &paused), None);
+        // Our own work never pauses us.
+        assert_eq!(owner_state(3.5, 2.0, 2.0, &serving), None);
+        assert_eq!(
+            owner_state(1.0, 0.0, 2.0, &paused),
+            Some(NodeState::Serving)
+        );
+        assert_eq!(owner_state(9.0, 0.0, 2.0, &NodeState::Draining), None);
     }
 
     #[test]

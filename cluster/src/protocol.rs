@@ -32,8 +32,11 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Version 4: [`Response::Failed`] lost its `retryable` flag (the client decides whose
 /// fault a failure was by running the packet elsewhere), and each request kind has its
 /// own size limit ([`request_limit`]).
-/// Version 5: split buffers may have halos ([`WireArg::Split`]'s `halo`): kernel model v2.
-pub const VERSION: u32 = 5;
+/// Version 5: [`Request::Status`] answered by [`Response::Status`] (what `offload
+/// status` shows), and [`Response::Paused`]: a node paused by its owner (or draining)
+/// answers a packet at once instead of holding it, so the client runs it elsewhere.
+/// Version 6: split buffers may have halos ([`WireArg::Split`]'s `halo`): kernel model v2.
+pub const VERSION: u32 = 6;
 
 /// The ALPN protocol name of offload's QUIC connections.
 pub const ALPN: &[u8] = b"offload/1";
@@ -218,6 +221,9 @@ pub enum Request {
     EndJob(u64),
     /// An empty round trip (benchmarks, latency estimates).
     Ping,
+    /// What the node is doing ([`NodeStatus`]). New kinds go last: a request's first
+    /// byte names its kind ([`request_limit`]).
+    Status,
 }
 
 /// The node's answer to a [`Request`].
@@ -258,6 +264,94 @@ pub enum Response {
     Error(String),
     /// Answer to `Ping`.
     Pong,
+    /// Answer to `Status`.
+    Status(Box<NodeStatus>),
+    /// The node takes no packets now: its owner keeps the machine busy (`offload node
+    /// --idle-only`), or it is shutting down. The packet was not run; the client runs it
+    /// elsewhere and asks [`Request::Status`] until the node serves again.
+    Paused {
+        /// The packet.
+        packet: u64,
+        /// Why, in words (the owner's load and the threshold, or the shutdown).
+        reason: String,
+    },
+}
+
+/// What a node is doing, for `offload status` ([`Request::Status`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's description, as in its hello.
+    pub info: NodeInfo,
+    /// The offload version the node runs.
+    pub version: String,
+    /// Whether it takes packets.
+    pub state: NodeState,
+    /// Whether kernels run in a sandbox (they do not yet: see the README's Guarantees).
+    pub sandboxed: bool,
+    /// The machine's 1-minute load average.
+    pub load: f64,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+    /// CPU workers running a packet now.
+    pub busy_workers: u32,
+    /// Packets waiting for a worker.
+    pub queued: u32,
+    /// Packets answered with results since the start.
+    pub packets_done: u64,
+    /// Packets that failed since the start.
+    pub packets_failed: u64,
+    /// Items of the packets answered with results.
+    pub items_done: u64,
+    /// Bytes received in requests.
+    pub bytes_in: u64,
+    /// Bytes sent in responses.
+    pub bytes_out: u64,
+    /// The members connected now.
+    pub clients: Vec<ClientActivity>,
+}
+
+/// Whether a node takes packets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// It takes packets.
+    Serving,
+    /// Its owner keeps the machine busy (`--idle-only`): new packets are answered
+    /// [`Response::Paused`].
+    PausedByOwner {
+        /// The owner's load against the threshold, in words.
+        reason: String,
+    },
+    /// It is shutting down: running packets finish, new ones are answered
+    /// [`Response::Paused`].
+    Draining,
+}
+
+impl NodeState {
+    /// `serving`, `paused-by-owner` or `draining`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeState::Serving => "serving",
+            NodeState::PausedByOwner { .. } => "paused-by-owner",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+/// A member connected to a node, and what it runs there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientActivity {
+    /// Its identity: the common name of its certificate.
+    pub identity: String,
+    /// Where it connects from.
+    pub addr: String,
+    /// Seconds since it connected.
+    pub connected_s: u64,
+    /// The kernels of its prepared jobs.
+    pub jobs: Vec<String>,
+    /// Its packets on the node now (waiting or running).
+    pub packets: u32,
+    /// Its packets answered with results since it connected.
+    pub packets_done: u64,
 }
 
 /// A request from the node to its kernel worker process.
@@ -318,6 +412,13 @@ pub enum FromWorker {
     Panicked(String),
     /// The request could not be served (compile error, unknown buffer, ...).
     Error(String),
+    /// A kernel was loaded: where its code came from and how long that took.
+    Loaded {
+        /// `compiled`, `disk-cache`, `memory-cache`, or `opencl` (lowered and built).
+        origin: String,
+        /// Time taken, in µs.
+        micros: u64,
+    },
 }
 
 impl FromWorker {
@@ -328,6 +429,7 @@ impl FromWorker {
             FromWorker::Done { .. } => "a packet's results",
             FromWorker::Panicked(_) => "a kernel panic",
             FromWorker::Error(_) => "an error",
+            FromWorker::Loaded { .. } => "a loaded kernel",
         }
     }
 }
@@ -344,6 +446,8 @@ impl Response {
             Response::Failed { reason, .. } => format!("a failure ({reason})"),
             Response::Error(reason) => format!("an error ({reason})"),
             Response::Pong => "a pong".into(),
+            Response::Status(_) => "a status".into(),
+            Response::Paused { reason, .. } => format!("a pause ({reason})"),
         }
     }
 }
@@ -698,6 +802,7 @@ mod tests {
             ),
             (Request::EndJob(1), MAX_CONTROL),
             (Request::Ping, MAX_CONTROL),
+            (Request::Status, MAX_CONTROL),
         ];
         for (request, limit) in cases {
             let frame = encode(&request, MAX_DATA).expect("encode");

@@ -282,17 +282,27 @@ fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
     Ok(socket)
 }
 
+/// A QUIC server configuration that accepts only cluster members (not revoked): made
+/// again when the revocation list changes ([`quinn::Endpoint::set_server_config`]).
+pub(crate) fn server_config(
+    credentials: &Credentials,
+    idle: Duration,
+) -> Result<quinn::ServerConfig, EndpointError> {
+    let tls = credentials.server_config()?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| EndpointError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(idle));
+    Ok(config)
+}
+
 /// A QUIC server endpoint that accepts only cluster members.
 pub(crate) fn server_endpoint(
     credentials: &Credentials,
     listen: SocketAddr,
     idle: Duration,
 ) -> Result<quinn::Endpoint, EndpointError> {
-    let tls = credentials.server_config()?;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| EndpointError::Tls(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(idle));
+    let config = server_config(credentials, idle)?;
     let socket = udp_socket(listen)?;
     quinn::Endpoint::new(
         endpoint_config(),

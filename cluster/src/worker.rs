@@ -213,10 +213,16 @@ impl State {
 
     fn handle(&mut self, request: ToWorker) -> FromWorker {
         match request {
-            ToWorker::Load { package, kernel } => match self.load(&package, &kernel) {
-                Ok(()) => FromWorker::Ready,
-                Err(e) => FromWorker::Error(e),
-            },
+            ToWorker::Load { package, kernel } => {
+                let started = std::time::Instant::now();
+                match self.load(&package, &kernel) {
+                    Ok(origin) => FromWorker::Loaded {
+                        origin: origin.into(),
+                        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    },
+                    Err(e) => FromWorker::Error(e),
+                }
+            }
             ToWorker::Buffer { hash, bytes } => {
                 // New bytes under a hash we hold replace the old ones (the node's cache
                 // dropped a buffer that did not match its hash): device copies go too.
@@ -246,7 +252,9 @@ impl State {
         }
     }
 
-    fn load(&mut self, package: &[u8], kernel: &str) -> Result<(), String> {
+    /// Loads a kernel; returns where its code came from (`compiled`, `disk-cache`,
+    /// `memory-cache`, `opencl`), for the node's metrics.
+    fn load(&mut self, package: &[u8], kernel: &str) -> Result<&'static str, String> {
         let package = Package::from_bytes(package).map_err(|e| format!("package refused: {e}"))?;
         let key = (package.hash().0, kernel.to_string());
         match &mut self.runner {
@@ -256,7 +264,7 @@ impl State {
                 tuning,
                 kernels,
             } => {
-                let compiled = match tuning(engine, &package, kernel) {
+                let report = match tuning(engine, &package, kernel) {
                     Some((settings, level)) => {
                         tracing::info!(
                             "kernel `{kernel}`: compiling with its tuned settings ({level:?}, {settings:?})"
@@ -273,12 +281,17 @@ impl State {
                                 }
                             }
                         };
-                        engine.compile_tuned(&package, kernel, &settings).map(|r| r.kernel)
+                        engine.compile_tuned(&package, kernel, &settings)
                     }
-                    None => engine.compile(&package, kernel),
+                    None => engine.compile_tuned(&package, kernel, &node_jit::Tuning::default()),
                 }
                 .map_err(|e| format!("cannot compile kernel `{kernel}`: {e}"))?;
-                kernels.insert(key, compiled);
+                kernels.insert(key, report.kernel);
+                Ok(match report.origin {
+                    node_jit::CodeOrigin::Compiled => "compiled",
+                    node_jit::CodeOrigin::DiskCache => "disk-cache",
+                    node_jit::CodeOrigin::MemoryCache => "memory-cache",
+                })
             }
             Runner::OpenCl {
                 device, lowered, ..
@@ -289,9 +302,9 @@ impl State {
                 // time (the node then leaves this device out of the job).
                 device.program(&lowering).map_err(|e| e.to_string())?;
                 lowered.insert(key, Arc::new(lowering));
+                Ok("opencl")
             }
         }
-        Ok(())
     }
 
     fn run(

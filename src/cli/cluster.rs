@@ -1,21 +1,30 @@
-//! `offload cluster`, `offload node`, `offload nodes`, `offload run --cluster` and the
-//! hidden `offload __worker` that nodes run kernels in.
+//! `offload cluster`, `offload node`, `offload nodes`, `offload status`, `offload run
+//! --cluster` and the hidden `offload __worker` that nodes run kernels in.
+//!
+//! Clients (`run --cluster`, `status`, `nodes --credentials`) take their credentials
+//! from `--credentials DIR`, else `$OFFLOAD_CREDENTIALS`; their nodes from `--peer`
+//! (else `$OFFLOAD_PEERS`, comma-separated) and from discovery: `--discover SOURCE`
+//! (else `$OFFLOAD_DISCOVER`, else `mdns`; `--no-discovery` for none).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use cluster::client::{ClientConfig, ClusterClient};
+use cluster::client::{ClientConfig, ClusterClient, JobProgress};
 use cluster::credentials::{self, Credentials};
+use cluster::discovery::Source;
 use cluster::node::NodeConfig;
-use cluster::protocol::TunedRate;
+use cluster::protocol::{NodeState, NodeStatus, TunedRate};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use offload::tune::Profile;
 use offload::{ClusterReport, PackageHash};
 
-use super::{plural, Cli};
+use super::node_config::NodeArgs;
+use super::{describe_duration, plural, Cli};
 
 /// `offload cluster ...`: cluster credentials.
 #[derive(Args)]
@@ -37,77 +46,36 @@ enum ClusterCommand {
         /// The cluster directory (made by `offload cluster init`).
         #[arg(long)]
         dir: PathBuf,
-        /// The member's name.
+        /// The member's name (its certificate's common name, and a node's name).
         #[arg(long)]
         name: String,
+        /// Issue a new key and certificate for a name issued before (the old certificate
+        /// stays valid until it is revoked).
+        #[arg(long)]
+        reissue: bool,
     },
-}
-
-/// `offload node`: serve this machine's cores to the cluster.
-#[derive(Args)]
-pub struct NodeArgs {
-    /// UDP address to listen on.
-    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], cluster::protocol::DEFAULT_PORT)))]
-    listen: SocketAddr,
-    /// Credentials directory (cluster dir or DIR/nodes/NAME).
-    #[arg(long, value_name = "DIR", required_unless_present = "insecure")]
-    credentials: Option<PathBuf>,
-    /// Worker processes, i.e. packets run at once, 1 to 4096 [default: all cores].
-    #[arg(long, value_parser = super::parse_count)]
-    cores: Option<usize>,
-    /// Take no new packets while the machine's owner keeps it busy.
-    #[arg(long)]
-    idle_only: bool,
-    /// With --idle-only: the 1-minute load (less this node's own busy workers) above
-    /// which new packets wait [default: half the cores, at least 1].
-    #[arg(long, value_name = "LOAD", value_parser = super::parse_load)]
-    idle_threshold: Option<f64>,
-    /// Cap on bytes sent per second, e.g. 50M, 1.5G, 800K (bytes), or 100Mbit.
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
-    max_bandwidth: Option<u64>,
-    /// Seconds a packet may run before its worker is killed.
-    #[arg(long, default_value_t = 300.0, value_parser = super::parse_seconds)]
-    packet_timeout: f64,
-    /// The node's name in logs and discovery [default: the host name].
-    #[arg(long)]
-    name: Option<String>,
-    /// Run workers at normal priority instead of nice 19 (benchmarks on a dedicated
-    /// machine).
-    #[arg(long)]
-    normal_priority: bool,
-    /// Do not advertise by mDNS.
-    #[arg(long)]
-    no_mdns: bool,
-    /// Run without cluster credentials: throwaway ones are made and their directory
-    /// printed (clients pass it as --credentials). Only with a loopback --listen.
-    #[arg(long)]
-    insecure: bool,
-    /// Also serve this machine's OpenCL devices (one worker process each). Kernels a
-    /// device cannot lower or build run on the CPU workers. Off by default: PoCL's CPU
-    /// device shares the cores the CPU workers already use.
-    #[arg(long)]
-    opencl: bool,
-    /// Memory for packages kept for later jobs, e.g. 256M; the least recently used go
-    /// first.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
-    package_cache: u64,
-    /// Memory for whole input buffers kept for later jobs (and per worker), e.g. 4G; the
-    /// least recently used go first.
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
-    buffer_cache: u64,
-    /// A worker process using more memory than this is started afresh before it loads
-    /// another kernel, e.g. 2G.
-    #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size)]
-    worker_memory: u64,
-    /// Test builds only: misbehave on purpose (see the cluster crate's `fault` module).
-    #[arg(long, value_name = "FAULT", hide = true)]
-    fault: Vec<String>,
+    /// List the identities issued from DIR: name, serial, expiry, revoked or not.
+    List {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Revoke every certificate issued to NAME: writes DIR/crl.pem (copied into each
+    /// DIR/nodes/*/), which nodes and clients load and enforce.
+    Revoke {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The identity to revoke.
+        name: String,
+    },
 }
 
 /// `offload nodes`: list the nodes discovery finds.
 #[derive(Args)]
 pub struct NodesArgs {
-    /// Also connect to each node with these credentials and report whether it accepts.
+    /// Also connect to each node with these credentials and report whether it accepts;
+    /// nodes of other clusters are marked [default: $OFFLOAD_CREDENTIALS].
     #[arg(long, value_name = "DIR")]
     credentials: Option<PathBuf>,
     /// Seconds to listen for answers.
@@ -116,6 +84,31 @@ pub struct NodesArgs {
     /// Browse on the loopback interface only.
     #[arg(long)]
     loopback: bool,
+}
+
+/// `offload status`: what the cluster's nodes are doing.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Credentials directory [default: $OFFLOAD_CREDENTIALS].
+    #[arg(long, value_name = "DIR")]
+    credentials: Option<PathBuf>,
+    /// A node to ask, HOST[:PORT] (repeatable) [default: $OFFLOAD_PEERS].
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+    /// Where to find nodes: mdns, dns:NAME[:PORT][@SERVER], file:PATH (repeatable)
+    /// [default: $OFFLOAD_DISCOVER, else mdns].
+    #[arg(long, value_name = "SOURCE")]
+    discover: Vec<Source>,
+    /// Ask only the --peer nodes.
+    #[arg(long)]
+    no_discovery: bool,
+    /// Print JSON (one document per refresh with --watch) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every SECS seconds until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = super::parse_seconds)]
+    watch: Option<f64>,
 }
 
 /// The hidden `offload __worker`.
@@ -136,13 +129,18 @@ pub struct ClusterRunArgs {
     /// Run on the cluster's nodes (found by discovery and given with --peer).
     #[arg(long)]
     pub cluster: bool,
-    /// A node to use, HOST:PORT (repeatable); for networks without multicast.
+    /// A node to use, HOST[:PORT] (repeatable) [default: $OFFLOAD_PEERS].
     #[arg(long = "peer", value_name = "HOST:PORT", requires = "cluster")]
     peers: Vec<String>,
-    /// Credentials directory for --cluster.
+    /// Credentials directory for --cluster [default: $OFFLOAD_CREDENTIALS].
     #[arg(long, value_name = "DIR", requires = "cluster")]
     credentials: Option<PathBuf>,
-    /// Use only the --peer nodes: no mDNS discovery.
+    /// Where to find nodes: mdns, dns:NAME[:PORT][@SERVER[:PORT]] (SRV or A/AAAA
+    /// records, e.g. a Kubernetes headless Service), file:PATH (repeatable)
+    /// [default: $OFFLOAD_DISCOVER, else mdns].
+    #[arg(long, value_name = "SOURCE", requires = "cluster")]
+    discover: Vec<Source>,
+    /// Use only the --peer nodes: no discovery.
     #[arg(long, requires = "cluster")]
     no_discovery: bool,
     /// Seconds of silence after which a node counts as gone.
@@ -158,6 +156,87 @@ pub struct ClusterRunArgs {
     #[arg(long, value_name = "K", default_value_t = 1, requires = "cluster",
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub redundancy: u32,
+}
+
+/// How long clients browse mDNS.
+const MDNS_WINDOW: Duration = Duration::from_millis(1500);
+
+/// A client's credentials directory: the flag, else `$OFFLOAD_CREDENTIALS`.
+fn client_credentials(flag: Option<&Path>) -> anyhow::Result<Credentials> {
+    let dir = match flag {
+        Some(dir) => dir.to_path_buf(),
+        None => match std::env::var_os("OFFLOAD_CREDENTIALS") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => bail!(
+                "cluster credentials are needed: --credentials DIR or OFFLOAD_CREDENTIALS=DIR (made by `offload cluster init` or `add-node`)"
+            ),
+        },
+    };
+    Credentials::load(&dir)
+        .with_context(|| format!("cannot load cluster credentials from {}", dir.display()))
+}
+
+/// The nodes a client uses: `peers` (else `$OFFLOAD_PEERS`) and what the discovery
+/// sources find (`discover`, else `$OFFLOAD_DISCOVER`, else mDNS; none with
+/// `no_discovery`). Lines about other clusters' nodes are printed with `-v`.
+fn client_nodes(
+    cli: &Cli,
+    credentials: &Credentials,
+    peers: &[String],
+    discover: &[Source],
+    no_discovery: bool,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let env_list = |name: &str| -> Vec<String> {
+        std::env::var(name)
+            .map(|v| {
+                v.split([',', ' '])
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let peers = if peers.is_empty() {
+        env_list("OFFLOAD_PEERS")
+    } else {
+        peers.to_vec()
+    };
+    let mut addrs = Vec::new();
+    for peer in &peers {
+        addrs.push(
+            cluster::discovery::resolve_peer(peer).with_context(|| format!("--peer {peer}"))?,
+        );
+    }
+    let sources: Vec<Source> = if no_discovery {
+        Vec::new()
+    } else if !discover.is_empty() {
+        discover.to_vec()
+    } else {
+        let from_env = env_list("OFFLOAD_DISCOVER");
+        if from_env.is_empty() {
+            vec![Source::Mdns]
+        } else {
+            from_env
+                .iter()
+                .map(|s| s.parse::<Source>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()
+                .context("OFFLOAD_DISCOVER")?
+        }
+    };
+    let found = cluster::discovery::find(&sources, &credentials.ca_fingerprint(), MDNS_WINDOW);
+    if cli.verbose > 0 {
+        for line in &found.skipped {
+            eprintln!("discovery: {line}");
+        }
+    }
+    for line in &found.failures {
+        eprintln!("warning: discovery: {line}");
+    }
+    addrs.extend(found.addrs);
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
 }
 
 /// Parses a size in bytes: a whole number with an optional K, M, G or T suffix (powers of
@@ -234,20 +313,74 @@ pub fn cluster(args: &ClusterArgs) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        ClusterCommand::AddNode { dir, name } => {
-            let out = credentials::issue(dir, name)?;
+        ClusterCommand::AddNode { dir, name, reissue } => {
+            let out = credentials::issue(dir, name, *reissue)?;
             println!("issued {name}: {}", out.display());
             println!("copy that directory to {name} and run: offload node --credentials DIR");
+        }
+        ClusterCommand::List { dir } => {
+            let issued = credentials::issued(dir)?;
+            println!("{:<20} {:<42} {:<22} status", "name", "serial", "expires");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for identity in &issued {
+                let status = if identity.revoked {
+                    "revoked".to_string()
+                } else if identity.not_after < now {
+                    "expired".to_string()
+                } else if identity.superseded {
+                    "superseded (re-issued; valid until revoked)".to_string()
+                } else {
+                    match &identity.location {
+                        Some(path) => format!("valid ({})", path.display()),
+                        None => "valid".to_string(),
+                    }
+                };
+                println!(
+                    "{:<20} {:<42} {:<22} {status}",
+                    identity.name,
+                    identity.serial,
+                    cluster::certs::date(identity.not_after)
+                );
+            }
+        }
+        ClusterCommand::Revoke { dir, name } => {
+            let revocation = credentials::revoke(dir, name)?;
+            if revocation.serials.is_empty() {
+                println!(
+                    "every certificate of {name} was revoked already; wrote revocation list number {} to {}",
+                    revocation.number,
+                    revocation.path.display()
+                );
+            } else {
+                println!(
+                    "revoked {name} (serial {}): revocation list number {} in {}",
+                    revocation.serials.join(", "),
+                    revocation.number,
+                    revocation.path.display()
+                );
+            }
+            for copy in &revocation.copies {
+                println!("  copied into {}", copy.display());
+            }
+            println!(
+                "copy crl.pem beside the credentials of every node and client (nodes pick it up within a second, no restart)"
+            );
         }
     }
     Ok(())
 }
 
-fn worker_command(cli: &Cli, nice: bool) -> anyhow::Result<(PathBuf, Vec<OsString>)> {
+fn worker_command(
+    cli: &Cli,
+    cache_dir: Option<&Path>,
+    nice: bool,
+) -> anyhow::Result<(PathBuf, Vec<OsString>)> {
     let program =
         std::env::current_exe().context("cannot find the offload executable for workers")?;
     let mut args: Vec<OsString> = Vec::new();
-    if let Some(dir) = &cli.cache_dir {
+    if let Some(dir) = cache_dir {
         args.push("--cache-dir".into());
         args.push(dir.into());
     }
@@ -267,45 +400,69 @@ fn worker_command(cli: &Cli, nice: bool) -> anyhow::Result<(PathBuf, Vec<OsStrin
 }
 
 pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
-    let credentials = match (&args.credentials, args.insecure) {
+    let file = super::node_config::read_file(args.config.as_deref())?;
+    let settings = super::node_config::resolve(args, file)?;
+    if args.check {
+        match &settings.file {
+            Some(file) => println!("configuration {} is valid:", file.display()),
+            None => println!("no configuration file; the flags and defaults give:"),
+        }
+        println!("{}", settings.describe());
+        return Ok(());
+    }
+    if let Some(file) = &settings.file {
+        tracing::info!("configuration from {}", file.display());
+    }
+    let faults = cluster::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?;
+    let mut credentials = match (&settings.credentials, args.insecure) {
         (Some(dir), _) => Credentials::load(dir)?,
         (None, true) => {
-            if !args.listen.ip().is_loopback() {
+            if !settings.listen.ip().is_loopback() {
                 bail!(
                     "--insecure binds loopback only: {} is not a loopback address (use --listen 127.0.0.1:{})",
-                    args.listen,
-                    args.listen.port()
+                    settings.listen,
+                    settings.listen.port()
                 );
             }
             throwaway_credentials()?
         }
-        (None, false) => bail!("a node needs --credentials DIR (or --insecure on loopback)"),
+        (None, false) => bail!(
+            "a node needs --credentials DIR (or `credentials` in its configuration file, or --insecure on loopback)"
+        ),
     };
-    let (program, worker_args) = worker_command(cli, !args.normal_priority)?;
-    let cores = args
+    if let Some(list) = &settings.revocation_list {
+        credentials = credentials.with_revocation_list(list)?;
+    }
+    // The global --cache-dir wins over the file's.
+    let cache_dir = cli.cache_dir.clone().or(settings.cache_dir.clone());
+    let (program, worker_args) =
+        worker_command(cli, cache_dir.as_deref(), !settings.normal_priority)?;
+    let cores = settings
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let idle = args.idle_only.then(|| {
-        args.idle_threshold.unwrap_or_else(|| {
+    let idle = settings.idle_only.then(|| {
+        settings.idle_threshold.unwrap_or_else(|| {
             (std::thread::available_parallelism().map_or(1, |n| n.get()) as f64 / 2.0).max(1.0)
         })
     });
-    let mut config = NodeConfig::new(args.listen, credentials, program, worker_args)
+    let insecure_name = (settings.credentials.is_none() && settings.name.is_none()).then(host_name);
+    let mut config = NodeConfig::new(settings.listen, credentials, program, worker_args)
         .cores(cores)
         .idle_only(idle)
-        .max_bandwidth(args.max_bandwidth)
-        .packet_timeout(Duration::from_secs_f64(args.packet_timeout))
-        .advertise(!args.no_mdns)
-        .opencl(args.opencl)
-        .package_cache_bytes(usize::try_from(args.package_cache).unwrap_or(usize::MAX))
-        .buffer_cache_bytes(usize::try_from(args.buffer_cache).unwrap_or(usize::MAX))
-        .worker_memory_bytes(args.worker_memory)
-        .faults(cluster::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?);
-    if let Some(name) = &args.name {
+        .max_bandwidth(settings.max_bandwidth)
+        .packet_timeout(Duration::from_secs_f64(settings.packet_timeout))
+        .advertise(settings.mdns)
+        .opencl(settings.opencl)
+        .package_cache_bytes(usize::try_from(settings.package_cache).unwrap_or(usize::MAX))
+        .buffer_cache_bytes(usize::try_from(settings.buffer_cache).unwrap_or(usize::MAX))
+        .worker_memory_bytes(settings.worker_memory)
+        .metrics(settings.metrics)
+        .faults(faults);
+    if let Some(name) = settings.name.clone().or(insecure_name) {
         config = config.name(name);
     }
     // A node without readable profiles still serves: clients calibrate it themselves.
-    match tuned_rates(cli) {
+    match tuned_rates(cli, cache_dir.as_deref()) {
         Ok(rates) => {
             for rate in &rates {
                 tracing::info!(
@@ -323,11 +480,25 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This machine's host name (the name of an `--insecure` node, whose throwaway
+/// certificate names nobody).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
 /// This machine's tuned rates from the `offload tune` profiles in the cache that belong
 /// to this CPU and LLVM (the profile key covers both and the package), per worker: a
 /// profile's rate was measured with `threads` threads, a node worker is one thread.
-fn tuned_rates(cli: &Cli) -> anyhow::Result<Vec<TunedRate>> {
-    let engine = cli.engine()?;
+fn tuned_rates(cli: &Cli, cache_dir: Option<&Path>) -> anyhow::Result<Vec<TunedRate>> {
+    let mut engine_config = offload::Config::default().opt_level(cli.opt_level);
+    if let Some(dir) = cache_dir {
+        engine_config = engine_config.cache_dir(dir);
+    }
+    let engine = offload::Engine::new(engine_config)?;
     let mut rates = Vec::new();
     let Some(cache_root) = engine.config().cache_root() else {
         return Ok(rates);
@@ -396,10 +567,22 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
         println!("no nodes found within {:.1} s", window.as_secs_f64());
         return Ok(());
     }
-    let accepted: Vec<SocketAddr> = match &args.credentials {
-        Some(dir) => {
-            let config = ClientConfig::new(Credentials::load(dir)?)
-                .peers(found.iter().map(|f| f.addr))
+    let credentials = match &args.credentials {
+        Some(dir) => Some(client_credentials(Some(dir))?),
+        None if std::env::var_os("OFFLOAD_CREDENTIALS").is_some() => {
+            Some(client_credentials(None)?)
+        }
+        None => None,
+    };
+    // Only this cluster's nodes are asked; the others are marked from their record.
+    let (ours, _) = match &credentials {
+        Some(c) => cluster::discovery::split_by_cluster(found.clone(), &c.ca_fingerprint()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let accepted: Vec<SocketAddr> = match &credentials {
+        Some(credentials) if !ours.is_empty() => {
+            let config = ClientConfig::new(credentials.clone())
+                .peers(ours.iter().map(|f| f.addr))
                 .on_event(|line| eprintln!("{line}"));
             match ClusterClient::connect(config) {
                 Ok(client) => client.nodes().into_iter().map(|(addr, _)| addr).collect(),
@@ -409,7 +592,7 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     for node in &found {
         let p = |key: &str| node.properties.get(key).map_or("?", String::as_str);
@@ -418,9 +601,10 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
             .get("opencl")
             .map(|d| format!("  opencl: {d}"))
             .unwrap_or_default();
-        let membership = match &args.credentials {
+        let membership = match &credentials {
             None => "",
             Some(_) if accepted.contains(&node.addr) => "  [accepts our credentials]",
+            Some(_) if !ours.iter().any(|o| o.addr == node.addr) => "  [another cluster]",
             Some(_) => "  [refused us or unreachable]",
         };
         println!(
@@ -440,6 +624,201 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+pub fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
+    let credentials = client_credentials(args.credentials.as_deref())?;
+    let addrs = client_nodes(
+        cli,
+        &credentials,
+        &args.peers,
+        &args.discover,
+        args.no_discovery,
+    )?;
+    if addrs.is_empty() {
+        bail!("no nodes to ask: give --peer HOST:PORT or --discover SOURCE (mdns found none)");
+    }
+    let mut survey = cluster::status::Survey::new(&credentials, addrs, Duration::from_secs(3))?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let reports = survey.refresh()?;
+        if args.json {
+            println!("{}", status_json(&reports));
+        } else {
+            if args.watch.is_some() && terminal {
+                // Clear the screen and go home: a refreshing view, like `watch`.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", status_table(&reports));
+        }
+        let Some(every) = args.watch else {
+            break;
+        };
+        if !terminal && !args.json {
+            println!();
+        }
+        std::thread::sleep(Duration::from_secs_f64(every));
+    }
+    Ok(())
+}
+
+/// A node's state in words: `serving`, `paused-by-owner`, `draining`, with
+/// `unsandboxed` while kernels run without a sandbox.
+fn describe_state(status: &NodeStatus) -> String {
+    let mut text = status.state.name().to_string();
+    if !status.sandboxed {
+        text.push_str(", unsandboxed");
+    }
+    text
+}
+
+/// `cpu:2` or `cpu:2, opencl:1`.
+fn describe_devices(status: &NodeStatus) -> String {
+    let mut text = format!("cpu:{}", status.info.cores);
+    if !status.info.opencl.is_empty() {
+        text.push_str(&format!(", opencl:{}", status.info.opencl.len()));
+    }
+    text
+}
+
+/// The status table: one line per node, then one per client with work on it.
+fn status_table(reports: &[cluster::status::NodeReport]) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "ADDRESS".into(),
+        "STATE".into(),
+        "LOAD".into(),
+        "BUSY".into(),
+        "DEVICES".into(),
+        "PACKETS".into(),
+        "ITEMS".into(),
+        "UPTIME".into(),
+    ]];
+    let mut notes = Vec::new();
+    for report in reports {
+        match &report.status {
+            Ok(status) => {
+                rows.push([
+                    status.info.name.clone(),
+                    report.addr.to_string(),
+                    describe_state(status),
+                    format!("{:.2}", status.load),
+                    format!("{}/{}", status.busy_workers, status.info.cores),
+                    describe_devices(status),
+                    format!(
+                        "{} done, {} failed, {} queued",
+                        status.packets_done, status.packets_failed, status.queued
+                    ),
+                    status.items_done.to_string(),
+                    describe_duration(Duration::from_secs(status.uptime_s)),
+                ]);
+                if let NodeState::PausedByOwner { reason } = &status.state {
+                    notes.push(format!(
+                        "  {}: paused by its owner: {reason}",
+                        status.info.name
+                    ));
+                }
+                for client in &status.clients {
+                    let jobs = if client.jobs.is_empty() {
+                        "no job".to_string()
+                    } else {
+                        format!("jobs: {}", client.jobs.join(", "))
+                    };
+                    notes.push(format!(
+                        "  {}: client `{}` from {}: {jobs}; {} packet(s) in progress, {} done",
+                        status.info.name,
+                        client.identity,
+                        client.addr,
+                        client.packets,
+                        client.packets_done
+                    ));
+                }
+            }
+            Err(reason) => {
+                rows.push([
+                    "?".into(),
+                    report.addr.to_string(),
+                    "unreachable".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+                notes.push(format!("  {}: {reason}", report.addr));
+            }
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    for note in notes {
+        text.push_str(&note);
+        text.push('\n');
+    }
+    text
+}
+
+/// The reports as one JSON document: `{"nodes": [...]}`.
+fn status_json(reports: &[cluster::status::NodeReport]) -> String {
+    use serde_json::json;
+    let nodes: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|report| match &report.status {
+            Ok(s) => json!({
+                "address": report.addr.to_string(),
+                "reachable": true,
+                "name": s.info.name,
+                "version": s.version,
+                "arch": s.info.arch,
+                "cpu": s.info.cpu,
+                "cores": s.info.cores,
+                "opencl": s.info.opencl.iter().map(|d| json!({
+                    "name": d.name, "kind": d.kind, "compute_units": d.compute_units,
+                })).collect::<Vec<_>>(),
+                "state": s.state.name(),
+                "state_reason": match &s.state {
+                    NodeState::PausedByOwner { reason } => Some(reason.clone()),
+                    _ => None,
+                },
+                "sandboxed": s.sandboxed,
+                "load": s.load,
+                "uptime_s": s.uptime_s,
+                "busy_workers": s.busy_workers,
+                "queued": s.queued,
+                "packets_done": s.packets_done,
+                "packets_failed": s.packets_failed,
+                "items_done": s.items_done,
+                "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out,
+                "clients": s.clients.iter().map(|c| json!({
+                    "identity": c.identity,
+                    "address": c.addr,
+                    "connected_s": c.connected_s,
+                    "jobs": c.jobs,
+                    "packets": c.packets,
+                    "packets_done": c.packets_done,
+                })).collect::<Vec<_>>(),
+            }),
+            Err(reason) => json!({
+                "address": report.addr.to_string(),
+                "reachable": false,
+                "error": reason,
+            }),
+        })
+        .collect();
+    json!({ "nodes": nodes }).to_string()
 }
 
 pub fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
@@ -462,38 +841,95 @@ pub fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resolve_peer(text: &str) -> anyhow::Result<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    let with_port = if text.contains(':') {
-        text.to_string()
-    } else {
-        format!("{text}:{}", cluster::protocol::DEFAULT_PORT)
-    };
-    with_port
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve --peer {text}"))?
-        .next()
-        .with_context(|| format!("--peer {text} resolves to no address"))
+/// A cluster run's progress bar: on a terminal only, once the run has lasted a moment;
+/// items done, the rate and time left, and each node's share of the items.
+pub struct ClusterBar {
+    bar: Mutex<Option<ProgressBar>>,
+    started: Instant,
 }
 
-/// Connects to the cluster `args` names (peers, discovery, credentials).
-pub fn connect(cli: &Cli, args: &ClusterRunArgs) -> anyhow::Result<offload::Cluster> {
-    let dir = args.credentials.as_deref().context(
-        "--cluster needs --credentials DIR (made by `offload cluster init` or `add-node`)",
-    )?;
-    let credentials = Credentials::load(dir)
-        .with_context(|| format!("cannot load cluster credentials from {}", dir.display()))?;
-    let peers = args
-        .peers
+impl ClusterBar {
+    /// A bar that appears once a job has run for a moment.
+    pub fn new() -> ClusterBar {
+        ClusterBar {
+            bar: Mutex::new(None),
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&self, progress: &JobProgress) {
+        let elapsed = self.started.elapsed();
+        if elapsed < Duration::from_millis(300) {
+            return;
+        }
+        let mut slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        let bar = slot.get_or_insert_with(|| {
+            let bar =
+                ProgressBar::with_draw_target(Some(progress.items), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} items {msg}") {
+                bar.set_style(style);
+            }
+            bar
+        });
+        bar.set_position(progress.items_done);
+        let rate = super::run::progress_message(progress.items_done, progress.items, elapsed);
+        bar.set_message(format!("{rate}  {}", node_shares(progress)));
+    }
+
+    /// Prints a line above the bar (or plainly without one).
+    fn println(&self, line: &str) {
+        let slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `n0 55%, n1 45%`: each node's share of the items committed so far.
+fn node_shares(progress: &JobProgress) -> String {
+    let done = progress.items_done.max(1);
+    progress
+        .per_node
         .iter()
-        .map(|p| resolve_peer(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|(name, items)| {
+            // `NAME (ADDR)`: the name alone is enough here.
+            let short = name.split(" (").next().unwrap_or(name);
+            format!("{short} {:.0}%", *items as f64 * 100.0 / done as f64)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Connects to the cluster `args` names (peers, discovery, credentials); the client's
+/// events and its jobs' progress go to `bar`.
+pub fn connect(
+    cli: &Cli,
+    args: &ClusterRunArgs,
+    bar: &Arc<ClusterBar>,
+) -> anyhow::Result<offload::Cluster> {
+    let credentials = client_credentials(args.credentials.as_deref())?;
+    let peers = client_nodes(
+        cli,
+        &credentials,
+        &args.peers,
+        &args.discover,
+        args.no_discovery,
+    )?;
+    let (events, progress) = (Arc::clone(bar), Arc::clone(bar));
     let config = ClientConfig::new(credentials)
         .peers(peers)
-        .discover((!args.no_discovery).then(|| Duration::from_millis(1500)))
         .idle_timeout(Duration::from_secs_f64(args.node_timeout))
         .devices(offload::DeviceChoice::Auto)
-        .on_event(|line| eprintln!("cluster: {line}"));
+        .on_event(move |line| events.println(&format!("cluster: {line}")))
+        .on_progress(move |p| progress.update(p));
     let cluster = offload::Cluster::connect(config)?;
     let nodes = cluster.nodes();
     if args.redundancy as usize > nodes.len() {
@@ -512,8 +948,8 @@ pub fn connect(cli: &Cli, args: &ClusterRunArgs) -> anyhow::Result<offload::Clus
     Ok(cluster)
 }
 
-/// What happened on the nodes: lost, rejoined and disagreeing nodes always; packets per
-/// node and device with `-v`.
+/// What happened on the nodes: lost, paused, rejoined and disagreeing nodes always;
+/// packets per node and device with `-v`.
 pub fn print_cluster_report(cli: &Cli, report: &ClusterReport, redundancy: u32) {
     if let Some((items, packets)) = report.finished_here {
         // Why each node went was said as it happened.
@@ -526,6 +962,12 @@ pub fn print_cluster_report(cli: &Cli, report: &ClusterReport, redundancy: u32) 
         eprintln!(
             "cluster: {} lost during the job; their packets were re-run and the output is complete",
             plural(report.lost.len() as u64, "node")
+        );
+    }
+    if !report.paused.is_empty() {
+        eprintln!(
+            "cluster: {} pause(s) during the job; the paused nodes' packets ran on the others and the output is complete",
+            report.paused.len()
         );
     }
     for (node, packets) in &report.rejoined {

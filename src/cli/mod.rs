@@ -2,6 +2,7 @@
 
 mod cluster;
 mod demo;
+mod node_config;
 mod opencl;
 mod package;
 mod run;
@@ -18,7 +19,9 @@ use offload::{Config, Engine, OptLevel};
 #[derive(Parser)]
 #[command(name = "offload", version, about, long_about = None)]
 pub struct Cli {
-    /// Say more: compile times, cache hits, packets (-vv for debug logs).
+    /// Say more: compile times, cache hits, packets, info logs (-vv debug logs, -vvv
+    /// trace logs and the dependencies' too). A node logs its work at the default level
+    /// and each -v adds one level.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     /// Code cache directory [default: $OFFLOAD_CACHE_DIR, else ~/.cache/offload].
@@ -47,12 +50,15 @@ enum Command {
     Devices,
     /// Print the OpenCL C that a kernel lowers to.
     Lower(opencl::LowerArgs),
-    /// Cluster credentials: `init` a cluster CA, `add-node` to issue a member certificate.
+    /// Cluster credentials: `init` a cluster CA, `add-node` to issue a member
+    /// certificate, `list` the issued ones, `revoke` one.
     Cluster(cluster::ClusterArgs),
     /// Serve this machine's cores to the cluster (QUIC, default port 7878/udp).
-    Node(cluster::NodeArgs),
+    Node(node_config::NodeArgs),
     /// List the cluster nodes found on the LAN by mDNS.
     Nodes(cluster::NodesArgs),
+    /// Show what the cluster's nodes are doing: state, load, jobs and for whom, packets.
+    Status(cluster::StatusArgs),
     /// Simulate named cluster scenarios and print makespans against the baselines.
     Simulate(simulate::SimulateArgs),
     /// Tune this node for kernels (worker count, packet size, vector width, unroll,
@@ -84,11 +90,7 @@ impl Cli {
 /// Parses arguments, runs the command and turns any error into one message.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match cli.verbose {
-        0 | 1 => "warn",
-        2 => "debug",
-        _ => "trace",
-    };
+    let filter = log_filter(matches!(cli.command, Command::Node(_)), cli.verbose);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OFFLOAD_LOG")
@@ -109,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Cluster(args) => cluster::cluster(args),
         Command::Node(args) => cluster::node(&cli, args),
         Command::Nodes(args) => cluster::nodes(args),
+        Command::Status(args) => cluster::status(&cli, args),
         Command::Worker(args) => cluster::worker(&cli, args),
         Command::Compare(args) => opencl::compare(args),
         Command::Simulate(args) => simulate::simulate(args),
@@ -120,6 +123,39 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", chain(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// offload's own crates, whose logs `-v` turns up.
+const OUR_CRATES: &[&str] = &[
+    "offload",
+    "cluster",
+    "node_jit",
+    "scheduler",
+    "opencl_backend",
+    "ptx_backend",
+    "ir_packager",
+];
+
+/// The log filter for `verbose` (the count of `-v`). Each `-v` means one level more:
+/// warnings only, then info, debug and trace for offload's crates, and at the end the
+/// dependencies' logs too (mDNS, QUIC), which stay at errors below that. A node starts
+/// one level up, so that its lifecycle, connections, jobs and failures show without
+/// flags. `OFFLOAD_LOG` (an `EnvFilter` directive) replaces all of this.
+fn log_filter(node: bool, verbose: u8) -> String {
+    let ours = |level: &str| {
+        OUR_CRATES
+            .iter()
+            .map(|c| format!("{c}={level}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match verbose.saturating_add(u8::from(node)) {
+        0 => "warn,mdns_sd=error".into(),
+        1 => format!("warn,mdns_sd=error,{}", ours("info")),
+        2 => format!("warn,mdns_sd=error,{}", ours("debug")),
+        3 => format!("debug,{}", ours("trace")),
+        _ => "trace".into(),
     }
 }
 
@@ -220,6 +256,29 @@ fn devices(cli: &Cli) -> anyhow::Result<()> {
 mod tests {
     use super::{describe_duration, plural};
     use std::time::Duration;
+
+    #[test]
+    fn each_v_says_more_and_mdns_stays_quiet_until_the_last_levels() {
+        use super::log_filter;
+        // A client: warnings, then offload's info, debug, trace.
+        assert_eq!(log_filter(false, 0), "warn,mdns_sd=error");
+        assert!(log_filter(false, 1).contains("cluster=info"));
+        assert!(log_filter(false, 2).contains("cluster=debug"));
+        // A node: its work at the default level, debug with -v, trace and the
+        // dependencies with -vv.
+        assert!(log_filter(true, 0).contains("cluster=info"));
+        assert!(log_filter(true, 0).contains("mdns_sd=error"));
+        assert!(log_filter(true, 1).contains("cluster=debug"));
+        assert!(log_filter(true, 1).contains("mdns_sd=error"));
+        assert!(
+            log_filter(true, 2).starts_with("debug,")
+                && log_filter(true, 2).contains("cluster=trace")
+        );
+        assert_eq!(log_filter(true, 3), "trace");
+        for v in 0..3 {
+            assert_ne!(log_filter(true, v), log_filter(true, v + 1), "-v {v}");
+        }
+    }
 
     #[test]
     fn counts_and_seconds_refuse_what_cannot_be_meant() {

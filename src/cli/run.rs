@@ -294,7 +294,7 @@ fn progress_reporter() -> (
 }
 
 /// `1.23 M items/s, about 4.2 s left`, from the items done so far.
-fn progress_message(done: u64, items: u64, elapsed: Duration) -> String {
+pub(super) fn progress_message(done: u64, items: u64, elapsed: Duration) -> String {
     let seconds = elapsed.as_secs_f64();
     if done == 0 || seconds <= 0.0 {
         return String::new();
@@ -475,7 +475,12 @@ fn execute(
     tuned: Option<(&offload::Package, &str)>,
 ) -> anyhow::Result<(Report, String)> {
     let (bar, progress) = progress_reporter();
-    let mut options = Options::default().progress(progress);
+    // On a cluster the cluster's bar shows progress, with each node's share.
+    let mut options = if args.cluster.cluster {
+        Options::default()
+    } else {
+        Options::default().progress(progress)
+    };
     if let Some(threads) = args.threads {
         options = options.threads(threads);
     }
@@ -483,11 +488,14 @@ fn execute(
         options = options.device(device.into());
     }
     let result = if args.cluster.cluster {
-        let cluster = super::cluster::connect(cli, &args.cluster)?;
+        let cluster_bar = Arc::new(super::cluster::ClusterBar::new());
+        let cluster = super::cluster::connect(cli, &args.cluster, &cluster_bar)?;
         options = options
             .redundancy(args.cluster.redundancy)
             .local_fallback(!args.cluster.no_local_fallback);
-        cluster.run(job, &options)
+        let ran = cluster.run(job, &options);
+        cluster_bar.finish();
+        ran
     } else {
         let mut engine = cli.engine()?;
         if let Some((package, kernel)) = tuned {

@@ -14,18 +14,20 @@ use crate::common::{
     die_with_test, offload_ok, package, read_le, repo_path, run_bounded, wait_until, write_le, Run,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_offload");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_offload");
 
 /// A node process; killed (and reaped) on drop.
-struct Node {
-    child: Child,
-    addr: String,
+pub(crate) struct Node {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
     log: PathBuf,
+    /// `http://ADDR/metrics` when the node serves metrics.
+    pub(crate) metrics: Option<String>,
 }
 
 /// How a test node is started, beyond its credentials.
 #[derive(Clone, Copy)]
-struct Launch<'a> {
+pub(crate) struct Launch<'a> {
     listen: &'a str,
     /// Flags before `node` (`--cache-dir`).
     global: &'a [OsArg],
@@ -48,7 +50,7 @@ impl Default for Launch<'_> {
 
 impl Node {
     /// Starts `offload node` with `credentials` and waits for its `listening on` line.
-    fn start(dir: &Path, credentials: &Path, index: usize) -> Node {
+    pub(crate) fn start(dir: &Path, credentials: &Path, index: usize) -> Node {
         Node::spawn(dir, credentials, index, &Launch::default())
     }
 
@@ -72,7 +74,12 @@ impl Node {
     }
 
     /// [`Node::start`] with `flags` after `node` (`--opencl`).
-    fn start_flags(dir: &Path, credentials: &Path, index: usize, flags: &[&str]) -> Node {
+    pub(crate) fn start_flags(
+        dir: &Path,
+        credentials: &Path,
+        index: usize,
+        flags: &[&str],
+    ) -> Node {
         let launch = Launch {
             flags,
             ..Launch::default()
@@ -87,31 +94,54 @@ impl Node {
             flags,
             log_suffix,
         } = *launch;
+        let mut args: Vec<OsArg> = global.to_vec();
+        args.extend(["node", "--listen", listen, "--no-mdns", "--cores", "1"].map(OsArg::from));
+        args.extend(flags.iter().map(OsArg::from));
+        args.extend([
+            OsArg::from("--name"),
+            format!("test-node-{index}").into(),
+            "--credentials".into(),
+            credentials.into(),
+        ]);
+        Node::spawn_raw(dir, index, &args, log_suffix, Some("info"))
+    }
+
+    /// Starts `offload ARGS...` (a node: `args` hold `node` and its flags) with its log
+    /// in `dir` and `OFFLOAD_LOG` set to `log_level` (`None`: the default levels), and
+    /// waits for its `listening on` line (and the `metrics on` line before it, if any).
+    pub(crate) fn spawn_raw(
+        dir: &Path,
+        index: usize,
+        args: &[OsArg],
+        log_suffix: &str,
+        log_level: Option<&str>,
+    ) -> Node {
         let log = dir.join(format!("node{index}{log_suffix}.log"));
-        let mut child = die_with_test(&mut Command::new(BIN))
-            .args(global)
-            .args(["node", "--listen", listen, "--no-mdns", "--cores", "1"])
-            .args(flags)
-            .arg("--name")
-            .arg(format!("test-node-{index}"))
-            .arg("--credentials")
-            .arg(credentials)
-            .env("OFFLOAD_LOG", "info")
+        let mut command = Command::new(BIN);
+        die_with_test(&mut command)
+            .args(args)
+            .env_remove("OFFLOAD_LOG")
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("node log file"))
-            .spawn()
-            .expect("start offload node");
+            .stderr(std::fs::File::create(&log).expect("node log file"));
+        if let Some(level) = log_level {
+            command.env("OFFLOAD_LOG", level);
+        }
+        let mut child = command.spawn().expect("start offload node");
         let stdout = child.stdout.take().expect("node stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("metrics on ") {
+                    metrics = Some(url.to_string());
+                }
                 if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_string());
+                    let _ = tx.send((addr.to_string(), metrics.clone()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
+        let (addr, metrics) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(found) => found,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -120,19 +150,24 @@ impl Node {
                 );
             }
         };
-        Node { child, addr, log }
+        Node {
+            child,
+            addr,
+            log,
+            metrics,
+        }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         send_signal(self.child.id(), signal);
     }
 
     /// Waits until the node's log contains `text`.
-    fn wait_for_log(&self, text: &str, limit: Duration) -> bool {
+    pub(crate) fn wait_for_log(&self, text: &str, limit: Duration) -> bool {
         wait_until(limit, || self.log().contains(text))
     }
 }
@@ -147,20 +182,20 @@ impl Drop for Node {
 }
 
 /// A fresh cluster: credentials in a temp dir, a mandelbrot package, `n` nodes.
-struct Cluster {
-    dir: tempfile::TempDir,
-    nodes: Vec<Node>,
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) nodes: Vec<Node>,
 }
 
 impl Cluster {
-    fn new(n: usize) -> Cluster {
+    pub(crate) fn new(n: usize) -> Cluster {
         Cluster::with_faults(n, |_, _| Vec::new())
     }
 
     /// A cluster whose node `i` is started with the test-only `--fault` flags
     /// `faults(i, cluster folder)` (see the cluster crate's `fault` module; the tests
     /// build `offload` with them).
-    fn with_faults(n: usize, faults: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
+    pub(crate) fn with_faults(n: usize, faults: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let creds = dir.path().join("cluster");
         cluster_init(&creds);
@@ -190,16 +225,16 @@ impl Cluster {
         Cluster { dir, nodes }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn credentials(&self) -> PathBuf {
+    pub(crate) fn credentials(&self) -> PathBuf {
         self.path("cluster")
     }
 
     /// `--cluster --peer ... --credentials ... --no-discovery` for `run`.
-    fn cluster_flags(&self, credentials: &Path) -> Vec<OsArg> {
+    pub(crate) fn cluster_flags(&self, credentials: &Path) -> Vec<OsArg> {
         let mut flags: Vec<OsArg> = vec![
             "--cluster".into(),
             "--no-discovery".into(),
@@ -214,10 +249,10 @@ impl Cluster {
     }
 }
 
-type OsArg = std::ffi::OsString;
+pub(crate) type OsArg = std::ffi::OsString;
 
 /// `[fault]` for the chosen node, nothing for the others.
-fn faults_of(chosen: bool, fault: &str) -> Vec<String> {
+pub(crate) fn faults_of(chosen: bool, fault: &str) -> Vec<String> {
     if chosen {
         vec![fault.to_string()]
     } else {
@@ -228,7 +263,7 @@ fn faults_of(chosen: bool, fault: &str) -> Vec<String> {
 /// `kill -SIGNAL PID` (the process may already be gone).
 /// Fails with `what` unless the cluster run's output file equals the local run's (compared
 /// whole, without printing megabytes of bytes).
-fn assert_same_output(remote: &Path, local: &Path, what: &str) {
+pub(crate) fn assert_same_output(remote: &Path, local: &Path, what: &str) {
     let remote = std::fs::read(remote).expect("cluster output");
     let local = std::fs::read(local).expect("local output");
     assert!(
@@ -240,7 +275,7 @@ fn assert_same_output(remote: &Path, local: &Path, what: &str) {
 }
 
 /// `offload cluster init --dir dir`: a fresh cluster identity.
-fn cluster_init(dir: &Path) {
+pub(crate) fn cluster_init(dir: &Path) {
     offload_ok([
         OsArg::from("cluster"),
         "init".into(),
@@ -285,15 +320,15 @@ fn run_args(
 }
 
 /// The mandelbrot job of these tests: `width × height` pixels, `max_iter` iterations.
-struct Mandel {
-    pkg: PathBuf,
+pub(crate) struct Mandel {
+    pub(crate) pkg: PathBuf,
     width: u32,
     height: u32,
     max_iter: u32,
 }
 
 impl Mandel {
-    fn new(dir: &Path, width: u32, height: u32, max_iter: u32) -> Mandel {
+    pub(crate) fn new(dir: &Path, width: u32, height: u32, max_iter: u32) -> Mandel {
         let pkg = package(
             &repo_path("examples/mandelbrot/kernel.rs"),
             &repo_path("examples/mandelbrot/manifest.toml"),
@@ -308,7 +343,7 @@ impl Mandel {
         }
     }
 
-    fn run_args(&self, out: &Path) -> Vec<OsArg> {
+    pub(crate) fn run_args(&self, out: &Path) -> Vec<OsArg> {
         let scalars = [
             ("width", self.width.to_string()),
             ("max_iter", self.max_iter.to_string()),
@@ -338,12 +373,17 @@ impl Mandel {
     }
 
     /// Runs the job on this machine.
-    fn run_local(&self, out: &Path) {
+    pub(crate) fn run_local(&self, out: &Path) {
         offload_ok(self.run_args(out));
     }
 
     /// The command line of a cluster run, ready to start.
-    fn cluster_command(&self, cluster: &Cluster, credentials: &Path, out: &Path) -> Command {
+    pub(crate) fn cluster_command(
+        &self,
+        cluster: &Cluster,
+        credentials: &Path,
+        out: &Path,
+    ) -> Command {
         let mut command = Command::new(BIN);
         command
             .args(self.run_args(out))
@@ -352,7 +392,7 @@ impl Mandel {
     }
 }
 
-fn text(output: &Output) -> String {
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         output.status,
@@ -516,7 +556,7 @@ fn redundancy_above_the_node_count_is_refused() {
 /// A cluster run in progress whose output is read as it comes, so that a test can act
 /// on what the client says (a node lost, a node back) instead of waiting for time to
 /// pass.
-struct LiveRun {
+pub(crate) struct LiveRun {
     child: Child,
     stderr: mpsc::Receiver<String>,
     stdout: std::thread::JoinHandle<String>,
@@ -524,7 +564,7 @@ struct LiveRun {
 }
 
 impl LiveRun {
-    fn start(mut command: Command) -> LiveRun {
+    pub(crate) fn start(mut command: Command) -> LiveRun {
         let mut child = die_with_test(&mut command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -554,7 +594,7 @@ impl LiveRun {
     }
 
     /// Waits until the client printed a line with every one of `needles`.
-    fn wait_for(&mut self, needles: &[&str], limit: Duration) {
+    pub(crate) fn wait_for(&mut self, needles: &[&str], limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -580,7 +620,7 @@ impl LiveRun {
 
     /// Waits for the run to end (failing the test past `limit`) and returns its status,
     /// stdout and stderr.
-    fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
+    pub(crate) fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -609,11 +649,11 @@ impl LiveRun {
 
 /// The gate file in a cluster's folder: nodes started with `--fault gate=PATH` run no
 /// packet until it exists.
-fn gate(dir: &Path) -> PathBuf {
+pub(crate) fn gate(dir: &Path) -> PathBuf {
     dir.join("gate")
 }
 
-fn open_gate(cluster: &Cluster) {
+pub(crate) fn open_gate(cluster: &Cluster) {
     std::fs::write(gate(cluster.dir.path()), b"open").expect("open the gate");
 }
 
@@ -782,17 +822,14 @@ fn a_crashing_kernel_fails_its_job_and_leaves_the_node_serving() {
 fn discovery_finds_nodes_in_a_private_network_namespace() {
     // mDNS is multicast: test it only where it cannot leave this machine, inside a
     // network namespace of our own that holds nothing but a loopback interface.
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.as_deref().ok() != Some("0") {
-        println!("skipped: discovery needs root for a private network namespace");
+    let test = "discovery_finds_nodes_in_a_private_network_namespace";
+    if !crate::common::is_root() {
+        crate::common::skip(test, "a private network namespace (unshare -n) needs root");
         return;
     }
     let probe = Command::new("unshare").args(["-n", "true"]).status();
     if !matches!(probe, Ok(s) if s.success()) {
-        println!("skipped: `unshare -n` is not available here");
+        crate::common::skip(test, "`unshare -n` is not available here");
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1030,7 +1067,7 @@ fn opencl_cluster() -> Cluster {
 }
 
 /// Packets the `-v` report says device names containing `needle` committed.
-fn device_packets(stderr: &str, needle: &str) -> u64 {
+pub(crate) fn device_packets(stderr: &str, needle: &str) -> u64 {
     stderr
         .lines()
         .filter_map(|l| l.strip_prefix("device "))
