@@ -350,8 +350,16 @@ pub fn issued(dir: &Path) -> Result<Vec<Issued>, CredentialsError> {
             }),
         }
     }
+    // Certificates of one name can share their start time (issued within a second, or
+    // with a fixed start): the one in the identity directory is the newest, so it goes
+    // last; the serial (random) only orders the rest the same way every time.
     found.sort_by(|a, b| {
-        (&a.name, a.not_before, &a.serial).cmp(&(&b.name, b.not_before, &b.serial))
+        (&a.name, a.not_before, a.location.is_some(), &a.serial).cmp(&(
+            &b.name,
+            b.not_before,
+            b.location.is_some(),
+            &b.serial,
+        ))
     });
     // The identity directory holds the newest certificate of its name: any other of
     // that name was superseded by a re-issue.
