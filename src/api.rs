@@ -746,7 +746,6 @@ fn run_remote(
             }
         }
     });
-    cluster.packets_per_node.retain(|(_, n)| *n > 0);
     match (stop, walk) {
         (None, Err(e)) => return Err(e.into()),
         (None, Ok(())) => {}
@@ -780,7 +779,11 @@ fn run_remote(
             cluster.finished_here = Some((local.items, local.packets));
         }
     }
-    report.workers = cluster.packets_per_node.len();
+    report.workers = cluster
+        .packets_per_node
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .count();
     report.cluster = Some(cluster);
     Ok(report)
 }
