@@ -518,6 +518,11 @@ fn execute(
     let place = match &report.cluster {
         Some(cluster) => {
             super::cluster::print_cluster_report(cli, cluster, args.cluster.redundancy);
+            if cli.verbose > 0 {
+                for link in &cluster.links {
+                    eprintln!("link {}: {}", link.node, describe_link(link));
+                }
+            }
             let copies = if args.cluster.redundancy > 1 {
                 format!(" ({} copies each, majority vote)", args.cluster.redundancy)
             } else {
@@ -531,6 +536,21 @@ fn execute(
         None => plural(report.threads as u64, "thread"),
     };
     Ok((report, place))
+}
+
+/// A node's link figures for `-v`: bandwidth in Mbit/s, one-way latency, and whether
+/// they were measured.
+fn describe_link(link: &cluster::client::LinkFigure) -> String {
+    let measured = if link.samples > 0 {
+        format!("measured from {}", plural(link.samples, "transfer"))
+    } else {
+        "not measured (the prior)".to_string()
+    };
+    format!(
+        "{:.1} Mbit/s, latency {:.0} µs ({measured})",
+        link.bytes_per_s * 8.0 / 1e6,
+        link.latency_us
+    )
 }
 
 /// What `-v` adds about a run on this machine; `kernel` names a one-step job's kernel.
