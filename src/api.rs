@@ -835,7 +835,7 @@ fn add_step(report: &mut Report, cluster: &mut ClusterReport, step: &JobReport) 
     // The latest measurement of each node's link stands for the run.
     for link in &step.links {
         match cluster.links.iter_mut().find(|l| l.node == link.node) {
-            Some(known) if link.samples > 0 || known.samples == 0 => *known = link.clone(),
+            Some(known) if link.transfers > 0 || known.transfers == 0 => *known = link.clone(),
             Some(_) => {}
             None => cluster.links.push(link.clone()),
         }

@@ -322,9 +322,11 @@ pub struct LinkFigure {
     pub latency_us: f64,
     /// Estimated bandwidth, bytes per second.
     pub bytes_per_s: f64,
-    /// Transfers and latency probes measured in this job; 0 means the figures are the
+    /// Transfers measured in this job (bandwidth samples); 0 means the bandwidth is the
     /// prior (a former job's measurement, or the client's first guess: gigabit).
-    pub samples: u64,
+    pub transfers: u64,
+    /// Latency probes (timed pings) measured in this job.
+    pub probes: u64,
 }
 
 /// A connected node.
@@ -629,7 +631,7 @@ impl ClusterClient {
             .runtime
             .block_on(job.run(remotes, args, progress))
             .map_err(ClientError::Runtime)??;
-        for link in report.links.iter().filter(|l| l.samples > 0) {
+        for link in report.links.iter().filter(|l| l.transfers + l.probes > 0) {
             self.measured_links.insert(
                 link.addr,
                 Link::new(link.latency_us, link.bytes_per_s / 1e6),
@@ -876,7 +878,8 @@ fn feed_links(members: &[Member], sched: &mut Scheduler, now_us: u64) {
         let Some(device) = member.link_device else {
             continue;
         };
-        for sample in lock_meter(&member.link).take() {
+        let samples = lock_meter(&member.link).take();
+        for sample in samples {
             sched.handle(
                 now_us,
                 Event::TransferMeasured {
@@ -2141,12 +2144,18 @@ impl JobRun {
                 let estimate = estimates
                     .iter()
                     .find(|e| e.node == m.node && e.link_bytes_per_us.is_some())?;
+                // One lock: a second guard in the same expression would wait on the first.
+                let (transfers, probes) = {
+                    let meter = lock_meter(&m.link);
+                    (meter.transfers(), meter.probes())
+                };
                 Some(LinkFigure {
                     node: m.name.clone(),
                     addr: m.addr,
                     latency_us: estimate.link_latency_us.unwrap_or(0.0),
                     bytes_per_s: estimate.link_bytes_per_us.unwrap_or(0.0) * 1e6,
-                    samples: lock_meter(&m.link).measured(),
+                    transfers,
+                    probes,
                 })
             })
             .collect();

@@ -16,6 +16,12 @@
 //!   reported acknowledgement delay), and a latency-only probe (`bytes: 0`) from a timed
 //!   ping when a job starts.
 //!
+//! Small transfers say nothing about bandwidth: a few hundred bytes cross in microseconds,
+//! so their time is the latency, timer noise and (down) the node's acknowledgement delay,
+//! which makes a 100-byte request look like 0.03 Mbit/s. So a busy period counts as a
+//! bandwidth sample only from [`Direction::min_bytes`] on; the latency comes from the
+//! probes.
+//!
 //! Transfers in one direction that overlap share the link: timing each alone would see
 //! it slower than it is. So overlapping transfers are timed together, as one busy period
 //! from the start of the first to the end of the last, carrying all their bytes; a period
@@ -32,6 +38,18 @@ pub(crate) enum Direction {
     Down,
     /// Node to client: a packet's results.
     Up,
+}
+
+impl Direction {
+    /// The fewest bytes a busy period must carry to be a sample. Up: 64 KiB, dozens of
+    /// datagrams, far above timer noise. Down: 1 MiB, so that the up to 25 ms the node
+    /// may hold back its last acknowledgement is a small part of the period.
+    pub(crate) fn min_bytes(self) -> u64 {
+        match self {
+            Direction::Down => 1 << 20,
+            Direction::Up => 64 << 10,
+        }
+    }
 }
 
 /// One measured transfer for `Event::TransferMeasured`: `bytes` one way in `micros`.
@@ -87,8 +105,9 @@ pub(crate) struct LinkMeter {
     up: BusyPeriod,
     /// Measured transfers not yet handed to the scheduler.
     samples: Vec<Sample>,
-    /// Samples measured in all (latency probes included).
-    measured: u64,
+    /// Bandwidth samples (transfers) and latency probes measured in all.
+    transfers: u64,
+    probes: u64,
 }
 
 impl LinkMeter {
@@ -111,6 +130,9 @@ impl LinkMeter {
         let Some((bytes, span)) = self.period(direction).end(at, bytes) else {
             return;
         };
+        if bytes < direction.min_bytes() {
+            return;
+        }
         let micros = match direction {
             // The acknowledgement of the last byte took one latency to come back.
             Direction::Down => span.saturating_sub(latency),
@@ -126,7 +148,11 @@ impl LinkMeter {
     }
 
     fn push(&mut self, bytes: u64, micros: Duration) {
-        self.measured += 1;
+        if bytes == 0 {
+            self.probes += 1;
+        } else {
+            self.transfers += 1;
+        }
         self.samples.push(Sample {
             bytes,
             micros: u64::try_from(micros.as_micros()).unwrap_or(u64::MAX),
@@ -138,9 +164,14 @@ impl LinkMeter {
         std::mem::take(&mut self.samples)
     }
 
-    /// Samples measured in all.
-    pub(crate) fn measured(&self) -> u64 {
-        self.measured
+    /// Transfers measured in all (samples of the bandwidth).
+    pub(crate) fn transfers(&self) -> u64 {
+        self.transfers
+    }
+
+    /// Latency probes measured in all.
+    pub(crate) fn probes(&self) -> u64 {
+        self.probes
     }
 
     fn period(&mut self, direction: Direction) -> &mut BusyPeriod {
@@ -162,17 +193,17 @@ mod tests {
         let t = Instant::now();
         let mut meter = LinkMeter::default();
         meter.begin(Direction::Down, t);
-        // 1 MB acknowledged 82 ms later with a 1 ms one-way latency: it arrived at 81 ms.
-        meter.end(Direction::Down, t + 82 * MS, Some(1_000_000), MS);
+        // 2 MB acknowledged 82 ms later with a 1 ms one-way latency: it arrived at 81 ms.
+        meter.end(Direction::Down, t + 82 * MS, Some(2_000_000), MS);
         assert_eq!(
             meter.take(),
             vec![Sample {
-                bytes: 1_000_000,
+                bytes: 2_000_000,
                 micros: 81_000
             }]
         );
         assert!(meter.take().is_empty());
-        assert_eq!(meter.measured(), 1);
+        assert_eq!((meter.transfers(), meter.probes()), (1, 0));
     }
 
     #[test]
@@ -196,34 +227,34 @@ mod tests {
         let mut meter = LinkMeter::default();
         meter.begin(Direction::Down, t);
         meter.begin(Direction::Down, t + 5 * MS);
-        meter.end(Direction::Down, t + 30 * MS, Some(100), MS);
+        meter.end(Direction::Down, t + 30 * MS, Some(1_000_000), MS);
         // The other direction is apart: its period neither joins nor ends this one.
         meter.begin(Direction::Up, t + 10 * MS);
-        meter.end(Direction::Up, t + 20 * MS, Some(7), MS);
+        meter.end(Direction::Up, t + 20 * MS, Some(70_000), MS);
         meter.begin(Direction::Down, t + 31 * MS);
-        meter.end(Direction::Down, t + 50 * MS, Some(200), MS);
+        meter.end(Direction::Down, t + 50 * MS, Some(2_000_000), MS);
         assert_eq!(
             meter.take(),
             vec![Sample {
-                bytes: 7,
+                bytes: 70_000,
                 micros: 11_000
             }]
         );
-        meter.end(Direction::Down, t + 61 * MS, Some(300), MS);
+        meter.end(Direction::Down, t + 61 * MS, Some(3_000_000), MS);
         assert_eq!(
             meter.take(),
             vec![Sample {
-                bytes: 600,
+                bytes: 6_000_000,
                 micros: 60_000
             }]
         );
         // A later transfer starts a new period.
         meter.begin(Direction::Down, t + 100 * MS);
-        meter.end(Direction::Down, t + 111 * MS, Some(5), MS);
+        meter.end(Direction::Down, t + 111 * MS, Some(5_000_000), MS);
         assert_eq!(
             meter.take(),
             vec![Sample {
-                bytes: 5,
+                bytes: 5_000_000,
                 micros: 10_000
             }]
         );
@@ -236,20 +267,33 @@ mod tests {
         meter.begin(Direction::Up, t);
         meter.begin(Direction::Up, t + MS);
         meter.end(Direction::Up, t + 2 * MS, None, MS);
-        meter.end(Direction::Up, t + 9 * MS, Some(1000), MS);
+        meter.end(Direction::Up, t + 9 * MS, Some(100_000), MS);
         assert!(meter.take().is_empty());
         // The next period is measured again.
         meter.begin(Direction::Up, t + 10 * MS);
-        meter.end(Direction::Up, t + 12 * MS, Some(1000), MS);
+        meter.end(Direction::Up, t + 12 * MS, Some(100_000), MS);
         assert_eq!(meter.take().len(), 1);
-        assert_eq!(meter.measured(), 1);
+        assert_eq!(meter.transfers(), 1);
+    }
+
+    #[test]
+    fn small_periods_are_no_bandwidth_samples() {
+        let t = Instant::now();
+        let mut meter = LinkMeter::default();
+        // A 300-byte request acknowledged 25 ms later (a delayed acknowledgement).
+        meter.begin(Direction::Down, t);
+        meter.end(Direction::Down, t + 25 * MS, Some(300), MS);
+        meter.begin(Direction::Up, t);
+        meter.end(Direction::Up, t + MS, Some(1000), MS);
+        assert!(meter.take().is_empty());
+        assert_eq!((meter.transfers(), meter.probes()), (0, 0));
     }
 
     #[test]
     fn an_end_without_a_begin_and_a_round_trip() {
         let t = Instant::now();
         let mut meter = LinkMeter::default();
-        meter.end(Direction::Down, t, Some(10), MS);
+        meter.end(Direction::Down, t, Some(10 << 20), MS);
         assert!(meter.take().is_empty());
         meter.round_trip(Duration::from_micros(300));
         assert_eq!(
@@ -259,6 +303,7 @@ mod tests {
                 micros: 150
             }]
         );
+        assert_eq!((meter.transfers(), meter.probes()), (0, 1));
     }
 
     #[test]
@@ -266,7 +311,7 @@ mod tests {
         let t = Instant::now();
         let mut meter = LinkMeter::default();
         meter.begin(Direction::Down, t);
-        meter.end(Direction::Down, t + MS, Some(10), 3 * MS);
+        meter.end(Direction::Down, t + MS, Some(10 << 20), 3 * MS);
         assert_eq!(meter.take()[0].micros, 0);
     }
 }

@@ -541,10 +541,17 @@ fn execute(
 /// A node's link figures for `-v`: bandwidth in Mbit/s, one-way latency, and whether
 /// they were measured.
 fn describe_link(link: &cluster::client::LinkFigure) -> String {
-    let measured = if link.samples > 0 {
-        format!("measured from {}", plural(link.samples, "transfer"))
+    let measured = if link.transfers > 0 {
+        format!(
+            "measured from {} and {}",
+            plural(link.transfers, "transfer"),
+            plural(link.probes, "ping")
+        )
     } else {
-        "not measured (the prior)".to_string()
+        format!(
+            "bandwidth not measured: the prior; latency from {}",
+            plural(link.probes, "ping")
+        )
     };
     format!(
         "{:.1} Mbit/s, latency {:.0} µs ({measured})",
@@ -593,6 +600,27 @@ fn print_report(cli: &Cli, report: &Report, kernel: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_says_whether_its_bandwidth_was_measured() {
+        let mut link = cluster::client::LinkFigure {
+            node: "n1 (10.77.0.11:7878)".into(),
+            addr: "10.77.0.11:7878".parse().expect("address"),
+            latency_us: 150.4,
+            bytes_per_s: 12.5e6,
+            transfers: 3,
+            probes: 1,
+        };
+        assert_eq!(
+            describe_link(&link),
+            "100.0 Mbit/s, latency 150 µs (measured from 3 transfers and 1 ping)"
+        );
+        link.transfers = 0;
+        assert_eq!(
+            describe_link(&link),
+            "100.0 Mbit/s, latency 150 µs (bandwidth not measured: the prior; latency from 1 ping)"
+        );
+    }
 
     #[test]
     fn rates_have_three_significant_digits() {
