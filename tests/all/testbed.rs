@@ -322,3 +322,41 @@ fn the_testbed_script_refuses_bad_arguments() {
         assert!(!output.stderr.is_empty(), "{args:?} says nothing");
     }
 }
+
+/// Without a testbed (any machine): a job on a loopback node reports its link as measured
+/// from the job's transfers, not the prior.
+#[test]
+fn a_loopback_job_reports_its_measured_link() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("cluster");
+    cluster_init(&creds);
+    offload_ok([
+        OsArg::from("cluster"),
+        "add-node".into(),
+        "--dir".into(),
+        creds.clone().into(),
+        "--name".into(),
+        "n0".into(),
+    ]);
+    let node = crate::cluster::Node::start(dir.path(), &creds.join("nodes").join("n0"), 0);
+    // 1 MiB of results: many packets of more than 64 KiB each.
+    let job = Mandel::new(dir.path(), 512, 512, 20);
+    let out = dir.path().join("remote.bin");
+    let output = offload_ok(
+        job.run_args(&out)
+            .into_iter()
+            .chain([
+                "--cluster".into(),
+                "--no-discovery".into(),
+                "--credentials".into(),
+                creds.clone().into(),
+                "--peer".into(),
+                node.addr.clone().into(),
+                "-v".into(),
+            ])
+            .collect::<Vec<OsArg>>(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mbit = measured_mbit(&stderr, 0);
+    assert!(mbit.is_finite() && mbit > 0.0, "{stderr}");
+}
