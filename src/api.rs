@@ -835,6 +835,14 @@ fn add_step(report: &mut Report, cluster: &mut ClusterReport, step: &JobReport) 
             cluster.tuned_rates.push((node.clone(), *rate));
         }
     }
+    // The latest measurement of each node's link stands for the run.
+    for link in &step.links {
+        match cluster.links.iter_mut().find(|l| l.node == link.node) {
+            Some(known) if link.transfers > 0 || known.transfers == 0 => *known = link.clone(),
+            Some(_) => {}
+            None => cluster.links.push(link.clone()),
+        }
+    }
 }
 
 /// A step run's arguments for the cluster client, on the job's memory: a buffer the

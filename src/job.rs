@@ -755,4 +755,7 @@ pub struct ClusterReport {
     pub tuned_rates: Vec<(String, f64)>,
     /// Items (and packets) run on this machine after every node was lost.
     pub finished_here: Option<(u64, u64)>,
+    /// Each node's link as the last step that ran on it measured it (bandwidth and
+    /// latency, from the step's transfers; `transfers: 0` is the unmeasured prior).
+    pub links: Vec<cluster::client::LinkFigure>,
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ir_packager::{kernel_model, ArgLayout, Given, Package, ScalarType, ScalarValue};
@@ -13,6 +13,7 @@ use scheduler::{
 use tokio::sync::mpsc;
 
 use crate::credentials::Credentials;
+use crate::link_meter::{Direction, LinkMeter};
 use crate::protocol::{
     self, Hash, Hello, HelloReply, NodeInfo, Request, Response, WireArg, MAX_CONTROL, MAX_DATA,
 };
@@ -305,6 +306,27 @@ pub struct JobReport {
     /// Nodes whose advertised tuned rate (items/s per worker) was the scheduler's first
     /// estimate for this kernel; the others were calibrated with a first small packet.
     pub tuned_rates: Vec<(String, f64)>,
+    /// Each node's link as the scheduler saw it at the end of the job: measured from
+    /// the job's transfers, or the prior when none was measured.
+    pub links: Vec<LinkFigure>,
+}
+
+/// A node's link as the client measured it ([`JobReport::links`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkFigure {
+    /// The node, as [`JobReport::packets_per_node`] names it.
+    pub node: String,
+    /// The node's address.
+    pub addr: SocketAddr,
+    /// Estimated one-way latency, µs.
+    pub latency_us: f64,
+    /// Estimated bandwidth, bytes per second.
+    pub bytes_per_s: f64,
+    /// Transfers measured in this job (bandwidth samples); 0 means the bandwidth is the
+    /// prior (a former job's measurement, or the client's first guess: gigabit).
+    pub transfers: u64,
+    /// Latency probes (timed pings) measured in this job.
+    pub probes: u64,
 }
 
 /// A connected node.
@@ -324,6 +346,8 @@ pub struct ClusterClient {
     addrs: Vec<SocketAddr>,
     remotes: Vec<Remote>,
     next_job: u64,
+    /// Each node's link as the last job measured it: the prior of the next job.
+    measured_links: HashMap<SocketAddr, Link>,
 }
 
 impl ClusterClient {
@@ -358,6 +382,7 @@ impl ClusterClient {
             addrs,
             remotes: Vec::new(),
             next_job: 1,
+            measured_links: HashMap::new(),
         };
         client.reconnect()?;
         Ok(client)
@@ -600,11 +625,18 @@ impl ClusterClient {
             packet_timeout: self.config.packet_timeout,
             endpoint: self.endpoint.clone(),
             connect_timeout: self.config.connect_timeout,
+            known_links: self.measured_links.clone(),
         };
         let (report, rejoined) = self
             .runtime
             .block_on(job.run(remotes, args, progress))
             .map_err(ClientError::Runtime)??;
+        for link in report.links.iter().filter(|l| l.transfers + l.probes > 0) {
+            self.measured_links.insert(
+                link.addr,
+                Link::new(link.latency_us, link.bytes_per_s / 1e6),
+            );
+        }
         // Keep the connections of nodes that came back, for the next job.
         for remote in rejoined {
             self.remotes.retain(|r| r.addr != remote.addr);
@@ -748,6 +780,116 @@ async fn upload_buffer(
     let payload = bytes::Bytes::from_owner(SharedBytes(bytes));
     wire::send_with_payload(&mut send, &Request::Buffer { len, hash }, payload).await?;
     wire::recv(&mut recv, MAX_CONTROL).await
+}
+
+/// Runs one packet on its own stream: its request (the inputs) out, its response (the
+/// results) back, timing both on `meter` as `link_meter.rs` explains: the request from
+/// its first write to QUIC's acknowledgement of its last byte, the response from its
+/// first byte's arrival to its last's. The node's compute lies between the two and is
+/// in neither.
+async fn run_packet(
+    connection: &quinn::Connection,
+    request: &Request,
+    meter: &Arc<Mutex<LinkMeter>>,
+) -> Result<Response, WireError> {
+    let frame = protocol::encode(request, MAX_DATA)?;
+    let sent = frame.len() as u64;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let down = TimedTransfer::start(meter, Direction::Down, connection);
+    wire::send_frame(&mut send, &frame).await?;
+    drop(frame);
+    let acknowledged = async {
+        // `None`: the node acknowledged every byte; a stop or a lost connection leaves
+        // the transfer unfinished, so its period is not measured.
+        if let Ok(None) = send.stopped().await {
+            down.done(sent);
+        }
+    };
+    let response = async {
+        let mut prefix = [0u8; 4];
+        recv.read_exact(&mut prefix[..1]).await?;
+        let up = TimedTransfer::start(meter, Direction::Up, connection);
+        recv.read_exact(&mut prefix[1..]).await?;
+        let len = protocol::frame_len(prefix, MAX_DATA)?;
+        let mut body = vec![0u8; len];
+        recv.read_exact(&mut body).await?;
+        up.done(prefix.len() as u64 + len as u64);
+        Ok::<_, WireError>(protocol::decode(&body, MAX_DATA)?)
+    };
+    let ((), response) = tokio::join!(acknowledged, response);
+    response
+}
+
+/// A transfer being timed on a node's link meter; one dropped before [`Self::done`]
+/// (failed, or cut off by a timeout) counts as failed.
+struct TimedTransfer {
+    meter: Arc<Mutex<LinkMeter>>,
+    direction: Direction,
+    connection: quinn::Connection,
+    open: bool,
+}
+
+impl TimedTransfer {
+    fn start(
+        meter: &Arc<Mutex<LinkMeter>>,
+        direction: Direction,
+        connection: &quinn::Connection,
+    ) -> TimedTransfer {
+        lock_meter(meter).begin(direction, Instant::now());
+        TimedTransfer {
+            meter: Arc::clone(meter),
+            direction,
+            connection: connection.clone(),
+            open: true,
+        }
+    }
+
+    fn done(mut self, bytes: u64) {
+        self.end(Some(bytes));
+    }
+
+    fn end(&mut self, bytes: Option<u64>) {
+        if std::mem::take(&mut self.open) {
+            // Half of QUIC's smoothed round trip, which leaves out the node's reported
+            // acknowledgement delays.
+            let latency = self.connection.rtt() / 2;
+            lock_meter(&self.meter).end(self.direction, Instant::now(), bytes, latency);
+        }
+    }
+}
+
+impl Drop for TimedTransfer {
+    fn drop(&mut self) {
+        self.end(None);
+    }
+}
+
+/// The meter, also if a task panicked while holding it (its state is still whole: every
+/// update is one call).
+fn lock_meter(meter: &Mutex<LinkMeter>) -> std::sync::MutexGuard<'_, LinkMeter> {
+    meter
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Hands the members' measured transfers to the scheduler.
+fn feed_links(members: &[Member], sched: &mut Scheduler, now_us: u64) {
+    for member in members {
+        let Some(device) = member.link_device else {
+            continue;
+        };
+        let samples = lock_meter(&member.link).take();
+        for sample in samples {
+            sched.handle(
+                now_us,
+                Event::TransferMeasured {
+                    device,
+                    bytes: sample.bytes,
+                    micros: sample.micros,
+                },
+            );
+        }
+    }
 }
 
 /// A shared buffer lent to quinn as [`bytes::Bytes`] without copying it.
@@ -1055,7 +1197,15 @@ struct JobRun {
     /// For reconnecting to lost nodes during the job.
     endpoint: quinn::Endpoint,
     connect_timeout: Duration,
+    /// Links measured by former jobs, by node address: the prior in place of
+    /// [`UNMEASURED_BYTES_PER_US`].
+    known_links: HashMap<SocketAddr, Link>,
 }
+
+/// The bandwidth a node's link is assumed to have until its transfers are measured:
+/// gigabit Ethernet's payload rate, 117 bytes/µs. The first results replace it
+/// (`link_meter.rs`).
+const UNMEASURED_BYTES_PER_US: f64 = 117.0;
 
 /// Room a packet's message keeps for everything but its slices.
 const PACKET_FRAMING: u64 = 1 << 20;
@@ -1156,6 +1306,11 @@ struct Member {
     pause_epoch: u64,
     /// Items committed, for progress.
     items: u64,
+    /// Times its link from the packets' transfers (shared with the packets' tasks).
+    link: Arc<Mutex<LinkMeter>>,
+    /// A device of the node that [`Event::TransferMeasured`] names (the scheduler keeps
+    /// one link per node, also for devices that left).
+    link_device: Option<DeviceId>,
 }
 
 impl JobRun {
@@ -1269,7 +1424,16 @@ impl JobRun {
         next_device: &mut u32,
     ) -> Vec<(DeviceId, DeviceSpec, Option<u32>)> {
         let rate = self.tuned_rate(&remote.info);
-        let link = Link::new((remote.rtt.as_micros() as f64 / 2.0).max(1.0), 117.0);
+        let link = self
+            .known_links
+            .get(&remote.addr)
+            .copied()
+            .unwrap_or_else(|| {
+                Link::new(
+                    (remote.rtt.as_micros() as f64 / 2.0).max(1.0),
+                    UNMEASURED_BYTES_PER_US,
+                )
+            });
         let cores = if self.devices.uses_cpu() {
             remote.info.cores.max(1)
         } else {
@@ -1477,14 +1641,13 @@ impl JobRun {
             }
             self.notify_opencl(&name, &remote, &opencl);
             let new = self.device_specs(&name, node, &remote, &opencl, &mut next_device);
-            let devices = new.iter().map(|(d, _, _)| *d).collect();
+            let devices: Vec<DeviceId> = new.iter().map(|(d, _, _)| *d).collect();
             specs.extend(new);
             members.push(Member {
                 name,
                 addr: remote.addr,
                 node,
                 connection: remote.connection,
-                devices,
                 generation: 0,
                 lost: false,
                 rejoining: false,
@@ -1498,6 +1661,9 @@ impl JobRun {
                 paused: false,
                 pause_epoch: 0,
                 items: 0,
+                link: Arc::new(Mutex::new(LinkMeter::default())),
+                link_device: devices.first().copied(),
+                devices,
             });
         }
         if members.is_empty() {
@@ -1541,6 +1707,25 @@ impl JobRun {
         }
         let mut sched = Scheduler::new(spec);
         let mut sums = SumFold::new(&self.layout);
+        // A latency probe per node: a timed ping, all at once.
+        let pings: Vec<_> = members
+            .iter()
+            .map(|m| {
+                let connection = m.connection.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    match request(&connection, &Request::Ping).await {
+                        Ok(Response::Pong) => Some(started.elapsed()),
+                        _ => None,
+                    }
+                })
+            })
+            .collect();
+        for (member, ping) in members.iter().zip(pings) {
+            if let Ok(Some(round_trip)) = ping.await {
+                lock_meter(&member.link).round_trip(round_trip);
+            }
+        }
         let clock = Instant::now();
         let now = || clock.elapsed().as_micros() as u64;
         // Where each device's packets run on its node, and its name and committed
@@ -1586,6 +1771,7 @@ impl JobRun {
         let mut paused_lines: Vec<String> = Vec::new();
         let mut items_done = 0u64;
         let outcome: Result<(), ClientError> = loop {
+            feed_links(&members, &mut sched, now());
             while let Some(decision) = sched.poll(now()) {
                 match decision {
                     Decision::Run { device, packet } => {
@@ -1593,6 +1779,7 @@ impl JobRun {
                             continue;
                         };
                         let connection = members[m].connection.clone();
+                        let meter = Arc::clone(&members[m].link);
                         let request = Request::Run {
                             job: self.id,
                             packet: packet.id.0,
@@ -1606,7 +1793,7 @@ impl JobRun {
                         tokio::spawn(async move {
                             let result = match tokio::time::timeout(
                                 timeout,
-                                self::request(&connection, &request),
+                                run_packet(&connection, &request, &meter),
                             )
                             .await
                             {
@@ -1741,6 +1928,9 @@ impl JobRun {
                         &mut next_device,
                     );
                     member.devices = new.iter().map(|(d, _, _)| *d).collect();
+                    if member.link_device.is_none() {
+                        member.link_device = member.devices.first().copied();
+                    }
                     for (device, spec, target) in new {
                         device_member.insert(device, m);
                         device_target.insert(device, target);
@@ -1946,6 +2136,29 @@ impl JobRun {
         // and adds its own).
         self.layout.add_totals(args, &sums.finish(&self.layout));
         outcome?;
+        feed_links(&members, &mut sched, now());
+        let estimates = sched.estimates();
+        let links = members
+            .iter()
+            .filter_map(|m| {
+                let estimate = estimates
+                    .iter()
+                    .find(|e| e.node == m.node && e.link_bytes_per_us.is_some())?;
+                // One lock: a second guard in the same expression would wait on the first.
+                let (transfers, probes) = {
+                    let meter = lock_meter(&m.link);
+                    (meter.transfers(), meter.probes())
+                };
+                Some(LinkFigure {
+                    node: m.name.clone(),
+                    addr: m.addr,
+                    latency_us: estimate.link_latency_us.unwrap_or(0.0),
+                    bytes_per_s: estimate.link_bytes_per_us.unwrap_or(0.0) * 1e6,
+                    transfers,
+                    probes,
+                })
+            })
+            .collect();
         let report = JobReport {
             items: self.items,
             packets: committed_packets,
@@ -1974,6 +2187,7 @@ impl JobRun {
                 .filter_map(|m| m.committed_since_rejoin.map(|n| (m.name.clone(), n)))
                 .collect(),
             tuned_rates,
+            links,
         };
         // Only connections of members still in the job are worth keeping.
         rejoined.retain(|r| members.iter().any(|m| m.addr == r.addr && !m.lost));

@@ -53,6 +53,7 @@ pub mod discovery;
 pub mod dns;
 mod driver;
 pub mod fault;
+mod link_meter;
 mod metrics;
 pub mod node;
 pub mod protocol;

@@ -518,6 +518,11 @@ fn execute(
     let place = match &report.cluster {
         Some(cluster) => {
             super::cluster::print_cluster_report(cli, cluster, args.cluster.redundancy);
+            if cli.verbose > 0 {
+                for link in &cluster.links {
+                    eprintln!("link {}: {}", link.node, describe_link(link));
+                }
+            }
             let copies = if args.cluster.redundancy > 1 {
                 format!(" ({} copies each, majority vote)", args.cluster.redundancy)
             } else {
@@ -531,6 +536,28 @@ fn execute(
         None => plural(report.threads as u64, "thread"),
     };
     Ok((report, place))
+}
+
+/// A node's link figures for `-v`: bandwidth in Mbit/s, one-way latency, and whether
+/// they were measured.
+fn describe_link(link: &cluster::client::LinkFigure) -> String {
+    let measured = if link.transfers > 0 {
+        format!(
+            "measured from {} and {}",
+            plural(link.transfers, "transfer"),
+            plural(link.probes, "ping")
+        )
+    } else {
+        format!(
+            "bandwidth not measured: the prior; latency from {}",
+            plural(link.probes, "ping")
+        )
+    };
+    format!(
+        "{:.1} Mbit/s, latency {:.0} µs ({measured})",
+        link.bytes_per_s * 8.0 / 1e6,
+        link.latency_us
+    )
 }
 
 /// What `-v` adds about a run on this machine; `kernel` names a one-step job's kernel.
@@ -573,6 +600,27 @@ fn print_report(cli: &Cli, report: &Report, kernel: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_says_whether_its_bandwidth_was_measured() {
+        let mut link = cluster::client::LinkFigure {
+            node: "n1 (10.77.0.11:7878)".into(),
+            addr: "10.77.0.11:7878".parse().expect("address"),
+            latency_us: 150.4,
+            bytes_per_s: 12.5e6,
+            transfers: 3,
+            probes: 1,
+        };
+        assert_eq!(
+            describe_link(&link),
+            "100.0 Mbit/s, latency 150 µs (measured from 3 transfers and 1 ping)"
+        );
+        link.transfers = 0;
+        assert_eq!(
+            describe_link(&link),
+            "100.0 Mbit/s, latency 150 µs (bandwidth not measured: the prior; latency from 1 ping)"
+        );
+    }
 
     #[test]
     fn rates_have_three_significant_digits() {
