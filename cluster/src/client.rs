@@ -812,8 +812,26 @@ async fn run_packet(
         recv.read_exact(&mut prefix[1..]).await?;
         let len = protocol::frame_len(prefix, MAX_DATA)?;
         let mut body = vec![0u8; len];
-        recv.read_exact(&mut body).await?;
-        up.done(prefix.len() as u64 + len as u64);
+        // A response found mostly received when this task first reads it (the client
+        // was busy while it arrived) says nothing about how fast it came: timed from
+        // here it would look many times faster than the link. Only responses read as
+        // they arrive are samples.
+        let mut filled = 0usize;
+        let mut first_read = None;
+        while filled < len {
+            match recv.read(&mut body[filled..]).await? {
+                Some(n) => {
+                    filled += n;
+                    first_read.get_or_insert(filled);
+                }
+                None => return Err(quinn::ReadExactError::FinishedEarly(filled).into()),
+            }
+        }
+        if first_read.is_some_and(|first| first * 2 < len) {
+            up.done(prefix.len() as u64 + len as u64);
+        } else {
+            up.discard();
+        }
         Ok::<_, WireError>(protocol::decode(&body, MAX_DATA)?)
     };
     let ((), response) = tokio::join!(acknowledged, response);
@@ -846,6 +864,11 @@ impl TimedTransfer {
 
     fn done(mut self, bytes: u64) {
         self.end(Some(bytes));
+    }
+
+    /// Ends the transfer without a measurement: its busy period is not a sample.
+    fn discard(mut self) {
+        self.end(None);
     }
 
     fn end(&mut self, bytes: Option<u64>) {

@@ -178,6 +178,58 @@ impl Drop for Testbed {
     }
 }
 
+/// Rows of the link tests' job: 1 MiB of inputs per item (see tests/kernels/rowsum.c).
+const ROW: u64 = 131_072;
+const ROWS: u64 = 16;
+
+/// Writes the rowsum job's input into `dir` and packages the kernel there; returns the
+/// package and the input file. Row i holds i, i+1, ...: its sum is known exactly.
+fn rowsum_job(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let pkg = crate::common::package(
+        &repo_path("tests/kernels/rowsum.c"),
+        &repo_path("tests/kernels/rowsum.toml"),
+        dir,
+        "rowsum",
+    );
+    let x: Vec<f64> = (0..ROWS * ROW)
+        .map(|k| ((k / ROW) + (k % ROW)) as f64)
+        .collect();
+    let input = dir.join("rows.bin");
+    crate::common::write_le(&input, &x);
+    (pkg, input)
+}
+
+/// `run PKG --kernel rowsum ...` arguments reading `input` and writing `out`.
+fn rowsum_args(
+    pkg: &std::path::Path,
+    input: &std::path::Path,
+    out: &std::path::Path,
+) -> Vec<OsArg> {
+    vec![
+        "run".into(),
+        pkg.into(),
+        "--kernel".into(),
+        "rowsum".into(),
+        "--items".into(),
+        ROWS.to_string().into(),
+        "--arg".into(),
+        format!("n={ROW}").into(),
+        "--in".into(),
+        format!("x={}", input.display()).into(),
+        "--out".into(),
+        format!("total={}", out.display()).into(),
+    ]
+}
+
+/// The rowsum job's output is right: row i sums i*ROW + 0 + 1 + ... + (ROW-1).
+fn assert_rowsums(out: &std::path::Path) {
+    let totals: Vec<f64> = read_le(out);
+    let want: Vec<f64> = (0..ROWS)
+        .map(|i| (i * ROW + ROW * (ROW - 1) / 2) as f64)
+        .collect();
+    assert_eq!(totals, want);
+}
+
 /// The measured bandwidth in Mbit/s that `run -v` printed for node `index`, from its
 /// line `link test-node-I (ADDR): X Mbit/s, latency Y µs (measured from N transfers and
 /// M pings)`.
@@ -224,17 +276,20 @@ fn a_job_across_two_testbed_nodes_at_100_mbit_equals_the_local_run_and_measures_
         &local,
         "the testbed run differs from the local run",
     );
-    // With two copies of every packet, each on another node, both nodes send every
-    // result back: both links are measured whatever the scheduler's split.
-    std::fs::remove_file(&remote).expect("remove the first output");
+    // With two copies of every packet, each on another node, both nodes receive every
+    // input: both links are measured whatever the scheduler's split. Every item of this
+    // job carries 1 MiB of inputs, so every packet is a bandwidth sample however the
+    // scheduler sizes it (the meter counts periods of 1 MiB and more).
+    let (pkg, input) = rowsum_job(testbed.dir.path());
+    let sums = testbed.path("sums.bin");
     let mut command = testbed.command("client", BIN);
     command
-        .args(job.run_args(&remote))
+        .args(rowsum_args(&pkg, &input, &sums))
         .args(testbed.cluster_flags())
         .args(["--redundancy", "2", "-v"]);
     let output = run_bounded(command, Duration::from_secs(120));
     assert!(output.status.success(), "{}", text(&output));
-    assert_same_output(&remote, &local, "the redundant testbed run differs");
+    assert_rowsums(&sums);
     let stderr = String::from_utf8_lossy(&output.stderr);
     // The links are shaped to 100 Mbit/s: what the client measured must be near that
     // (a loose bound: the shaping's burst, the queue and timer noise move it a little).
@@ -339,23 +394,22 @@ fn a_loopback_job_reports_its_measured_link() {
         "n0".into(),
     ]);
     let node = crate::cluster::Node::start(dir.path(), &creds.join("nodes").join("n0"), 0);
-    // 1 MiB of results: many packets of more than 64 KiB each.
-    let job = Mandel::new(dir.path(), 512, 512, 20);
-    let out = dir.path().join("remote.bin");
-    let output = offload_ok(
-        job.run_args(&out)
-            .into_iter()
-            .chain([
-                "--cluster".into(),
-                "--no-discovery".into(),
-                "--credentials".into(),
-                creds.clone().into(),
-                "--peer".into(),
-                node.addr.clone().into(),
-                "-v".into(),
-            ])
-            .collect::<Vec<OsArg>>(),
-    );
+    // Every item carries 1 MiB of inputs, so every packet, however the scheduler sizes
+    // it, is a bandwidth sample (the meter counts periods of 1 MiB and more).
+    let (pkg, input) = rowsum_job(dir.path());
+    let out = dir.path().join("sums.bin");
+    let mut args = rowsum_args(&pkg, &input, &out);
+    args.extend([
+        "--cluster".into(),
+        "--no-discovery".into(),
+        "--credentials".into(),
+        creds.clone().into(),
+        "--peer".into(),
+        node.addr.clone().into(),
+        "-v".into(),
+    ]);
+    let output = offload_ok(args);
+    assert_rowsums(&out);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let mbit = measured_mbit(&stderr, 0);
     assert!(mbit.is_finite() && mbit > 0.0, "{stderr}");
