@@ -14,5 +14,6 @@ mod gpu_check;
 mod macros;
 mod programs;
 mod references;
+mod sandbox;
 mod tune;
 mod validation;
