@@ -99,8 +99,11 @@ fn a_forbidden_system_call_fails_the_job_with_its_name_and_the_worker_is_replace
         let pkg = pair_package(cluster.dir.path());
         let out = cluster.path("out.bin");
         let expected = format!("kernel `triple` made a forbidden system call ({call})");
-        // Twice: the second job needs a new worker (the first died of the call), which
-        // sandboxes itself and is stopped the same way; the node serves throughout.
+        // Twice: the second job needs a new worker (every worker of the first died of
+        // the call or was ended with the job), which sandboxes itself and is stopped the
+        // same way; the node serves throughout. (How many workers a job goes through
+        // depends on how often the client tries the packets again: at least one.)
+        let mut sandboxed_before = 0;
         for attempt in 1..=2 {
             let output = run_on(&cluster, &pkg, "triple", &[], &out);
             assert!(!output.status.success(), "{call}: {}", text(&output));
@@ -109,12 +112,13 @@ fn a_forbidden_system_call_fails_the_job_with_its_name_and_the_worker_is_replace
                 stderr.contains(&expected),
                 "{call}, job {attempt}: the error does not name the call:\n{stderr}"
             );
-            assert_eq!(
-                sandboxed_workers(&cluster.nodes[0]),
-                attempt,
-                "{call}: one worker per job should have sandboxed itself:\n{}",
+            let sandboxed = sandboxed_workers(&cluster.nodes[0]);
+            assert!(
+                sandboxed > sandboxed_before,
+                "{call}, job {attempt}: no fresh worker sandboxed itself:\n{}",
                 cluster.nodes[0].log()
             );
+            sandboxed_before = sandboxed;
         }
         assert!(
             !out.exists(),
