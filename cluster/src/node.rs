@@ -1750,8 +1750,8 @@ impl Worker {
         // Compiling may take a while; a cache hit is a dlopen.
         let load_timeout = Duration::from_secs(600);
         if self.process.is_some() && self.kind.needs_fresh_worker(&self.loaded, &key) {
-            tracing::debug!(
-                "worker {}: sandboxed for other code, starting it afresh for kernel `{}`",
+            tracing::info!(
+                "worker {} is sandboxed with other code: starting it afresh for kernel `{}`",
                 self.index,
                 job.kernel
             );

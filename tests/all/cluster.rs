@@ -1495,7 +1495,9 @@ fn a_node_killed_with_sigkill_takes_its_workers_with_it() {
 #[test]
 fn a_node_keeps_its_caches_and_workers_under_their_caps() {
     // Caps smaller than one package and one worker: every new package pushes out the
-    // last (once its job is over), every new kernel gets a fresh worker; jobs still run.
+    // last (once its job is over), every new kernel gets a fresh worker (on a sandboxed
+    // node the package change restarts it before the memory cap is looked at: a
+    // sandboxed worker serves one package); jobs still run.
     let mut cluster = Cluster::new(0);
     let creds = cluster.credentials();
     offload_ok([
