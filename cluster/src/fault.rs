@@ -136,15 +136,9 @@ impl Faults {
                     "stop-on-packet" => enabled.stop_on_packet = true,
                     "owner-busy" => enabled.owner_busy = true,
                     "no-sandbox-support" => enabled.no_sandbox_support = true,
-                    "forbidden-call=openat" => {
-                        enabled.forbidden_call = Some(ForbiddenCall::Openat)
-                    }
-                    "forbidden-call=socket" => {
-                        enabled.forbidden_call = Some(ForbiddenCall::Socket)
-                    }
-                    "forbidden-call=execve" => {
-                        enabled.forbidden_call = Some(ForbiddenCall::Execve)
-                    }
+                    "forbidden-call=openat" => enabled.forbidden_call = Some(ForbiddenCall::Openat),
+                    "forbidden-call=socket" => enabled.forbidden_call = Some(ForbiddenCall::Socket),
+                    "forbidden-call=execve" => enabled.forbidden_call = Some(ForbiddenCall::Execve),
                     other => {
                         if let Some(path) = other.strip_prefix("gate=") {
                             enabled.gate = Some(path.into());
@@ -231,9 +225,7 @@ impl Faults {
             return sandbox::Support {
                 seccomp: false,
                 landlock_abi: None,
-                missing: vec![
-                    "fault injection: seccomp and Landlock are reported missing".into(),
-                ],
+                missing: vec!["fault injection: seccomp and Landlock are reported missing".into()],
             };
         }
         sandbox::support()

@@ -1437,9 +1437,7 @@ impl WorkerKind {
         match self {
             WorkerKind::Cpu { sandboxed: true } => loaded.iter().any(|(p, _)| *p != key.0),
             WorkerKind::OpenCl { sandboxed: true } => loaded.iter().any(|held| held != key),
-            WorkerKind::Cpu { sandboxed: false } | WorkerKind::OpenCl { sandboxed: false } => {
-                false
-            }
+            WorkerKind::Cpu { sandboxed: false } | WorkerKind::OpenCl { sandboxed: false } => false,
         }
     }
 }
@@ -1694,7 +1692,8 @@ impl Worker {
                 }
             }
         };
-        let end = sandbox::WorkerEnd::from_status(status, sandbox::Fault::first_in(&read_report(report)));
+        let end =
+            sandbox::WorkerEnd::from_status(status, sandbox::Fault::first_in(&read_report(report)));
         WorkerExit {
             text: end.to_string(),
             end: Some(end),

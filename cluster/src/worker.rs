@@ -302,7 +302,10 @@ fn close_stray_descriptors() {
         if target.to_string_lossy().starts_with("/memfd:") {
             continue;
         }
-        tracing::debug!("worker: closing descriptor {fd} ({}) before the sandbox", target.display());
+        tracing::debug!(
+            "worker: closing descriptor {fd} ({}) before the sandbox",
+            target.display()
+        );
         // SAFETY: a descriptor nothing in this process owns (see above).
         unsafe { libc::close(fd) };
     }
@@ -419,7 +422,10 @@ impl State {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!("worker {}: cannot apply the sandbox: {e}", std::process::id());
+                tracing::error!(
+                    "worker {}: cannot apply the sandbox: {e}",
+                    std::process::id()
+                );
                 self.serves = Some(Serves::Nothing);
                 Err(format!("the worker cannot apply its sandbox: {e}"))
             }

@@ -22,7 +22,10 @@ use crate::common::{die_with_test, offload, offload_ok, package, read_le, repo_p
 pub(crate) fn sandbox_here(test: &str) -> bool {
     let support = sandbox::support();
     if !support.is_complete() {
-        crate::common::skip(test, &format!("this kernel cannot sandbox workers ({support})"));
+        crate::common::skip(
+            test,
+            &format!("this kernel cannot sandbox workers ({support})"),
+        );
         return false;
     }
     true
@@ -120,10 +123,7 @@ fn a_forbidden_system_call_fails_the_job_with_its_name_and_the_worker_is_replace
             );
             sandboxed_before = sandboxed;
         }
-        assert!(
-            !out.exists(),
-            "{call}: a failed job wrote its output file"
-        );
+        assert!(!out.exists(), "{call}: a failed job wrote its output file");
         let status = status_json(&cluster);
         assert_eq!(status["nodes"][0]["state"], "serving", "{status}");
         assert_eq!(status["nodes"][0]["sandboxed"], true, "{status}");
@@ -132,7 +132,8 @@ fn a_forbidden_system_call_fails_the_job_with_its_name_and_the_worker_is_replace
 
 #[test]
 fn a_kernel_loaded_before_the_sandbox_runs_under_it_and_another_package_gets_a_fresh_worker() {
-    let test = "a_kernel_loaded_before_the_sandbox_runs_under_it_and_another_package_gets_a_fresh_worker";
+    let test =
+        "a_kernel_loaded_before_the_sandbox_runs_under_it_and_another_package_gets_a_fresh_worker";
     if !sandbox_here(test) {
         return;
     }
@@ -142,13 +143,19 @@ fn a_kernel_loaded_before_the_sandbox_runs_under_it_and_another_package_gets_a_f
     let out = cluster.path("out.bin");
     let output = run_on(&cluster, &pkg, "triple", &[], &out);
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(read_le::<u32>(&out), (0..1000).map(|i| 3 * i).collect::<Vec<u32>>());
+    assert_eq!(
+        read_le::<u32>(&out),
+        (0..1000).map(|i| 3 * i).collect::<Vec<u32>>()
+    );
     assert_eq!(sandboxed_workers(node), 1, "{}", node.log());
     // The package's other kernel was compiled before the sandbox was applied: the same
     // sandboxed worker runs it (no second report line).
     let output = run_on(&cluster, &pkg, "offset", &[("base", "7".into())], &out);
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(read_le::<u32>(&out), (0..1000).map(|i| 7 + i).collect::<Vec<u32>>());
+    assert_eq!(
+        read_le::<u32>(&out),
+        (0..1000).map(|i| 7 + i).collect::<Vec<u32>>()
+    );
     assert_eq!(sandboxed_workers(node), 1, "{}", node.log());
     // A kernel of another package cannot be loaded into a sandboxed worker: the node
     // starts a fresh one, which sandboxes itself after loading it.
@@ -158,14 +165,23 @@ fn a_kernel_loaded_before_the_sandbox_runs_under_it_and_another_package_gets_a_f
         cluster.dir.path(),
         "crash",
     );
-    let output = run_on(&cluster, &crash, "crash", &[("from", "100000".into())], &out);
+    let output = run_on(
+        &cluster,
+        &crash,
+        "crash",
+        &[("from", "100000".into())],
+        &out,
+    );
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(read_le::<u32>(&out), (0..1000).collect::<Vec<u32>>());
     assert_eq!(sandboxed_workers(node), 2, "{}", node.log());
     // And back: the first package again, in yet another fresh worker.
     let output = run_on(&cluster, &pkg, "offset", &[("base", "9".into())], &out);
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(read_le::<u32>(&out), (0..1000).map(|i| 9 + i).collect::<Vec<u32>>());
+    assert_eq!(
+        read_le::<u32>(&out),
+        (0..1000).map(|i| 9 + i).collect::<Vec<u32>>()
+    );
     assert_eq!(sandboxed_workers(node), 3, "{}", node.log());
     let table = status_table(&cluster);
     assert!(
@@ -187,7 +203,10 @@ fn an_unsandboxed_node_lets_the_same_call_run_and_says_it_is_unsandboxed() {
     let out = cluster.path("out.bin");
     let output = run_on(&cluster, &pkg, "triple", &[], &out);
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(read_le::<u32>(&out), (0..1000).map(|i| 3 * i).collect::<Vec<u32>>());
+    assert_eq!(
+        read_le::<u32>(&out),
+        (0..1000).map(|i| 3 * i).collect::<Vec<u32>>()
+    );
     assert_eq!(sandboxed_workers(&cluster.nodes[0]), 0);
     assert!(
         cluster.nodes[0].log().contains("UNSANDBOXED"),
