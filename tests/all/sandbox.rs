@@ -140,49 +140,45 @@ fn a_kernel_loaded_before_the_sandbox_runs_under_it_and_another_package_gets_a_f
     let cluster = Cluster::new(1);
     let node = &cluster.nodes[0];
     let pkg = pair_package(cluster.dir.path());
-    let out = cluster.path("out.bin");
-    let output = run_on(&cluster, &pkg, "triple", &[], &out);
-    assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(
-        read_le::<u32>(&out),
-        (0..1000).map(|i| 3 * i).collect::<Vec<u32>>()
-    );
-    assert_eq!(sandboxed_workers(node), 1, "{}", node.log());
-    // The package's other kernel was compiled before the sandbox was applied: the same
-    // sandboxed worker runs it (no second report line).
-    let output = run_on(&cluster, &pkg, "offset", &[("base", "7".into())], &out);
-    assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(
-        read_le::<u32>(&out),
-        (0..1000).map(|i| 7 + i).collect::<Vec<u32>>()
-    );
-    assert_eq!(sandboxed_workers(node), 1, "{}", node.log());
-    // A kernel of another package cannot be loaded into a sandboxed worker: the node
-    // starts a fresh one, which sandboxes itself after loading it.
     let crash = package(
         &repo_path("tests/cluster-kernels/crash.c"),
         &repo_path("tests/cluster-kernels/crash.toml"),
         cluster.dir.path(),
         "crash",
     );
-    let output = run_on(
-        &cluster,
-        &crash,
-        "crash",
-        &[("from", "100000".into())],
-        &out,
+    let out = cluster.path("out.bin");
+    // (package, kernel, its scalar, item i's output, sandboxed workers after the job).
+    // The package's second kernel was compiled before the sandbox was applied: the same
+    // sandboxed worker runs it (no second report). A kernel of another package cannot be
+    // loaded into a sandboxed worker: the node starts a fresh one, which sandboxes itself
+    // after loading it; and so again when the first package comes back.
+    type Job<'a> = (
+        &'a Path,
+        &'a str,
+        Option<(&'a str, u32)>,
+        fn(u32) -> u32,
+        usize,
     );
-    assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(read_le::<u32>(&out), (0..1000).collect::<Vec<u32>>());
-    assert_eq!(sandboxed_workers(node), 2, "{}", node.log());
-    // And back: the first package again, in yet another fresh worker.
-    let output = run_on(&cluster, &pkg, "offset", &[("base", "9".into())], &out);
-    assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(
-        read_le::<u32>(&out),
-        (0..1000).map(|i| 9 + i).collect::<Vec<u32>>()
-    );
-    assert_eq!(sandboxed_workers(node), 3, "{}", node.log());
+    let jobs: [Job<'_>; 4] = [
+        (&pkg, "triple", None, |i| 3 * i, 1),
+        (&pkg, "offset", Some(("base", 7)), |i| 7 + i, 1),
+        (&crash, "crash", Some(("from", 100_000)), |i| i, 2),
+        (&pkg, "offset", Some(("base", 9)), |i| 9 + i, 3),
+    ];
+    for (package, kernel, scalar, expected, workers) in jobs {
+        let scalars: Vec<(&str, String)> = scalar
+            .map(|(name, value)| (name, value.to_string()))
+            .into_iter()
+            .collect();
+        let output = run_on(&cluster, package, kernel, &scalars, &out);
+        assert!(output.status.success(), "{kernel}: {}", text(&output));
+        assert_eq!(
+            read_le::<u32>(&out),
+            (0..1000).map(expected).collect::<Vec<u32>>(),
+            "{kernel}"
+        );
+        assert_eq!(sandboxed_workers(node), workers, "{kernel}: {}", node.log());
+    }
     let table = status_table(&cluster);
     assert!(
         table.contains("serving") && !table.contains("unsandboxed"),
