@@ -6,7 +6,8 @@
 //!   for a node serving M OpenCL devices), `version` (protocol), `name`, `ca` (the
 //!   SHA-256 fingerprint of the node's cluster CA, as OpenSSL prints it), `opencl` (the
 //!   OpenCL devices, [`opencl_txt`]) when it serves any, and `rates` when the node has
-//!   tuned rates ([`rates_txt`]). The port is the service's port. A node that listens
+//!   tuned rates ([`rates_txt`]), and `sandbox=off` when its kernel workers run
+//!   unsandboxed (`offload node --unsandboxed`). The port is the service's port. A node that listens
 //!   on a loopback address advertises on loopback only. Clients keep only the nodes
 //!   whose `ca` is their own cluster's, compared whole ([`split_by_cluster`]): another
 //!   cluster's nodes on the same LAN are skipped without a word (listed with `-v`).
@@ -422,6 +423,10 @@ pub fn advertise(
     properties.insert("ca".to_string(), ca.to_string());
     if !info.rates.is_empty() {
         properties.insert("rates".to_string(), rates_txt(&info.rates));
+    }
+    // Only the exception is advertised: a node that runs kernels without a sandbox.
+    if !info.sandboxed {
+        properties.insert("sandbox".to_string(), "off".to_string());
     }
     let instance = format!("{}-{}", info.name, addr.port());
     let host = format!("{}.local.", info.name);

@@ -15,6 +15,12 @@
 //! - `owner-busy`: report the node paused by its owner from the start, as `--idle-only`
 //!   does while the machine's load is above the threshold (without depending on it);
 //! - `owner-busy-until=PATH`: the same until the file PATH exists, then serve.
+//! - `forbidden-call=CALL` (`openat`, `socket` or `execve`): every worker makes that
+//!   system call itself, raw, just before it runs a packet's kernel (after its sandbox is
+//!   applied), as a kernel trying to reach the machine would; the node passes it on to
+//!   its workers (`offload __worker --fault forbidden-call=CALL`);
+//! - `no-sandbox-support`: the node believes this kernel has neither seccomp nor Landlock
+//!   (as on a kernel built without them), so it refuses to serve unless `--unsandboxed`.
 
 /// The faults a node was told to inject (none outside test builds).
 #[derive(Debug, Clone, Default)]
@@ -33,6 +39,68 @@ struct Enabled {
     gate: Option<std::path::PathBuf>,
     owner_busy: bool,
     owner_busy_until: Option<std::path::PathBuf>,
+    forbidden_call: Option<ForbiddenCall>,
+    no_sandbox_support: bool,
+}
+
+/// The system calls `forbidden-call=` can make.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForbiddenCall {
+    Openat,
+    Socket,
+    Execve,
+}
+
+#[cfg(feature = "fault-injection")]
+impl ForbiddenCall {
+    fn name(self) -> &'static str {
+        match self {
+            ForbiddenCall::Openat => "openat",
+            ForbiddenCall::Socket => "socket",
+            ForbiddenCall::Execve => "execve",
+        }
+    }
+
+    /// Makes the call, raw (no libc wrapper that might choose another call). Unsandboxed
+    /// it does no harm: it opens a file read-only and closes it, opens a socket and closes
+    /// it, or tries to execute a program that does not exist.
+    fn make(self) {
+        let path = match self {
+            ForbiddenCall::Openat => c"/etc/hostname",
+            _ => c"/nonexistent/offload-fault-injection",
+        };
+        // SAFETY: raw system calls with valid, NUL-terminated paths and null argument
+        // vectors; a descriptor they return is closed at once.
+        unsafe {
+            let fd = match self {
+                ForbiddenCall::Openat => libc::syscall(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                ),
+                ForbiddenCall::Socket => libc::syscall(
+                    libc::SYS_socket,
+                    libc::AF_INET,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                ),
+                ForbiddenCall::Execve => {
+                    let no_args: [*const libc::c_char; 1] = [std::ptr::null()];
+                    libc::syscall(
+                        libc::SYS_execve,
+                        path.as_ptr(),
+                        no_args.as_ptr(),
+                        no_args.as_ptr(),
+                    )
+                }
+            };
+            if fd >= 0 && self != ForbiddenCall::Execve {
+                libc::close(fd as libc::c_int);
+            }
+        }
+    }
 }
 
 /// What a node does with a packet after [`Faults::before_packet`].
@@ -67,6 +135,10 @@ impl Faults {
                     "die-on-packet" => enabled.die_on_packet = true,
                     "stop-on-packet" => enabled.stop_on_packet = true,
                     "owner-busy" => enabled.owner_busy = true,
+                    "no-sandbox-support" => enabled.no_sandbox_support = true,
+                    "forbidden-call=openat" => enabled.forbidden_call = Some(ForbiddenCall::Openat),
+                    "forbidden-call=socket" => enabled.forbidden_call = Some(ForbiddenCall::Socket),
+                    "forbidden-call=execve" => enabled.forbidden_call = Some(ForbiddenCall::Execve),
                     other => {
                         if let Some(path) = other.strip_prefix("gate=") {
                             enabled.gate = Some(path.into());
@@ -125,6 +197,38 @@ impl Faults {
             }
         }
         None
+    }
+
+    /// The `--fault` flags a node passes on to its workers.
+    pub fn worker_flags(&self) -> Vec<String> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(call) = self.enabled.forbidden_call {
+            return vec!["--fault".into(), format!("forbidden-call={}", call.name())];
+        }
+        Vec::new()
+    }
+
+    /// In a worker, just before a packet's kernel runs: makes the forbidden call, if told.
+    pub(crate) fn before_kernel(&self) {
+        #[cfg(feature = "fault-injection")]
+        if let Some(call) = self.enabled.forbidden_call {
+            tracing::warn!("fault injection: the worker calls {}", call.name());
+            call.make();
+        }
+    }
+
+    /// What this kernel offers the sandbox: [`sandbox::support`], or, with
+    /// `no-sandbox-support`, neither layer.
+    pub(crate) fn sandbox_support(&self) -> sandbox::Support {
+        #[cfg(feature = "fault-injection")]
+        if self.enabled.no_sandbox_support {
+            return sandbox::Support {
+                seccomp: false,
+                landlock_abi: None,
+                missing: vec!["fault injection: seccomp and Landlock are reported missing".into()],
+            };
+        }
+        sandbox::support()
     }
 
     /// Called on a packet's outputs before they are sent.

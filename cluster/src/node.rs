@@ -21,6 +21,15 @@
 //! ([`Request::Run`]'s `device`). A job's kernel is loaded on every device at prepare
 //! time; a device that cannot lower or build it is left out of that job (logged) and
 //! the job runs on the CPU workers and the other devices.
+//!
+//! Sandbox: every worker confines itself once its kernel code is loaded (see
+//! [`crate::worker`] and the `sandbox` crate): a CPU worker serves one package, an
+//! OpenCL worker one kernel, and the node starts a fresh worker for another. Each worker
+//! gets a pipe as its fd 3 on which the sandbox reports a forbidden system call; the
+//! node reads it when the worker dies, so the packet fails with
+//! `kernel `K` made a forbidden system call (openat)`. Where this kernel lacks seccomp or
+//! Landlock the node refuses to serve unless told [`NodeConfig::unsandboxed`], and says
+//! so in its status and its mDNS record.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -64,6 +73,7 @@ pub struct NodeConfig {
     buffer_cache_bytes: usize,
     worker_memory_bytes: u64,
     metrics: Option<SocketAddr>,
+    unsandboxed: bool,
 }
 
 impl NodeConfig {
@@ -94,7 +104,17 @@ impl NodeConfig {
             buffer_cache_bytes: 4 << 30,
             worker_memory_bytes: 2 << 30,
             metrics: None,
+            unsandboxed: false,
         }
+    }
+
+    /// Run kernel workers without the sandbox (`offload node --unsandboxed`): the only
+    /// way to serve where this kernel lacks seccomp or Landlock, shown as `unsandboxed`
+    /// by `offload status` and `offload nodes`. Default: off (the node sandboxes its
+    /// workers, and refuses to serve where it cannot).
+    pub fn unsandboxed(mut self, on: bool) -> Self {
+        self.unsandboxed = on;
+        self
     }
 
     /// Serve the node's metrics in the Prometheus text format on this TCP address
@@ -199,6 +219,12 @@ pub enum NodeError {
     /// The JIT could not start (to describe this CPU).
     #[error(transparent)]
     Jit(#[from] node_jit::JitError),
+    /// This kernel cannot sandbox workers and the node was not told to serve unsandboxed.
+    #[error("cannot sandbox kernel workers on this machine ({support}); start the node with --unsandboxed to serve without the sandbox")]
+    Unsandboxable {
+        /// What the kernel offers, in words.
+        support: String,
+    },
     /// The metrics endpoint could not listen.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -223,6 +249,22 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
 }
 
 async fn serve(config: NodeConfig) -> Result<(), NodeError> {
+    let support = config.faults.sandbox_support();
+    let sandboxed = !config.unsandboxed;
+    if sandboxed && !support.is_complete() {
+        return Err(NodeError::Unsandboxable {
+            support: support.to_string(),
+        });
+    }
+    // What every worker is told besides the CLI's own arguments: the node's pid (the
+    // worker must die with it) or that it runs unsandboxed, and faults to inject.
+    let mut worker_args = config.worker_args.clone();
+    worker_args.push("--node-pid".into());
+    worker_args.push(std::process::id().to_string().into());
+    if !sandboxed {
+        worker_args.push("--unsandboxed".into());
+    }
+    worker_args.extend(config.faults.worker_flags().into_iter().map(OsString::from));
     let host = node_jit::HostTarget::detect();
     let mut info = NodeInfo {
         name: config.name.clone(),
@@ -232,6 +274,7 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
         cores: config.cores as u32,
         rates: config.rates.clone(),
         opencl: Vec::new(),
+        sandboxed,
     };
     let mut opencl_pools = Vec::new();
     if config.opencl {
@@ -249,14 +292,20 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
                 kind: device.kind.to_string(),
                 compute_units: device.compute_units,
             });
-            let mut args = config.worker_args.clone();
+            let mut args = worker_args.clone();
             args.push("--opencl-device".into());
             args.push(index.to_string().into());
             let limits = WorkerLimits {
                 memory_bytes: config.worker_memory_bytes,
                 buffer_bytes: config.buffer_cache_bytes,
             };
-            opencl_pools.push(WorkerPool::new(1, &config.worker_program, &args, limits));
+            opencl_pools.push(WorkerPool::new(
+                1,
+                &config.worker_program,
+                &args,
+                limits,
+                WorkerKind::OpenCl { sandboxed },
+            ));
         }
     }
     let endpoint = wire::server_endpoint(&config.credentials, config.listen, config.idle_timeout)?;
@@ -295,6 +344,13 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
         env!("CARGO_PKG_VERSION"),
         protocol::VERSION
     );
+    if sandboxed {
+        tracing::info!("kernel workers are sandboxed ({support})");
+    } else {
+        tracing::warn!(
+            "kernel workers run UNSANDBOXED (--unsandboxed): a kernel can do whatever this user can ({support})"
+        );
+    }
     match config.credentials.revocation_list() {
         Some(list) => {
             tracing::info!(
@@ -337,8 +393,9 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     let pool = WorkerPool::new(
         config.cores,
         &config.worker_program,
-        &config.worker_args,
+        &worker_args,
         limits,
+        WorkerKind::Cpu { sandboxed },
     );
     let (state, _) = watch::channel(NodeState::Serving);
     if let Some(threshold) = config.idle_only {
@@ -545,24 +602,9 @@ async fn pretend_owner_busy(until: Option<PathBuf>, state: watch::Sender<NodeSta
 }
 
 /// A `pre_exec` hook that makes the child process die (SIGKILL) when the thread that
-/// starts it ends, and exit at once if the parent died before the hook ran. Its calls
-/// (prctl, getppid, _exit) are async-signal-safe, as a hook between fork and exec
-/// requires.
-pub fn die_with_parent() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-    let parent = std::process::id();
-    move || {
-        // SAFETY: plain syscalls on this (child) process.
-        unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-        }
-        Ok(())
-    }
-}
+/// starts it ends, and exit at once if the parent died before the hook ran: the
+/// sandbox's, which workers and test nodes share.
+pub use sandbox::die_with_parent_hook as die_with_parent;
 
 /// Why a connection attempt failed, from the node's side: its verifier refused the
 /// client's certificate (the reason says why), or the client refused the node's.
@@ -645,7 +687,7 @@ impl Shared {
             info: self.info.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             state: self.state.borrow().clone(),
-            sandboxed: false,
+            sandboxed: self.info.sandboxed,
             load: load_average().unwrap_or(0.0),
             uptime_s: self.started.elapsed().as_secs(),
             busy_workers: self.pool.busy.load(Relaxed) as u32,
@@ -1346,10 +1388,22 @@ async fn run_packet(
                     )
                 }
                 Ran::Answered(Err(fault)) => {
-                    let reason = format!(
-                        "kernel `{}` on items {start}..{end}: {fault}; the node restarted its worker",
-                        job.kernel
-                    );
+                    let reason = match &fault {
+                        // A trap or a forbidden call: the kernel's doing, in its words.
+                        WorkerFault::Died {
+                            exit:
+                                WorkerExit {
+                                    end: Some(how), ..
+                                },
+                        } if how.is_kernel_fault() => format!(
+                            "{} on items {start}..{end}; the node restarted its worker",
+                            how.blame(&job.kernel)
+                        ),
+                        _ => format!(
+                            "kernel `{}` on items {start}..{end}: {fault}; the node restarted its worker",
+                            job.kernel
+                        ),
+                    };
                     tracing::warn!("{reason} (packet of {})", client.peer);
                     failed(reason)
                 }
@@ -1367,10 +1421,87 @@ async fn run_packet(
     response
 }
 
+/// What a pool's workers run, and so what one worker process may load.
+#[derive(Debug, Clone, Copy)]
+enum WorkerKind {
+    /// CPU JIT workers; sandboxed, each serves one package.
+    Cpu { sandboxed: bool },
+    /// An OpenCL device's worker; sandboxed, it serves one kernel.
+    OpenCl { sandboxed: bool },
+}
+
+impl WorkerKind {
+    /// Whether a worker that holds `loaded` must be started afresh before loading `key`:
+    /// a sandboxed worker can load no code once its sandbox is applied.
+    fn needs_fresh_worker(&self, loaded: &HashSet<(Hash, String)>, key: &(Hash, String)) -> bool {
+        match self {
+            WorkerKind::Cpu { sandboxed: true } => loaded.iter().any(|(p, _)| *p != key.0),
+            WorkerKind::OpenCl { sandboxed: true } => loaded.iter().any(|held| held != key),
+            WorkerKind::Cpu { sandboxed: false } | WorkerKind::OpenCl { sandboxed: false } => false,
+        }
+    }
+}
+
+/// How a worker process ended: its wait status and what its sandbox reported, in words.
+#[derive(Debug)]
+struct WorkerExit {
+    /// `None` when it could not be collected (then `text` says why).
+    end: Option<sandbox::WorkerEnd>,
+    text: String,
+}
+
+impl std::fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A pipe for a worker's sandbox reports: the node's read end (non-blocking) and the
+/// write end the worker gets as [`crate::worker::REPORT_FD`]. Both are close-on-exec
+/// here, so no other child inherits them.
+fn report_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and ours.
+    let (read, write) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    // The worker's end blocks: a fault record must not be lost to a full pipe (it
+    // never is: 16 bytes).
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok((read, write))
+}
+
+/// What a dead worker wrote on its report pipe (its writer is gone: nothing more comes).
+fn read_report(report: Option<std::os::fd::OwnedFd>) -> Vec<u8> {
+    use std::io::Read;
+    let Some(report) = report else {
+        return Vec::new();
+    };
+    let mut bytes = Vec::new();
+    // Non-blocking: reads what is there and stops at EOF or "would block".
+    let _ = std::fs::File::from(report).read_to_end(&mut bytes);
+    bytes
+}
+
 /// A kernel worker process and what it holds.
 struct Worker {
     index: usize,
+    kind: WorkerKind,
     process: Option<(Child, ChildStdin, ChildStdout)>,
+    /// The read end of the process's sandbox report pipe.
+    report: Option<std::os::fd::OwnedFd>,
     loaded: HashSet<(Hash, String)>,
     /// The whole buffers the worker holds, by hash, and which cached buffer each copy
     /// came from: the cache may replace the bytes under a hash (a dropped lie, then an
@@ -1391,8 +1522,8 @@ enum WorkerFault {
         program: String,
         source: std::io::Error,
     },
-    #[error("the worker process died ({status})")]
-    Died { status: String },
+    #[error("the worker process died ({exit})")]
+    Died { exit: WorkerExit },
     #[error("it ran past the time limit of {0:?} and its worker was killed")]
     TimedOut(Duration),
     #[error("worker pipe: {0}")]
@@ -1483,6 +1614,11 @@ impl Worker {
         if self.process.is_some() {
             return Ok(());
         }
+        let spawn_error = |source| WorkerFault::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        };
+        let (report, report_writer) = report_pipe().map_err(spawn_error)?;
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
@@ -1490,32 +1626,54 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if let WorkerKind::OpenCl { .. } = self.kind {
+            // Before the driver loads (see the sandbox's OpenCL profile).
+            command.envs(sandbox::OPENCL_WORKER_ENV.iter().copied());
+        }
+        let writer = std::os::fd::AsRawFd::as_raw_fd(&report_writer);
         // A worker dies with its node, even when the node is killed with SIGKILL while
         // the worker spins in a kernel (the node's runtime lives on the main thread,
-        // which spawns every worker and ends only with the process).
-        // SAFETY: the hook only makes async-signal-safe calls.
+        // which spawns every worker and ends only with the process: PDEATHSIG follows
+        // the thread that forked). Its report pipe becomes fd 3, open across exec.
+        // SAFETY: the hooks only make async-signal-safe calls (prctl, getppid, dup2,
+        // fcntl, _exit) on descriptors that stay open until `spawn` returns.
         unsafe {
             command.pre_exec(die_with_parent());
+            command.pre_exec(move || {
+                let target = crate::worker::REPORT_FD;
+                if writer == target {
+                    // dup2 onto itself keeps close-on-exec: clear it instead.
+                    if libc::fcntl(writer, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(writer, target) != target {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        let mut child = command.spawn().map_err(|source| WorkerFault::Spawn {
-            program: self.program.display().to_string(),
-            source,
-        })?;
+        let mut child = command.spawn().map_err(spawn_error)?;
+        drop(report_writer);
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(WorkerFault::Protocol("worker pipes missing".into()));
         };
         tracing::debug!("worker {} started (pid {:?})", self.index, child.id());
         self.process = Some((child, stdin, stdout));
+        self.report = Some(report);
         self.loaded.clear();
         self.buffers.clear();
         self.buffer_bytes = 0;
         Ok(())
     }
 
-    /// Kills the process (if any) and says how it ended.
-    async fn reap(&mut self) -> String {
+    /// Kills the process (if any) and says how it ended, with what its sandbox reported.
+    async fn reap(&mut self) -> WorkerExit {
+        let report = self.report.take();
         let Some((mut child, stdin, stdout)) = self.process.take() else {
-            return "not running".into();
+            return WorkerExit {
+                end: None,
+                text: "not running".into(),
+            };
         };
         drop((stdin, stdout));
         // A crashed worker has already exited; a live one is killed.
@@ -1525,11 +1683,21 @@ impl Worker {
                 let _ = child.kill().await;
                 match child.wait().await {
                     Ok(status) => status,
-                    Err(e) => return format!("cannot collect it: {e}"),
+                    Err(e) => {
+                        return WorkerExit {
+                            end: None,
+                            text: format!("cannot collect it: {e}"),
+                        }
+                    }
                 }
             }
         };
-        describe_status(status)
+        let end =
+            sandbox::WorkerEnd::from_status(status, sandbox::Fault::first_in(&read_report(report)));
+        WorkerExit {
+            text: end.to_string(),
+            end: Some(end),
+        }
     }
 
     async fn call(
@@ -1556,8 +1724,8 @@ impl Worker {
         match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(None)) => {
-                let status = self.reap().await;
-                Err(WorkerFault::Died { status })
+                let exit = self.reap().await;
+                Err(WorkerFault::Died { exit })
             }
             Ok(Err(Some(e))) => {
                 self.reap().await;
@@ -1580,6 +1748,14 @@ impl Worker {
         let key = (job.package.hash().0, job.kernel.clone());
         // Compiling may take a while; a cache hit is a dlopen.
         let load_timeout = Duration::from_secs(600);
+        if self.process.is_some() && self.kind.needs_fresh_worker(&self.loaded, &key) {
+            tracing::info!(
+                "worker {} is sandboxed with other code: starting it afresh for kernel `{}`",
+                self.index,
+                job.kernel
+            );
+            self.reap().await;
+        }
         if self.process.is_some() && !self.loaded.contains(&key) {
             let resident = self
                 .process
@@ -1625,9 +1801,9 @@ impl Worker {
                         other.describe()
                     ));
                 }
-                Err(WorkerFault::Died { status }) => {
+                Err(WorkerFault::Died { exit }) => {
                     return Err(format!(
-                        "compiling or loading kernel `{}` crashed the worker process ({status}): the compiler failed on this package; no kernel code had run",
+                        "compiling or loading kernel `{}` crashed the worker process ({exit}): the compiler failed on this package; no kernel code had run",
                         job.kernel
                     ))
                 }
@@ -1684,28 +1860,6 @@ impl Worker {
     }
 }
 
-fn describe_status(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status.signal() {
-        Some(signal) => {
-            let name = match signal {
-                libc::SIGSEGV => "SIGSEGV, a segmentation fault: memory was accessed outside what the process may touch",
-                libc::SIGBUS => "SIGBUS, a bus error",
-                libc::SIGILL => "SIGILL, an illegal instruction",
-                libc::SIGFPE => "SIGFPE, an arithmetic fault",
-                libc::SIGABRT => "SIGABRT, aborted",
-                libc::SIGKILL => "SIGKILL",
-                _ => "a signal",
-            };
-            format!("killed by signal {signal}, {name}")
-        }
-        None => match status.code() {
-            Some(code) => format!("exit status {code}"),
-            None => "unknown status".into(),
-        },
-    }
-}
-
 /// The node's workers: one process each, handed out one packet at a time.
 struct WorkerPool {
     free: Mutex<Vec<Worker>>,
@@ -1721,11 +1875,14 @@ impl WorkerPool {
         program: &std::path::Path,
         args: &[OsString],
         limits: WorkerLimits,
+        kind: WorkerKind,
     ) -> Arc<WorkerPool> {
         let workers = (0..count)
             .map(|index| Worker {
                 index,
+                kind,
                 process: None,
+                report: None,
                 loaded: HashSet::new(),
                 buffers: HashMap::new(),
                 buffer_bytes: 0,

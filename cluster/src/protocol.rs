@@ -86,6 +86,10 @@ pub struct NodeInfo {
     /// The OpenCL devices the node serves besides its CPU workers (`offload node
     /// --opencl`), in the order [`Request::Run`]'s `device` numbers them.
     pub opencl: Vec<OpenClDevice>,
+    /// Whether its kernel workers run sandboxed (`false`: started with `--unsandboxed`,
+    /// or a node from before the sandbox).
+    #[serde(default)]
+    pub sandboxed: bool,
 }
 
 /// An OpenCL device a node serves.
@@ -286,7 +290,8 @@ pub struct NodeStatus {
     pub version: String,
     /// Whether it takes packets.
     pub state: NodeState,
-    /// Whether kernels run in a sandbox (they do not yet: see the README's Guarantees).
+    /// Whether kernels run in a sandbox (`false`: the node was started with
+    /// `--unsandboxed`; see docs/sandbox.md).
     pub sandboxed: bool,
     /// The machine's 1-minute load average.
     pub load: f64,

@@ -13,6 +13,21 @@
 //! kernel at [`ToWorker::Load`] (a kernel it cannot take fails the load, and the node
 //! leaves the device out of the job) and uploads a job's whole buffers to the device
 //! once, on the job's first packet.
+//!
+//! # The sandbox
+//!
+//! A worker loads kernel code first and confines itself afterwards ([`sandbox::apply`]):
+//! compiling runs a linker and reads the code cache, which no sandbox profile allows.
+//! So a sandboxed worker serves **one package**: at the first [`ToWorker::Load`] a CPU
+//! worker compiles (or loads from the cache) every kernel of that package, then closes
+//! every descriptor but its pipes, the report pipe (fd 3) and the memfds its code lives
+//! in, and applies the CPU profile; from then on a `Load` of a kernel of that package
+//! answers from memory, and a `Load` of another package is refused (the node starts a
+//! fresh worker for it). An OpenCL worker serves **one kernel**: PoCL links a kernel's
+//! work-group function at its first enqueue by running `ld`, so the OpenCL profile is
+//! applied right after the first packet ran (before its answer is sent). A worker that
+//! cannot apply its sandbox answers the error and exits: it never serves unconfined,
+//! unless started with `--unsandboxed` ([`Confinement::Unsandboxed`]).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -59,6 +74,33 @@ impl Aligned {
         self.words.as_mut_ptr() as u64
     }
 }
+
+/// How a worker confines itself, as its node decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confinement {
+    /// Apply the sandbox once the kernel code is loaded (see the module doc); `node` is
+    /// the node's pid: the worker must die with it.
+    Sandboxed {
+        /// The node's process id.
+        node: u32,
+    },
+    /// Run kernels without a sandbox (`offload node --unsandboxed`).
+    Unsandboxed,
+}
+
+/// How a worker runs, from its command line.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Lower this process's priority to nice 19 first.
+    pub nice: bool,
+    /// Sandboxed or not.
+    pub confinement: Confinement,
+    /// Faults to inject (test builds only).
+    pub faults: crate::fault::Faults,
+}
+
+/// The descriptor a node gives its workers for the sandbox's fault reports.
+pub const REPORT_FD: i32 = 3;
 
 /// Errors that end the worker (the node restarts it).
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +162,12 @@ enum Runner {
 struct State {
     runner: Runner,
     buffers: HashMap<Hash, Aligned>,
+    confinement: Confinement,
+    /// `Some` once the sandbox is applied (or failed to be).
+    serves: Option<Serves>,
+    /// Kernels of the served package that could not be compiled, and why.
+    load_errors: HashMap<String, String>,
+    faults: crate::fault::Faults,
 }
 
 fn lower_priority() {
@@ -133,15 +181,21 @@ fn lower_priority() {
     }
 }
 
+/// Prints a panic's message only: std's default hook may walk the stack and open the
+/// executable to name it, which the sandbox forbids.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| eprintln!("offload worker: {info}")));
+}
+
 /// Serves one node over stdin/stdout until stdin closes, compiling each kernel with the
-/// settings `tuning` finds for it (or the engine's defaults). `nice`: lower this
-/// process's priority to 19 first.
+/// settings `tuning` finds for it (or the engine's defaults).
 pub fn serve(
     engine_config: node_jit::Config,
-    nice: bool,
+    options: &WorkerOptions,
     tuning: TuningLookup,
 ) -> Result<(), WorkerError> {
-    if nice {
+    quiet_panics();
+    if options.nice {
         lower_priority();
     }
     let runner = Runner::Jit {
@@ -150,14 +204,15 @@ pub fn serve(
         tuning,
         kernels: HashMap::new(),
     };
-    serve_with(runner)
+    serve_with(runner, options)
 }
 
 /// Serves one node over stdin/stdout until stdin closes, running packets on OpenCL
 /// device `index` (in [`opencl_backend::discover`]'s order, which the node used to
-/// number its devices). `nice`: lower this process's priority to 19 first.
-pub fn serve_opencl(index: usize, nice: bool) -> Result<(), WorkerError> {
-    if nice {
+/// number its devices). The node starts it with [`sandbox::OPENCL_WORKER_ENV`] set.
+pub fn serve_opencl(index: usize, options: &WorkerOptions) -> Result<(), WorkerError> {
+    quiet_panics();
+    if options.nice {
         lower_priority();
     }
     let found = opencl_backend::discover();
@@ -173,13 +228,17 @@ pub fn serve_opencl(index: usize, nice: bool) -> Result<(), WorkerError> {
         lowered: HashMap::new(),
         prepared: HashMap::new(),
     };
-    serve_with(runner)
+    serve_with(runner, options)
 }
 
-fn serve_with(runner: Runner) -> Result<(), WorkerError> {
+fn serve_with(runner: Runner, options: &WorkerOptions) -> Result<(), WorkerError> {
     let mut state = State {
         runner,
         buffers: HashMap::new(),
+        confinement: options.confinement,
+        serves: None,
+        load_errors: HashMap::new(),
+        faults: options.faults.clone(),
     };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
@@ -189,7 +248,10 @@ fn serve_with(runner: Runner) -> Result<(), WorkerError> {
         let mut prefix = [0u8; 4];
         match input.read_exact(&mut prefix) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                state.leave();
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         }
         let len = protocol::frame_len(prefix, MAX_DATA)?;
@@ -200,6 +262,52 @@ fn serve_with(runner: Runner) -> Result<(), WorkerError> {
         let reply = state.handle(request);
         output.write_all(&protocol::encode(&reply, MAX_DATA)?)?;
         output.flush()?;
+        if state.serves == Some(Serves::Nothing) {
+            // The sandbox could not be applied: the error is answered, and this process
+            // serves nothing more.
+            std::process::exit(1);
+        }
+    }
+}
+
+/// What a sandboxed worker serves, once its sandbox is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Serves {
+    /// The kernels of this package (a CPU worker).
+    Package(Hash),
+    /// This kernel of this package (an OpenCL worker).
+    Kernel(Hash, String),
+    /// Nothing: applying the sandbox failed.
+    Nothing,
+}
+
+/// Closes every descriptor but stdin, stdout, stderr, the report pipe and the memfds that
+/// hold loaded kernel code, so that a kernel can reach nothing else (the sandbox cannot
+/// tell one descriptor from another). Descriptors of other kinds would be ours only by
+/// accident (inherited from the node's parent); nothing in the worker owns them.
+fn close_stray_descriptors() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let listed: Vec<i32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in listed {
+        if fd <= REPORT_FD {
+            continue;
+        }
+        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
+            continue; // the listing's own descriptor, closed by now
+        };
+        if target.to_string_lossy().starts_with("/memfd:") {
+            continue;
+        }
+        tracing::debug!(
+            "worker: closing descriptor {fd} ({}) before the sandbox",
+            target.display()
+        );
+        // SAFETY: a descriptor nothing in this process owns (see above).
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -215,7 +323,7 @@ impl State {
         match request {
             ToWorker::Load { package, kernel } => {
                 let started = std::time::Instant::now();
-                match self.load(&package, &kernel) {
+                match self.load_request(&package, &kernel) {
                     Ok(origin) => FromWorker::Loaded {
                         origin: origin.into(),
                         micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -252,10 +360,91 @@ impl State {
         }
     }
 
+    /// A [`ToWorker::Load`]: loads the kernel, and in a sandboxed CPU worker the rest of
+    /// its package, then applies the sandbox; once sandboxed, answers from what is loaded.
+    fn load_request(&mut self, package: &[u8], kernel: &str) -> Result<&'static str, String> {
+        let package = Package::from_bytes(package).map_err(|e| format!("package refused: {e}"))?;
+        let hash = package.hash().0;
+        match &self.serves {
+            None => {}
+            Some(Serves::Package(served)) if *served == hash => {
+                if let Some(error) = self.load_errors.get(kernel) {
+                    return Err(error.clone());
+                }
+                return match &self.runner {
+                    Runner::Jit { kernels, .. }
+                        if kernels.contains_key(&(hash, kernel.to_string())) =>
+                    {
+                        Ok("memory-cache")
+                    }
+                    _ => Err(format!("package has no kernel `{kernel}`")),
+                };
+            }
+            Some(Serves::Kernel(served, name)) if *served == hash && name == kernel => {
+                return Ok("opencl");
+            }
+            Some(_) => {
+                return Err(format!(
+                    "kernel `{kernel}`: this worker is sandboxed for another kernel or package and can load no more code (the node starts a fresh worker for it)"
+                ))
+            }
+        }
+        let origin = self.load(&package, kernel)?;
+        if let (Confinement::Sandboxed { node }, Runner::Jit { .. }) =
+            (self.confinement, &self.runner)
+        {
+            for other in &package.manifest().kernels {
+                if other.name != kernel {
+                    if let Err(error) = self.load(&package, &other.name) {
+                        tracing::warn!("worker: {error}");
+                        self.load_errors.insert(other.name.clone(), error);
+                    }
+                }
+            }
+            self.enter_sandbox(node, Serves::Package(hash))?;
+        }
+        Ok(origin)
+    }
+
+    /// Applies the sandbox (the CPU profile for the JIT, the OpenCL profile for a device);
+    /// from then on the worker serves only `serves`. On failure the worker serves nothing
+    /// (it answers the error and exits).
+    fn enter_sandbox(&mut self, node: u32, serves: Serves) -> Result<(), String> {
+        close_stray_descriptors();
+        let config = match self.runner {
+            Runner::Jit { .. } => sandbox::Config::cpu(),
+            Runner::OpenCl { .. } => sandbox::Config::opencl(),
+        };
+        match sandbox::apply(&config.expected_parent(node).report_fd(REPORT_FD)) {
+            Ok(report) => {
+                tracing::info!("worker {}: {report}", std::process::id());
+                self.serves = Some(serves);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "worker {}: cannot apply the sandbox: {e}",
+                    std::process::id()
+                );
+                self.serves = Some(Serves::Nothing);
+                Err(format!("the worker cannot apply its sandbox: {e}"))
+            }
+        }
+    }
+
+    /// Ends serving: a sandboxed worker exits at once, without running destructors (a
+    /// private code cache's removal, the JIT's own clean-up) that make calls the
+    /// sandbox forbids.
+    fn leave(&self) {
+        if matches!(self.serves, Some(Serves::Package(_) | Serves::Kernel(..))) {
+            // SAFETY: ends this process; everything it holds dies with it.
+            unsafe { libc::_exit(0) };
+        }
+    }
+
     /// Loads a kernel; returns where its code came from (`compiled`, `disk-cache`,
     /// `memory-cache`, `opencl`), for the node's metrics.
-    fn load(&mut self, package: &[u8], kernel: &str) -> Result<&'static str, String> {
-        let package = Package::from_bytes(package).map_err(|e| format!("package refused: {e}"))?;
+    fn load(&mut self, package: &Package, kernel: &str) -> Result<&'static str, String> {
         let key = (package.hash().0, kernel.to_string());
         match &mut self.runner {
             Runner::Jit {
@@ -264,7 +453,7 @@ impl State {
                 tuning,
                 kernels,
             } => {
-                let report = match tuning(engine, &package, kernel) {
+                let report = match tuning(engine, package, kernel) {
                     Some((settings, level)) => {
                         tracing::info!(
                             "kernel `{kernel}`: compiling with its tuned settings ({level:?}, {settings:?})"
@@ -281,9 +470,9 @@ impl State {
                                 }
                             }
                         };
-                        engine.compile_tuned(&package, kernel, &settings)
+                        engine.compile_tuned(package, kernel, &settings)
                     }
-                    None => engine.compile_tuned(&package, kernel, &node_jit::Tuning::default()),
+                    None => engine.compile_tuned(package, kernel, &node_jit::Tuning::default()),
                 }
                 .map_err(|e| format!("cannot compile kernel `{kernel}`: {e}"))?;
                 kernels.insert(key, report.kernel);
@@ -296,7 +485,7 @@ impl State {
             Runner::OpenCl {
                 device, lowered, ..
             } => {
-                let lowering = opencl_backend::lower(&package, kernel)
+                let lowering = opencl_backend::lower(package, kernel)
                     .map_err(|e| format!("cannot lower kernel `{kernel}` to OpenCL: {e}"))?;
                 // Build now, so that a program the device refuses is known at prepare
                 // time (the node then leaves this device out of the job).
@@ -317,6 +506,14 @@ impl State {
         slices: Vec<Vec<u8>>,
     ) -> FromWorker {
         let (start, end) = (packet.start, packet.end);
+        if let Some(Serves::Kernel(served, name)) = &self.serves {
+            if *served != package || *name != kernel {
+                // Its first enqueue would make the driver run `ld`: not in the sandbox.
+                return FromWorker::Error(format!(
+                    "kernel `{kernel}`: this OpenCL worker is sandboxed for kernel `{name}` only"
+                ));
+            }
+        }
         let key = (package, kernel.clone());
         let arity = match &self.runner {
             Runner::Jit { kernels, .. } => kernels.get(&key).map(|k| k.spec().args.len()),
@@ -394,6 +591,7 @@ impl State {
                 }
             }
         }
+        self.faults.before_kernel();
         let started = Instant::now();
         match &mut self.runner {
             Runner::Jit { kernels, .. } => {
@@ -464,6 +662,14 @@ impl State {
             }
         }
         let compute_us = started.elapsed().as_micros() as u64;
+        if let (Confinement::Sandboxed { node }, Runner::OpenCl { .. }, None) =
+            (self.confinement, &self.runner, &self.serves)
+        {
+            // The driver has built and linked everything this kernel needs now.
+            if let Err(e) = self.enter_sandbox(node, Serves::Kernel(package, kernel.clone())) {
+                return FromWorker::Error(e);
+            }
+        }
         let outputs = owned
             .into_iter()
             .filter(|(slot, _)| match &args[*slot] {

@@ -46,6 +46,7 @@ pub use exit::{
 pub use files::LandlockOutcome;
 pub use filter::profile_syscalls;
 pub use names::{syscall_name, syscall_number, Arch};
+pub use process::die_with_parent_hook;
 pub use support::{support, Support, LANDLOCK_ALL_THREADS_ABI};
 pub use thread::{recognise_stack_overflow, spawn_with_stack};
 

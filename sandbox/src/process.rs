@@ -46,6 +46,25 @@ pub(crate) fn die_with_parent(expected: Option<u32>) -> Result<u32, SandboxError
     Ok(now)
 }
 
+/// A `pre_exec` hook (for `std::process::Command` or tokio's) that makes the child die
+/// (`SIGKILL`) when the *thread* that starts it ends, and `_exit(1)` at once if that
+/// process died before the hook ran. Its calls (`prctl`, `getppid`, `_exit`) are
+/// async-signal-safe and it allocates nothing, as a hook between fork and exec requires.
+/// The node starts its workers with it (a worker that loses its node before it applies
+/// the sandbox dies too); [`crate::apply`] makes the same request again from inside the
+/// worker, checking the parent it was given.
+pub fn die_with_parent_hook() -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+    let parent = std::process::id();
+    move || match die_with_parent(Some(parent)) {
+        Ok(_) => Ok(()),
+        // SAFETY: plain call in the child: the parent is gone, nothing to clean up.
+        Err(SandboxError::ParentGone { .. }) => unsafe { libc::_exit(1) },
+        Err(SandboxError::Os { source, .. }) => Err(source),
+        // `die_with_parent` fails in no other way; answer without allocating.
+        Err(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
+
 /// Makes this process the leader of its own process group (a terminal's Ctrl-C then goes
 /// to the node, which ends its workers itself). Returns the group id.
 pub(crate) fn own_process_group() -> Result<u32, SandboxError> {

@@ -121,6 +121,16 @@ pub struct WorkerArgs {
     /// instead of the CPU JIT.
     #[arg(long, value_name = "N")]
     opencl_device: Option<usize>,
+    /// The node's process id: the worker sandboxes itself once its kernel code is
+    /// loaded and dies with that process.
+    #[arg(long, value_name = "PID", required_unless_present = "unsandboxed")]
+    node_pid: Option<u32>,
+    /// Run kernels without the sandbox (the node was started with --unsandboxed).
+    #[arg(long)]
+    unsandboxed: bool,
+    /// Test builds only: misbehave on purpose (see the cluster crate's `fault` module).
+    #[arg(long, value_name = "FAULT", hide = true)]
+    fault: Vec<String>,
 }
 
 /// The flags `offload run` takes for cluster runs.
@@ -457,6 +467,7 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         .buffer_cache_bytes(usize::try_from(settings.buffer_cache).unwrap_or(usize::MAX))
         .worker_memory_bytes(settings.worker_memory)
         .metrics(settings.metrics)
+        .unsandboxed(settings.unsandboxed)
         .faults(faults);
     if let Some(name) = settings.name.clone().or(insecure_name) {
         config = config.name(name);
@@ -607,14 +618,21 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<()> {
             Some(_) if !ours.iter().any(|o| o.addr == node.addr) => "  [another cluster]",
             Some(_) => "  [refused us or unreachable]",
         };
+        // Advertised only by a node whose kernels run without the sandbox.
+        let unsandboxed = if node.properties.get("sandbox").map(String::as_str) == Some("off") {
+            "  UNSANDBOXED"
+        } else {
+            ""
+        };
         println!(
-            "{}  {}  {} {}  devices: {}{}  features: {}{}{}",
+            "{}  {}  {} {}  devices: {}{}{}  features: {}{}{}",
             p("name"),
             node.addr,
             p("arch"),
             p("cpu"),
             p("devices"),
             opencl,
+            unsandboxed,
             p("features"),
             node.properties
                 .get("rates")
@@ -826,8 +844,17 @@ pub fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
     if let Some(dir) = &cli.cache_dir {
         config = config.cache_dir(dir);
     }
+    let confinement = match (args.unsandboxed, args.node_pid) {
+        (false, Some(node)) => cluster::worker::Confinement::Sandboxed { node },
+        _ => cluster::worker::Confinement::Unsandboxed,
+    };
+    let options = cluster::worker::WorkerOptions {
+        nice: args.nice,
+        confinement,
+        faults: cluster::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?,
+    };
     match args.opencl_device {
-        Some(index) => cluster::worker::serve_opencl(index, args.nice)?,
+        Some(index) => cluster::worker::serve_opencl(index, &options)?,
         None => {
             // The node advertises the rates of its `offload tune` profiles: its workers
             // compile those kernels with the settings that were measured.
@@ -835,7 +862,7 @@ pub fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
                 super::tune::lookup(engine, package, kernel)
                     .map(|settings| (settings.tuning(), settings.opt()))
             });
-            cluster::worker::serve(config, args.nice, lookup)?
+            cluster::worker::serve(config, &options, lookup)?
         }
     }
     Ok(())

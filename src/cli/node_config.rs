@@ -118,6 +118,13 @@ pub struct NodeArgs {
     /// crl.pem beside the credentials].
     #[arg(long, value_name = "FILE")]
     pub revocation_list: Option<PathBuf>,
+    /// Run kernel workers without the sandbox (seccomp, Landlock, limits: see
+    /// docs/sandbox.md). A node refuses to serve where this kernel lacks seccomp or
+    /// Landlock unless given this flag; `offload status` and `offload nodes` then show it
+    /// as unsandboxed. A flag only, never a configuration key: it must be asked for each
+    /// time.
+    #[arg(long)]
+    pub unsandboxed: bool,
     /// Check the configuration (file and flags), print the settings and exit.
     #[arg(long)]
     pub check: bool,
@@ -211,6 +218,8 @@ pub struct NodeSettings {
     pub mdns: bool,
     pub metrics: Option<SocketAddr>,
     pub revocation_list: Option<PathBuf>,
+    /// `--unsandboxed` (a flag only).
+    pub unsandboxed: bool,
 }
 
 impl NodeSettings {
@@ -273,6 +282,7 @@ impl NodeSettings {
                     "(crl.pem beside the credentials)"
                 )
             ),
+            format!("unsandboxed = {} (flag only)", self.unsandboxed),
         ];
         lines.join("\n")
     }
@@ -410,6 +420,7 @@ pub fn resolve(args: &NodeArgs, file: Option<(PathBuf, NodeFile)>) -> anyhow::Re
             .revocation_list
             .clone()
             .or_else(|| file.revocation.list.map(relative)),
+        unsandboxed: args.unsandboxed,
         file: path,
     })
 }

@@ -14,6 +14,7 @@ mod gpu_check;
 mod macros;
 mod programs;
 mod references;
+mod sandbox;
 mod testbed;
 mod tune;
 mod validation;
