@@ -669,6 +669,9 @@ fn refuse_local_options(options: &Options) -> Result<(), RunError> {
     if options.opencl.is_some() {
         return refused("a set of this machine's OpenCL devices");
     }
+    if options.stack_size.is_some() {
+        return refused("a worker stack size (--stack-size)");
+    }
     Ok(())
 }
 

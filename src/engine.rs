@@ -373,7 +373,8 @@ pub(crate) fn run_plan(
     let mut learned: HashMap<(usize, String), f64> = HashMap::new();
     let storage = &mut job.storage;
     std::thread::scope(|scope| -> Result<(), RunError> {
-        let pool = Pool::start(scope, threads)?;
+        let stack = options.stack_size.unwrap_or(crate::job::DEFAULT_STACK);
+        let pool = Pool::start(scope, threads, stack)?;
         let mut failure: Option<RunError> = None;
         let mut index = 0usize;
         let walk = plan.for_each(&manifests, &mut |instance| {
@@ -556,12 +557,14 @@ impl Pool {
     fn start<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         threads: usize,
+        stack: usize,
     ) -> Result<Pool, RunError> {
         let mut workers = Vec::with_capacity(threads);
         for w in 0..threads {
             let (tx, rx) = mpsc::channel::<CpuTask>();
             std::thread::Builder::new()
                 .name(format!("offload-cpu{w}"))
+                .stack_size(stack)
                 .spawn_scoped(scope, move || cpu_worker(rx))
                 .map_err(|source| RunError::Threads {
                     requested: threads,
@@ -627,6 +630,8 @@ fn run_cpu_packet(
     slots: &PacketSlots,
 ) -> Finished {
     serve_packet(device, packet, block, slots, |start, end, block| {
+        // A trap in the kernel is reported naming it and these items (`crash`).
+        let _running = crate::crash::Running::new(&kernel.spec().name, start, end);
         // SAFETY: the plan checked every buffer of this step against the manifest,
         // packets of one step cover disjoint items, and sum buffers are private to
         // this packet; the job's memory outlives the step (the coordinator waits).

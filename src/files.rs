@@ -33,6 +33,8 @@ pub struct StagedOutput {
     /// As the user wrote it, for messages.
     shown: PathBuf,
     temp: tempfile::NamedTempFile,
+    /// Removed by the crash report if a kernel traps before the commit.
+    _on_crash: crate::crash::CleanupGuard,
 }
 
 impl StagedOutput {
@@ -68,10 +70,12 @@ impl StagedOutput {
                     folder.display()
                 ))
             })?;
+        let _on_crash = crate::crash::remove_on_crash(temp.path());
         Ok(StagedOutput {
             destination,
             shown: path.to_path_buf(),
             temp,
+            _on_crash,
         })
     }
 

@@ -105,6 +105,10 @@ pub enum JobError {
     Memory(#[from] crate::engine::RunError),
 }
 
+/// The stack of a worker thread on this machine, per item (a thread runs one item at a
+/// time): 8 MiB, what a Linux process's main thread gets by default.
+pub const DEFAULT_STACK: usize = 8 << 20;
+
 /// A job: a program of steps over named buffers, with its packages and memory.
 pub struct Job<'a> {
     pub(crate) program: Program,
@@ -611,6 +615,7 @@ pub struct Options {
     pub(crate) local_fallback: bool,
     pub(crate) redundancy: u32,
     pub(crate) opencl: Option<Arc<OpenCl>>,
+    pub(crate) stack_size: Option<usize>,
 }
 
 impl Default for Options {
@@ -624,6 +629,7 @@ impl Default for Options {
             local_fallback: true,
             redundancy: 1,
             opencl: None,
+            stack_size: None,
         }
     }
 }
@@ -688,6 +694,15 @@ impl Options {
     /// (cluster runs only). Default: 1.
     pub fn redundancy(mut self, copies: u32) -> Options {
         self.redundancy = copies.max(1);
+        self
+    }
+
+    /// The stack each of this machine's worker threads runs items on, in bytes (at
+    /// least 64 KiB). Default: [`DEFAULT_STACK`]. A kernel that needs more (a large
+    /// local array, deep recursion) crashes with SIGSEGV, reported as a crash of its
+    /// kernel on its items. Local runs only.
+    pub fn stack_size(mut self, bytes: usize) -> Options {
+        self.stack_size = Some(bytes.max(64 << 10));
         self
     }
 

@@ -36,6 +36,7 @@
 
 pub mod api;
 pub mod buffer;
+mod crash;
 mod engine;
 pub mod files;
 pub mod job;
@@ -46,6 +47,7 @@ pub use api::{
     Kernel, KernelArg, LaunchError, Scalar,
 };
 pub use buffer::Buffer;
+pub use crash::report_kernel_crashes;
 pub use engine::{check_memory, sum_workspace, RunError};
 pub use ir_packager::kernel_model::program::{Program, ProgramError};
 pub use ir_packager::MAGIC as PACKAGE_MAGIC;

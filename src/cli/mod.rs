@@ -90,6 +90,9 @@ impl Cli {
 /// Parses arguments, runs the command and turns any error into one message.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A kernel that traps on this machine is named, with its items, before the process
+    // ends, and no staged output is left behind.
+    offload::report_kernel_crashes();
     let filter = log_filter(matches!(cli.command, Command::Node(_)), cli.verbose);
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Worker threads on this machine, 1 to 4096 [default: all cores].
     #[arg(long, value_parser = super::parse_count)]
     threads: Option<usize>,
+    /// Stack of each worker thread, e.g. 64M: what one item may use for local arrays
+    /// and recursion [default: 8M].
+    #[arg(long, value_name = "SIZE", value_parser = super::cluster::parse_size)]
+    stack_size: Option<u64>,
     /// Which devices run packets: the CPU, the OpenCL devices, or both (auto). [default:
     /// cpu on this machine; with --cluster, every device the nodes serve]
     #[arg(long, value_enum)]
@@ -486,6 +490,9 @@ fn execute(
     }
     if let Some(device) = args.device {
         options = options.device(device.into());
+    }
+    if let Some(bytes) = args.stack_size {
+        options = options.stack_size(usize::try_from(bytes).unwrap_or(usize::MAX));
     }
     let result = if args.cluster.cluster {
         let cluster_bar = Arc::new(super::cluster::ClusterBar::new());

@@ -6,6 +6,7 @@ mod cache;
 mod cluster;
 mod common;
 mod conformance;
+mod crashes;
 mod cross;
 mod deploy;
 mod examples;

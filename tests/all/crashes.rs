@@ -1,0 +1,109 @@
+//! A kernel that traps on this machine (divides by zero, writes through a wild pointer,
+//! executes a trap, overflows its stack) fails `offload run` with one line naming the
+//! kernel, the items and the signal in words, exit status 1 rather than death by signal,
+//! and every `--inout` file as it was, no staged file left beside it.
+
+use std::path::Path;
+
+use crate::common::{offload, package, read_le, repo_path, write_le};
+
+/// Runs `kernel` of the traps package over 100 items, item 57 trapping, on an `--inout`
+/// file; checks the report, the exit status and that nothing on disk changed.
+fn traps_cleanly(dir: &Path, pkg: &Path, kernel: &str, signal: &str) {
+    let y = dir.join(format!("{kernel}.bin"));
+    let before: Vec<i32> = vec![7; 100];
+    write_le(&y, &before);
+    let out = offload([
+        "run".as_ref(),
+        pkg.as_os_str(),
+        "--kernel".as_ref(),
+        kernel.as_ref(),
+        "--items".as_ref(),
+        "100".as_ref(),
+        "--arg".as_ref(),
+        "at=57".as_ref(),
+        "--inout".as_ref(),
+        format!("y={}", y.display()).as_ref(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{kernel}: {:?}: {stderr}",
+        out.status
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(&format!("kernel `{kernel}` crashed on items ")))
+        .unwrap_or_else(|| panic!("{kernel}: no crash report in: {stderr}"));
+    assert!(line.contains(signal), "{kernel}: {line}");
+    assert!(
+        line.contains("no output or --inout file was changed"),
+        "{line}"
+    );
+    // The items named hold the one that trapped.
+    let range = line
+        .split("crashed on items ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|r| r.split_once(".."))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .unwrap_or_else(|| panic!("no item range in: {line}"));
+    assert!(range.0 <= 57 && 57 < range.1, "{kernel}: {line}");
+    let after: Vec<i32> = read_le(&y);
+    assert_eq!(after, before, "{kernel}: the --inout file changed");
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .expect("the folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".offload-"))
+        .collect();
+    assert!(left.is_empty(), "{kernel}: staged files left: {left:?}");
+}
+
+#[test]
+fn kernels_that_trap_are_named_with_their_items_and_nothing_on_disk_changes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pkg = package(
+        &repo_path("tests/kernels/traps.c"),
+        &repo_path("tests/kernels/traps.toml"),
+        dir.path(),
+        "traps",
+    );
+    traps_cleanly(dir.path(), &pkg, "divide", "SIGFPE");
+    traps_cleanly(dir.path(), &pkg, "wild_write", "SIGSEGV");
+    traps_cleanly(dir.path(), &pkg, "trap", "SIGILL");
+    traps_cleanly(dir.path(), &pkg, "overflow", "SIGSEGV");
+}
+
+#[test]
+fn the_stack_per_item_is_set_with_stack_size() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pkg = package(
+        &repo_path("tests/kernels/traps.c"),
+        &repo_path("tests/kernels/traps.toml"),
+        dir.path(),
+        "traps",
+    );
+    let y = dir.path().join("y.bin");
+    write_le(&y, &[0i32; 4]);
+    // A 12 MiB frame per item, more than the default 8 MiB.
+    crate::common::offload_ok([
+        "run".as_ref(),
+        pkg.as_os_str(),
+        "--kernel".as_ref(),
+        "big_frame".as_ref(),
+        "--items".as_ref(),
+        "4".as_ref(),
+        "--threads".as_ref(),
+        "2".as_ref(),
+        "--stack-size".as_ref(),
+        "32M".as_ref(),
+        "--arg".as_ref(),
+        "at=10".as_ref(),
+        "--inout".as_ref(),
+        format!("y={}", y.display()).as_ref(),
+    ]);
+    let got: Vec<i32> = read_le(&y);
+    assert_eq!(got, vec![10, 11, 12, 13]);
+}
