@@ -663,6 +663,26 @@ enum Failure {
     Device(DeviceError),
 }
 
+impl Failure {
+    /// The job's error for this failure of `packet` of `kernel` (a device failure only
+    /// when the step has no other device to send its packets to).
+    fn into_error(self, kernel: &str, packet: &Packet) -> RunError {
+        match self {
+            Failure::Panic(reason) => RunError::KernelPanicked {
+                kernel: kernel.to_string(),
+                start: packet.start,
+                end: packet.end,
+                reason,
+            },
+            Failure::Memory(bytes) => RunError::OutOfMemory {
+                what: format!("the sum buffers of items {}..{}", packet.start, packet.end),
+                bytes,
+            },
+            Failure::Device(error) => RunError::OpenCl(Box::new(error)),
+        }
+    }
+}
+
 /// Runs one packet with fresh zeroed sum buffers and times it.
 fn serve_packet(
     device: DeviceId,
@@ -1087,22 +1107,8 @@ impl RangeRun<'_> {
                         },
                     );
                 }
-                Err(Failure::Panic(reason)) => {
-                    return Err(RunError::KernelPanicked {
-                        kernel: kernel_name.clone(),
-                        start: finished.packet.start,
-                        end: finished.packet.end,
-                        reason,
-                    });
-                }
-                Err(Failure::Memory(bytes)) => {
-                    return Err(RunError::OutOfMemory {
-                        what: format!(
-                            "the sum buffers of items {}..{}",
-                            finished.packet.start, finished.packet.end
-                        ),
-                        bytes,
-                    });
+                Err(failure @ (Failure::Panic(_) | Failure::Memory(_))) => {
+                    return Err(failure.into_error(kernel_name, &finished.packet));
                 }
                 Err(Failure::Device(error)) => {
                     tracing::warn!("{error}; its packets go to the other devices");
@@ -1182,25 +1188,9 @@ impl RangeRun<'_> {
                     counts.items += finished.packet.items();
                     *done_items += finished.packet.items();
                 }
-                Err(Failure::Panic(reason)) => {
-                    return Err(RunError::KernelPanicked {
-                        kernel: step.instance.layout.kernel.clone(),
-                        start: finished.packet.start,
-                        end: finished.packet.end,
-                        reason,
-                    })
+                Err(failure) => {
+                    return Err(failure.into_error(&step.instance.layout.kernel, &finished.packet))
                 }
-                Err(Failure::Memory(bytes)) => {
-                    return Err(RunError::OutOfMemory {
-                        what: format!(
-                            "the sum buffers of items {}..{}",
-                            finished.packet.start, finished.packet.end
-                        ),
-                        bytes,
-                    })
-                }
-                // Only OpenCL devices fail this way, and a static step has none.
-                Err(Failure::Device(error)) => return Err(RunError::OpenCl(Box::new(error))),
             }
         }
         if let Some(progress) = &step.options.progress {

@@ -798,28 +798,17 @@ impl Walk<'_> {
                     given.push(Given::Scalar(value));
                     buffers.push(None);
                 }
-                (ArgKind::Buffer { access, elem, .. }, Some(Binding::Buffers(list))) => {
-                    let name = &list[(turn as usize) % list.len().max(1)];
-                    let index = self.buffer_index(name, &at)?;
-                    let decl = &program.buffers[index];
-                    if decl.elem != *elem {
-                        return Err(describe(format!(
-                            "buffer `{name}` holds {}, the parameter takes {elem}",
-                            decl.elem
-                        )));
-                    }
-                    given.push(Given::Buffer {
-                        bytes: self.plan.lengths[index] * elem.size() as u64,
-                        elem: Some(*elem),
-                        access: Some(*access),
-                    });
-                    buffers.push(Some(index));
-                }
-                (ArgKind::Buffer { .. }, Some(Binding::Expr(Expr::Var(name)))) => {
-                    let index = self.buffer_index(name, &at)?;
-                    let ArgKind::Buffer { access, elem, .. } = &arg.kind else {
-                        continue;
+                (
+                    ArgKind::Buffer { access, elem, .. },
+                    Some(binding @ (Binding::Buffers(_) | Binding::Expr(Expr::Var(_)))),
+                ) => {
+                    // A list takes its buffers in turn (ping-pong); a name is one buffer.
+                    let name = match binding {
+                        Binding::Buffers(list) => &list[(turn as usize) % list.len().max(1)],
+                        Binding::Expr(Expr::Var(name)) => name,
+                        _ => continue,
                     };
+                    let index = self.buffer_index(name, &at)?;
                     let decl = &program.buffers[index];
                     if decl.elem != *elem {
                         return Err(describe(format!(
