@@ -56,6 +56,8 @@ add_host() {
     ip -n "$ns" addr add "$(addr_of "$host")/24" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
+    # mDNS (224.0.0.251) goes out on the testbed's link, so discovery crosses the bridge.
+    ip -n "$ns" route add 224.0.0.0/4 dev eth0
     if [[ $rate != none && $host != client ]]; then
         # A short queue (5 ms at the rate): the link's queue adds little to its latency.
         for dev in "$name-br $port" "$ns eth0"; do

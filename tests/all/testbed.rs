@@ -105,8 +105,16 @@ impl Testbed {
     }
 
     /// Starts node `index` (1-based) on its namespace with `flags` (`--fault ...`) and
-    /// waits for its `listening on` line.
+    /// waits for its `listening on` line; it does not advertise itself over mDNS.
     fn start_node(&mut self, index: usize, flags: &[String]) {
+        let mut flags = flags.to_vec();
+        flags.push("--no-mdns".into());
+        self.start_node_advertised(index, &flags);
+    }
+
+    /// [`Testbed::start_node`], the node advertising itself over mDNS on its link unless
+    /// `flags` say `--no-mdns`.
+    fn start_node_advertised(&mut self, index: usize, flags: &[String]) {
         let name = format!("n{index}");
         let creds = self.credentials();
         offload_ok([
@@ -122,7 +130,7 @@ impl Testbed {
         // The script execs `ip netns exec`, which execs the node: the child is the node,
         // and it dies with this test thread.
         die_with_test(&mut command)
-            .args(["node", "--listen", &Testbed::addr(index), "--no-mdns"])
+            .args(["node", "--listen", &Testbed::addr(index)])
             .args(["--cores", "1", "--name", &format!("test-node-{index}")])
             .arg("--credentials")
             .arg(creds.join("nodes").join(&name))
@@ -413,4 +421,53 @@ fn a_loopback_job_reports_its_measured_link() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let mbit = measured_mbit(&stderr, 0);
     assert!(mbit.is_finite() && mbit > 0.0, "{stderr}");
+}
+
+#[test]
+fn mdns_discovery_finds_the_testbed_nodes_across_the_bridge_and_a_job_runs_on_them() {
+    let test = "mdns_discovery_finds_the_testbed_nodes_across_the_bridge_and_a_job_runs_on_them";
+    let Some(mut testbed) = Testbed::up(test, 2) else {
+        return;
+    };
+    testbed.start_node_advertised(1, &[]);
+    testbed.start_node_advertised(2, &[]);
+    // The client's namespace sees the nodes only through the bridge: what it finds came
+    // over the testbed's links, with the nodes' own addresses.
+    let mut command = testbed.command("client", BIN);
+    command
+        .args(["nodes", "--wait", "3", "--credentials"])
+        .arg(testbed.credentials());
+    let output = run_bounded(command, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", text(&output));
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    for index in [1, 2] {
+        let addr = Testbed::addr(index);
+        let ip = addr.split(':').next().unwrap_or_default();
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.contains(&format!("test-node-{index}")) && l.contains(ip)),
+            "test-node-{index} at {ip} not found:\n{}",
+            text(&output)
+        );
+    }
+    // A job with discovery only (no --peer) runs on what mDNS found.
+    let job = Mandel::new(testbed.dir.path(), 256, 128, 50);
+    let local = testbed.path("local.bin");
+    job.run_local(&local);
+    let remote = testbed.path("remote.bin");
+    let mut command = testbed.command("client", BIN);
+    command
+        .args(job.run_args(&remote))
+        .args(["--cluster", "--credentials"])
+        .arg(testbed.credentials())
+        .arg("-v");
+    let output = run_bounded(command, Duration::from_secs(120));
+    assert!(output.status.success(), "{}", text(&output));
+    assert_same_output(&remote, &local, "the discovered testbed run differs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("test-node-1") && stderr.contains("test-node-2"),
+        "not both nodes were used: {stderr}"
+    );
 }
