@@ -1,0 +1,187 @@
+//! `testbed`: a compute-bound job on the multi-host testbed (`scripts/testbed.sh`, root):
+//! Mandelbrot on 2 nodes × 1 core against the same job on 1 node × 1 core, both through
+//! the cluster client in the testbed's client namespace, links shaped to 1 Gbit/s.
+//! Parallel efficiency = T(1 node) / (2 × T(2 nodes)); rounds alternate the two and the
+//! median is reported. Each node runs with `--cores 1` and a CPU quota of one core.
+//!
+//! Run: `cargo bench --bench testbed` (as root; elsewhere it says why and exits).
+//! `OFFLOAD_BENCH_ROUNDS` (default 5).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+const OFFLOAD: &str = env!("CARGO_BIN_EXE_offload");
+const NAME: &str = "obench";
+
+fn repo(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn script(args: &[&str]) -> Command {
+    let mut command = Command::new("bash");
+    command.arg(repo("scripts/testbed.sh")).args(args);
+    command
+}
+
+/// Removes the testbed and its nodes when dropped.
+struct Testbed {
+    nodes: Vec<Child>,
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        let _ = script(&["down", NAME]).status();
+    }
+}
+
+fn offload(args: &[&str]) -> Result<()> {
+    let out = Command::new(OFFLOAD).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "offload {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn start_node(testbed: &mut Testbed, index: usize, creds: &Path) -> Result<()> {
+    let node = format!("node{index}");
+    let name = format!("n{index}");
+    let listen = format!("10.77.0.{}:7878", 10 + index);
+    let mut child = script(&["exec", NAME, &node, OFFLOAD, "node", "--listen", &listen])
+        .args([
+            "--no-mdns",
+            "--cores",
+            "1",
+            "--name",
+            &name,
+            "--credentials",
+        ])
+        .arg(creds.join("nodes").join(&name))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start a testbed node")?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    testbed.nodes.push(child);
+    for line in BufReader::new(stdout).lines() {
+        if line?.starts_with("listening on ") {
+            return Ok(());
+        }
+    }
+    bail!("testbed node {index} ended before listening")
+}
+
+/// Wall time of the mandelbrot job on the given nodes, from the client's namespace.
+fn run(pkg: &Path, creds: &Path, out: &Path, nodes: &[usize]) -> Result<Duration> {
+    let (width, height, iters) = (2048u32, 1024u32, 2000u32);
+    let mut command = script(&["exec", NAME, "client", OFFLOAD, "run"]);
+    command
+        .arg(pkg)
+        .args(["--kernel", "mandelbrot", "--items"])
+        .arg((width * height).to_string())
+        .args(["--arg", &format!("width={width}")])
+        .args(["--arg", &format!("max_iter={iters}")])
+        .args(["--arg", "x0=-2.0", "--arg", "y0=-1.0"])
+        .args(["--arg", &format!("step={}", 3.0 / f64::from(width))])
+        .arg("--out")
+        .arg(format!("iters={}", out.display()))
+        .args(["--cluster", "--no-discovery", "--credentials"])
+        .arg(creds);
+    for index in nodes {
+        command.args(["--peer", &format!("10.77.0.{}:7878", 10 + index)]);
+    }
+    let started = Instant::now();
+    let output = command.output()?;
+    let took = started.elapsed();
+    ensure!(
+        output.status.success(),
+        "the cluster run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(took)
+}
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("testbed bench: skipped: network namespaces and tc need root");
+        return Ok(());
+    }
+    let rounds: usize = std::env::var("OFFLOAD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("testbed-bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let _ = script(&["down", NAME]).status();
+    let up = script(&["up", NAME, "2", "1gbit", "100", "100"]).output()?;
+    ensure!(
+        up.status.success(),
+        "scripts/testbed.sh up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let mut testbed = Testbed { nodes: Vec::new() };
+    let creds = work.join("cluster");
+    let creds_text = creds.display().to_string();
+    offload(&["cluster", "init", "--dir", &creds_text])?;
+    for name in ["n1", "n2"] {
+        offload(&["cluster", "add-node", "--dir", &creds_text, "--name", name])?;
+    }
+    let pkg = work.join("mandelbrot.okp");
+    offload(&[
+        "package",
+        &repo("examples/mandelbrot/kernel.rs").display().to_string(),
+        "--manifest",
+        &repo("examples/mandelbrot/manifest.toml")
+            .display()
+            .to_string(),
+        "-o",
+        &pkg.display().to_string(),
+    ])?;
+    start_node(&mut testbed, 1, &creds)?;
+    start_node(&mut testbed, 2, &creds)?;
+    let (one_out, two_out) = (work.join("one.bin"), work.join("two.bin"));
+    // Untimed: the nodes compile the kernel into their caches.
+    run(&pkg, &creds, &one_out, &[1])?;
+    run(&pkg, &creds, &two_out, &[1, 2])?;
+    ensure!(
+        std::fs::read(&one_out)? == std::fs::read(&two_out)?,
+        "the two runs' outputs differ"
+    );
+    let mut efficiencies = Vec::new();
+    let (mut ones, mut twos) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (one, two) = if round % 2 == 0 {
+            let one = run(&pkg, &creds, &one_out, &[1])?;
+            (one, run(&pkg, &creds, &two_out, &[1, 2])?)
+        } else {
+            let two = run(&pkg, &creds, &two_out, &[1, 2])?;
+            (run(&pkg, &creds, &one_out, &[1])?, two)
+        };
+        efficiencies.push(one.as_secs_f64() / (2.0 * two.as_secs_f64()));
+        ones.push(one.as_secs_f64());
+        twos.push(two.as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "testbed mandelbrot 2048x1024, 2000 iterations, 1 Gbit/s links, nodes of 1 core: 1 node {:.3} s, 2 nodes {:.3} s, parallel efficiency {:.3} (median of {rounds})",
+        median(ones),
+        median(twos),
+        median(efficiencies)
+    );
+    Ok(())
+}
