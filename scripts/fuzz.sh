@@ -7,7 +7,8 @@
 # The target (protocol/fuzz) builds the protocol crate alone, without LLVM or QUIC.
 # A crash stops the run and leaves its input under protocol/fuzz/artifacts/decode/;
 # replay it with `cargo +nightly fuzz run decode ARTIFACT` from protocol/. Not run in CI
-# by default (the sanitizer build alone takes minutes on 2 cores); see docs/cluster.md.
+# by default (it needs nightly; the first build takes about 40 s on 2 cores); see
+# docs/cluster.md.
 set -euo pipefail
 
 seconds="${1:-60}"
