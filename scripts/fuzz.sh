@@ -4,9 +4,11 @@
 #   scripts/fuzz.sh [SECONDS]
 #
 # Installs what it needs when missing: the nightly toolchain (rustup) and cargo-fuzz.
-# A crash stops the run and leaves its input under cluster/fuzz/artifacts/decode/;
-# replay it with `cargo +nightly fuzz run decode ARTIFACT` from cluster/. Not run in CI
-# by default (the sanitizer build alone takes minutes on 2 cores); see docs/cluster.md.
+# The target (protocol/fuzz) builds the protocol crate alone, without LLVM or QUIC.
+# A crash stops the run and leaves its input under protocol/fuzz/artifacts/decode/;
+# replay it with `cargo +nightly fuzz run decode ARTIFACT` from protocol/. Not run in CI
+# by default (it needs nightly; the first build takes about 40 s on 2 cores); see
+# docs/cluster.md.
 set -euo pipefail
 
 seconds="${1:-60}"
@@ -25,6 +27,6 @@ if ! cargo fuzz --version > /dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-cd "$root/cluster"
+cd "$root/protocol"
 # -rss_limit_mb: the decoders must not allocate what a frame's length merely claims.
 cargo +nightly fuzz run decode -- -max_total_time="$seconds" -rss_limit_mb=2048

@@ -31,8 +31,9 @@
 //! - **Membership** is a certificate signed by the cluster CA; both ends verify it
 //!   (mutual TLS, rustls with ring). A peer without one is refused during the handshake,
 //!   before it can send a request, and the node logs the refusal.
-//! - **Protocol** ([`protocol`]): versioned, size-limited bincode frames, one QUIC
-//!   stream per request, content-addressed caches for packages and whole buffers.
+//! - **Protocol** ([`protocol`], the `offload-protocol` crate re-exported): versioned,
+//!   size-limited bincode frames, one QUIC stream per request, content-addressed caches
+//!   for packages and whole buffers.
 //! - **Scheduling**: every remote core is a scheduler device with several slots, so
 //!   packets are pipelined; a lost node's devices leave the job
 //!   (`Event::DeviceLost`) and their packets run elsewhere.
@@ -56,10 +57,12 @@ pub mod fault;
 mod link_meter;
 mod metrics;
 pub mod node;
-pub mod protocol;
 pub mod revocation;
 pub mod status;
 mod wire;
 pub mod worker;
+
+/// The cluster protocol (the `offload-protocol` crate): messages, framing, limits.
+pub use offload_protocol as protocol;
 
 pub use wire::{EndpointError, WireError, DEFAULT_IDLE};

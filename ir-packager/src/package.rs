@@ -33,9 +33,9 @@ pub const FORMAT_VERSION: u16 = 3;
 /// Bytes before the body: magic, format version, body checksum.
 const HEADER_LEN: usize = MAGIC.len() + 2 + 32;
 
-/// Packages larger than this are refused before decoding (bitcode of kernels is small;
-/// the limit stops a hostile length prefix from allocating without bound).
-pub const MAX_PACKAGE_BYTES: usize = 256 << 20;
+// Defined in the LLVM-free kernel model so that the cluster protocol's frame limits
+// follow it without depending on the packager.
+pub use kernel_model::MAX_PACKAGE_BYTES;
 
 /// A version of LLVM, as `major.minor.patch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -41,3 +41,10 @@ pub use manifest::{
     parse_arg, Arg, ArgKind, Derived, KernelSpec, Manifest, ManifestError, Shape, MANIFEST_VERSION,
 };
 pub use types::{Access, KernelKind, ScalarType, ScalarValue};
+
+/// Package files (`.okp`) larger than this are refused before decoding: bitcode of
+/// kernels is small, and the limit stops a hostile length prefix from allocating without
+/// bound. The packager writes and reads packages (`ir_packager::MAX_PACKAGE_BYTES` is
+/// this constant); it lives here so that the cluster protocol's upload limit follows it
+/// without depending on LLVM.
+pub const MAX_PACKAGE_BYTES: usize = 256 << 20;

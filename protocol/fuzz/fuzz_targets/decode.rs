@@ -2,8 +2,10 @@
 //! message that decodes must encode and decode again to the same message.
 #![no_main]
 
-use cluster::protocol::{self, FromWorker, Hello, HelloReply, Request, Response, ToWorker};
 use libfuzzer_sys::fuzz_target;
+use offload_protocol::{
+    self as protocol, FromWorker, Hello, HelloReply, Request, Response, ToWorker,
+};
 
 fn round_trip<T>(data: &[u8], limit: usize)
 where
@@ -15,7 +17,10 @@ where
         // Compared as bytes, not with `==`: a decoded f64 (a tuned rate) may be NaN,
         // which is not equal to itself although it round-trips exactly.
         let frame_again = protocol::encode(&again, limit).expect("a decoded message encodes");
-        assert_eq!(frame_again, frame, "encode/decode is not a round trip: {message:?}");
+        assert_eq!(
+            frame_again, frame,
+            "encode/decode is not a round trip: {message:?}"
+        );
     }
 }
 

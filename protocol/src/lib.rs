@@ -1,4 +1,16 @@
-//! The cluster protocol: messages and their framing, with no I/O.
+//! offload's cluster protocol: the messages between clients, nodes and kernel workers,
+//! their framing and size limits, and the checks a node makes on what a client sends
+//! ([`check_hello`], [`check_wire`], [`request_limit`]), with no I/O. The `cluster`
+//! crate's QUIC shell and worker pipes send and receive these frames; it re-exports this
+//! crate as `cluster::protocol`.
+//!
+//! This crate must stay pure: it depends on serde, bincode, serde_bytes, thiserror and
+//! the LLVM-free `kernel-model`, and on nothing that brings an async runtime, a network
+//! stack or LLVM (no tokio, quinn, rustls, inkwell, llvm-sys, `ir-packager`,
+//! `node-jit`). That keeps its fuzz target (`protocol/fuzz`, `scripts/fuzz.sh`) quick to
+//! build with sanitizers and lets anything that only speaks the protocol link it alone;
+//! `cargo tree -p offload-protocol -e normal` shows what it pulls in, and
+//! `tests/dependencies.rs` fails when `Cargo.lock` lets any of those crates be reached.
 //!
 //! Every message is a frame: a 4-byte little-endian length, then the message encoded
 //! with bincode 2 (serde). Each kind of frame has a size limit that is checked on the
@@ -21,7 +33,6 @@
 //! uses the buffer (`docs/cluster.md`, "Buffer cache"). The worker pipe between a
 //! node and its kernel process uses the same framing with [`ToWorker`] and [`FromWorker`].
 
-use ir_packager::kernel_model;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The protocol version this build speaks.
@@ -684,7 +695,7 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
 pub fn request_limit(tag: u8) -> usize {
     match tag {
         // Request::Package: a package file.
-        1 => ir_packager::MAX_PACKAGE_BYTES + 1024,
+        1 => kernel_model::MAX_PACKAGE_BYTES + 1024,
         // Request::Run: a packet's input slices.
         5 => MAX_DATA,
         // Everything else is control: hashes, a job's description, numbers.
@@ -774,7 +785,7 @@ mod tests {
             (Request::HavePackage([0; 32]), MAX_CONTROL),
             (
                 Request::Package(vec![1, 2, 3]),
-                ir_packager::MAX_PACKAGE_BYTES + 1024,
+                kernel_model::MAX_PACKAGE_BYTES + 1024,
             ),
             (Request::HaveBuffer([0; 32]), MAX_CONTROL),
             (
