@@ -72,8 +72,11 @@ fn start_node(testbed: &mut Testbed, index: usize, creds: &Path) -> Result<()> {
         .context("cannot start a testbed node")?;
     let stdout = child.stdout.take().context("node stdout")?;
     testbed.nodes.push(child);
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         if line?.starts_with("listening on ") {
+            // Keep reading: a node whose stdout is closed fails when it next writes.
+            std::thread::spawn(move || lines.for_each(drop));
             return Ok(());
         }
     }
@@ -99,9 +102,15 @@ fn run(pkg: &Path, creds: &Path, out: &Path, nodes: &[usize]) -> Result<Duration
     for index in nodes {
         command.args(["--peer", &format!("10.77.0.{}:7878", 10 + index)]);
     }
+    if std::env::var_os("OFFLOAD_BENCH_VERBOSE").is_some() {
+        command.arg("-v");
+    }
     let started = Instant::now();
     let output = command.output()?;
     let took = started.elapsed();
+    if std::env::var_os("OFFLOAD_BENCH_VERBOSE").is_some() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    }
     ensure!(
         output.status.success(),
         "the cluster run failed: {}",
