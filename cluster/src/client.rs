@@ -19,6 +19,14 @@ use crate::protocol::{
 };
 use crate::wire::{self, WireError};
 
+/// Packets per device a job aims at (guided self-scheduling's divisor): items of a real
+/// job can differ a hundredfold in cost (a Mandelbrot row inside the set), and rates are
+/// learned from the first packets, so a job cut into a few large packets leaves one node
+/// with the expensive tail while the other waits (2 testbed nodes were no faster than 1
+/// at the scheduler's default of 3). Pipelined slots hide the round trip of the extra
+/// packets.
+const PACKETS_PER_DEVICE: f64 = 16.0;
+
 /// Timed pings per node when a job starts; the fastest is its latency sample.
 const PINGS_PER_JOB: usize = 3;
 
@@ -1724,7 +1732,8 @@ impl JobRun {
             .bytes_out_per_item(self.layout.bytes_per_item(false))
             .broadcast_bytes(broadcast)
             .max_packet(self.layout.max_packet_items())
-            .redundancy(self.redundancy);
+            .redundancy(self.redundancy)
+            .target_packets_per_device(PACKETS_PER_DEVICE);
         // Jobs with sums cut fixed packets (the same as a local run's), so the partials
         // added in item order give the same totals whatever the timing.
         if let Some(fixed) = self.layout.checked.sum_packet_items() {

@@ -1133,8 +1133,12 @@ impl Scheduler {
         let r = dev.rate.max(1e-12);
         let total = self.total_rate.max(r);
         // The device's time per item, its own bus included: what a packet's minimum
-        // length in µs is measured in.
-        let slope = (dev.model.slope() + self.bus_per_item(d)).max(1e-12);
+        // length in µs is measured in. Results come in whole µs, so packets of cheap
+        // items can measure 0: such a packet took up to 1 µs, and its slope is at least
+        // 1 µs over its items. (Taken as ~0, the minimum packet became the whole job:
+        // a Mandelbrot image whose first rows escape at once went out in 5 packets.)
+        let resolution = 1.0 / dev.largest_done.max(1) as f64;
+        let slope = (dev.model.slope() + self.bus_per_item(d)).max(resolution);
         let s_min = job
             .min_packet
             .max((self.min_packet_us(d) / slope).ceil() as u64)
