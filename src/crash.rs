@@ -142,6 +142,55 @@ pub fn report_kernel_crashes() {
     });
 }
 
+/// Makes Ctrl-C (SIGINT) and SIGTERM end a run cleanly: the staged output files are
+/// removed, one line says that nothing was written, and the process exits with 130 or
+/// 143 (128 + the signal), its threads with it. For commands that write outputs (`offload
+/// run`), not for servers that handle SIGTERM themselves (a node drains on it).
+pub fn end_runs_cleanly_on_interrupt() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: as in `report_kernel_crashes`; the handler is async-signal-safe.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                let handler: extern "C" fn(libc::c_int) = on_interrupt;
+                action.sa_sigaction = handler as *const () as usize;
+                action.sa_flags = libc::SA_ONSTACK;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut());
+            }
+        }
+    });
+}
+
+extern "C" fn on_interrupt(signal: libc::c_int) {
+    let mut line = Line::default();
+    line.push(b"\noffload: interrupted (");
+    line.push(if signal == libc::SIGINT {
+        b"SIGINT"
+    } else {
+        b"SIGTERM"
+    });
+    line.push(b"); no output or --inout file was changed\n");
+    // SAFETY: write, unlink and _exit are async-signal-safe; the buffers are ours.
+    unsafe {
+        remove_staged();
+        libc::write(2, line.bytes.as_ptr().cast(), line.len);
+        libc::_exit(128 + signal);
+    }
+}
+
+/// Unlinks every staged file on the clean-up list (async-signal-safe).
+fn remove_staged() {
+    for slot in &CLEANUP {
+        let path = slot.load(Ordering::Acquire);
+        if !path.is_null() {
+            // SAFETY: a C string leaked by `remove_on_crash`, alive while listed.
+            unsafe { libc::unlink(path) };
+        }
+    }
+}
+
 /// What a signal means for a kernel, in words.
 fn describe(signal: libc::c_int) -> &'static [u8] {
     match signal {
@@ -180,12 +229,7 @@ extern "C" fn on_fatal_signal(
     // SAFETY: write, unlink and _exit are async-signal-safe; the buffers are ours.
     unsafe {
         libc::write(2, line.bytes.as_ptr().cast(), line.len);
-        for slot in &CLEANUP {
-            let path = slot.load(Ordering::Acquire);
-            if !path.is_null() {
-                libc::unlink(path);
-            }
-        }
+        remove_staged();
         libc::_exit(1);
     }
 }

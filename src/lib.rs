@@ -47,7 +47,7 @@ pub use api::{
     Kernel, KernelArg, LaunchError, Scalar,
 };
 pub use buffer::Buffer;
-pub use crash::report_kernel_crashes;
+pub use crash::{end_runs_cleanly_on_interrupt, report_kernel_crashes};
 pub use engine::{check_memory, sum_workspace, RunError};
 pub use ir_packager::kernel_model::program::{Program, ProgramError};
 pub use ir_packager::MAGIC as PACKAGE_MAGIC;

@@ -377,6 +377,8 @@ fn scalar_overrides(overrides: &[String]) -> anyhow::Result<Vec<(String, Number)
 }
 
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    // Ctrl-C ends the run (every worker with it) and says that nothing was written.
+    offload::end_runs_cleanly_on_interrupt();
     if is_program(&args.target) {
         run_program(cli, args)
     } else {

@@ -107,3 +107,58 @@ fn the_stack_per_item_is_set_with_stack_size() {
     let got: Vec<i32> = read_le(&y);
     assert_eq!(got, vec![10, 11, 12, 13]);
 }
+
+#[test]
+fn ctrl_c_ends_a_run_saying_nothing_was_written_and_leaves_no_staged_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pkg = package(
+        &repo_path("tests/kernels/traps.c"),
+        &repo_path("tests/kernels/traps.toml"),
+        dir.path(),
+        "traps",
+    );
+    let y = dir.path().join("y.bin");
+    let before = vec![5i32; 2];
+    write_le(&y, &before);
+    // `spin` never ends: only the signal stops the run.
+    let child = crate::common::die_with_test(&mut std::process::Command::new(env!(
+        "CARGO_BIN_EXE_offload"
+    )))
+    .env("OFFLOAD_CACHE_DIR", crate::common::test_cache_dir())
+    .arg("run")
+    .arg(&pkg)
+    .args([
+        "--kernel", "spin", "--items", "2", "--arg", "at=0", "--inout",
+    ])
+    .arg(format!("y={}", y.display()))
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start offload run");
+    // The run has staged its output (and so checked everything) once the temporary file
+    // is there; the signal may come before or while the kernel runs: the same outcome.
+    let staged = || {
+        std::fs::read_dir(dir.path())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".offload-"))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        crate::common::wait_until(std::time::Duration::from_secs(60), staged),
+        "the run never staged its output"
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait for offload");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.contains("interrupted (SIGINT); no output or --inout file was changed"),
+        "{stderr}"
+    );
+    let after: Vec<i32> = read_le(&y);
+    assert_eq!(after, before);
+    assert!(!staged(), "a staged file was left behind");
+}

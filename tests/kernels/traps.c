@@ -40,3 +40,11 @@ void big_frame(uint64_t i, uint64_t at, int32_t *y) {
         frame[k] = (uint8_t)(k + i);
     y[i] = (int32_t)(i + at) + frame[4096] - (uint8_t)(4096 + i);
 }
+
+/* Runs until the process is stopped: for the tests of Ctrl-C. */
+void spin(uint64_t i, uint64_t at, int32_t *y) {
+    volatile uint64_t k = 0;
+    while (k != at + 1)
+        k = (k + 2) | 2; /* never at + 1 for an odd at + 1 > 2: even values only */
+    y[i] = (int32_t)k;
+}
