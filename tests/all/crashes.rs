@@ -61,15 +61,20 @@ fn traps_cleanly(dir: &Path, pkg: &Path, kernel: &str, signal: &str) {
     assert!(left.is_empty(), "{kernel}: staged files left: {left:?}");
 }
 
+/// `tests/kernels/traps.c` packaged into `dir`.
+fn traps_package(dir: &Path) -> std::path::PathBuf {
+    package(
+        &repo_path("tests/kernels/traps.c"),
+        &repo_path("tests/kernels/traps.toml"),
+        dir,
+        "traps",
+    )
+}
+
 #[test]
 fn kernels_that_trap_are_named_with_their_items_and_nothing_on_disk_changes() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pkg = package(
-        &repo_path("tests/kernels/traps.c"),
-        &repo_path("tests/kernels/traps.toml"),
-        dir.path(),
-        "traps",
-    );
+    let pkg = traps_package(dir.path());
     traps_cleanly(dir.path(), &pkg, "divide", "SIGFPE");
     traps_cleanly(dir.path(), &pkg, "wild_write", "SIGSEGV");
     traps_cleanly(dir.path(), &pkg, "trap", "SIGILL");
@@ -79,12 +84,7 @@ fn kernels_that_trap_are_named_with_their_items_and_nothing_on_disk_changes() {
 #[test]
 fn the_stack_per_item_is_set_with_stack_size() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pkg = package(
-        &repo_path("tests/kernels/traps.c"),
-        &repo_path("tests/kernels/traps.toml"),
-        dir.path(),
-        "traps",
-    );
+    let pkg = traps_package(dir.path());
     let y = dir.path().join("y.bin");
     write_le(&y, &[0i32; 4]);
     // A 12 MiB frame per item, more than the default 8 MiB.
@@ -111,12 +111,7 @@ fn the_stack_per_item_is_set_with_stack_size() {
 #[test]
 fn ctrl_c_ends_a_run_saying_nothing_was_written_and_leaves_no_staged_file() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pkg = package(
-        &repo_path("tests/kernels/traps.c"),
-        &repo_path("tests/kernels/traps.toml"),
-        dir.path(),
-        "traps",
-    );
+    let pkg = traps_package(dir.path());
     let y = dir.path().join("y.bin");
     let before = vec![5i32; 2];
     write_le(&y, &before);
