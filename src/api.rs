@@ -672,6 +672,11 @@ fn refuse_local_options(options: &Options) -> Result<(), RunError> {
     if options.stack_size.is_some() {
         return refused("a worker stack size (--stack-size)");
     }
+    if options.check {
+        return Err(RunError::Refused(
+            "check mode (--check) runs every item on this machine's CPU; run the job without a cluster to check it".to_string(),
+        ));
+    }
     Ok(())
 }
 
@@ -887,4 +892,23 @@ fn step_args<'s>(
         args.push(arg);
     }
     Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_refuses_every_option_about_this_machine_with_its_flag() {
+        let refused = |options: Options, flag: &str| {
+            let message = refuse_local_options(&options)
+                .expect_err("refused")
+                .to_string();
+            assert!(message.contains(flag), "{message}");
+        };
+        refused(Options::default().threads(2), "--threads");
+        refused(Options::default().stack_size(1 << 20), "--stack-size");
+        refused(Options::default().check(true), "--check");
+        assert!(refuse_local_options(&Options::default()).is_ok());
+    }
 }

@@ -13,6 +13,11 @@
 //! kernel goes to the handler that was there before (Rust's stack-overflow report) or
 //! the default action. Isolating kernels in worker processes, so that the process lives
 //! on, is the cluster node's design and the next step for local runs.
+//!
+//! In check mode (`check`) a thread also notes the fenced copies of the item it runs
+//! ([`Fenced`]); a SIGSEGV or SIGBUS at an address in one of them is reported as the
+//! access it was (`kernel K wrote outside its slice of `y` on item 7 ...`), worded by the
+//! same function as the writes check mode finds after an item ran.
 
 use std::cell::Cell;
 use std::ffi::CString;
@@ -54,6 +59,179 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = RUNNING.try_with(|r| r.set(None));
+    }
+}
+
+/// What one fenced copy of check mode (`check`) covers, for the handler to name an
+/// access that trapped in it. Plain addresses: readable from a signal handler.
+#[derive(Clone, Copy)]
+pub(crate) struct FenceNote {
+    /// The whole mapping, guards included: `mapped_start..mapped_end`.
+    pub(crate) mapped_start: usize,
+    pub(crate) mapped_end: usize,
+    /// The copy the kernel may touch: `copy_start..copy_end`.
+    pub(crate) copy_start: usize,
+    pub(crate) copy_end: usize,
+    /// The buffer's name (borrowed from the kernel's manifest, which outlives the item).
+    pub(crate) name: *const u8,
+    pub(crate) name_len: usize,
+    /// What the copy is.
+    pub(crate) kind: FenceKind,
+}
+
+/// What a fenced copy holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FenceKind {
+    /// An item's slice of an `out` or `inout` buffer (writable).
+    Slice,
+    /// What an item may read of a split `in` buffer: its elements and the halo.
+    Readable,
+    /// A whole `in` buffer.
+    Whole,
+    /// A packet's `sum` accumulator (writable).
+    Sum,
+}
+
+/// How a trapping access used memory, as far as the CPU says.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Access {
+    Read,
+    Write,
+    Unknown,
+}
+
+thread_local! {
+    // The fenced copies of the item this thread runs in check mode (none otherwise).
+    static FENCES: Cell<(*const FenceNote, usize)> = const { Cell::new((std::ptr::null(), 0)) };
+}
+
+/// Notes the fenced copies of the item this thread runs until dropped.
+pub(crate) struct Fenced(());
+
+impl Fenced {
+    /// `notes` must outlive the guard.
+    pub(crate) fn new(notes: &[FenceNote]) -> Fenced {
+        let _ = FENCES.try_with(|f| f.set((notes.as_ptr(), notes.len())));
+        Fenced(())
+    }
+}
+
+impl Drop for Fenced {
+    fn drop(&mut self) {
+        let _ = FENCES.try_with(|f| f.set((std::ptr::null(), 0)));
+    }
+}
+
+/// Describes, without allocating, an access at `address` outside what `note` lets
+/// kernel `kernel`'s item `item` touch: the one wording of check mode's findings, for
+/// the signal handler and for writes found afterwards alike. The caller checked that
+/// `address` lies in the note's mapping.
+fn describe_access(
+    line: &mut Line,
+    kernel: &[u8],
+    item: u64,
+    note: &FenceNote,
+    name: &[u8],
+    address: usize,
+    access: Access,
+) {
+    line.push(b"kernel `");
+    line.push(kernel);
+    line.push(b"` ");
+    let inside = (note.copy_start..note.copy_end).contains(&address);
+    line.push(match (inside, access) {
+        (true, _) | (false, Access::Write) => b"wrote ",
+        (false, Access::Read) => b"read ",
+        (false, Access::Unknown) => b"read or wrote ",
+    });
+    if inside {
+        // Only the read-only copies of `in` buffers trap inside.
+        line.push(b"into `");
+        line.push(name);
+        line.push(b"`, an `in` buffer,");
+    } else {
+        line.push(b"outside ");
+        line.push(match note.kind {
+            FenceKind::Slice => b"its slice of `" as &[u8],
+            FenceKind::Readable => b"the elements of `",
+            FenceKind::Whole => b"the buffer `",
+            FenceKind::Sum => b"the sum buffer `",
+        });
+        line.push(name);
+        line.push(match note.kind {
+            FenceKind::Readable => b"` its manifest lets it read" as &[u8],
+            _ => b"`",
+        });
+    }
+    line.push(b" on item ");
+    line.number(item);
+    let (distance, side): (usize, &[u8]) = if address < note.copy_start {
+        (note.copy_start - address, b" before its start)")
+    } else if address >= note.copy_end {
+        (address - note.copy_end + 1, b" past its end)")
+    } else {
+        return;
+    };
+    line.push(b" (the access began ");
+    line.number(distance as u64);
+    line.push(if distance == 1 { b" byte" } else { b" bytes" });
+    line.push(side);
+}
+
+/// The message of check mode for a write found after the item ran (one that did not
+/// trap: before a copy's start, on its first page), worded as the handler words traps.
+pub(crate) fn outside_message(kernel: &str, item: u64, note: &FenceNote, address: usize) -> String {
+    let mut line = Line::default();
+    // SAFETY: the note's name is borrowed from the manifest, alive while the step runs.
+    let name = unsafe { std::slice::from_raw_parts(note.name, note.name_len) };
+    describe_access(
+        &mut line,
+        kernel.as_bytes(),
+        item,
+        note,
+        name,
+        address,
+        Access::Write,
+    );
+    String::from_utf8_lossy(&line.bytes[..line.len]).into_owned()
+}
+
+/// The fenced copy of this thread's item that holds `address`, if any.
+fn fence_at(address: usize) -> Option<FenceNote> {
+    let (notes, len) = FENCES.try_with(Cell::get).ok()?;
+    if notes.is_null() {
+        return None;
+    }
+    // SAFETY: the guard's contract: the notes outlive it.
+    let notes = unsafe { std::slice::from_raw_parts(notes, len) };
+    notes
+        .iter()
+        .find(|n| (n.mapped_start..n.mapped_end).contains(&address))
+        .copied()
+}
+
+/// Whether the faulting access was a write, from the CPU's page-fault error code.
+fn fault_access(context: *mut libc::c_void) -> Access {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        if context.is_null() {
+            return Access::Unknown;
+        }
+        // SAFETY: the kernel passes a `ucontext_t` to SA_SIGINFO handlers; bit 1 of the
+        // page-fault error code is set for writes.
+        let error = unsafe {
+            (*(context as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_ERR as usize]
+        };
+        if error & 2 != 0 {
+            Access::Write
+        } else {
+            Access::Read
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = context;
+        Access::Unknown
     }
 }
 
@@ -215,10 +393,37 @@ extern "C" fn on_fatal_signal(
         pass_on(signal, info, context);
         return;
     };
-    let mut line = Line::default();
-    line.push(b"error: kernel `");
     // SAFETY: the guard's contract: the name outlives the packet.
-    line.push(unsafe { std::slice::from_raw_parts(packet.name, packet.name_len) });
+    let kernel = unsafe { std::slice::from_raw_parts(packet.name, packet.name_len) };
+    let mut line = Line::default();
+    line.push(b"error: ");
+    if signal == libc::SIGSEGV || signal == libc::SIGBUS {
+        // SAFETY: `info` is the siginfo of a SA_SIGINFO handler.
+        let address = unsafe { (*info).si_addr() } as usize;
+        if let Some(note) = fence_at(address) {
+            // SAFETY: the note's name is the manifest's, alive while the item runs.
+            let name = unsafe { std::slice::from_raw_parts(note.name, note.name_len) };
+            let access = fault_access(context);
+            describe_access(
+                &mut line,
+                kernel,
+                packet.start,
+                &note,
+                name,
+                address,
+                access,
+            );
+            line.push(b" (check mode); no output or --inout file was changed\n");
+            // SAFETY: as below.
+            unsafe {
+                libc::write(2, line.bytes.as_ptr().cast(), line.len);
+                remove_staged();
+                libc::_exit(1);
+            }
+        }
+    }
+    line.push(b"kernel `");
+    line.push(kernel);
     line.push(b"` crashed on items ");
     line.number(packet.start);
     line.push(b"..");

@@ -55,6 +55,10 @@ pub enum RunError {
         /// What went wrong.
         reason: &'static str,
     },
+    /// Check mode found a kernel touching memory outside what the kernel model gives
+    /// its item (the message names the kernel, the buffer and the item).
+    #[error("{0} (check mode)")]
+    OutsideMemory(String),
     /// A worker thread died.
     #[error("a worker thread stopped unexpectedly")]
     WorkerLost,
@@ -333,7 +337,13 @@ pub(crate) fn run_plan(
         index += 1;
         Ok(())
     })?;
-    let threads = if options.device == Some(DeviceChoice::OpenCl) {
+    if options.check && options.device.is_some_and(DeviceChoice::uses_opencl) {
+        return Err(RunError::Refused(
+            "check mode (--check) runs every item on this machine's CPU; leave out --device to check the kernel".to_string(),
+        ));
+    }
+    // Check mode runs items on a thread of its own per step: no pool.
+    let threads = if options.device == Some(DeviceChoice::OpenCl) || options.check {
         0
     } else {
         options
@@ -438,6 +448,10 @@ pub(crate) fn run_plan(
     })?;
     report.run_time = started.elapsed();
     report.workers = threads;
+    if options.check {
+        report.threads = 1;
+        report.workers = 1;
+    }
     if report.opencl_devices.is_empty() && report.opencl_note.is_none() {
         report.opencl_note = opencl.note.clone();
     }
@@ -743,6 +757,19 @@ struct StepCounts {
     opencl_note: Option<String>,
 }
 
+/// A step's `sum` arguments: slot, element type and bytes.
+fn sum_slots(layout: &Layout) -> Vec<SumSlot> {
+    layout
+        .args
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, a)| match a {
+            ArgLayout::Sum { elem, len } => Some((slot, *elem, (*len as usize) * elem.size())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// One step run on this machine.
 struct StepRun<'a> {
     instance: &'a Instance,
@@ -771,18 +798,11 @@ impl StepRun<'_> {
             Some(buffer) => storage[buffer].address(),
             None => 0,
         });
+        if self.options.check {
+            return self.run_checked(&block, storage, done_items, total_items);
+        }
         let slots = PacketSlots {
-            sums: layout
-                .args
-                .iter()
-                .enumerate()
-                .filter_map(|(slot, a)| match a {
-                    ArgLayout::Sum { elem, len } => {
-                        Some((slot, *elem, (*len as usize) * elem.size()))
-                    }
-                    _ => None,
-                })
-                .collect(),
+            sums: sum_slots(layout),
         };
         // SAFETY: `block` points into `storage`, which outlives the call.
         let (prepared, note) = unsafe { opencl.prepare(self.package, self.instance, &block) }?;
@@ -849,15 +869,55 @@ impl StepRun<'_> {
             )?;
         }
         drop(device_senders);
-        // The step's totals go into its sum buffers.
-        for (&(slot, elem, _), total) in slots.sums.iter().zip(&totals) {
+        self.add_totals(storage, &slots.sums, &totals);
+        Ok(counts)
+    }
+
+    /// Adds the step's `sum` totals (one per entry of `sums`) into their buffers.
+    fn add_totals(&self, storage: &mut [Storage<'_>], sums: &[SumSlot], totals: &[Buffer]) {
+        for (&(slot, elem, _), total) in sums.iter().zip(totals) {
             if let Some(buffer) = self.instance.buffers[slot] {
                 if let Some(bytes) = storage[buffer].bytes_mut() {
                     elem.add_into(bytes, total.as_bytes());
                 }
             }
         }
-        Ok(counts)
+    }
+
+    /// The step in check mode (`check`): every item alone on fenced copies.
+    fn run_checked(
+        &self,
+        block: &[u64],
+        storage: &mut [Storage<'_>],
+        done_items: &mut u64,
+        total_items: u64,
+    ) -> Result<StepCounts, RunError> {
+        let layout = &self.instance.layout;
+        let before = *done_items;
+        let progress = |done: u64| {
+            if let Some(progress) = &self.options.progress {
+                progress(before + done, total_items);
+            }
+        };
+        let totals = crate::check::run_step(
+            &crate::check::CheckStep {
+                layout,
+                kernel: self.kernel,
+                block,
+                ranges: &self.ranges,
+                stack: self.options.stack_size.unwrap_or(crate::job::DEFAULT_STACK),
+            },
+            &progress,
+        )?;
+        self.add_totals(storage, &sum_slots(layout), &totals);
+        let items: u64 = self.ranges.iter().map(|r| r.end - r.start).sum();
+        *done_items += items;
+        Ok(StepCounts {
+            items,
+            cpu_items: items,
+            cpu: items,
+            ..StepCounts::default()
+        })
     }
 }
 

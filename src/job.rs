@@ -616,6 +616,7 @@ pub struct Options {
     pub(crate) redundancy: u32,
     pub(crate) opencl: Option<Arc<OpenCl>>,
     pub(crate) stack_size: Option<usize>,
+    pub(crate) check: bool,
 }
 
 impl Default for Options {
@@ -630,6 +631,7 @@ impl Default for Options {
             redundancy: 1,
             opencl: None,
             stack_size: None,
+            check: false,
         }
     }
 }
@@ -644,6 +646,8 @@ impl std::fmt::Debug for Options {
             .field("progress", &self.progress.is_some())
             .field("local_fallback", &self.local_fallback)
             .field("redundancy", &self.redundancy)
+            .field("stack_size", &self.stack_size)
+            .field("check", &self.check)
             .finish()
     }
 }
@@ -703,6 +707,19 @@ impl Options {
     /// kernel on its items. Local runs only.
     pub fn stack_size(mut self, bytes: usize) -> Options {
         self.stack_size = Some(bytes.max(64 << 10));
+        self
+    }
+
+    /// Check mode: every item runs alone on fenced copies of what the kernel model gives
+    /// it (its slices, what it may read of its inputs, its `sum` accumulators), so a
+    /// kernel that reads or writes outside them fails the job with a message naming the
+    /// buffer and the item, the same outcome wherever the job would run. Slow (one
+    /// thread, copies and system calls per item): for finding such bugs. On this
+    /// machine's CPU only. An access that traps is reported by the crash report the CLI
+    /// installs ([`report_kernel_crashes`](crate::report_kernel_crashes)); without it
+    /// the process dies of the signal, as in a normal run. Default: off.
+    pub fn check(mut self, on: bool) -> Options {
+        self.check = on;
         self
     }
 

@@ -36,6 +36,7 @@
 
 pub mod api;
 pub mod buffer;
+mod check;
 mod crash;
 mod engine;
 pub mod files;

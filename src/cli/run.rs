@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// and recursion [default: 8M].
     #[arg(long, value_name = "SIZE", value_parser = super::cluster::parse_size)]
     stack_size: Option<u64>,
+    /// Check mode: run every item alone on fenced copies of its slices and inputs, so a
+    /// kernel that reads or writes outside what its manifest gives an item fails naming
+    /// the buffer and the item. Slow (one thread); on this machine's CPU only.
+    #[arg(long)]
+    check: bool,
     /// Which devices run packets: the CPU, the OpenCL devices, or both (auto). [default:
     /// cpu on this machine; with --cluster, every device the nodes serve]
     #[arg(long, value_enum)]
@@ -496,6 +501,9 @@ fn execute(
     if let Some(bytes) = args.stack_size {
         options = options.stack_size(usize::try_from(bytes).unwrap_or(usize::MAX));
     }
+    if args.check {
+        options = options.check(true);
+    }
     let result = if args.cluster.cluster {
         let cluster_bar = Arc::new(super::cluster::ClusterBar::new());
         let cluster = super::cluster::connect(cli, &args.cluster, &cluster_bar)?;
@@ -542,6 +550,7 @@ fn execute(
                 plural(cluster.packets_per_node.len() as u64, "node")
             )
         }
+        None if args.check => "1 thread in check mode (every item alone, fenced)".to_string(),
         None => plural(report.threads as u64, "thread"),
     };
     Ok((report, place))

@@ -3,6 +3,7 @@
 
 mod bench_kernels;
 mod cache;
+mod check;
 mod cluster;
 mod common;
 mod conformance;
