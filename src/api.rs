@@ -672,6 +672,11 @@ fn refuse_local_options(options: &Options) -> Result<(), RunError> {
     if options.stack_size.is_some() {
         return refused("a worker stack size (--stack-size)");
     }
+    if options.packet_timeout.is_some() {
+        return Err(RunError::Refused(
+            "a packet timeout (--packet-timeout) is this machine's; each node stops hung packets at its own (`offload node --packet-timeout S`)".to_string(),
+        ));
+    }
     if options.check {
         return Err(RunError::Refused(
             "check mode (--check) runs every item on this machine's CPU; run the job without a cluster to check it".to_string(),
@@ -909,6 +914,10 @@ mod tests {
         refused(Options::default().threads(2), "--threads");
         refused(Options::default().stack_size(1 << 20), "--stack-size");
         refused(Options::default().check(true), "--check");
+        refused(
+            Options::default().packet_timeout(std::time::Duration::from_secs(1)),
+            "--packet-timeout",
+        );
         assert!(refuse_local_options(&Options::default()).is_ok());
     }
 }

@@ -14,6 +14,9 @@
 //! the default action. Isolating kernels in worker processes, so that the process lives
 //! on, is the cluster node's design and the next step for local runs.
 //!
+//! A [`Watchdog`] (`--packet-timeout`) ends the process the same way when a packet runs
+//! too long: while one runs, [`Running`] also notes when each packet started.
+//!
 //! In check mode (`check`) a thread also notes the fenced copies of the item it runs
 //! ([`Fenced`]); a SIGSEGV or SIGBUS at an address in one of them is reported as the
 //! access it was (`kernel K wrote outside its slice of `y` on item 7 ...`), worded by the
@@ -21,8 +24,9 @@
 
 use std::cell::Cell;
 use std::ffi::CString;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// What a thread is running: the kernel's name (borrowed from the compiled kernel, which
 /// outlives the packet) and the packet's items.
@@ -52,6 +56,9 @@ impl Running {
             end,
         };
         let _ = RUNNING.try_with(|r| r.set(Some(packet)));
+        if WATCHING.load(Ordering::Relaxed) > 0 {
+            let _ = WATCH_SLOT.try_with(|slot| slot.begin(packet));
+        }
         Running(())
     }
 }
@@ -59,6 +66,151 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = RUNNING.try_with(|r| r.set(None));
+        if WATCHING.load(Ordering::Relaxed) > 0 {
+            let _ = WATCH_SLOT.try_with(|slot| slot.since.store(0, Ordering::Release));
+        }
+    }
+}
+
+/// How many [`Watchdog`]s run: packets note when they start only while one does.
+static WATCHING: AtomicUsize = AtomicUsize::new(0);
+
+/// The clock packets' start times count from (microseconds, 0 meaning idle).
+fn watch_clock() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    (epoch.elapsed().as_micros() as u64).max(1)
+}
+
+/// What one thread is running, for the watchdog on another thread.
+#[derive(Default)]
+struct WatchSlot {
+    /// When the packet started ([`watch_clock`]), 0 while idle; written last.
+    since: AtomicU64,
+    name: AtomicPtr<u8>,
+    name_len: AtomicUsize,
+    start: AtomicU64,
+    end: AtomicU64,
+}
+
+impl WatchSlot {
+    fn begin(&self, packet: Packet) {
+        self.name.store(packet.name.cast_mut(), Ordering::Relaxed);
+        self.name_len.store(packet.name_len, Ordering::Relaxed);
+        self.start.store(packet.start, Ordering::Relaxed);
+        self.end.store(packet.end, Ordering::Relaxed);
+        self.since.store(watch_clock(), Ordering::Release);
+    }
+}
+
+/// Every thread's slot that ran a packet while a watchdog was on (dead ones pruned).
+static WATCH_SLOTS: Mutex<Vec<Weak<WatchSlot>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static WATCH_SLOT: Arc<WatchSlot> = {
+        let slot = Arc::new(WatchSlot::default());
+        let mut slots = WATCH_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|s| s.strong_count() > 0);
+        slots.push(Arc::downgrade(&slot));
+        slot
+    };
+}
+
+/// Ends the process when a packet runs longer than its timeout: a kernel running in
+/// this process's threads cannot be stopped any other way. The line names the kernel
+/// and the items, the staged output files are removed, and the exit status is 1, as
+/// for a kernel that traps. Stops watching when dropped.
+pub(crate) struct Watchdog {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Watches every packet started from now on against `timeout`.
+    pub(crate) fn start(timeout: Duration) -> Result<Watchdog, std::io::Error> {
+        WATCHING.fetch_add(1, Ordering::SeqCst);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stopping = Arc::clone(&stop);
+        // Checked a few times per timeout: a hung packet ends the run within 1.25x it.
+        let every = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let limit = timeout.as_micros() as u64;
+        let thread = std::thread::Builder::new()
+            .name("offload-watchdog".into())
+            .spawn(move || {
+                let (stopped, wake) = &*stopping;
+                let mut stopped = stopped.lock().unwrap_or_else(|e| e.into_inner());
+                while !*stopped {
+                    stopped = wake
+                        .wait_timeout(stopped, every)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    if !*stopped {
+                        overdue(limit, timeout);
+                    }
+                }
+            })?;
+        Ok(Watchdog {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        WATCHING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Ends the process if a watched packet has run for more than `limit` µs.
+fn overdue(limit: u64, timeout: Duration) {
+    let now = watch_clock();
+    let slots: Vec<Arc<WatchSlot>> = WATCH_SLOTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for slot in slots {
+        let since = slot.since.load(Ordering::Acquire);
+        if since == 0 || now.saturating_sub(since) <= limit {
+            continue;
+        }
+        let name = slot.name.load(Ordering::Relaxed);
+        let name_len = slot.name_len.load(Ordering::Relaxed);
+        let (start, end) = (
+            slot.start.load(Ordering::Relaxed),
+            slot.end.load(Ordering::Relaxed),
+        );
+        // The packet may have ended while the fields were read: then it is not hung.
+        if slot.since.load(Ordering::Acquire) != since {
+            continue;
+        }
+        // SAFETY: the name belongs to a compiled kernel of the run, which outlives the
+        // watchdog (the run drops it last).
+        let name = unsafe { std::slice::from_raw_parts(name, name_len) };
+        let mut line = Line::default();
+        line.push(b"error: kernel `");
+        line.push(name);
+        line.push(b"` ran longer than the packet timeout (");
+        line.push(format!("{} s", timeout.as_secs_f64()).as_bytes());
+        line.push(b") on items ");
+        line.number(start);
+        line.push(b"..");
+        line.number(end);
+        line.push(b"; no output or --inout file was changed\n");
+        // SAFETY: plain system calls on our own buffers.
+        unsafe {
+            libc::write(2, line.bytes.as_ptr().cast(), line.len);
+            remove_staged();
+            libc::_exit(1);
+        }
     }
 }
 

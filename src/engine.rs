@@ -378,6 +378,18 @@ pub(crate) fn run_plan(
         compiled.insert((*package, kernel.clone()), code);
     }
     let opencl = OpenClSide::open(options)?;
+    // Declared after `compiled`, so dropped before it: the watchdog reads kernel names.
+    let _watchdog =
+        match options.packet_timeout {
+            Some(timeout) => Some(crate::crash::Watchdog::start(timeout).map_err(|source| {
+                RunError::Threads {
+                    requested: threads + 1,
+                    started: threads,
+                    source,
+                }
+            })?),
+            None => None,
+        };
     let started = Instant::now();
     let mut done_items = 0u64;
     let mut learned: HashMap<(usize, String), f64> = HashMap::new();

@@ -617,6 +617,7 @@ pub struct Options {
     pub(crate) opencl: Option<Arc<OpenCl>>,
     pub(crate) stack_size: Option<usize>,
     pub(crate) check: bool,
+    pub(crate) packet_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -632,6 +633,7 @@ impl Default for Options {
             opencl: None,
             stack_size: None,
             check: false,
+            packet_timeout: None,
         }
     }
 }
@@ -648,6 +650,7 @@ impl std::fmt::Debug for Options {
             .field("redundancy", &self.redundancy)
             .field("stack_size", &self.stack_size)
             .field("check", &self.check)
+            .field("packet_timeout", &self.packet_timeout)
             .finish()
     }
 }
@@ -720,6 +723,16 @@ impl Options {
     /// the process dies of the signal, as in a normal run. Default: off.
     pub fn check(mut self, on: bool) -> Options {
         self.check = on;
+        self
+    }
+
+    /// The longest one packet may run on this machine's CPU. A kernel running in this
+    /// process's threads cannot be stopped alone, so a packet that runs longer ends the
+    /// process: one line names the kernel and the items, the staged output files are
+    /// removed and the exit status is 1, as for a kernel that traps. Local runs only
+    /// (each node has its own `--packet-timeout`). Default: none.
+    pub fn packet_timeout(mut self, timeout: std::time::Duration) -> Options {
+        self.packet_timeout = Some(timeout.max(std::time::Duration::from_millis(1)));
         self
     }
 

@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// the buffer and the item. Slow (one thread); on this machine's CPU only.
     #[arg(long)]
     check: bool,
+    /// The longest one packet may run here, in seconds (e.g. 30 or 0.5): a hung kernel
+    /// then ends the run naming it and its items [default: no limit]. With --cluster,
+    /// each node's own --packet-timeout applies.
+    #[arg(long, value_name = "SECONDS", value_parser = super::parse_seconds)]
+    packet_timeout: Option<f64>,
     /// Which devices run packets: the CPU, the OpenCL devices, or both (auto). [default:
     /// cpu on this machine; with --cluster, every device the nodes serve]
     #[arg(long, value_enum)]
@@ -503,6 +508,9 @@ fn execute(
     }
     if args.check {
         options = options.check(true);
+    }
+    if let Some(seconds) = args.packet_timeout {
+        options = options.packet_timeout(std::time::Duration::from_secs_f64(seconds));
     }
     let result = if args.cluster.cluster {
         let cluster_bar = Arc::new(super::cluster::ClusterBar::new());

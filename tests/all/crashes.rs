@@ -157,3 +157,52 @@ fn ctrl_c_ends_a_run_saying_nothing_was_written_and_leaves_no_staged_file() {
     assert_eq!(after, before);
     assert!(!staged(), "a staged file was left behind");
 }
+
+#[test]
+fn a_hung_kernel_ends_the_run_at_the_packet_timeout_naming_its_items() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pkg = traps_package(dir.path());
+    let y = dir.path().join("y.bin");
+    let before = vec![5i32; 4];
+    write_le(&y, &before);
+    // `spin` never ends: only the timeout stops the run.
+    for check in [false, true] {
+        let mut args: Vec<std::ffi::OsString> = [
+            "run",
+            &pkg.display().to_string(),
+            "--kernel",
+            "spin",
+            "--items",
+            "4",
+            "--arg",
+            "at=7",
+            "--packet-timeout",
+            "0.3",
+            "--inout",
+            &format!("y={}", y.display()),
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        if check {
+            args.push("--check".into());
+        }
+        let out = offload(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{:?}: {stderr}", out.status);
+        assert!(
+            stderr.contains(
+                "error: kernel `spin` ran longer than the packet timeout (0.3 s) on items "
+            ) && stderr.contains("no output or --inout file was changed"),
+            "{stderr}"
+        );
+        assert_eq!(read_le::<i32>(&y), before, "the --inout file changed");
+    }
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("the folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".offload-"))
+        .collect();
+    assert!(left.is_empty(), "staged files left: {left:?}");
+}
