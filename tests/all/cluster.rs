@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    die_with_test, offload_ok, package, read_le, repo_path, run_bounded, wait_until, write_le, Run,
+    die_with_test, offload_ok, package, read_le, repo_path, run_bounded, wait_for_change,
+    wait_for_exits, wait_until, write_le, Run,
 };
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_offload");
@@ -173,7 +174,7 @@ impl Node {
 
     /// Waits until the node's log contains `text`.
     pub(crate) fn wait_for_log(&self, text: &str, limit: Duration) -> bool {
-        wait_until(limit, || self.log().contains(text))
+        wait_for_change(&self.log, None, limit, || self.log().contains(text))
     }
 }
 
@@ -1483,9 +1484,7 @@ fn a_node_killed_with_sigkill_takes_its_workers_with_it() {
     assert!(!workers.is_empty(), "the node has no worker process");
     kill_node(&mut cluster, 0);
     assert!(
-        wait_until(Duration::from_secs(20), || workers
-            .iter()
-            .all(|w| !Path::new(&format!("/proc/{w}")).exists())),
+        wait_for_exits(&workers, Duration::from_secs(20)),
         "a worker outlived its node: {workers:?}"
     );
     let _ = spinning.kill();

@@ -261,9 +261,101 @@ pub fn die_with_test(command: &mut Command) -> &mut Command {
     unsafe { command.pre_exec(cluster::node::die_with_parent()) }
 }
 
-/// Waits until `condition` holds, checking it every few milliseconds, for at most
-/// `limit`; returns whether it came true. For events that leave no message to wait on
-/// (a process gone, a worker spinning): the wait ends when the event happens.
+/// Waits until `condition` holds, checking it each time `path` changes (a file written
+/// or an entry made in a folder: inotify) or, with `pid`, when that process ends
+/// (pidfd), for at most `limit`; returns whether it came true. The condition is checked
+/// once the watch is set, so a change just before the call is not missed.
+pub fn wait_for_change(
+    path: &Path,
+    pid: Option<u32>,
+    limit: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let deadline = std::time::Instant::now() + limit;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("a path without NUL");
+    // SAFETY: plain system calls on descriptors this function owns and closes.
+    unsafe {
+        let watch = libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK);
+        assert!(watch >= 0, "inotify: {}", std::io::Error::last_os_error());
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+        let watched = libc::inotify_add_watch(watch, name.as_ptr(), mask);
+        assert!(
+            watched >= 0,
+            "cannot watch {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        let process = pid.map_or(-1, |pid| {
+            libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as libc::c_int
+        });
+        let mut fds = vec![libc::pollfd {
+            fd: watch,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if process >= 0 {
+            fds.push(libc::pollfd {
+                fd: process,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let held = loop {
+            if condition() {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            let wait_ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms);
+            if fds.get(1).is_some_and(|p| p.revents != 0) {
+                // The process ended: one last look, then no more waiting on it.
+                break condition();
+            }
+            let mut events = [0u8; 4096];
+            while libc::read(watch, events.as_mut_ptr().cast(), events.len()) > 0 {}
+        };
+        if process >= 0 {
+            libc::close(process);
+        }
+        libc::close(watch);
+        held
+    }
+}
+
+/// Waits until every process of `pids` has ended (pidfd), for at most `limit`; returns
+/// whether they all did.
+pub fn wait_for_exits(pids: &[u32], limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    pids.iter().all(|&pid| {
+        // SAFETY: pidfd_open, poll and close on a descriptor this function owns.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as libc::c_int;
+            if fd < 0 {
+                // ESRCH: already gone (and reaped).
+                return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut poll = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let wait_ms = left.as_millis().clamp(0, i32::MAX as u128) as libc::c_int;
+            let ended = libc::poll(&mut poll, 1, wait_ms) > 0;
+            libc::close(fd);
+            ended
+        }
+    })
+}
+
+/// Waits until `condition` holds, checking it every 10 ms, for at most `limit`; returns
+/// whether it came true. Only for conditions no event announces (a process's CPU time,
+/// a node's status answer); waits on files and processes use [`wait_for_change`] and
+/// [`wait_for_exits`].
 pub fn wait_until(limit: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
     while !condition() {

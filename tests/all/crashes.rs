@@ -141,7 +141,12 @@ fn ctrl_c_ends_a_run_saying_nothing_was_written_and_leaves_no_staged_file() {
             .unwrap_or(false)
     };
     assert!(
-        crate::common::wait_until(std::time::Duration::from_secs(60), staged),
+        crate::common::wait_for_change(
+            dir.path(),
+            None,
+            std::time::Duration::from_secs(60),
+            staged
+        ),
         "the run never staged its output"
     );
     // SAFETY: kill(2) on our own child's pid.

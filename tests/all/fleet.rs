@@ -13,7 +13,7 @@ use crate::cluster::{
     assert_same_output, cluster_init, gate, open_gate, text, Cluster, LiveRun, Mandel, Node, OsArg,
     BIN,
 };
-use crate::common::{offload, offload_ok, run_bounded, skip, wait_until};
+use crate::common::{offload, offload_ok, run_bounded, skip, wait_for_change, wait_until};
 
 /// `offload cluster add-node --dir CLUSTER --name NAME`; returns the identity's folder.
 fn add_node(cluster: &Path, name: &str) -> PathBuf {
@@ -499,9 +499,8 @@ impl DnsServer {
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("dnsmasq log"));
             let mut child = command.spawn().expect("start dnsmasq");
-            let ready = wait_until(Duration::from_secs(20), || {
+            let ready = wait_for_change(&log, Some(child.id()), Duration::from_secs(20), || {
                 std::fs::read_to_string(&log).is_ok_and(|l| l.contains("started, version"))
-                    || matches!(child.try_wait(), Ok(Some(_)))
             });
             if ready && matches!(child.try_wait(), Ok(None)) {
                 return Some(DnsServer {
