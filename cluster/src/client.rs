@@ -7,12 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ir_packager::{kernel_model, ArgLayout, Given, Package, ScalarType, ScalarValue};
-use scheduler::{
-    Decision, DeviceChoice, DeviceId, DeviceSpec, Event, JobSpec, Link, NodeId, Scheduler,
-};
+use scheduler::{DeviceChoice, DeviceId, JobSpec, Link};
 use tokio::sync::mpsc;
 
 use crate::credentials::Credentials;
+use crate::job_loop::{Action, JobEvent, JobLoop, JobPlan, Joined, OutputShape};
 use crate::link_meter::{Direction, LinkMeter};
 use crate::protocol::{
     self, Hash, Hello, HelloReply, NodeInfo, Request, Response, WireArg, MAX_CONTROL, MAX_DATA,
@@ -906,26 +905,6 @@ fn lock_meter(meter: &Mutex<LinkMeter>) -> std::sync::MutexGuard<'_, LinkMeter> 
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Hands the members' measured transfers to the scheduler.
-fn feed_links(members: &[Member], sched: &mut Scheduler, now_us: u64) {
-    for member in members {
-        let Some(device) = member.link_device else {
-            continue;
-        };
-        let samples = lock_meter(&member.link).take();
-        for sample in samples {
-            sched.handle(
-                now_us,
-                Event::TransferMeasured {
-                    device,
-                    bytes: sample.bytes,
-                    micros: sample.micros,
-                },
-            );
-        }
-    }
-}
-
 /// A shared buffer lent to quinn as [`bytes::Bytes`] without copying it.
 struct SharedBytes(Arc<Vec<u8>>);
 
@@ -1109,25 +1088,18 @@ impl Layout {
         slices
     }
 
-    /// Checks a result's shape: one entry per output split buffer (items × bytes per
+    /// What every packet's result holds: one entry per output split buffer (bytes per
     /// item) and per sum buffer (its size), in argument order.
-    fn check_outputs(&self, outputs: &[Vec<u8>], items: u64) -> Result<(), String> {
-        let mut expected = Vec::new();
+    fn output_shape(&self) -> Vec<OutputShape> {
+        let mut shape = Vec::new();
         for (wire, split) in self.wire.iter().zip(&self.splits) {
             match (wire, split) {
-                (_, Some((bpi, _, true))) => expected.push(items * bpi),
-                (WireArg::Sum(bytes), _) => expected.push(*bytes),
+                (_, Some((bpi, _, true))) => shape.push(OutputShape::PerItem(*bpi)),
+                (WireArg::Sum(bytes), _) => shape.push(OutputShape::Fixed(*bytes)),
                 _ => {}
             }
         }
-        let got: Vec<u64> = outputs.iter().map(|o| o.len() as u64).collect();
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!(
-                "result has slices of {got:?} bytes, expected {expected:?}"
-            ))
-        }
+        shape
     }
 
     /// Copies a committed result's slices into the job's buffers and returns its `sum`
@@ -1236,38 +1208,8 @@ struct JobRun {
     known_links: HashMap<SocketAddr, Link>,
 }
 
-/// The bandwidth a node's link is assumed to have until its transfers are measured:
-/// gigabit Ethernet's payload rate, 117 bytes/µs. The first results replace it
-/// (`link_meter.rs`).
-const UNMEASURED_BYTES_PER_US: f64 = 117.0;
-
 /// Room a packet's message keeps for everything but its slices.
 const PACKET_FRAMING: u64 = 1 << 20;
-
-/// Packets a node may fail in one job before it is excluded from it (a failure that
-/// another node confirms on the same items fails the job instead: the kernel is at fault).
-const MAX_NODE_FAILURES: u32 = 2;
-
-/// Item ranges of `0..items` not covered by `committed` (which is sorted in place).
-fn remaining_ranges(items: u64, committed: &mut [(u64, u64)]) -> Vec<std::ops::Range<u64>> {
-    committed.sort_unstable();
-    let mut remaining = Vec::new();
-    let mut next = 0;
-    for &(start, end) in committed.iter() {
-        if start > next {
-            remaining.push(next..start);
-        }
-        next = next.max(end);
-    }
-    if next < items {
-        remaining.push(next..items);
-    }
-    remaining
-}
-
-/// The device kind of the CPU workers of a node, as [`protocol::TunedRate::device`]
-/// names it.
-const CPU_DEVICE: &str = "cpu";
 
 /// Backoff between attempts to reconnect to a lost node during a job: the first after
 /// this, each next one twice as late, up to [`REJOIN_MAX_DELAY`].
@@ -1308,44 +1250,6 @@ enum Wake {
 
 /// How often a paused node is asked whether it serves again.
 const RESUME_POLL: Duration = Duration::from_millis(250);
-
-/// A node taking part in a job.
-struct Member {
-    name: String,
-    addr: SocketAddr,
-    node: NodeId,
-    connection: quinn::Connection,
-    /// Its current devices (a rejoined member gets new ones; the old stay lost).
-    devices: Vec<DeviceId>,
-    /// Bumped on every rejoin.
-    generation: u64,
-    lost: bool,
-    /// A reconnect task is running for it.
-    rejoining: bool,
-    /// Excluded for a result that disagreed with the majority (redundancy).
-    excluded: bool,
-    /// Packets it failed in this job.
-    failed: u32,
-    committed: u64,
-    /// Packets committed since it last rejoined, if it did.
-    committed_since_rejoin: Option<u64>,
-    /// What the node said of itself, its round trip and the OpenCL devices that took the
-    /// job: what its new devices need when it takes packets again after a pause.
-    info: NodeInfo,
-    rtt: Duration,
-    opencl: Vec<u32>,
-    /// Paused by its owner (or draining): its devices left the job until it serves again.
-    paused: bool,
-    /// Bumped on every pause, so a late "serving again" of an earlier pause is ignored.
-    pause_epoch: u64,
-    /// Items committed, for progress.
-    items: u64,
-    /// Times its link from the packets' transfers (shared with the packets' tasks).
-    link: Arc<Mutex<LinkMeter>>,
-    /// A device of the node that [`Event::TransferMeasured`] names (the scheduler keeps
-    /// one link per node, also for devices that left).
-    link_device: Option<DeviceId>,
-}
 
 impl JobRun {
     fn notify(&self, line: &str) {
@@ -1438,102 +1342,6 @@ impl JobRun {
             self.layout.wire.clone(),
             self.layout.wholes.clone(),
         )
-    }
-
-    /// The node's tuned rate for this job's kernel, per worker, if it advertised one.
-    fn tuned_rate(&self, info: &NodeInfo) -> Option<f64> {
-        info.rate_for(&self.package.hash().0, &self.kernel, CPU_DEVICE)
-            .filter(|r| r.is_finite() && *r > 0.0)
-    }
-
-    /// One scheduler device per worker of `remote`, then one per OpenCL device of it
-    /// in `opencl` (those that took the job), numbered from `*next_device`. Each comes
-    /// with where its packets run on the node ([`Request::Run`]'s `device`).
-    fn device_specs(
-        &self,
-        name: &str,
-        node: NodeId,
-        remote: &Remote,
-        opencl: &[u32],
-        next_device: &mut u32,
-    ) -> Vec<(DeviceId, DeviceSpec, Option<u32>)> {
-        let rate = self.tuned_rate(&remote.info);
-        let link = self
-            .known_links
-            .get(&remote.addr)
-            .copied()
-            .unwrap_or_else(|| {
-                Link::new(
-                    (remote.rtt.as_micros() as f64 / 2.0).max(1.0),
-                    UNMEASURED_BYTES_PER_US,
-                )
-            });
-        let cores = if self.devices.uses_cpu() {
-            remote.info.cores.max(1)
-        } else {
-            0
-        };
-        let opencl = if self.devices.uses_opencl() {
-            opencl
-        } else {
-            &[]
-        };
-        let mut specs: Vec<(DeviceId, DeviceSpec, Option<u32>)> = (0..cores)
-            .map(|core| {
-                let device = DeviceId(*next_device);
-                *next_device += 1;
-                let mut spec = DeviceSpec::remote(format!("{name}/{CPU_DEVICE}{core}"), node, link)
-                    .slots(self.slots);
-                // An advertised tuned rate replaces the calibration packet.
-                if let Some(rate) = rate {
-                    spec = spec.rate(rate);
-                }
-                (device, spec, None)
-            })
-            .collect();
-        // Each OpenCL device is a scheduler device of its own, with its own rate model
-        // (calibrated: tuned rates are for CPU workers).
-        for &index in opencl {
-            let device = DeviceId(*next_device);
-            *next_device += 1;
-            let label = remote
-                .info
-                .opencl
-                .get(index as usize)
-                .map_or_else(|| "?".to_string(), |d| d.name.clone());
-            let spec = DeviceSpec::remote(format!("{name}/opencl{index}: {label}"), node, link)
-                .slots(self.slots);
-            specs.push((device, spec, Some(index)));
-        }
-        specs
-    }
-
-    /// Says which of a node's OpenCL devices run this job (info), or that none does
-    /// (a warning and an event: the node's log says why).
-    fn notify_opencl(&self, name: &str, remote: &Remote, opencl: &[u32]) {
-        if remote.info.opencl.is_empty() {
-            return;
-        }
-        if opencl.is_empty() {
-            self.notify(&format!(
-                "node {name}: kernel `{}` does not run on its OpenCL devices (the node's log says why); its CPU workers take the job",
-                self.kernel
-            ));
-        } else {
-            let names: Vec<String> = opencl
-                .iter()
-                .map(|&i| {
-                    let device = remote.info.opencl.get(i as usize);
-                    format!("opencl{i} ({})", device.map_or("?", |d| d.name.as_str()))
-                })
-                .collect();
-            // Not a warning: `-v` shows it, and the report counts each device's packets.
-            tracing::info!(
-                "node {name}: kernel `{}` runs on its CPU workers and {}",
-                self.kernel,
-                names.join(", ")
-            );
-        }
     }
 
     /// Reconnects to a lost member at `addr` with backoff until it answers and takes
@@ -1639,6 +1447,9 @@ impl JobRun {
         })
     }
 
+    /// The tokio shell around the job loop (`job_loop.rs`): prepares the job on every
+    /// node, then turns the loop's actions into streams and tasks and what comes back
+    /// into its events, until the loop decides the job's end.
     async fn run(
         self,
         remotes: Vec<Remote>,
@@ -1651,81 +1462,41 @@ impl JobRun {
             .iter()
             .map(|r| tokio::spawn(self.prepare_task(r.connection.clone())))
             .collect();
-        let mut members: Vec<Member> = Vec::new();
-        let mut specs = Vec::new();
+        let mut joined: Vec<Joined> = Vec::new();
+        // Per member: its connection and the meter its packets' transfers are timed on.
+        let mut connections: Vec<quinn::Connection> = Vec::new();
+        let mut meters: Vec<Arc<Mutex<LinkMeter>>> = Vec::new();
         let mut refusals = Vec::new();
-        let mut tuned_rates = Vec::new();
-        let mut next_device = 0u32;
         for (remote, task) in remotes.into_iter().zip(tasks) {
             let name = format!("{} ({})", remote.info.name, remote.addr);
             let outcome = task
                 .await
                 .unwrap_or_else(|e| Err(format!("task failed: {e}")));
-            let opencl = match outcome {
-                Ok(opencl) => opencl,
+            match outcome {
+                Ok(opencl) => {
+                    connections.push(remote.connection);
+                    meters.push(Arc::new(Mutex::new(LinkMeter::default())));
+                    joined.push(Joined {
+                        name,
+                        addr: remote.addr,
+                        info: remote.info,
+                        rtt: remote.rtt,
+                        opencl,
+                    });
+                }
                 Err(reason) => {
                     self.notify(&format!("node {name} cannot take the job: {reason}"));
                     refusals.push(format!("{name}: {reason}"));
-                    continue;
                 }
-            };
-            let node = NodeId(members.len() as u32 + 1);
-            if let Some(rate) = self.tuned_rate(&remote.info) {
-                tuned_rates.push((name.clone(), rate));
             }
-            self.notify_opencl(&name, &remote, &opencl);
-            let new = self.device_specs(&name, node, &remote, &opencl, &mut next_device);
-            let devices: Vec<DeviceId> = new.iter().map(|(d, _, _)| *d).collect();
-            specs.extend(new);
-            members.push(Member {
-                name,
-                addr: remote.addr,
-                node,
-                connection: remote.connection,
-                generation: 0,
-                lost: false,
-                rejoining: false,
-                excluded: false,
-                failed: 0,
-                committed: 0,
-                committed_since_rejoin: None,
-                info: remote.info.clone(),
-                rtt: remote.rtt,
-                opencl: opencl.clone(),
-                paused: false,
-                pause_epoch: 0,
-                items: 0,
-                link: Arc::new(Mutex::new(LinkMeter::default())),
-                link_device: devices.first().copied(),
-                devices,
-            });
         }
-        if members.is_empty() {
+        if joined.is_empty() {
             return Err(if refusals.iter().all(|r| r.contains("connection lost")) {
                 ClientError::AllNodesLost(refusals)
             } else {
                 ClientError::NoNodeTookTheJob(refusals)
             });
         }
-        if specs.is_empty() {
-            return Err(ClientError::NoDevices {
-                kernel: self.kernel.clone(),
-                devices: self.devices,
-            });
-        }
-        if self.redundancy as usize > members.len() {
-            return Err(ClientError::TooFewNodes {
-                copies: self.redundancy,
-                nodes: members.len(),
-            });
-        }
-        let prepare_time = prepare_started.elapsed();
-        let mut device_member: HashMap<DeviceId, usize> = members
-            .iter()
-            .enumerate()
-            .flat_map(|(m, member)| member.devices.iter().map(move |d| (*d, m)))
-            .collect();
-
         let broadcast: u64 = self.layout.wholes.iter().map(|(_, b)| b.len() as u64).sum();
         let mut spec = JobSpec::new(self.items)
             .bytes_in_per_item(self.layout.bytes_per_item(true))
@@ -1740,15 +1511,27 @@ impl JobRun {
             let fixed = fixed.min(self.layout.max_packet_items());
             spec = spec.min_packet(fixed).max_packet(fixed);
         }
-        let mut sched = Scheduler::new(spec);
+        let plan = JobPlan {
+            kernel: self.kernel.clone(),
+            package: self.package.hash().0,
+            items: self.items,
+            redundancy: self.redundancy,
+            devices: self.devices,
+            slots: self.slots,
+            known_links: self.known_links.clone(),
+            outputs: self.layout.output_shape(),
+            progress: self.on_progress.is_some() || progress.is_some(),
+        };
+        let mut job = JobLoop::new(plan, spec, joined)?;
+        let prepare_time = prepare_started.elapsed();
         let mut sums = SumFold::new(&self.layout);
         // A latency probe per node, all nodes at once: the fastest of a few timed pings
         // (a round trip is never shorter than the link's, but one ping can meet a node
         // busy with something else: the minimum is the estimate, as in TCP's).
-        let pings: Vec<_> = members
+        let pings: Vec<_> = connections
             .iter()
-            .map(|m| {
-                let connection = m.connection.clone();
+            .map(|connection| {
+                let connection = connection.clone();
                 tokio::spawn(async move {
                     let mut fastest: Option<Duration> = None;
                     for _ in 0..PINGS_PER_JOB {
@@ -1765,71 +1548,51 @@ impl JobRun {
                 })
             })
             .collect();
-        for (member, ping) in members.iter().zip(pings) {
+        for (meter, ping) in meters.iter().zip(pings) {
             if let Ok(Some(round_trip)) = ping.await {
-                lock_meter(&member.link).round_trip(round_trip);
+                lock_meter(meter).round_trip(round_trip);
             }
         }
         let clock = Instant::now();
         let now = || clock.elapsed().as_micros() as u64;
-        // Where each device's packets run on its node, and its name and committed
-        // packets for the report.
-        let mut device_target: HashMap<DeviceId, Option<u32>> = HashMap::new();
-        let mut device_packets: Vec<(DeviceId, String, u64)> = Vec::new();
-        for (device, spec, target) in specs {
-            device_target.insert(device, target);
-            device_packets.push((device, spec.name.clone(), 0));
-            sched.handle(now(), Event::DeviceJoined { device, spec });
-        }
+        job.start(now());
         let (tx, mut rx) = mpsc::unbounded_channel::<Wake>();
-        let mut watchers = Vec::new();
-        for (index, member) in members.iter().enumerate() {
-            watchers.push(JobRun::watch(
-                index,
-                0,
-                member.connection.clone(),
-                tx.clone(),
-            ));
-        }
         // The watchers and reconnect tasks outlive the job otherwise (connections stay
         // open for the next).
         struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
         impl Drop for AbortOnDrop {
             fn drop(&mut self) {
-                for watcher in &self.0 {
-                    watcher.abort();
+                for task in &self.0 {
+                    task.abort();
                 }
             }
         }
-        let mut background = AbortOnDrop(watchers);
+        let mut background = AbortOnDrop(
+            connections
+                .iter()
+                .enumerate()
+                .map(|(m, c)| JobRun::watch(m, 0, c.clone(), tx.clone()))
+                .collect(),
+        );
         let mut rejoined: Vec<Remote> = Vec::new();
-        let mut pending: HashMap<(DeviceId, u64), Vec<Vec<u8>>> = HashMap::new();
-        let mut committed_packets = 0u64;
-        let mut committed_ranges: Vec<(u64, u64)> = Vec::new();
-        let mut lost_lines = Vec::new();
-        // Failed packets (items, member, reason): a failure on items that another node
-        // also failed on is the kernel's; repeated failures of one node are the node's.
-        let mut failures: Vec<(u64, u64, usize, String)> = Vec::new();
-        let mut last_failure: Option<(String, String)> = None;
-        let mut disagreements = Vec::new();
-        let mut paused_lines: Vec<String> = Vec::new();
-        let mut items_done = 0u64;
         let outcome: Result<(), ClientError> = loop {
-            feed_links(&members, &mut sched, now());
-            while let Some(decision) = sched.poll(now()) {
-                match decision {
-                    Decision::Run { device, packet } => {
-                        let Some(&m) = device_member.get(&device) else {
-                            continue;
-                        };
-                        let connection = members[m].connection.clone();
-                        let meter = Arc::clone(&members[m].link);
+            measured_transfers(&meters, &mut job, now());
+            for action in job.advance(now()) {
+                match action {
+                    Action::Run {
+                        member,
+                        device,
+                        packet,
+                        target,
+                    } => {
+                        let connection = connections[member].clone();
+                        let meter = Arc::clone(&meters[member]);
                         let request = Request::Run {
                             job: self.id,
                             packet: packet.id.0,
                             start: packet.start,
                             end: packet.end,
-                            device: device_target.get(&device).copied().flatten(),
+                            device: target,
                             slices: self.layout.slices(args, packet.start, packet.end),
                         };
                         let tx = tx.clone();
@@ -1852,325 +1615,96 @@ impl JobRun {
                             }));
                         });
                     }
-                    Decision::Commit { device, packet } => {
-                        if let Some(outputs) = pending.remove(&(device, packet.id.0)) {
-                            let partials = self.layout.commit(args, packet.start, outputs);
-                            sums.add(&self.layout, packet.start, packet.end, partials);
-                            committed_packets += 1;
-                            committed_ranges.push((packet.start, packet.end));
-                            if let Some(entry) =
-                                device_packets.iter_mut().find(|(d, _, _)| *d == device)
-                            {
-                                entry.2 += 1;
-                            }
-                            if let Some(&m) = device_member.get(&device) {
-                                members[m].committed += 1;
-                                members[m].items += packet.items();
-                                if members[m].devices.contains(&device) {
-                                    if let Some(n) = &mut members[m].committed_since_rejoin {
-                                        *n += 1;
-                                    }
-                                }
-                            }
-                            items_done += packet.items();
-                            if self.on_progress.is_some() || progress.is_some() {
-                                let now_done = JobProgress {
-                                    items_done,
-                                    items: self.items,
-                                    per_node: members
-                                        .iter()
-                                        .map(|m| (m.name.clone(), m.items))
-                                        .collect(),
-                                };
-                                for observer in
-                                    self.on_progress.as_deref().into_iter().chain(progress)
-                                {
-                                    observer(&now_done);
-                                }
-                            }
+                    Action::Commit { packet, outputs } => {
+                        let partials = self.layout.commit(args, packet.start, outputs);
+                        sums.add(&self.layout, packet.start, packet.end, partials);
+                    }
+                    Action::Progress(now_done) => {
+                        for observer in self.on_progress.as_deref().into_iter().chain(progress) {
+                            observer(&now_done);
                         }
                     }
-                    Decision::Discard { device, packet } => {
-                        pending.remove(&(device, packet.id.0));
+                    Action::Notify(line) => self.notify(&line),
+                    Action::Info(line) => tracing::info!("{line}"),
+                    Action::Close { member } => {
+                        connections[member].close(quinn::VarInt::from_u32(1), b"lost");
                     }
-                    Decision::Cancel { .. } => {}
-                }
-            }
-            self.exclude_disagreeing(&mut members, &mut sched, &mut disagreements, now());
-            if sched.is_done() {
-                break Ok(());
-            }
-            if sched.stalled() {
-                let left = members.iter().filter(|m| !m.lost && !m.excluded).count();
-                if self.redundancy > 1 && left > 0 {
-                    break Err(ClientError::TooFewNodes {
-                        copies: self.redundancy,
-                        nodes: left,
-                    });
-                }
-                // No node was lost: every one was excluded for failing packets, so the
-                // failures are the answer (there is no node left to run them on).
-                if !members.iter().any(|m| m.lost) {
-                    if let Some((node, reason)) = last_failure.take() {
-                        break Err(ClientError::KernelFailed { node, reason });
+                    Action::Rejoin { member, addr } => {
+                        background.0.push(self.rejoin(member, addr, tx.clone()));
+                    }
+                    Action::AwaitResume { member, epoch } => {
+                        background.0.push(JobRun::await_resume(
+                            member,
+                            epoch,
+                            connections[member].clone(),
+                            tx.clone(),
+                        ));
+                    }
+                    Action::Watch { member, generation } => {
+                        background.0.push(JobRun::watch(
+                            member,
+                            generation,
+                            connections[member].clone(),
+                            tx.clone(),
+                        ));
                     }
                 }
-                let mut why = lost_lines.clone();
-                why.extend(paused_lines.iter().cloned());
-                why.extend(disagreements.iter().cloned());
-                break Err(ClientError::Unfinished(Box::new(Unfinished {
-                    why,
-                    remaining: remaining_ranges(self.items, &mut committed_ranges),
-                    committed_packets,
-                })));
             }
-            // A lost node may come back (restarted on the same address): keep trying.
-            for (index, member) in members.iter_mut().enumerate() {
-                if member.lost && !member.rejoining {
-                    member.rejoining = true;
-                    background
-                        .0
-                        .push(self.rejoin(index, member.addr, tx.clone()));
-                }
+            if let Some(outcome) = job.take_outcome() {
+                break outcome;
             }
             // Wake up now and then even without results: the scheduler may want to
             // duplicate a straggler.
-            let outcome = match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
-                Ok(Some(Wake::Packet(outcome))) => outcome,
+            let event = match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+                Ok(Some(Wake::Packet(outcome))) => JobEvent::Packet {
+                    device: outcome.device,
+                    packet: outcome.packet,
+                    result: outcome.result,
+                },
+                Ok(Some(Wake::Closed {
+                    member,
+                    generation,
+                    reason,
+                })) => JobEvent::Closed {
+                    member,
+                    generation,
+                    reason,
+                },
+                Ok(Some(Wake::Rejoined {
+                    member,
+                    remote,
+                    opencl,
+                })) => {
+                    connections[member] = remote.connection.clone();
+                    let event = JobEvent::Rejoined {
+                        member,
+                        info: remote.info.clone(),
+                        rtt: remote.rtt,
+                        opencl,
+                    };
+                    rejoined.retain(|r| r.addr != remote.addr);
+                    rejoined.push(remote);
+                    event
+                }
+                Ok(Some(Wake::Resumed { member, epoch })) => JobEvent::Resumed { member, epoch },
                 Ok(None) => {
                     break Err(ClientError::AllNodesLost(vec![
                         "the client's event channel closed".into(),
                     ]))
                 }
-                Ok(Some(Wake::Closed {
-                    member,
-                    generation,
-                    reason,
-                })) => {
-                    if !members[member].lost && members[member].generation == generation {
-                        let line = self.lose(&mut members[member], &mut sched, &reason, now());
-                        lost_lines.push(line);
-                    }
-                    continue;
-                }
-                Ok(Some(Wake::Rejoined {
-                    member: m,
-                    remote,
-                    opencl,
-                })) => {
-                    let member = &mut members[m];
-                    member.generation += 1;
-                    member.lost = false;
-                    member.rejoining = false;
-                    member.committed_since_rejoin = Some(0);
-                    member.connection = remote.connection.clone();
-                    let new = self.device_specs(
-                        &member.name,
-                        member.node,
-                        &remote,
-                        &opencl,
-                        &mut next_device,
-                    );
-                    member.devices = new.iter().map(|(d, _, _)| *d).collect();
-                    if member.link_device.is_none() {
-                        member.link_device = member.devices.first().copied();
-                    }
-                    for (device, spec, target) in new {
-                        device_member.insert(device, m);
-                        device_target.insert(device, target);
-                        device_packets.push((device, spec.name.clone(), 0));
-                        sched.handle(now(), Event::DeviceJoined { device, spec });
-                    }
-                    background.0.push(JobRun::watch(
-                        m,
-                        member.generation,
-                        remote.connection.clone(),
-                        tx.clone(),
-                    ));
-                    let line = format!("node {} rejoined the job", member.name);
-                    self.notify(&line);
-                    rejoined.retain(|r| r.addr != remote.addr);
-                    rejoined.push(remote);
-                    continue;
-                }
-                Ok(Some(Wake::Resumed { member: m, epoch })) => {
-                    let member = &mut members[m];
-                    if !member.paused || member.pause_epoch != epoch || member.lost {
-                        continue;
-                    }
-                    member.paused = false;
-                    let remote = Remote {
-                        addr: member.addr,
-                        info: member.info.clone(),
-                        connection: member.connection.clone(),
-                        rtt: member.rtt,
-                    };
-                    let opencl = member.opencl.clone();
-                    let new = self.device_specs(
-                        &member.name,
-                        member.node,
-                        &remote,
-                        &opencl,
-                        &mut next_device,
-                    );
-                    member.devices = new.iter().map(|(d, _, _)| *d).collect();
-                    for (device, spec, target) in new {
-                        device_member.insert(device, m);
-                        device_target.insert(device, target);
-                        device_packets.push((device, spec.name.clone(), 0));
-                        sched.handle(now(), Event::DeviceJoined { device, spec });
-                    }
-                    self.notify(&format!(
-                        "node {} takes packets again and is back in the job",
-                        member.name
-                    ));
-                    continue;
-                }
                 Err(_) => continue,
             };
-            let Some(&m) = device_member.get(&outcome.device) else {
-                continue;
-            };
-            // A lost or excluded member's late results, also from before it rejoined, are
-            // not used.
-            if members[m].lost
-                || members[m].excluded
-                || members[m].paused
-                || !members[m].devices.contains(&outcome.device)
-            {
-                continue;
-            }
-            let packet = outcome.packet;
-            match outcome.result {
-                Ok(Response::Done {
-                    packet: id,
-                    compute_us,
-                    outputs,
-                }) if id == packet.id.0 => {
-                    match self.layout.check_outputs(&outputs, packet.items()) {
-                        Ok(()) => {
-                            // Digests are compared only between redundant copies: without
-                            // redundancy, hashing every result would only slow this loop.
-                            let digest = (self.redundancy > 1).then(|| {
-                                let mut hasher = blake3::Hasher::new();
-                                for o in &outputs {
-                                    hasher.update(&(o.len() as u64).to_le_bytes());
-                                    hasher.update(o);
-                                }
-                                *hasher.finalize().as_bytes()
-                            });
-                            pending.insert((outcome.device, packet.id.0), outputs);
-                            sched.handle(
-                                now(),
-                                Event::PacketFinished {
-                                    device: outcome.device,
-                                    packet: packet.id,
-                                    compute_us,
-                                    digest,
-                                },
-                            );
-                        }
-                        Err(reason) => {
-                            let line = self.lose(
-                                &mut members[m],
-                                &mut sched,
-                                &format!("sent a malformed result: {reason}"),
-                                now(),
-                            );
-                            lost_lines.push(line);
-                        }
-                    }
-                }
-                Ok(Response::Failed { reason, .. }) => {
-                    let confirmed = failures
-                        .iter()
-                        .find(|(start, end, by, _)| {
-                            *by != m && *start < packet.end && packet.start < *end
-                        })
-                        .map(|(_, _, by, first)| (members[*by].name.clone(), first.clone()));
-                    if let Some((other, first)) = confirmed {
-                        break Err(ClientError::KernelFailed {
-                            node: format!("{} and on node {other}", members[m].name),
-                            reason: if first == reason {
-                                reason
-                            } else {
-                                format!("{reason}; on the other node: {first}")
-                            },
-                        });
-                    }
-                    failures.push((packet.start, packet.end, m, reason.clone()));
-                    last_failure = Some((members[m].name.clone(), reason.clone()));
-                    sched.handle(
-                        now(),
-                        Event::PacketFailed {
-                            device: outcome.device,
-                            packet: packet.id,
-                            retryable: true,
-                        },
-                    );
-                    let member = &mut members[m];
-                    member.failed += 1;
-                    if member.failed >= MAX_NODE_FAILURES {
-                        member.excluded = true;
-                        for device in &member.devices {
-                            sched.handle(now(), Event::DeviceLost { device: *device });
-                        }
-                        let line = format!(
-                            "node {} failed {} packets (the last: {reason}); it is excluded from the job and its packets run on the other nodes",
-                            member.name, member.failed
-                        );
-                        self.notify(&line);
-                        disagreements.push(line);
-                    } else {
-                        self.notify(&format!(
-                            "node {}: items {}..{} failed ({reason}); they run again, on another node if there is one",
-                            member.name, packet.start, packet.end
-                        ));
-                    }
-                }
-                Ok(Response::Paused { reason, .. }) => {
-                    // Routed around at once: its packets run elsewhere, and it is asked
-                    // until it serves again.
-                    let member = &mut members[m];
-                    member.paused = true;
-                    member.pause_epoch += 1;
-                    for device in &member.devices {
-                        sched.handle(now(), Event::DeviceLost { device: *device });
-                    }
-                    let line = format!(
-                        "node {} is {reason}; its packets run on the other nodes until it takes packets again",
-                        member.name
-                    );
-                    self.notify(&line);
-                    paused_lines.push(line);
-                    background.0.push(JobRun::await_resume(
-                        m,
-                        member.pause_epoch,
-                        member.connection.clone(),
-                        tx.clone(),
-                    ));
-                }
-                Ok(other) => {
-                    let line = self.lose(
-                        &mut members[m],
-                        &mut sched,
-                        &format!("answered a packet with {}", other.describe()),
-                        now(),
-                    );
-                    lost_lines.push(line);
-                }
-                Err(reason) => {
-                    let line = self.lose(&mut members[m], &mut sched, &reason, now());
-                    lost_lines.push(line);
-                }
-            }
+            job.handle(now(), event);
         };
         let run_time = clock.elapsed();
         // Whatever the outcome, the nodes may forget the job: a failed job's buffers
         // must not stay on them for the life of the connection.
-        for member in members.iter().filter(|m| !m.lost) {
+        for (member, connection) in job.members().iter().zip(&connections) {
             // Excluded nodes too: they still hold the job's state.
-            let connection = member.connection.clone();
+            if member.lost {
+                continue;
+            }
+            let connection = connection.clone();
             let end = Request::EndJob(self.id);
             tokio::spawn(async move {
                 let _ = request(&connection, &end).await;
@@ -2180,17 +1714,19 @@ impl JobRun {
         // and adds its own).
         self.layout.add_totals(args, &sums.finish(&self.layout));
         outcome?;
-        feed_links(&members, &mut sched, now());
-        let estimates = sched.estimates();
-        let links = members
+        measured_transfers(&meters, &mut job, now());
+        let estimates = job.estimates();
+        let links = job
+            .members()
             .iter()
-            .filter_map(|m| {
+            .zip(&meters)
+            .filter_map(|(m, meter)| {
                 let estimate = estimates
                     .iter()
                     .find(|e| e.node == m.node && e.link_bytes_per_us.is_some())?;
                 // One lock: a second guard in the same expression would wait on the first.
                 let (transfers, probes) = {
-                    let meter = lock_meter(&m.link);
+                    let meter = lock_meter(meter);
                     (meter.transfers(), meter.probes())
                 };
                 Some(LinkFigure {
@@ -2203,98 +1739,40 @@ impl JobRun {
                 })
             })
             .collect();
+        // Only connections of members still in the job are worth keeping.
+        rejoined.retain(|r| job.members().iter().any(|m| m.addr == r.addr && !m.lost));
+        let summary = job.summary();
         let report = JobReport {
             items: self.items,
-            packets: committed_packets,
-            packets_per_node: members
-                .iter()
-                .map(|m| (m.name.clone(), m.committed))
-                .collect(),
-            packets_per_device: {
-                // A rejoined node's new devices carry the names of its old ones.
-                let mut per_name: Vec<(String, u64)> = Vec::new();
-                for (_, name, packets) in device_packets {
-                    match per_name.iter_mut().find(|(n, _)| *n == name) {
-                        Some(entry) => entry.1 += packets,
-                        None => per_name.push((name, packets)),
-                    }
-                }
-                per_name
-            },
-            lost: lost_lines,
-            disagreements,
-            paused: paused_lines,
+            packets: summary.packets,
+            packets_per_node: summary.packets_per_node,
+            packets_per_device: summary.packets_per_device,
+            lost: summary.lost,
+            disagreements: summary.disagreements,
+            paused: summary.paused,
             run_time,
             prepare_time,
-            rejoined: members
-                .iter()
-                .filter_map(|m| m.committed_since_rejoin.map(|n| (m.name.clone(), n)))
-                .collect(),
-            tuned_rates,
+            rejoined: summary.rejoined,
+            tuned_rates: summary.tuned_rates,
             links,
         };
-        // Only connections of members still in the job are worth keeping.
-        rejoined.retain(|r| members.iter().any(|m| m.addr == r.addr && !m.lost));
         Ok((report, rejoined))
     }
+}
 
-    /// Excludes the nodes of the scheduler's new disagreements: the scheduler excluded the
-    /// core that disagreed, the node's other cores leave the job too (the same machine
-    /// computed them), and a line naming the node and the items goes to the report.
-    fn exclude_disagreeing(
-        &self,
-        members: &mut [Member],
-        sched: &mut Scheduler,
-        lines: &mut Vec<String>,
-        now: u64,
-    ) {
-        let new: Vec<scheduler::Disagreement> = sched
-            .disagreements()
-            .iter()
-            .skip(lines.len())
-            .copied()
-            .collect();
-        for d in new {
-            // Members are numbered from node 1 in the order they joined (see `run`).
-            let member = (d.node.0 as usize)
-                .checked_sub(1)
-                .and_then(|m| members.get_mut(m));
-            let line = match member {
-                Some(member) => {
-                    if !member.excluded {
-                        member.excluded = true;
-                        for device in &member.devices {
-                            sched.handle(now, Event::DeviceLost { device: *device });
-                        }
-                    }
-                    format!(
-                        "node {} returned a result for items {}..{} that disagrees with the majority; it is excluded from the job",
-                        member.name, d.packet.start, d.packet.end
-                    )
-                }
-                None => format!(
-                    "{} returned a result for items {}..{} that disagrees with the majority; it is excluded from the job",
-                    d.device, d.packet.start, d.packet.end
-                ),
-            };
-            self.notify(&line);
-            lines.push(line);
+/// Hands the transfers timed on each member's meter to the job loop.
+fn measured_transfers(meters: &[Arc<Mutex<LinkMeter>>], job: &mut JobLoop, now_us: u64) {
+    for (member, meter) in meters.iter().enumerate() {
+        for sample in lock_meter(meter).take() {
+            job.handle(
+                now_us,
+                JobEvent::Transfer {
+                    member,
+                    bytes: sample.bytes,
+                    micros: sample.micros,
+                },
+            );
         }
-    }
-
-    /// Marks a node lost: its devices leave the job, their packets are run elsewhere.
-    fn lose(&self, member: &mut Member, sched: &mut Scheduler, reason: &str, now: u64) -> String {
-        member.lost = true;
-        member.connection.close(quinn::VarInt::from_u32(1), b"lost");
-        for device in &member.devices {
-            sched.handle(now, Event::DeviceLost { device: *device });
-        }
-        let line = format!(
-            "node {} lost during the job ({reason}); its packets in flight are re-run on the other nodes",
-            member.name
-        );
-        self.notify(&line);
-        line
     }
 }
 

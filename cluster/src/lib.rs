@@ -39,6 +39,11 @@
 //!   (`Event::DeviceLost`) and their packets run elsewhere.
 //! - **Containment**: kernels run in worker processes ([`worker`]); a crash or a hang
 //!   fails the job with the reason and the node restarts the worker.
+//! - **The client's job loop** (`job_loop.rs`) is a pure state machine around the
+//!   scheduler core: a packet's answer, a closed connection, a node back or serving
+//!   again go in as events, the packets to send, results to commit and nodes to
+//!   reconnect come out as actions; it is tested without sockets, and `client.rs` is
+//!   the tokio shell that does the I/O.
 //! - **Jobs** are one kernel launch each: the client keeps the buffers and ships each
 //!   packet's slices (with halos) to the nodes; the `offload` crate runs a program of
 //!   many steps as one such job per step.
@@ -54,6 +59,7 @@ pub mod discovery;
 pub mod dns;
 mod driver;
 pub mod fault;
+mod job_loop;
 mod link_meter;
 mod metrics;
 pub mod node;
