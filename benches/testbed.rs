@@ -4,6 +4,15 @@
 //! Parallel efficiency = T(1 node) / (2 × T(2 nodes)); rounds alternate the two and the
 //! median is reported. Each node runs with `--cores 1` and a CPU quota of one core.
 //!
+//! Then two programs (issue 14's figures for programs on a cluster, with the client
+//! holding the buffers, as today):
+//! - 2-D Jacobi 1300² (`examples/jacobi`, 10 time steps: 21 steps) on the 2 nodes against
+//!   the same program on this machine with 2 threads: wall time, and the bytes that
+//!   crossed the client's link per step (its interface's counters);
+//! - Jacobi 200² × 250 time steps (501 steps) on the 2 nodes, node 2 killed when half
+//!   of an undisturbed run's time has passed: the output must equal the local run's, and
+//!   the time lost is what the run took beyond half a 2-node run plus half a 1-node run.
+//!
 //! Run: `cargo bench --bench testbed` (as root; elsewhere it says why and exits).
 //! `OFFLOAD_BENCH_ROUNDS` (default 5).
 
@@ -191,6 +200,158 @@ fn main() -> Result<()> {
         median(ones),
         median(twos),
         median(efficiencies)
+    );
+    programs(&mut testbed, &work, &creds, rounds)
+}
+
+/// The jacobi example's package and program, copied into `dir/jacobi`.
+fn jacobi_program(dir: &Path) -> Result<PathBuf> {
+    let dir = dir.join("jacobi");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(
+        repo("examples/jacobi/program.toml"),
+        dir.join("program.toml"),
+    )?;
+    offload(&[
+        "package",
+        &repo("examples/jacobi/kernel.c").display().to_string(),
+        "--manifest",
+        &repo("examples/jacobi/manifest.toml").display().to_string(),
+        "-o",
+        &dir.join("jacobi.okp").display().to_string(),
+    ])?;
+    Ok(dir.join("program.toml"))
+}
+
+/// Bytes the client's interface has received and sent (its namespace's /proc/net/dev).
+fn client_bytes() -> Result<u64> {
+    let out = script(&["exec", NAME, "client", "cat", "/proc/net/dev"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("eth0:"))
+        .context("no eth0 in the client's /proc/net/dev")?;
+    let fields: Vec<u64> = line
+        .split_once(':')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(fields.len() >= 9, "unexpected /proc/net/dev line: {line}");
+    Ok(fields[0] + fields[8])
+}
+
+/// Runs `program` with `scalars`, on the given testbed nodes from the client's namespace
+/// (or on this machine with 2 threads when `nodes` is empty), then moves its output to
+/// `out`. `kill` ends a node's process after a delay, during the run.
+fn run_program(
+    program: &Path,
+    creds: &Path,
+    scalars: &[&str],
+    nodes: &[usize],
+    out: &Path,
+    kill: Option<(&mut Child, Duration)>,
+) -> Result<Duration> {
+    let mut command = if nodes.is_empty() {
+        let mut local = Command::new(OFFLOAD);
+        local.args(["run"]).arg(program).args(["--threads", "2"]);
+        local
+    } else {
+        let mut remote = script(&["exec", NAME, "client", OFFLOAD, "run"]);
+        remote
+            .arg(program)
+            .args(["--cluster", "--no-discovery", "--node-timeout", "1"])
+            .arg("--credentials")
+            .arg(creds);
+        for index in nodes {
+            remote.args(["--peer", &format!("10.77.0.{}:7878", 10 + index)]);
+        }
+        remote
+    };
+    for scalar in scalars {
+        command.args(["--arg", scalar]);
+    }
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = command.spawn()?;
+    if let Some((node, after)) = kill {
+        std::thread::sleep(after);
+        node.kill()?;
+        let _ = node.wait();
+    }
+    let output = child.wait_with_output()?;
+    let took = started.elapsed();
+    ensure!(
+        output.status.success(),
+        "the program run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = program.with_file_name("grid.bin");
+    std::fs::rename(&written, out)
+        .with_context(|| format!("the run wrote no {}", written.display()))?;
+    Ok(took)
+}
+
+fn programs(testbed: &mut Testbed, work: &Path, creds: &Path, rounds: usize) -> Result<()> {
+    let program = jacobi_program(work)?;
+    let big = ["n=1300", "tsteps=10"];
+    let steps = 21u64;
+    let (local_out, remote_out) = (work.join("jacobi-local.bin"), work.join("jacobi-2.bin"));
+    // Untimed: the nodes compile the kernels.
+    run_program(&program, creds, &big, &[1, 2], &remote_out, None)?;
+    let (mut locals, mut remotes, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds.min(3) {
+        locals.push(run_program(&program, creds, &big, &[], &local_out, None)?.as_secs_f64());
+        let before = client_bytes()?;
+        remotes.push(run_program(&program, creds, &big, &[1, 2], &remote_out, None)?.as_secs_f64());
+        bytes.push((client_bytes()? - before) as f64 / steps as f64);
+        ensure!(
+            std::fs::read(&local_out)? == std::fs::read(&remote_out)?,
+            "the 2-node jacobi differs from the local run"
+        );
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (local, remote) = (median(locals), median(remotes));
+    // With residency each step would move 2 halo rows per node boundary each way.
+    let halo_goal = 2.0 * 2.0 * 1300.0 * 8.0;
+    println!(
+        "testbed jacobi 1300^2 x 10 time steps ({steps} steps), 1 Gbit/s, client-held buffers: 2 nodes x 1 core {remote:.3} s, this machine x 2 threads {local:.3} s, ratio {:.3}; {:.2} MB per step over the client's link (with residency: {:.1} KB)",
+        local / remote,
+        median(bytes) / 1e6,
+        halo_goal / 1e3
+    );
+
+    // A node killed half way through a 501-step program.
+    let long = ["n=200", "tsteps=250"];
+    let kill_out = work.join("jacobi-killed.bin");
+    run_program(&program, creds, &long, &[], &local_out, None)?;
+    let two = run_program(&program, creds, &long, &[1, 2], &remote_out, None)?;
+    let one = run_program(&program, creds, &long, &[1], &remote_out, None)?;
+    let mut node = testbed.nodes.pop().context("node 2")?;
+    let killed = run_program(
+        &program,
+        creds,
+        &long,
+        &[1, 2],
+        &kill_out,
+        Some((&mut node, two / 2)),
+    )?;
+    ensure!(
+        std::fs::read(&local_out)? == std::fs::read(&kill_out)?,
+        "the run that lost a node differs from the local run"
+    );
+    let expected = two.as_secs_f64() / 2.0 + one.as_secs_f64() / 2.0;
+    println!(
+        "testbed jacobi 200^2 x 250 time steps (501 steps), node 2 killed at half of a 2-node run ({:.3} s; 1 node {:.3} s), --node-timeout 1: took {:.3} s, {:.3} s more than half of each; output identical to the local run",
+        two.as_secs_f64(),
+        one.as_secs_f64(),
+        killed.as_secs_f64(),
+        killed.as_secs_f64() - expected
     );
     Ok(())
 }

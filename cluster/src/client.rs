@@ -358,6 +358,45 @@ pub struct ClusterClient {
     next_job: u64,
     /// Each node's link as the last job measured it: the prior of the next job.
     measured_links: HashMap<SocketAddr, Link>,
+    /// Nodes that could not be reached or were lost, tried again in the background.
+    unreachable: HashMap<SocketAddr, Unreachable>,
+}
+
+/// The first wait before a node that could not be reached is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts on a node that does not answer.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A node that could not be reached (or was lost): when to try it next, and the
+/// attempt under way.
+struct Unreachable {
+    /// The wait after the next failed attempt, doubled each time up to [`RETRY_MAX`].
+    delay: Duration,
+    /// When the next attempt may start.
+    due: Instant,
+    attempt: Option<tokio::task::JoinHandle<Result<Remote, String>>>,
+}
+
+impl Unreachable {
+    /// A node to try again from `now`.
+    fn new(now: Instant) -> Unreachable {
+        Unreachable {
+            delay: RETRY_FIRST,
+            due: now,
+            attempt: None,
+        }
+    }
+}
+
+/// Connects to the node at `addr`, giving up after `timeout`.
+async fn connect_bounded(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Remote, String> {
+    tokio::time::timeout(timeout, connect_one(endpoint, addr))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }
 
 impl ClusterClient {
@@ -393,6 +432,7 @@ impl ClusterClient {
             remotes: Vec::new(),
             next_job: 1,
             measured_links: HashMap::new(),
+            unreachable: HashMap::new(),
         };
         client.reconnect()?;
         Ok(client)
@@ -400,32 +440,45 @@ impl ClusterClient {
 
     /// Connects to known nodes that are not connected (a node that restarted rejoins
     /// here). Fails if no node is connected afterwards.
+    ///
+    /// A node met for the first time is waited for (the first job needs its nodes). One
+    /// that could not be reached, or was lost during a job, is tried again in the
+    /// background, after a delay that doubles from [`RETRY_FIRST`] to [`RETRY_MAX`],
+    /// and joins the first job after it answers: a program of many steps does not wait
+    /// for a dead node's connection timeout at every step. With no node connected, the
+    /// attempts are waited for.
     fn reconnect(&mut self) -> Result<(), ClientError> {
-        self.remotes
-            .retain(|r| r.connection.close_reason().is_none());
-        let missing: Vec<SocketAddr> = self
+        let now = Instant::now();
+        let (open, closed): (Vec<Remote>, Vec<Remote>) = std::mem::take(&mut self.remotes)
+            .into_iter()
+            .partition(|r| r.connection.close_reason().is_none());
+        self.remotes = open;
+        for remote in closed {
+            self.unreachable
+                .entry(remote.addr)
+                .or_insert_with(|| Unreachable::new(now));
+        }
+        let mut tried = self.collect_attempts(false)?;
+        let fresh: Vec<SocketAddr> = self
             .addrs
             .iter()
             .copied()
-            .filter(|a| !self.remotes.iter().any(|r| r.addr == *a))
+            .filter(|a| {
+                !self.remotes.iter().any(|r| r.addr == *a) && !self.unreachable.contains_key(a)
+            })
             .collect();
         let endpoint = self.endpoint.clone();
         let timeout = self.config.connect_timeout;
+        let tried_now = fresh.clone();
         let results = self
             .runtime
             .block_on(async move {
-                let tasks: Vec<_> = missing
+                let tasks: Vec<_> = fresh
                     .into_iter()
                     .map(|addr| {
                         let endpoint = endpoint.clone();
                         tokio::spawn(async move {
-                            let outcome =
-                                tokio::time::timeout(timeout, connect_one(&endpoint, addr))
-                                    .await
-                                    .unwrap_or_else(|_| {
-                                        Err(format!("no answer within {timeout:?}"))
-                                    });
-                            (addr, outcome)
+                            (addr, connect_bounded(&endpoint, addr, timeout).await)
                         })
                     })
                     .collect();
@@ -438,25 +491,42 @@ impl ClusterClient {
                 results
             })
             .map_err(ClientError::Runtime)?;
-        let mut tried = Vec::new();
         let mut refusals = Vec::new();
         for (addr, outcome) in results {
             match outcome {
-                Ok(remote) => {
-                    tracing::info!(
-                        "connected to node {} at {addr} ({} cores, {})",
-                        remote.info.name,
-                        remote.info.cores,
-                        remote.info.cpu
-                    );
-                    self.remotes.push(remote);
-                }
+                Ok(remote) => self.connected(remote),
                 Err(reason) => {
                     let line = format!("node {addr}: {reason}");
                     refusals.push(line.clone());
                     tried.push(line);
+                    let mut retry = Unreachable::new(now);
+                    retry.due = now + retry.delay;
+                    self.unreachable.insert(addr, retry);
                 }
             }
+        }
+        // Nothing to run on: every node not just tried is tried now, and waited for.
+        let waiting = self.remotes.is_empty();
+        let due: Vec<SocketAddr> = self
+            .unreachable
+            .iter()
+            .filter(|(addr, u)| {
+                u.attempt.is_none() && !tried_now.contains(addr) && (waiting || u.due <= now)
+            })
+            .map(|(addr, _)| *addr)
+            .collect();
+        for addr in due {
+            let endpoint = self.endpoint.clone();
+            let attempt = {
+                let _runtime = self.runtime.enter();
+                tokio::spawn(async move { connect_bounded(&endpoint, addr, timeout).await })
+            };
+            if let Some(u) = self.unreachable.get_mut(&addr) {
+                u.attempt = Some(attempt);
+            }
+        }
+        if waiting {
+            tried.extend(self.collect_attempts(true)?);
         }
         if self.remotes.is_empty() {
             // The error lists them: said once, not also as events.
@@ -466,6 +536,67 @@ impl ClusterClient {
             notify(&self.config.on_event, &line);
         }
         Ok(())
+    }
+
+    /// Takes in the background connection attempts that have ended (all of them, waiting
+    /// for each, with `wait`): a node that answered is connected, one that did not is
+    /// tried again later. Returns a line per failed attempt.
+    fn collect_attempts(&mut self, wait: bool) -> Result<Vec<String>, ClientError> {
+        let ended: Vec<SocketAddr> = self
+            .unreachable
+            .iter()
+            .filter(|(_, u)| u.attempt.as_ref().is_some_and(|a| wait || a.is_finished()))
+            .map(|(addr, _)| *addr)
+            .collect();
+        let mut failed = Vec::new();
+        for addr in ended {
+            let Some(attempt) = self
+                .unreachable
+                .get_mut(&addr)
+                .and_then(|u| u.attempt.take())
+            else {
+                continue;
+            };
+            let outcome = self
+                .runtime
+                .block_on(attempt)
+                .map_err(ClientError::Runtime)?
+                .unwrap_or_else(|e| Err(format!("connection task failed: {e}")));
+            match outcome {
+                Ok(remote) => {
+                    self.unreachable.remove(&addr);
+                    self.connected(remote);
+                }
+                Err(reason) => {
+                    if let Some(u) = self.unreachable.get_mut(&addr) {
+                        u.delay = (u.delay * 2).min(RETRY_MAX);
+                        u.due = Instant::now() + u.delay;
+                        let line = format!("node {addr}: {reason}");
+                        if !wait {
+                            notify(
+                                &self.config.on_event,
+                                &format!("{line}; tried again in {:?}", u.delay),
+                            );
+                        }
+                        failed.push(line);
+                    }
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Keeps a node that answered.
+    fn connected(&mut self, remote: Remote) {
+        tracing::info!(
+            "connected to node {} at {} ({} cores, {})",
+            remote.info.name,
+            remote.addr,
+            remote.info.cores,
+            remote.info.cpu
+        );
+        self.remotes.retain(|r| r.addr != remote.addr);
+        self.remotes.push(remote);
     }
 
     /// Replaces the progress callback for the next jobs ([`ClientConfig::on_progress`]).
@@ -649,6 +780,13 @@ impl ClusterClient {
         }
         // Keep the connections of nodes that came back, for the next job.
         for remote in rejoined {
+            if let Some(attempt) = self
+                .unreachable
+                .remove(&remote.addr)
+                .and_then(|u| u.attempt)
+            {
+                attempt.abort();
+            }
             self.remotes.retain(|r| r.addr != remote.addr);
             self.remotes.push(remote);
         }

@@ -1573,3 +1573,34 @@ fn programs_on_loopback_nodes_equal_the_native_references() {
     let paths: Vec<i32> = crate::common::read_le(&floyd.path("paths.bin"));
     assert_eq!(paths, floyd_reference(30));
 }
+
+#[test]
+fn a_program_with_a_dead_peer_does_not_wait_for_it_at_every_step() {
+    let cluster = Cluster::new(1);
+    // An address nothing answers on: a UDP port bound and given back.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .to_string();
+    let example = crate::programs::Example::new("jacobi");
+    let mut command = Command::new(BIN);
+    command
+        .arg("run")
+        .arg(example.program())
+        .args(["--arg", "n=32", "--arg", "tsteps=10"])
+        .args(cluster.cluster_flags(&cluster.credentials()))
+        .args(["--peer", &dead]);
+    let output = run_bounded(command, Duration::from_secs(120));
+    assert!(output.status.success(), "{}", text(&output));
+    let grid: Vec<f64> = read_le(&example.path("grid.bin"));
+    crate::programs::assert_jacobi_close(&grid, &crate::programs::jacobi_reference(32, 10));
+    // 21 steps, each a job: the dead node is waited for once, then tried again in the
+    // background with a growing delay, each attempt at least its 3 s connect timeout;
+    // waiting for it at every step would say so 21 times.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said = stderr.lines().filter(|l| l.contains(&dead)).count();
+    assert!(
+        (1..21).contains(&said),
+        "{said} lines about {dead}:\n{stderr}"
+    );
+}
