@@ -31,8 +31,10 @@
 //! ```
 //!
 //! Crates: `kernel-model` (manifests, programs, the argument checker; no LLVM),
-//! `ir-packager` (sources to packages), `node-jit` (packages to native code), `scheduler`
-//! (the pure packet scheduler), `opencl-backend`, `cluster`.
+//! `offload-package` (the package file; no LLVM), `ir-packager` (sources to packages),
+//! `node-jit` (packages to native code), `scheduler` (the pure packet scheduler),
+//! `opencl-backend`, `offload-protocol`, `cluster` (the client and transport; no LLVM),
+//! `cluster-node` (the node agent and its workers).
 
 pub mod api;
 pub mod buffer;

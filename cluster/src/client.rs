@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ir_packager::{kernel_model, ArgLayout, Given, Package, ScalarType, ScalarValue};
+use kernel_model::{ArgLayout, Given, ScalarType, ScalarValue};
+use offload_package::Package;
 use scheduler::{DeviceChoice, DeviceId, JobSpec, Link};
 use tokio::sync::mpsc;
 

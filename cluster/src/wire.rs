@@ -38,7 +38,7 @@ pub enum WireError {
 }
 
 /// Writes one frame and finishes the stream.
-pub(crate) async fn send<T: Serialize>(
+pub async fn send<T: Serialize>(
     stream: &mut quinn::SendStream,
     message: &T,
     limit: usize,
@@ -50,10 +50,7 @@ pub(crate) async fn send<T: Serialize>(
 }
 
 /// Writes an already encoded frame and finishes the stream.
-pub(crate) async fn send_frame(
-    stream: &mut quinn::SendStream,
-    frame: &[u8],
-) -> Result<(), WireError> {
+pub async fn send_frame(stream: &mut quinn::SendStream, frame: &[u8]) -> Result<(), WireError> {
     stream.write_all(frame).await?;
     stream.finish()?;
     Ok(())
@@ -62,7 +59,7 @@ pub(crate) async fn send_frame(
 /// Writes one frame followed by `payload` raw, and finishes the stream. The payload is
 /// handed to quinn as it is (no copy into a frame): bulk buffers go out as fast as
 /// QUIC can packetize them.
-pub(crate) async fn send_with_payload<T: Serialize>(
+pub async fn send_with_payload<T: Serialize>(
     stream: &mut quinn::SendStream,
     message: &T,
     payload: bytes::Bytes,
@@ -78,7 +75,7 @@ const MAX_HEADER: usize = protocol::MAX_CONTROL;
 
 /// Reads the `len` raw bytes announced by a frame, into `reuse` if it is given and
 /// large enough. `len` must be within `limit`, and the stream must end right after them.
-pub(crate) async fn recv_payload(
+pub async fn recv_payload(
     stream: &mut quinn::RecvStream,
     len: u64,
     limit: usize,
@@ -145,11 +142,11 @@ fn advise_huge_pages(bytes: &Vec<u8>) {
 
 /// Memory a node sets aside for one request's body, returned to the budget when
 /// dropped.
-pub(crate) type Reserved<'a> = tokio::sync::SemaphorePermit<'a>;
+pub type Reserved<'a> = tokio::sync::SemaphorePermit<'a>;
 
 /// Sets `bytes` aside in `budget` (counted in MiB), waiting while other requests hold
 /// it; one request may take the whole budget but no more.
-pub(crate) async fn reserve(
+pub async fn reserve(
     budget: &tokio::sync::Semaphore,
     bytes: u64,
 ) -> Result<Reserved<'_>, WireError> {
@@ -164,7 +161,7 @@ pub(crate) async fn reserve(
 /// Reads one request: its length prefix, then the first byte of its body, which names
 /// its kind and so its size limit ([`protocol::request_limit`]), before the body is
 /// allocated within `budget`. Returns the request and its share of the budget.
-pub(crate) async fn recv_request<'a, T: DeserializeOwned>(
+pub async fn recv_request<'a, T: DeserializeOwned>(
     stream: &mut quinn::RecvStream,
     budget: &'a tokio::sync::Semaphore,
 ) -> Result<(T, Reserved<'a>), WireError> {
@@ -188,7 +185,7 @@ pub(crate) async fn recv_request<'a, T: DeserializeOwned>(
 }
 
 /// Reads one frame, refusing it before allocation if its length exceeds `limit`.
-pub(crate) async fn recv<T: DeserializeOwned>(
+pub async fn recv<T: DeserializeOwned>(
     stream: &mut quinn::RecvStream,
     limit: usize,
 ) -> Result<T, WireError> {
@@ -284,7 +281,7 @@ fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
 
 /// A QUIC server configuration that accepts only cluster members (not revoked): made
 /// again when the revocation list changes ([`quinn::Endpoint::set_server_config`]).
-pub(crate) fn server_config(
+pub fn server_config(
     credentials: &Credentials,
     idle: Duration,
 ) -> Result<quinn::ServerConfig, EndpointError> {
@@ -297,7 +294,7 @@ pub(crate) fn server_config(
 }
 
 /// A QUIC server endpoint that accepts only cluster members.
-pub(crate) fn server_endpoint(
+pub fn server_endpoint(
     credentials: &Credentials,
     listen: SocketAddr,
     idle: Duration,
@@ -330,7 +327,7 @@ fn client_config(
 }
 
 /// A QUIC client endpoint presenting `credentials`.
-pub(crate) fn client_endpoint(
+pub fn client_endpoint(
     credentials: &Credentials,
     idle: Duration,
 ) -> Result<quinn::Endpoint, EndpointError> {

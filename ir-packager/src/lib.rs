@@ -26,7 +26,6 @@
 
 mod canonical;
 pub mod manifest;
-mod package;
 mod source;
 
 use std::path::Path;
@@ -47,7 +46,7 @@ pub use kernel_model::{
     Expr, Given, KernelKind, KernelSpec, Layout, Manifest, ManifestError, ScalarType, ScalarValue,
     Shape, SUM_PACKETS,
 };
-pub use package::{
+pub use offload_package::{
     FormatError, LlvmVersion, Package, PackageHash, Provenance, SourceKind, FORMAT_VERSION, MAGIC,
     MAX_PACKAGE_BYTES,
 };

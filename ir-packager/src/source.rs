@@ -7,8 +7,8 @@ use inkwell::context::Context;
 use inkwell::memory_buffer::MemoryBuffer;
 use inkwell::module::Module;
 
-use crate::package::SourceKind;
 use crate::PackageError;
+use offload_package::SourceKind;
 
 /// The crate name every Rust kernel file is compiled under, so that the same source
 /// gives the same symbols (and the same package hash) whatever its file is called.

@@ -10,7 +10,8 @@
 //! `node-jit`). That keeps its fuzz target (`protocol/fuzz`, `scripts/fuzz.sh`) quick to
 //! build with sanitizers and lets anything that only speaks the protocol link it alone;
 //! `cargo tree -p offload-protocol -e normal` shows what it pulls in, and
-//! `tests/dependencies.rs` fails when `Cargo.lock` lets any of those crates be reached.
+//! the workspace's `tests/all/layering.rs` fails when `Cargo.lock` lets any of those
+//! crates be reached.
 //!
 //! Every message is a frame: a 4-byte little-endian length, then the message encoded
 //! with bincode 2 (serde). Each kind of frame has a size limit that is checked on the

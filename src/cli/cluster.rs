@@ -17,8 +17,8 @@ use clap::{Args, Subcommand};
 use cluster::client::{ClientConfig, ClusterClient, JobProgress};
 use cluster::credentials::{self, Credentials};
 use cluster::discovery::Source;
-use cluster::node::NodeConfig;
 use cluster::protocol::{NodeState, NodeStatus, TunedRate};
+use cluster_node::node::NodeConfig;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use offload::tune::Profile;
 use offload::{ClusterReport, PackageHash};
@@ -423,7 +423,7 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
     if let Some(file) = &settings.file {
         tracing::info!("configuration from {}", file.display());
     }
-    let faults = cluster::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?;
+    let faults = cluster_node::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?;
     let mut credentials = match (&settings.credentials, args.insecure) {
         (Some(dir), _) => Credentials::load(dir)?,
         (None, true) => {
@@ -487,7 +487,7 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         }
         Err(e) => eprintln!("warning: not advertising tuned rates: {e:#}"),
     }
-    cluster::node::run(config)?;
+    cluster_node::node::run(config)?;
     Ok(())
 }
 
@@ -845,24 +845,24 @@ pub fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
         config = config.cache_dir(dir);
     }
     let confinement = match (args.unsandboxed, args.node_pid) {
-        (false, Some(node)) => cluster::worker::Confinement::Sandboxed { node },
-        _ => cluster::worker::Confinement::Unsandboxed,
+        (false, Some(node)) => cluster_node::worker::Confinement::Sandboxed { node },
+        _ => cluster_node::worker::Confinement::Unsandboxed,
     };
-    let options = cluster::worker::WorkerOptions {
+    let options = cluster_node::worker::WorkerOptions {
         nice: args.nice,
         confinement,
-        faults: cluster::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?,
+        faults: cluster_node::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?,
     };
     match args.opencl_device {
-        Some(index) => cluster::worker::serve_opencl(index, &options)?,
+        Some(index) => cluster_node::worker::serve_opencl(index, &options)?,
         None => {
             // The node advertises the rates of its `offload tune` profiles: its workers
             // compile those kernels with the settings that were measured.
-            let lookup: cluster::worker::TuningLookup = Box::new(|engine, package, kernel| {
+            let lookup: cluster_node::worker::TuningLookup = Box::new(|engine, package, kernel| {
                 super::tune::lookup(engine, package, kernel)
                     .map(|settings| (settings.tuning(), settings.opt()))
             });
-            cluster::worker::serve(config, &options, lookup)?
+            cluster_node::worker::serve(config, &options, lookup)?
         }
     }
     Ok(())

@@ -258,7 +258,7 @@ pub fn is_root() -> bool {
 pub fn die_with_test(command: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: the hook only makes async-signal-safe calls (see `die_with_parent`).
-    unsafe { command.pre_exec(cluster::node::die_with_parent()) }
+    unsafe { command.pre_exec(cluster_node::node::die_with_parent()) }
 }
 
 /// Waits until `condition` holds, checking it each time `path` changes (a file written

@@ -13,6 +13,7 @@ mod deploy;
 mod examples;
 mod fleet;
 mod gpu_check;
+mod layering;
 mod macros;
 mod programs;
 mod references;

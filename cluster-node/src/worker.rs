@@ -38,7 +38,7 @@ use ir_packager::Package;
 use node_jit::{CompiledKernel, Engine};
 use opencl_backend::{Device, DeviceError, Lowered, PreparedKernel};
 
-use crate::protocol::{self, FromWorker, Hash, ToWorker, WireArg, MAX_DATA};
+use cluster::protocol::{self, FromWorker, Hash, ToWorker, WireArg, MAX_DATA};
 
 /// Storage aligned for every element type (8 bytes), as kernels need.
 struct Aligned {

@@ -1,4 +1,8 @@
-//! The package file: a versioned header with a checksum, then the bincode-encoded body.
+//! The offload package file, without LLVM: what a node, a cluster client or a disk-cache
+//! hit needs to read, check and identify a package (`ir-packager` makes packages from
+//! sources and re-exports everything here).
+//!
+//! A package is a versioned header with a checksum, then the bincode-encoded body.
 //!
 //! Layout (format version 3): `b"OKPKG\0"`, the format version as a little-endian `u16`,
 //! the blake3 hash of the body (32 bytes), then the body (provenance, the manifest as its
@@ -22,7 +26,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Manifest, ManifestError};
+use kernel_model::manifest::{Manifest, ManifestError};
 
 /// Magic bytes at the start of every package file.
 pub const MAGIC: &[u8; 6] = b"OKPKG\0";
@@ -254,8 +258,8 @@ pub fn describe_decode_error(error: &bincode::error::DecodeError) -> String {
 
 impl Package {
     /// Assembles a package from parts. The bitcode must already be validated and
-    /// canonical; [`crate::package_source`] is the usual way to get one.
-    pub(crate) fn assemble(
+    /// canonical; `ir_packager::package_source` is the usual way to get one.
+    pub fn assemble(
         provenance: Provenance,
         manifest: Manifest,
         bitcode: Vec<u8>,
@@ -283,7 +287,7 @@ impl Package {
 
     /// Decodes a package file's bytes, checking header, version, size, checksum and
     /// manifest, in that order: nothing is decoded before the checksum matched. The
-    /// bitcode is checked when it is loaded ([`crate::load_module`]).
+    /// bitcode is checked when it is loaded (`ir_packager::load_module`).
     pub fn from_bytes(bytes: &[u8]) -> Result<Package, FormatError> {
         if bytes.len() > MAX_PACKAGE_BYTES {
             return Err(FormatError::TooLarge {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::protocol::Hash;
+use cluster::protocol::Hash;
 
 /// Names one accepted connection for the life of the node (never reused).
 pub(crate) type ConnectionId = u64;

@@ -45,12 +45,12 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{watch, Mutex, Semaphore};
 
 use crate::buffer_cache::{self, lock, BufferCache, ConnectionId};
-use crate::credentials::Credentials;
-use crate::protocol::{
+use cluster::credentials::Credentials;
+use cluster::protocol::{
     self, FromWorker, Hash, Hello, HelloReply, NodeInfo, NodeState, Request, Response, ToWorker,
     WireArg, MAX_CONTROL, MAX_DATA,
 };
-use crate::wire::{self, WireError};
+use cluster::wire::{self, WireError};
 
 /// How a node runs. Every setter documents its default.
 #[derive(Debug, Clone)]
@@ -270,7 +270,7 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
         name: config.name.clone(),
         arch: host.triple.clone(),
         cpu: host.cpu.clone(),
-        features: crate::discovery::abbreviate_features(&host.enabled_features()),
+        features: cluster::discovery::abbreviate_features(&host.enabled_features()),
         cores: config.cores as u32,
         rates: config.rates.clone(),
         opencl: Vec::new(),
@@ -370,7 +370,7 @@ async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     }
     let _advert = if config.advertise {
         let ca = config.credentials.ca_fingerprint();
-        match crate::discovery::advertise(&info, local, &ca) {
+        match cluster::discovery::advertise(&info, local, &ca) {
             Ok(advert) => {
                 tracing::info!(
                     "advertising by mDNS as {} (cluster CA {ca})",
@@ -524,12 +524,12 @@ async fn watch_revocations(
             () = hup => tracing::info!("SIGHUP: reading the revocation list again"),
         }
         let list = match credentials.reload_revocation_list() {
-            Ok(crate::revocation::Reload::Same) => continue,
-            Ok(crate::revocation::Reload::Refused(reason)) => {
+            Ok(cluster::revocation::Reload::Same) => continue,
+            Ok(cluster::revocation::Reload::Refused(reason)) => {
                 tracing::warn!("{reason}");
                 continue;
             }
-            Ok(crate::revocation::Reload::Newer(list)) => list,
+            Ok(cluster::revocation::Reload::Newer(list)) => list,
             Err(e) => {
                 // Logged once per change of the file would be nicer; the list in use
                 // stays either way.
@@ -611,7 +611,7 @@ pub use sandbox::die_with_parent_hook as die_with_parent;
 fn describe_refusal(error: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     let tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
-    let plain = crate::certs::plain;
+    let plain = cluster::certs::plain;
     match error {
         E::TransportError(e) if tls(e.code) => plain(&e.reason),
         E::ConnectionClosed(close) if tls(close.error_code) => format!(
@@ -845,7 +845,7 @@ fn peer_identity(connection: &quinn::Connection) -> (String, String) {
         .and_then(|certs| {
             certs
                 .first()
-                .and_then(|cert| crate::certs::summarize(cert).ok())
+                .and_then(|cert| cluster::certs::summarize(cert).ok())
         })
         .map_or_else(
             || ("an unidentified peer".into(), String::new()),

@@ -1,7 +1,7 @@
 //! The node's counters and gauges, kept in a [`prometheus_client`] registry, and the
 //! small HTTP endpoint that serves them (`offload node --metrics ADDR`).
 //!
-//! The same counters feed `offload status` ([`crate::protocol::NodeStatus`]), so the two
+//! The same counters feed `offload status` ([`cluster::protocol::NodeStatus`]), so the two
 //! views never disagree. Metrics (all prefixed `offload_`):
 //!
 //! | name | type | labels |
