@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kernel_model::{ArgLayout, Given, ScalarType, ScalarValue};
 use offload_package::Package;
-use scheduler::{DeviceChoice, DeviceId, JobSpec, Link};
+use scheduler::{DeviceChoice, JobSpec, Link};
 use tokio::sync::mpsc;
 
 use crate::credentials::Credentials;
@@ -1355,35 +1355,16 @@ const PACKET_FRAMING: u64 = 1 << 20;
 const REJOIN_FIRST_DELAY: Duration = Duration::from_millis(100);
 const REJOIN_MAX_DELAY: Duration = Duration::from_secs(2);
 
-/// What a packet's stream brought back.
-struct Outcome {
-    device: DeviceId,
-    packet: scheduler::Packet,
-    result: Result<Response, String>,
-}
-
-/// What wakes the job loop: a packet's outcome, or a member's connection closing (a
-/// node can vanish while it holds no packet).
+/// What the shell's tasks tell it: an event for the job loop as it is, or a lost member
+/// back, whose new connection the shell keeps before the loop hears of it.
 enum Wake {
-    Packet(Outcome),
-    /// The connection of `generation` of `member` closed (a rejoined member has a new
-    /// generation, so a late notice about its old connection is ignored).
-    Closed {
-        member: usize,
-        generation: u64,
-        reason: String,
-    },
+    Event(JobEvent),
     /// A lost member is reachable again and prepared for the job (also on these of
     /// its OpenCL devices).
     Rejoined {
         member: usize,
         remote: Remote,
         opencl: Vec<u32>,
-    },
-    /// A paused member (pause `epoch`) says it takes packets again.
-    Resumed {
-        member: usize,
-        epoch: u64,
     },
 }
 
@@ -1553,11 +1534,11 @@ impl JobRun {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let reason = connection.closed().await;
-            let _ = tx.send(Wake::Closed {
+            let _ = tx.send(Wake::Event(JobEvent::Closed {
                 member,
                 generation,
                 reason: format!("connection lost: {reason}"),
-            });
+            }));
         })
     }
 
@@ -1576,7 +1557,7 @@ impl JobRun {
                     Ok(Response::Status(status))
                         if status.state == crate::protocol::NodeState::Serving =>
                     {
-                        let _ = tx.send(Wake::Resumed { member, epoch });
+                        let _ = tx.send(Wake::Event(JobEvent::Resumed { member, epoch }));
                         return;
                     }
                     Ok(_) => {}
@@ -1747,7 +1728,7 @@ impl JobRun {
                                 Ok(Err(e)) => Err(e.to_string()),
                                 Err(_) => Err(format!("no result within {timeout:?}")),
                             };
-                            let _ = tx.send(Wake::Packet(Outcome {
+                            let _ = tx.send(Wake::Event(JobEvent::Packet {
                                 device,
                                 packet,
                                 result,
@@ -1795,20 +1776,7 @@ impl JobRun {
             // Wake up now and then even without results: the scheduler may want to
             // duplicate a straggler.
             let event = match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
-                Ok(Some(Wake::Packet(outcome))) => JobEvent::Packet {
-                    device: outcome.device,
-                    packet: outcome.packet,
-                    result: outcome.result,
-                },
-                Ok(Some(Wake::Closed {
-                    member,
-                    generation,
-                    reason,
-                })) => JobEvent::Closed {
-                    member,
-                    generation,
-                    reason,
-                },
+                Ok(Some(Wake::Event(event))) => event,
                 Ok(Some(Wake::Rejoined {
                     member,
                     remote,
@@ -1825,7 +1793,6 @@ impl JobRun {
                     rejoined.push(remote);
                     event
                 }
-                Ok(Some(Wake::Resumed { member, epoch })) => JobEvent::Resumed { member, epoch },
                 Ok(None) => {
                     break Err(ClientError::AllNodesLost(vec![
                         "the client's event channel closed".into(),

@@ -97,13 +97,7 @@ fn check_mode_names_the_buffer_and_the_item_of_every_access_outside_the_model() 
         run,
         &["kernel `reads_neighbour` read outside the elements of `x` its manifest lets it read on item 0 (the access began 1 byte past its end)"],
     );
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .expect("the folder")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".offload-"))
-        .collect();
-    assert!(left.is_empty(), "staged files left: {left:?}");
+    crate::common::assert_no_staged_files(dir, "check mode");
 }
 
 #[test]

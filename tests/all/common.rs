@@ -160,6 +160,18 @@ macro_rules! impl_le {
 }
 impl_le!(u8, i32, u32, i64, u64, f32, f64);
 
+/// Fails the test if a staged output (`.offload-*`) is left in `dir`; `what` names the
+/// case in the message.
+pub fn assert_no_staged_files(dir: &Path, what: &str) {
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .expect("the folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".offload-"))
+        .collect();
+    assert!(left.is_empty(), "{what}: staged files left: {left:?}");
+}
+
 /// Writes `data` to `path` as a raw little-endian array.
 pub fn write_le<T: Le>(path: &Path, data: &[T]) {
     let bytes: Vec<u8> = if cfg!(target_endian = "little") {

@@ -52,13 +52,7 @@ fn traps_cleanly(dir: &Path, pkg: &Path, kernel: &str, signal: &str) {
     assert!(range.0 <= 57 && 57 < range.1, "{kernel}: {line}");
     let after: Vec<i32> = read_le(&y);
     assert_eq!(after, before, "{kernel}: the --inout file changed");
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .expect("the folder")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".offload-"))
-        .collect();
-    assert!(left.is_empty(), "{kernel}: staged files left: {left:?}");
+    crate::common::assert_no_staged_files(dir, kernel);
 }
 
 /// `tests/kernels/traps.c` packaged into `dir`.
@@ -203,11 +197,5 @@ fn a_hung_kernel_ends_the_run_at_the_packet_timeout_naming_its_items() {
         );
         assert_eq!(read_le::<i32>(&y), before, "the --inout file changed");
     }
-    let left: Vec<String> = std::fs::read_dir(dir.path())
-        .expect("the folder")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".offload-"))
-        .collect();
-    assert!(left.is_empty(), "staged files left: {left:?}");
+    crate::common::assert_no_staged_files(dir.path(), "a hung kernel");
 }
