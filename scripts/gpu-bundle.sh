@@ -9,8 +9,8 @@
 #   --compress  xz -9 (default: the smallest), zstd -19, or none (fast, for tests)
 #   --quick     small jobs (for the test that runs the check against PoCL here)
 #
-# Contents: bin/offload (stripped), lib/ (the binary's `ldd` closure minus the C library:
-# libLLVM, libOpenCL (the ICD loader), libstdc++, ...), bin/ld and its libraries (the JIT
+# Contents: bin/offload (stripped), lib/ (the binary's `ldd` closure minus the C library,
+# and libLLVM, which offload dlopens, with its closure: libOpenCL, libstdc++, ...), bin/ld and its libraries (the JIT
 # links kernels with `ld`; used only where the target has none), pkg/*.okp packaged here
 # by the bundled binary itself (the package format is versioned: packages are never
 # carried from another build), in/ the inputs, ref/ the outputs of the CPU JIT here,
@@ -66,6 +66,12 @@ closure() { # binary -> libraries to bundle, one path a line
 cp "$binary" "$b/bin/offload"
 strip "$b/bin/offload"
 for lib in $(closure "$binary"); do cp -L "$lib" "$b/lib/"; done
+# libLLVM is loaded when first needed (dlopen), so ldd does not list it: bundle it by its
+# soname (the name offload asks for first) with its own closure.
+llvm_config=${LLVM_SYS_221_PREFIX:-/usr/lib/llvm-22}/bin/llvm-config
+llvm_lib=$(readlink -f "$("$llvm_config" --libdir)/$("$llvm_config" --libnames --link-shared)")
+cp -L "$llvm_lib" "$b/lib/"
+for lib in $(closure "$llvm_lib"); do cp -Ln "$lib" "$b/lib/" 2>/dev/null || true; done
 ld_bin=$(command -v ld.bfd || command -v ld || true)
 if [ -n "$ld_bin" ]; then
     cp -L "$ld_bin" "$b/bin/ld"

@@ -25,6 +25,7 @@
 //! ```
 
 mod canonical;
+mod llvm_lazy;
 pub mod manifest;
 mod source;
 
@@ -138,8 +139,41 @@ pub enum LoadError {
     Invalid(#[from] ValidationError),
 }
 
-/// The version of the LLVM library this process is linked against.
+/// Loads libLLVM into this process, once, before anything of LLVM is used.
+///
+/// offload is not linked against libLLVM (on x86-64 Linux; see `llvm_lazy.rs`): loading
+/// it costs ~16 ms of static initialisation, which a run whose kernels come from the
+/// code cache never needs. So this must run first: [`initialize_llvm`],
+/// [`llvm_context`] and [`linked_llvm_version`] call it, and every use of LLVM in
+/// offload goes through one of them. The library is the one this build was configured
+/// for (its directory, then the system's search path). If it cannot be loaded the
+/// process ends with a message naming it, as it would have at start-up had it been
+/// linked.
+pub fn load_llvm() {
+    static LOAD: Once = Once::new();
+    LOAD.call_once(|| {
+        if let Err(reason) = llvm_lazy::load() {
+            eprintln!("error: {reason}; install LLVM 22 (scripts/setup.sh installs llvm-22)");
+            std::process::exit(1);
+        }
+    });
+}
+
+/// The libLLVM file this build uses (loads, on x86-64 Linux): what a record of facts
+/// LLVM gave about this machine must be keyed by.
+pub fn llvm_library_path() -> String {
+    llvm_lazy::library_path()
+}
+
+/// A new LLVM context, with LLVM loaded first ([`load_llvm`]).
+pub fn llvm_context() -> Context {
+    load_llvm();
+    Context::create()
+}
+
+/// The version of the LLVM library this process uses (loading it: [`load_llvm`]).
 pub fn linked_llvm_version() -> LlvmVersion {
+    load_llvm();
     let (mut major, mut minor, mut patch) = (0u32, 0u32, 0u32);
     // SAFETY: LLVMGetVersion only writes the three integers.
     unsafe { llvm_sys::core::LLVMGetVersion(&mut major, &mut minor, &mut patch) };
@@ -153,6 +187,7 @@ pub fn linked_llvm_version() -> LlvmVersion {
 /// Initializes LLVM's targets once per process (native plus the cross targets offload
 /// can emit objects for).
 pub fn initialize_llvm() {
+    load_llvm();
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let config = InitializationConfig::default();
@@ -193,7 +228,7 @@ pub fn package_source(source: &Path, manifest: &Manifest) -> Result<Package, Pac
             path: source.display().to_string(),
         })?;
     let machine = housekeeping_machine()?;
-    let ctx = Context::create();
+    let ctx = llvm_context();
     let output = source::load_source(&ctx, source, kind)?;
     let origin_triple = output
         .module
@@ -251,7 +286,7 @@ mod tests {
         };
         provenance.llvm_version.major += 1;
         let package = Package::assemble(provenance, tiny_manifest(), Vec::new()).expect("assemble");
-        let ctx = Context::create();
+        let ctx = llvm_context();
         let err = load_module(&ctx, &package).expect_err("must be refused");
         let message = err.to_string();
         assert!(matches!(err, LoadError::LlvmTooOld { .. }), "{message}");

@@ -30,7 +30,7 @@ pub(crate) fn compile_entry_object(
     opt: OptLevel,
     tuning: &Tuning,
 ) -> Result<Vec<u8>, JitError> {
-    let ctx = Context::create();
+    let ctx = ir_packager::llvm_context();
     let (module, machine) = optimized_entry_module(&ctx, package, kernel, target, opt, tuning)?;
     emit(&module, &machine, FileType::Object)
 }
@@ -63,7 +63,7 @@ pub fn compile_phases(
 ) -> Result<CompilePhases, JitError> {
     let spec = kernel_spec(package, kernel)?;
     let mut phases = CompilePhases::default();
-    let ctx = Context::create();
+    let ctx = ir_packager::llvm_context();
     let (module, machine) =
         prepare_timed(&ctx, package, spec, target, opt, tuning, Some(&mut phases))?;
     let started = std::time::Instant::now();
@@ -91,6 +91,7 @@ pub struct LinkNeeds {
 /// object LLVM cannot read needs both, to be safe.
 pub fn link_needs(object: &[u8]) -> LinkNeeds {
     use llvm_sys::object as obj;
+    ir_packager::load_llvm();
     let everything = LinkNeeds {
         libm: true,
         libgcc: true,
@@ -165,7 +166,7 @@ pub fn listing(
     kind: ListingKind,
 ) -> Result<String, JitError> {
     let spec = kernel_spec(package, kernel)?;
-    let ctx = Context::create();
+    let ctx = ir_packager::llvm_context();
     if kind == ListingKind::PreparedIr {
         let (module, _) = prepared_entry_module(&ctx, package, spec, target, opt, tuning)?;
         return Ok(module.print_to_string().to_string());
@@ -258,7 +259,7 @@ pub(crate) fn compile_kernels_object(
     target: &HostTarget,
     opt: OptLevel,
 ) -> Result<Vec<u8>, JitError> {
-    let ctx = Context::create();
+    let ctx = ir_packager::llvm_context();
     let module = ir_packager::load_module(&ctx, package)?;
     let machine = target.machine(opt.llvm())?;
     retarget(&module, &machine);

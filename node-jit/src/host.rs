@@ -1,6 +1,7 @@
 //! What this node's CPU is, as LLVM sees it, and target machines for it or others.
 
 use std::fmt;
+use std::path::Path;
 
 use inkwell::targets::{CodeModel, RelocMode, Target, TargetMachine, TargetTriple};
 use inkwell::OptimizationLevel;
@@ -31,6 +32,78 @@ impl HostTarget {
             features: TargetMachine::get_host_cpu_features().to_string(),
             llvm_version: ir_packager::linked_llvm_version(),
         }
+    }
+
+    /// This machine as [`HostTarget::detect`] sees it, remembered in the cache directory
+    /// `root` (`root/host/KEY`) so that a process whose kernels all come from the code
+    /// cache never loads LLVM. The key is a hash of what the answer depends on, read
+    /// without LLVM: the CPU as the kernel describes it (`/proc/cpuinfo`'s vendor,
+    /// family, model, stepping and flags, which include the ISA extensions the OS
+    /// enables), the libLLVM file this build loads (path, size, modification time) and
+    /// offload's version; a different CPU or LLVM never matches. Without a usable
+    /// private cache directory, or with a damaged entry, it detects (and rewrites).
+    pub fn detect_cached(root: Option<&Path>) -> HostTarget {
+        let Some(root) = root else {
+            return HostTarget::detect();
+        };
+        let Some(key) = host_key() else {
+            return HostTarget::detect();
+        };
+        if crate::ensure_private_dir(root).is_err() {
+            return HostTarget::detect();
+        }
+        let dir = root.join("host");
+        let path = dir.join(&key);
+        if let Some(host) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| HostTarget::from_record(&text))
+        {
+            return host;
+        }
+        let host = HostTarget::detect();
+        // Best effort: a cache that cannot be written only costs the next process LLVM.
+        let _ = std::fs::create_dir_all(&dir).and_then(|()| {
+            let mut file = tempfile::NamedTempFile::new_in(&dir)?;
+            std::io::Write::write_all(&mut file, host.record().as_bytes())?;
+            file.persist(&path).map(drop).map_err(|e| e.error)
+        });
+        host
+    }
+
+    /// The record [`HostTarget::detect_cached`] keeps: one `name=value` line per field.
+    fn record(&self) -> String {
+        format!(
+            "triple={}\ncpu={}\nfeatures={}\nllvm={}.{}.{}\n",
+            self.triple,
+            self.cpu,
+            self.features,
+            self.llvm_version.major,
+            self.llvm_version.minor,
+            self.llvm_version.patch
+        )
+    }
+
+    /// Reads a record back; `None` if any field is missing or malformed.
+    fn from_record(text: &str) -> Option<HostTarget> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let llvm = field("llvm")?;
+        let mut numbers = llvm.split('.').map(|n| n.parse::<u32>().ok());
+        let version = LlvmVersion {
+            major: numbers.next()??,
+            minor: numbers.next()??,
+            patch: numbers.next()??,
+        };
+        let host = HostTarget {
+            triple: field("triple")?,
+            cpu: field("cpu")?,
+            features: field("features")?,
+            llvm_version: version,
+        };
+        (!host.triple.is_empty() && !host.cpu.is_empty()).then_some(host)
     }
 
     /// A generic CPU of `triple`, for ahead-of-time objects. The triple is checked with
@@ -90,6 +163,48 @@ impl HostTarget {
                 reason: format!("LLVM has no target machine for CPU `{}`", self.cpu),
             })
     }
+}
+
+/// The key of this machine's [`HostTarget`] record, from what it depends on (see
+/// [`HostTarget::detect_cached`]); `None` where `/proc/cpuinfo` cannot be read.
+fn host_key() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"offload host record\0");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(target_lexicon::HOST.to_string().as_bytes());
+    // The first processor's identity and flags (the others are the same CPU).
+    for line in cpuinfo.lines().take_while(|l| !l.trim().is_empty()) {
+        let key = line.split(':').next().unwrap_or("").trim();
+        if matches!(
+            key,
+            "vendor_id"
+                | "cpu family"
+                | "model"
+                | "model name"
+                | "stepping"
+                | "flags"
+                | "CPU implementer"
+                | "CPU architecture"
+                | "CPU variant"
+                | "CPU part"
+                | "Features"
+                | "cpu"
+                | "isa"
+        ) {
+            h.update(line.as_bytes());
+            h.update(b"\n");
+        }
+    }
+    let library = ir_packager::llvm_library_path();
+    h.update(library.as_bytes());
+    if let Ok(meta) = std::fs::metadata(&library) {
+        use std::os::unix::fs::MetadataExt;
+        h.update(&meta.len().to_le_bytes());
+        h.update(&meta.mtime().to_le_bytes());
+        h.update(&meta.mtime_nsec().to_le_bytes());
+    }
+    Some(h.finalize().to_hex()[..32].to_string())
 }
 
 /// The CPU as the operating system names it (`/proc/cpuinfo` on Linux): what benchmark
@@ -281,5 +396,50 @@ mod tests {
             "AMD EPYC 7B13 (AuthenticAMD, family 25, model 1, stepping 1)"
         );
         assert_eq!(CpuIdentity::parse("processor\t: 0\n"), None);
+    }
+
+    #[test]
+    fn the_host_record_reads_back_what_was_written_and_refuses_damage() {
+        let host = HostTarget {
+            triple: "x86_64-unknown-linux-gnu".into(),
+            cpu: "znver5".into(),
+            features: "+avx2,-xop".into(),
+            llvm_version: LlvmVersion {
+                major: 22,
+                minor: 1,
+                patch: 8,
+            },
+        };
+        assert_eq!(HostTarget::from_record(&host.record()), Some(host.clone()));
+        let text = host.record();
+        assert_eq!(
+            HostTarget::from_record(&text.replace("llvm=22.1.8", "llvm=22.x")),
+            None
+        );
+        assert_eq!(
+            HostTarget::from_record(&text.replace("cpu=znver5\n", "")),
+            None
+        );
+        assert_eq!(HostTarget::from_record("garbage"), None);
+    }
+
+    #[test]
+    fn the_cached_host_is_the_detected_one_and_a_damaged_record_is_rewritten() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("cache");
+        let detected = HostTarget::detect();
+        assert_eq!(HostTarget::detect_cached(Some(&root)), detected);
+        let records: Vec<_> = std::fs::read_dir(root.join("host"))
+            .expect("the record's folder")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(records.len(), 1, "{records:?}");
+        // A record read back gives the same target.
+        assert_eq!(HostTarget::detect_cached(Some(&root)), detected);
+        std::fs::write(&records[0], "triple=\n").expect("damage the record");
+        assert_eq!(HostTarget::detect_cached(Some(&root)), detected);
+        let rewritten = std::fs::read_to_string(&records[0]).expect("the record");
+        assert_eq!(HostTarget::from_record(&rewritten), Some(detected));
     }
 }

@@ -508,7 +508,15 @@ impl Engine {
         };
         Ok(Engine {
             inner: Arc::new(EngineInner {
-                host: config.target.clone().unwrap_or_else(HostTarget::detect),
+                // From the cache directory's record when there is one: a run whose
+                // kernels all hit the code cache then never loads LLVM.
+                host: config.target.clone().unwrap_or_else(|| {
+                    HostTarget::detect_cached(if private {
+                        None
+                    } else {
+                        config.cache_dir.as_deref()
+                    })
+                }),
                 config,
                 loaded: Mutex::new(MemoryCache::default()),
                 scratch,

@@ -129,7 +129,7 @@ pub fn lower(package: &Package, kernel: &str) -> Result<Lowered, LowerError> {
             reason: "halos are not lowered to OpenCL yet".into(),
         });
     }
-    let ctx = Context::create();
+    let ctx = ir_packager::llvm_context();
     let module =
         ir_packager::load_module(&ctx, package).map_err(|e| LowerError::Load(e.to_string()))?;
     canonicalize(&ctx, &module)?;

@@ -216,7 +216,7 @@ pub fn emit(
         message,
     };
     let machine = machine(target).map_err(llvm_error)?;
-    let ctx = Context::create();
+    let ctx = ir_packager::llvm_context();
     let module =
         ir_packager::load_module(&ctx, package).map_err(|e| PtxError::Load(e.to_string()))?;
     module.set_triple(&machine.get_triple());

@@ -399,3 +399,68 @@ fn kernels_loaded_one_after_another_each_run_their_own_code() {
         );
     }
 }
+
+/// The shared libraries `offload ARGS` loads, as the dynamic loader reports them.
+fn libraries_loaded(args: &[&std::ffi::OsStr], cache: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_offload"))
+        .env("OFFLOAD_CACHE_DIR", cache)
+        .env("LD_DEBUG", "files")
+        .args(args)
+        .output()
+        .expect("start offload");
+    assert!(
+        out.status.success(),
+        "offload {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_run_whose_kernel_is_in_the_code_cache_never_loads_llvm() {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        eprintln!("SKIPPED: libLLVM is loaded lazily on x86-64 Linux only");
+        assert!(std::env::var_os("CI").is_none(), "CI runs on x86-64 Linux");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("cache");
+    let pkg = crate::common::saxpy_package(dir.path());
+    let (x, y) = (dir.path().join("x.bin"), dir.path().join("y.bin"));
+    crate::common::write_le(&x, &vec![1.0f32; 256]);
+    crate::common::write_le(&y, &vec![2.0f32; 256]);
+    let run: Vec<std::ffi::OsString> = vec![
+        "run".into(),
+        pkg.clone().into(),
+        "--kernel".into(),
+        "saxpy".into(),
+        "--items".into(),
+        "256".into(),
+        "--arg".into(),
+        "a=3".into(),
+        "--in".into(),
+        format!("x={}", x.display()).into(),
+        "--inout".into(),
+        format!("y={}", y.display()).into(),
+    ];
+    let run: Vec<&std::ffi::OsStr> = run.iter().map(|a| a.as_os_str()).collect();
+    // The first run compiles: LLVM is loaded then, and only then.
+    let first = libraries_loaded(&run, &cache);
+    assert!(
+        first.contains("libLLVM"),
+        "the compiling run never loaded LLVM:\n{first}"
+    );
+    // A cache hit, and the version, need none of it.
+    let second = libraries_loaded(&run, &cache);
+    assert!(
+        !second.contains("libLLVM"),
+        "a cache hit loaded LLVM:\n{second}"
+    );
+    let version = libraries_loaded(&["--version".as_ref()], &cache);
+    assert!(
+        !version.contains("libLLVM"),
+        "--version loaded LLVM:\n{version}"
+    );
+    let y: Vec<f32> = crate::common::read_le(&y);
+    assert!(y.iter().all(|&v| v == 8.0), "{:?}", &y[..4]);
+}
