@@ -70,9 +70,10 @@ impl HostTarget {
         host
     }
 
-    /// The record [`HostTarget::detect_cached`] keeps: one `name=value` line per field.
+    /// The record [`HostTarget::detect_cached`] keeps: one `name=value` line per field,
+    /// then a blake3 digest of those lines, so a damaged record is detected again.
     fn record(&self) -> String {
-        format!(
+        let fields = format!(
             "triple={}\ncpu={}\nfeatures={}\nllvm={}.{}.{}\n",
             self.triple,
             self.cpu,
@@ -80,11 +81,18 @@ impl HostTarget {
             self.llvm_version.major,
             self.llvm_version.minor,
             self.llvm_version.patch
-        )
+        );
+        let digest = blake3::hash(fields.as_bytes()).to_hex();
+        format!("{fields}digest={digest}\n")
     }
 
-    /// Reads a record back; `None` if any field is missing or malformed.
+    /// Reads a record back; `None` if any field is missing or malformed, or its digest
+    /// does not match.
     fn from_record(text: &str) -> Option<HostTarget> {
+        let (fields, digest) = text.rsplit_once("digest=")?;
+        if blake3::hash(fields.as_bytes()).to_hex().as_str() != digest.trim_end() {
+            return None;
+        }
         let field = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
@@ -418,6 +426,11 @@ mod tests {
         );
         assert_eq!(
             HostTarget::from_record(&text.replace("cpu=znver5\n", "")),
+            None
+        );
+        // A changed character that still parses is caught by the digest.
+        assert_eq!(
+            HostTarget::from_record(&text.replace("znver5", "znver4")),
             None
         );
         assert_eq!(HostTarget::from_record("garbage"), None);
