@@ -92,6 +92,19 @@ fn start_node(testbed: &mut Testbed, index: usize, creds: &Path) -> Result<()> {
     bail!("testbed node {index} ended before listening")
 }
 
+/// CPU seconds (user + system) of this process's finished children so far: the
+/// client's, as `OFFLOAD_BENCH_VERBOSE` shows beside its wall time.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// Wall time of the mandelbrot job on the given nodes, from the client's namespace.
 fn run(pkg: &Path, creds: &Path, out: &Path, nodes: &[usize]) -> Result<Duration> {
     let (width, height, iters) = (2048u32, 1024u32, 2000u32);
@@ -114,11 +127,17 @@ fn run(pkg: &Path, creds: &Path, out: &Path, nodes: &[usize]) -> Result<Duration
     if std::env::var_os("OFFLOAD_BENCH_VERBOSE").is_some() {
         command.arg("-v");
     }
+    let cpu_before = children_cpu();
     let started = Instant::now();
     let output = command.output()?;
     let took = started.elapsed();
     if std::env::var_os("OFFLOAD_BENCH_VERBOSE").is_some() {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "client: {:.3} s wall, {:.3} s CPU",
+            took.as_secs_f64(),
+            children_cpu() - cpu_before
+        );
     }
     ensure!(
         output.status.success(),
