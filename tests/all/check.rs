@@ -97,6 +97,19 @@ fn check_mode_names_the_buffer_and_the_item_of_every_access_outside_the_model() 
         run,
         &["kernel `reads_neighbour` read outside the elements of `x` its manifest lets it read on item 0 (the access began 1 byte past its end)"],
     );
+    // Past the end of a `sum` accumulator, and past the end of a whole `in` buffer.
+    let count = format!("count={}", dir.join("count.bin").display());
+    fails_checked(
+        one("sum_overrun", &[("--arg", "bins=4"), ("--sum", &count)]),
+        &["kernel `sum_overrun` wrote outside the sum buffer `count` on item 57 (the access began 1 byte past its end)"],
+    );
+    let table = dir.join("table.bin");
+    write_le(&table, &[5i32; 8]);
+    let table = format!("table={}", table.display());
+    fails_checked(
+        one("whole_overread", &[("--in", &table), ("--out", &output)]),
+        &["kernel `whole_overread` read outside the buffer `table` on item 57 (the access began 1 byte past its end)"],
+    );
     crate::common::assert_no_staged_files(dir, "check mode");
 }
 

@@ -42,3 +42,16 @@ void histogram(uint64_t i, uint64_t bins, const float *w, uint64_t *count, float
     count[i % bins] += 1;
     total[i % bins] += w[i] * 0.1f;
 }
+
+/* Item `at` adds into one bin past the end of its `sum` buffer. */
+void sum_overrun(uint64_t i, uint64_t at, uint64_t bins, uint64_t *count) {
+    count[i % bins] += 1;
+    if (i == at)
+        count[bins] += 1;
+}
+
+/* Item `at` reads one element past the end of a whole `in` buffer. */
+void whole_overread(uint64_t i, uint64_t at, const int32_t *table, uint64_t table_len,
+                    int32_t *y) {
+    y[i] = table[i % table_len] + (i == at ? table[table_len] : 0);
+}
