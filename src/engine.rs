@@ -639,7 +639,20 @@ fn cpu_worker(tasks: mpsc::Receiver<CpuTask>) {
             packet,
             done,
         } = task;
-        let finished = run_cpu_packet(&kernel, device, packet, &block, &slots);
+        // A kernel's panic is caught inside `run_packet`; anything else that unwinds here
+        // (a bug) fails the packet instead of ending this thread while the coordinator
+        // waits for its answer.
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_cpu_packet(&kernel, device, packet, &block, &slots)
+        }))
+        .unwrap_or(Finished {
+            device,
+            packet,
+            compute_us: 0,
+            elapsed: std::time::Duration::ZERO,
+            bus: None,
+            outcome: Err(Failure::Panic("the worker thread failed while running it")),
+        });
         if done.send(finished).is_err() {
             return;
         }
