@@ -287,7 +287,7 @@ fn run_items(
                 }
             }
             while item < packet_end {
-                run_item(step, layout, item, &mut fenced, &mut block, &mut notes)?;
+                run_item(step, item, &mut fenced, &mut block, &mut notes)?;
                 item += 1;
                 done += 1;
                 if done % PROGRESS_EVERY == 0 {
@@ -317,12 +317,12 @@ fn protect_error(error: &std::io::Error) -> RunError {
 /// Runs one item on fenced copies and copies its slices back.
 fn run_item(
     step: &CheckStep<'_>,
-    layout: &Layout,
     item: u64,
     fenced: &mut [FencedArg],
     block: &mut [u64],
     notes: &mut Vec<FenceNote>,
 ) -> Result<(), RunError> {
+    let layout = step.layout;
     for f in fenced.iter_mut() {
         match f.kind {
             FenceKind::Slice | FenceKind::Readable => {

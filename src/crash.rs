@@ -207,7 +207,7 @@ fn overdue(limit: u64, timeout: Duration) {
         line.push(b"; no output or --inout file was changed\n");
         // SAFETY: plain system calls on our own buffers.
         unsafe {
-            libc::write(2, line.bytes.as_ptr().cast(), line.len);
+            line.write_to(2);
             remove_staged();
             libc::_exit(1);
         }
@@ -345,7 +345,7 @@ pub(crate) fn outside_message(kernel: &str, item: u64, note: &FenceNote, address
         address,
         Access::Write,
     );
-    String::from_utf8_lossy(&line.bytes[..line.len]).into_owned()
+    String::from_utf8_lossy(line.as_bytes()).into_owned()
 }
 
 /// The fenced copy of this thread's item that holds `address`, if any.
@@ -505,7 +505,7 @@ extern "C" fn on_interrupt(signal: libc::c_int) {
     // SAFETY: write, unlink and _exit are async-signal-safe; the buffers are ours.
     unsafe {
         remove_staged();
-        libc::write(2, line.bytes.as_ptr().cast(), line.len);
+        line.write_to(2);
         libc::_exit(128 + signal);
     }
 }
@@ -568,7 +568,7 @@ extern "C" fn on_fatal_signal(
             line.push(b" (check mode); no output or --inout file was changed\n");
             // SAFETY: as below.
             unsafe {
-                libc::write(2, line.bytes.as_ptr().cast(), line.len);
+                line.write_to(2);
                 remove_staged();
                 libc::_exit(1);
             }
@@ -585,7 +585,7 @@ extern "C" fn on_fatal_signal(
     line.push(b"; no output or --inout file was changed\n");
     // SAFETY: write, unlink and _exit are async-signal-safe; the buffers are ours.
     unsafe {
-        libc::write(2, line.bytes.as_ptr().cast(), line.len);
+        line.write_to(2);
         remove_staged();
         libc::_exit(1);
     }
@@ -621,42 +621,8 @@ fn pass_on(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::
     }
 }
 
-/// A line built without allocating.
-struct Line {
-    bytes: [u8; 512],
-    len: usize,
-}
-
-impl Default for Line {
-    fn default() -> Line {
-        Line {
-            bytes: [0; 512],
-            len: 0,
-        }
-    }
-}
-
-impl Line {
-    fn push(&mut self, text: &[u8]) {
-        let n = text.len().min(self.bytes.len() - self.len);
-        self.bytes[self.len..self.len + n].copy_from_slice(&text[..n]);
-        self.len += n;
-    }
-
-    fn number(&mut self, mut value: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                break;
-            }
-        }
-        self.push(&digits[at..]);
-    }
-}
+/// A line built without allocating (the handlers may not allocate).
+type Line = sandbox::SignalSafeLine<512>;
 
 #[cfg(test)]
 mod tests {
@@ -669,11 +635,11 @@ mod tests {
         line.number(0);
         line.push(b"..");
         line.number(u64::MAX);
-        assert_eq!(&line.bytes[..line.len], b"items 0..18446744073709551615");
+        assert_eq!(line.as_bytes(), b"items 0..18446744073709551615");
         for _ in 0..100 {
             line.push(b"0123456789");
         }
-        assert_eq!(line.len, 512);
+        assert_eq!(line.as_bytes().len(), 512);
     }
 
     #[test]

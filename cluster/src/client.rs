@@ -1499,14 +1499,12 @@ impl JobRun {
             loop {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(REJOIN_MAX_DELAY);
-                let remote = match tokio::time::timeout(timeout, connect_one(&endpoint, addr)).await
-                {
-                    Ok(Ok(remote)) => remote,
-                    Ok(Err(reason)) => {
+                let remote = match connect_bounded(&endpoint, addr, timeout).await {
+                    Ok(remote) => remote,
+                    Err(reason) => {
                         tracing::debug!("node {addr} not back yet: {reason}");
                         continue;
                     }
-                    Err(_) => continue,
                 };
                 match prepare(remote.connection.clone()).await {
                     Ok(opencl) => {

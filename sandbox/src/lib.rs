@@ -30,6 +30,7 @@
 mod exit;
 mod files;
 mod filter;
+mod line;
 mod names;
 mod process;
 mod signals;
@@ -45,6 +46,7 @@ pub use exit::{
 };
 pub use files::LandlockOutcome;
 pub use filter::profile_syscalls;
+pub use line::SignalSafeLine;
 pub use names::{syscall_name, syscall_number, Arch};
 pub use process::die_with_parent_hook;
 pub use support::{support, Support, LANDLOCK_ALL_THREADS_ABI};

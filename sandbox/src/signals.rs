@@ -142,14 +142,14 @@ extern "C" fn on_sigsys(signal: i32, info: *mut libc::siginfo_t, _context: *mut 
     let arch = Arch::from_audit(info.arch);
     let number = i64::from(info.syscall);
     report(&Fault::ForbiddenSyscall { arch, number });
-    let mut line = Line::new();
+    let mut line = Line::default();
     line.push(b"offload sandbox: forbidden system call ");
     match arch.and_then(|a| syscall_name(a, number)) {
         Some(name) => line.push(name.as_bytes()),
         None => line.push(b"?"),
     }
     line.push(b" (");
-    line.push_number(number as u64);
+    line.number(number as u64);
     line.push(b"); the worker exits\n");
     line.write_to(2);
     // SAFETY: _exit is async-signal-safe and ends the process at once.
@@ -164,7 +164,7 @@ extern "C" fn on_fault(signal: i32, info: *mut libc::siginfo_t, context: *mut li
         let low = STACK_LOW.with(|s| s.get());
         if is_stack_overflow(addr, sp, low) {
             report(&Fault::StackOverflow);
-            let mut line = Line::new();
+            let mut line = Line::default();
             line.push(b"offload sandbox: stack overflow; the worker exits\n");
             line.write_to(2);
             // SAFETY: as above.
@@ -203,46 +203,8 @@ fn report(fault: &Fault) {
     }
 }
 
-/// A message line built without allocating.
-struct Line {
-    bytes: [u8; 160],
-    len: usize,
-}
-
-impl Line {
-    fn new() -> Line {
-        Line {
-            bytes: [0; 160],
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, part: &[u8]) {
-        let room = self.bytes.len() - self.len;
-        let n = part.len().min(room);
-        self.bytes[self.len..self.len + n].copy_from_slice(&part[..n]);
-        self.len += n;
-    }
-
-    fn push_number(&mut self, mut n: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
-    }
-
-    fn write_to(&self, fd: i32) {
-        // SAFETY: write of a local buffer.
-        unsafe { libc::write(fd, self.bytes.as_ptr().cast(), self.len) };
-    }
-}
+/// A message line of a signal handler.
+type Line = crate::SignalSafeLine<160>;
 
 #[cfg(test)]
 mod tests {
@@ -274,12 +236,12 @@ mod tests {
 
     #[test]
     fn lines_are_built_without_allocating_and_cut_when_full() {
-        let mut line = Line::new();
+        let mut line = Line::default();
         line.push(b"call ");
-        line.push_number(257);
-        line.push_number(0);
-        assert_eq!(&line.bytes[..line.len], b"call 2570");
+        line.number(257);
+        line.number(0);
+        assert_eq!(line.as_bytes(), b"call 2570");
         line.push(&[b'x'; 400]);
-        assert_eq!(line.len, 160);
+        assert_eq!(line.as_bytes().len(), 160);
     }
 }

@@ -219,14 +219,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         for i in 0..n {
             let name = format!("n{i}");
-            offload_ok([
-                OsArg::from("cluster"),
-                "add-node".into(),
-                "--dir".into(),
-                creds.clone().into(),
-                "--name".into(),
-                name.clone().into(),
-            ]);
+            add_node(&creds, &name);
             let flags: Vec<String> = flags(i, dir.path());
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             nodes.push(Node::start_flags(
@@ -286,6 +279,19 @@ pub(crate) fn assert_same_output(remote: &Path, local: &Path, what: &str) {
         remote.len(),
         local.len()
     );
+}
+
+/// `offload cluster add-node --dir CLUSTER --name NAME`; returns the identity's folder.
+pub(crate) fn add_node(cluster: &Path, name: &str) -> PathBuf {
+    offload_ok([
+        OsArg::from("cluster"),
+        "add-node".into(),
+        "--dir".into(),
+        cluster.into(),
+        "--name".into(),
+        name.into(),
+    ]);
+    cluster.join("nodes").join(name)
 }
 
 /// `offload cluster init --dir dir`: a fresh cluster identity.
@@ -1062,14 +1068,7 @@ fn opencl_device_present(test: &str) -> bool {
 fn opencl_cluster() -> Cluster {
     let mut cluster = Cluster::new(0);
     let creds = cluster.credentials();
-    offload_ok([
-        OsArg::from("cluster"),
-        "add-node".into(),
-        "--dir".into(),
-        creds.clone().into(),
-        "--name".into(),
-        "gpu".into(),
-    ]);
+    add_node(&creds, "gpu");
     let node = Node::start_flags(
         cluster.dir.path(),
         &creds.join("nodes").join("gpu"),
@@ -1499,14 +1498,7 @@ fn a_node_keeps_its_caches_and_workers_under_their_caps() {
     // sandboxed worker serves one package); jobs still run.
     let mut cluster = Cluster::new(0);
     let creds = cluster.credentials();
-    offload_ok([
-        OsArg::from("cluster"),
-        "add-node".into(),
-        "--dir".into(),
-        creds.clone().into(),
-        "--name".into(),
-        "small".into(),
-    ]);
+    add_node(&creds, "small");
     let flags = ["--package-cache", "1K", "--worker-memory", "1K"];
     let node = Node::start_flags(
         cluster.dir.path(),

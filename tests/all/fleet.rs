@@ -5,28 +5,15 @@
 //! are forced (`--fault owner-busy`, `gate=PATH`), never timed.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::cluster::{
-    assert_same_output, cluster_init, gate, open_gate, text, Cluster, LiveRun, Mandel, Node, OsArg,
-    BIN,
+    add_node, assert_same_output, cluster_init, gate, open_gate, text, Cluster, LiveRun, Mandel,
+    Node, OsArg, BIN,
 };
 use crate::common::{offload, offload_ok, run_bounded, skip, wait_for_change, wait_until};
-
-/// `offload cluster add-node --dir CLUSTER --name NAME`; returns the identity's folder.
-fn add_node(cluster: &Path, name: &str) -> PathBuf {
-    offload_ok([
-        OsArg::from("cluster"),
-        "add-node".into(),
-        "--dir".into(),
-        cluster.into(),
-        "--name".into(),
-        name.into(),
-    ]);
-    cluster.join("nodes").join(name)
-}
 
 /// `offload status --json` of the nodes at `addrs`, as `credentials`.
 fn status_json(credentials: &Path, addrs: &[&str]) -> serde_json::Value {

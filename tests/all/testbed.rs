@@ -117,14 +117,7 @@ impl Testbed {
     fn start_node_advertised(&mut self, index: usize, flags: &[String]) {
         let name = format!("n{index}");
         let creds = self.credentials();
-        offload_ok([
-            OsArg::from("cluster"),
-            "add-node".into(),
-            "--dir".into(),
-            creds.clone().into(),
-            "--name".into(),
-            name.clone().into(),
-        ]);
+        crate::cluster::add_node(&creds, &name);
         let log = self.path(&format!("node{index}.log"));
         let mut command = self.command(&format!("node{index}"), BIN);
         // The script execs `ip netns exec`, which execs the node: the child is the node,
@@ -393,14 +386,7 @@ fn a_loopback_job_reports_its_measured_link() {
     let dir = tempfile::tempdir().expect("temp dir");
     let creds = dir.path().join("cluster");
     cluster_init(&creds);
-    offload_ok([
-        OsArg::from("cluster"),
-        "add-node".into(),
-        "--dir".into(),
-        creds.clone().into(),
-        "--name".into(),
-        "n0".into(),
-    ]);
+    crate::cluster::add_node(&creds, "n0");
     let node = crate::cluster::Node::start(dir.path(), &creds.join("nodes").join("n0"), 0);
     // Every item carries 1 MiB of inputs, so every packet, however the scheduler sizes
     // it, is a bandwidth sample (the meter counts periods of 1 MiB and more).
