@@ -1456,45 +1456,6 @@ impl std::fmt::Display for WorkerExit {
     }
 }
 
-/// A pipe for a worker's sandbox reports: the node's read end (non-blocking) and the
-/// write end the worker gets as [`crate::worker::REPORT_FD`]. Both are close-on-exec
-/// here, so no other child inherits them.
-fn report_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and ours.
-    let (read, write) = unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
-    // The worker's end blocks: a fault record must not be lost to a full pipe (it
-    // never is: 16 bytes).
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fds[1], libc::F_GETFL);
-        libc::fcntl(fds[1], libc::F_SETFL, flags & !libc::O_NONBLOCK);
-    }
-    Ok((read, write))
-}
-
-/// What a dead worker wrote on its report pipe (its writer is gone: nothing more comes).
-fn read_report(report: Option<std::os::fd::OwnedFd>) -> Vec<u8> {
-    use std::io::Read;
-    let Some(report) = report else {
-        return Vec::new();
-    };
-    let mut bytes = Vec::new();
-    // Non-blocking: reads what is there and stops at EOF or "would block".
-    let _ = std::fs::File::from(report).read_to_end(&mut bytes);
-    bytes
-}
-
 /// A kernel worker process and what it holds.
 struct Worker {
     index: usize,
@@ -1618,7 +1579,7 @@ impl Worker {
             program: self.program.display().to_string(),
             source,
         };
-        let (report, report_writer) = report_pipe().map_err(spawn_error)?;
+        let (report, report_writer) = sandbox::report_pipe().map_err(spawn_error)?;
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
@@ -1639,18 +1600,7 @@ impl Worker {
         // fcntl, _exit) on descriptors that stay open until `spawn` returns.
         unsafe {
             command.pre_exec(die_with_parent());
-            command.pre_exec(move || {
-                let target = crate::worker::REPORT_FD;
-                if writer == target {
-                    // dup2 onto itself keeps close-on-exec: clear it instead.
-                    if libc::fcntl(writer, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(writer, target) != target {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(sandbox::report_fd_hook(writer, crate::worker::REPORT_FD));
         }
         let mut child = command.spawn().map_err(spawn_error)?;
         drop(report_writer);
@@ -1692,8 +1642,10 @@ impl Worker {
                 }
             }
         };
-        let end =
-            sandbox::WorkerEnd::from_status(status, sandbox::Fault::first_in(&read_report(report)));
+        let end = sandbox::WorkerEnd::from_status(
+            status,
+            sandbox::Fault::first_in(&sandbox::read_report(report)),
+        );
         WorkerExit {
             text: end.to_string(),
             end: Some(end),

@@ -48,7 +48,7 @@ pub use files::LandlockOutcome;
 pub use filter::profile_syscalls;
 pub use line::SignalSafeLine;
 pub use names::{syscall_name, syscall_number, Arch};
-pub use process::die_with_parent_hook;
+pub use process::{die_with_parent_hook, read_report, report_fd_hook, report_pipe};
 pub use support::{support, Support, LANDLOCK_ALL_THREADS_ABI};
 pub use thread::{recognise_stack_overflow, spawn_with_stack};
 

@@ -137,3 +137,62 @@ pub(crate) fn open_descriptors() -> Result<Vec<i32>, SandboxError> {
     open.sort_unstable();
     Ok(open)
 }
+
+/// A pipe for a worker's fault reports ([`crate::Fault`] records): the parent's read end
+/// (non-blocking) and the write end the worker gets as its report descriptor (see
+/// [`report_fd_hook`]). Both are close-on-exec here, so no other child inherits them; the
+/// worker's end blocks, so a record is never lost to a full pipe (it never is: 16 bytes).
+pub fn report_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and ours.
+    let (read, write) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok((read, write))
+}
+
+/// A `pre_exec` hook that makes descriptor `writer` (a [`report_pipe`] write end) the
+/// child's descriptor `target`, open across exec. Async-signal-safe (`dup2`, `fcntl`).
+pub fn report_fd_hook(
+    writer: std::os::fd::RawFd,
+    target: std::os::fd::RawFd,
+) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+    move || {
+        if writer == target {
+            // dup2 onto itself keeps close-on-exec: clear it instead.
+            // SAFETY: fcntl on a descriptor open in this (child) process.
+            if unsafe { libc::fcntl(writer, libc::F_SETFD, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        // SAFETY: as above.
+        } else if unsafe { libc::dup2(writer, target) } != target {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// What a dead worker wrote on its report pipe's read end (its writer is gone: nothing
+/// more comes). Reads what is there without waiting.
+pub fn read_report(report: Option<std::os::fd::OwnedFd>) -> Vec<u8> {
+    use std::io::Read;
+    let Some(report) = report else {
+        return Vec::new();
+    };
+    let mut bytes = Vec::new();
+    let _ = std::fs::File::from(report).read_to_end(&mut bytes);
+    bytes
+}
