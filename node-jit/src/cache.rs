@@ -153,6 +153,17 @@ impl DiskCache {
     }
 }
 
+/// Reads the entry at `path` (not through a link) and checks it names `key` with a
+/// matching digest, as a lookup does; returns the library bytes.
+pub(crate) fn read_entry(path: &Path, key: &str) -> Result<Vec<u8>, String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("cannot open it: {e}"))?;
+    read_verified(file, key)
+}
+
 /// Reads an opened entry and checks it is this user's, private, and names `key` with a
 /// matching digest; returns the library bytes.
 fn read_verified(mut file: File, key: &str) -> Result<Vec<u8>, String> {

@@ -407,6 +407,23 @@ impl CompiledKernel {
     }
 }
 
+/// Loads the code an engine stored at `path` (a [`CompiledKernel::library_path`]) under
+/// `key` for kernel `spec`, after checking the entry as a cache lookup does (this user's,
+/// private, the key and digest its trailer names). This is how the local engine's worker
+/// processes get the code their coordinator compiled without compiling it again, even
+/// from a private scratch cache.
+pub fn load_cache_entry(
+    path: &Path,
+    spec: KernelSpec,
+    key: &str,
+) -> Result<CompiledKernel, JitError> {
+    let library = cache::read_entry(path, key).map_err(|reason| JitError::LoadLibrary {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    load_library(&library, path, spec, key.to_string())
+}
+
 /// Result of [`Engine::compile`] with timing, for `-v` output and benchmarks.
 #[derive(Clone, Debug)]
 pub struct CompileReport {
