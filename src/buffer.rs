@@ -2,16 +2,44 @@
 
 use ir_packager::ScalarType;
 
+use crate::shared::SharedMemory;
+
 /// A byte buffer whose storage is aligned to a cache line (64 bytes), so it can be
 /// handed to a kernel as any element type, and vector loads of rows whose length is a
 /// multiple of 64 bytes never straddle two lines (an unaligned AVX-512 load of a
 /// memory-bound loop costs up to twice an aligned one). Contents are raw little-endian
 /// arrays, as on the command line.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// A job's buffers may live in shared memory ([`Buffer::try_shared`]): an anonymous file
+/// mapped here and in the engine's worker processes, so a kernel running in a worker
+/// writes them in place.
 pub struct Buffer {
-    words: Vec<Line>,
+    memory: Memory,
     len: usize,
 }
+
+/// Where a buffer's bytes are.
+enum Memory {
+    /// This process's heap.
+    Heap(Vec<Line>),
+    /// An anonymous file, shared with worker processes.
+    Shared(SharedMemory),
+}
+
+impl Clone for Buffer {
+    /// A copy on the heap (a shared buffer's copy is this process's alone).
+    fn clone(&self) -> Buffer {
+        Buffer::from_bytes(self.as_bytes())
+    }
+}
+
+impl PartialEq for Buffer {
+    fn eq(&self, other: &Buffer) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Buffer {}
 
 /// One cache line of storage.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -30,7 +58,7 @@ impl Buffer {
     /// A buffer of `len` zero bytes.
     pub fn zeroed(len: usize) -> Buffer {
         Buffer {
-            words: vec![Line([0; 8]); len.div_ceil(LINE)],
+            memory: Memory::Heap(vec![Line([0; 8]); len.div_ceil(LINE)]),
             len,
         }
     }
@@ -53,7 +81,36 @@ impl Buffer {
         // lines (what a `Vec<Line>` of that capacity uses), and every line is initialized
         // (zeroed; all-zero bits are a valid `Line`).
         let words = unsafe { Vec::from_raw_parts(ptr, words, words) };
-        Some(Buffer { words, len })
+        Some(Buffer {
+            memory: Memory::Heap(words),
+            len,
+        })
+    }
+
+    /// A buffer of `len` zero bytes in memory the engine's worker processes can map (an
+    /// anonymous file). Untouched pages cost nothing until written.
+    pub fn try_shared(len: usize) -> std::io::Result<Buffer> {
+        Ok(Buffer {
+            memory: Memory::Shared(SharedMemory::create(c"offload-buffer", len)?),
+            len,
+        })
+    }
+
+    /// A job buffer of `len` zero bytes: in shared memory ([`Buffer::try_shared`]) where
+    /// that can be had, else on the heap ([`Buffer::try_zeroed`]), so isolated workers
+    /// map it without a copy.
+    pub fn try_zeroed_shared(len: usize) -> Option<Buffer> {
+        Buffer::try_shared(len)
+            .ok()
+            .or_else(|| Buffer::try_zeroed(len))
+    }
+
+    /// The anonymous file of a shared buffer ([`Buffer::try_shared`]).
+    pub(crate) fn shared(&self) -> Option<&SharedMemory> {
+        match &self.memory {
+            Memory::Shared(shared) => Some(shared),
+            Memory::Heap(_) => None,
+        }
     }
 
     /// A buffer holding a copy of `bytes`.
@@ -75,19 +132,34 @@ impl Buffer {
 
     /// The contents.
     pub fn as_bytes(&self) -> &[u8] {
-        // SAFETY: `words` owns at least `len` initialized bytes; u8 has no alignment needs.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+        match &self.memory {
+            // SAFETY: `words` owns at least `len` initialized bytes; u8 has no alignment
+            // needs.
+            Memory::Heap(words) => unsafe {
+                std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), self.len)
+            },
+            Memory::Shared(shared) => shared.bytes(),
+        }
     }
 
     /// The contents, writable.
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_bytes`, and we hold the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+        let len = self.len;
+        match &mut self.memory {
+            // SAFETY: as in `as_bytes`, and we hold the only reference.
+            Memory::Heap(words) => unsafe {
+                std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len)
+            },
+            Memory::Shared(shared) => shared.bytes_mut(),
+        }
     }
 
     /// The address handed to kernels.
     pub fn address(&mut self) -> u64 {
-        self.words.as_mut_ptr() as u64
+        match &mut self.memory {
+            Memory::Heap(words) => words.as_mut_ptr() as u64,
+            Memory::Shared(shared) => shared.as_ptr() as u64,
+        }
     }
 
     /// Adds `other` element-wise into `self`, reading both as arrays of `elem`: how `sum`
@@ -133,6 +205,9 @@ mod tests {
             let mut c = Buffer::try_zeroed(len).expect("memory");
             assert_eq!(c.address() % 64, 0);
             assert_eq!(b.as_bytes(), c.as_bytes());
+            let mut d = Buffer::try_shared(len).expect("memfd");
+            assert_eq!(d.address() % 64, 0);
+            assert_eq!(b, d);
         }
     }
 }

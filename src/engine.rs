@@ -55,6 +55,34 @@ pub enum RunError {
         /// What went wrong.
         reason: &'static str,
     },
+    /// A kernel ended its isolated worker process: a trap, a stack overflow, a forbidden
+    /// system call (or the worker was killed from outside).
+    #[error("{}", crash_sentence(kernel, *start, *end, ending))]
+    KernelCrashed {
+        /// The kernel.
+        kernel: String,
+        /// First item of the packet.
+        start: u64,
+        /// End of the packet.
+        end: u64,
+        /// How its worker ended.
+        ending: sandbox::WorkerEnd,
+    },
+    /// A packet ran longer than [`Options::packet_timeout`]; its worker was stopped.
+    #[error("kernel `{kernel}` ran longer than the packet timeout ({} s) on items {start}..{end}; its worker was stopped", timeout.as_secs_f64())]
+    PacketTimedOut {
+        /// The kernel.
+        kernel: String,
+        /// First item of the packet.
+        start: u64,
+        /// End of the packet.
+        end: u64,
+        /// The timeout.
+        timeout: std::time::Duration,
+    },
+    /// The isolated workers could not be started.
+    #[error(transparent)]
+    Workers(#[from] crate::isolated::WorkerStartError),
     /// Check mode found a kernel touching memory outside what the kernel model gives
     /// its item (the message names the kernel, the buffer and the item).
     #[error("{0} (check mode)")]
@@ -112,6 +140,21 @@ impl From<JobError> for RunError {
             JobError::Memory(m) => m,
             other => RunError::Refused(other.to_string()),
         }
+    }
+}
+
+/// The sentence for a packet whose worker ended: `kernel `K` crashed on items 0..8:
+/// SIGSEGV (invalid memory access)`, `kernel `K` made a forbidden system call (openat) on
+/// items 0..8`.
+fn crash_sentence(kernel: &str, start: u64, end: u64, ending: &sandbox::WorkerEnd) -> String {
+    match ending {
+        sandbox::WorkerEnd::ForbiddenSyscall { .. } => {
+            format!("kernel `{kernel}` made {ending} on items {start}..{end}")
+        }
+        sandbox::WorkerEnd::Exited(_) => {
+            format!("the worker running kernel `{kernel}` on items {start}..{end} {ending}")
+        }
+        _ => format!("kernel `{kernel}` crashed on items {start}..{end}: {ending}"),
     }
 }
 
@@ -213,7 +256,7 @@ pub(crate) fn allocate_buffers(
                 let bytes = len.saturating_mul(decl.elem.size() as u64);
                 let mut buffer = usize::try_from(bytes)
                     .ok()
-                    .and_then(Buffer::try_zeroed)
+                    .and_then(Buffer::try_zeroed_shared)
                     .ok_or(RunError::OutOfMemory {
                         what: format!("buffer `{}`", decl.name),
                         bytes,
@@ -316,6 +359,8 @@ pub(crate) fn run_plan(
     let mut total_items = 0u64;
     let mut largest = 0u64;
     let mut sum_needs: Vec<(String, u64)> = Vec::new();
+    // The most `sum` accumulator bytes one packet needs (an isolated worker's scratch).
+    let mut scratch = 0usize;
     let mut index = 0usize;
     plan.for_each(&manifests, &mut |instance| {
         if index >= first {
@@ -329,6 +374,12 @@ pub(crate) fn run_plan(
             };
             total_items = total_items.saturating_add(items);
             largest = largest.max(items);
+            scratch = scratch.max(
+                sum_slots(&instance.layout)
+                    .iter()
+                    .map(|&(_, _, len)| len.div_ceil(64) * 64)
+                    .sum(),
+            );
             let need = instance.layout.sum_bytes();
             if need > sum_needs.first().map_or(0, |(_, b)| *b) {
                 sum_needs = sum_workspace(&instance.layout, 1);
@@ -378,9 +429,27 @@ pub(crate) fn run_plan(
         compiled.insert((*package, kernel.clone()), code);
     }
     let opencl = OpenClSide::open(options)?;
+    // CPU packets run in isolated workers when asked (check mode runs items alone here).
+    let isolation = options
+        .isolation
+        .as_ref()
+        .filter(|_| threads > 0 && !options.check);
+    let mut worker_kernels = Vec::new();
+    let mut kernel_index: HashMap<String, usize> = HashMap::new();
+    for code in compiled.values() {
+        if !kernel_index.contains_key(code.cache_key()) {
+            kernel_index.insert(code.cache_key().to_string(), worker_kernels.len());
+            worker_kernels.push(crate::isolated::WorkerKernel {
+                library: code.library_path().to_path_buf(),
+                key: code.cache_key().to_string(),
+                spec: code.spec().clone(),
+            });
+        }
+    }
     // Declared after `compiled`, so dropped before it: the watchdog reads kernel names.
+    // Isolated workers are stopped by their pool instead.
     let _watchdog =
-        match options.packet_timeout {
+        match options.packet_timeout.filter(|_| isolation.is_none()) {
             Some(timeout) => Some(crate::crash::Watchdog::start(timeout).map_err(|source| {
                 RunError::Threads {
                     requested: threads + 1,
@@ -394,9 +463,42 @@ pub(crate) fn run_plan(
     let mut done_items = 0u64;
     let mut learned: HashMap<(usize, String), f64> = HashMap::new();
     let storage = &mut job.storage;
-    std::thread::scope(|scope| -> Result<(), RunError> {
+    let lent = match isolation {
+        Some(_) => share_storage(storage)?,
+        None => Vec::new(),
+    };
+    let ran = std::thread::scope(|scope| -> Result<(), RunError> {
         let stack = options.stack_size.unwrap_or(crate::job::DEFAULT_STACK);
-        let pool = Pool::start(scope, threads, stack)?;
+        let mut pool = match isolation {
+            Some(program) => {
+                let shared: Vec<&crate::shared::SharedMemory> = storage
+                    .iter()
+                    .map(|s| match s {
+                        Storage::Owned(buffer) => buffer.shared(),
+                        _ => None,
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or(RunError::WorkerLost)?;
+                let workers = crate::isolated::Workers::start(
+                    program,
+                    threads,
+                    &shared,
+                    &worker_kernels,
+                    scratch,
+                    stack,
+                    options.packet_timeout,
+                )?;
+                Pool::Processes {
+                    workers,
+                    kernels: kernel_index.clone(),
+                }
+            }
+            None => Pool::start(scope, threads, stack)?,
+        };
+        report.isolated_workers = match &pool {
+            Pool::Processes { workers, .. } => workers.len(),
+            Pool::Threads(_) => 0,
+        };
         let mut failure: Option<RunError> = None;
         let mut index = 0usize;
         let walk = plan.for_each(&manifests, &mut |instance| {
@@ -420,7 +522,14 @@ pub(crate) fn run_plan(
                 threads,
                 cpu_rate: learned.get(&key).copied(),
             };
-            match step.run(scope, &pool, &opencl, storage, &mut done_items, total_items) {
+            match step.run(
+                scope,
+                &mut pool,
+                &opencl,
+                storage,
+                &mut done_items,
+                total_items,
+            ) {
                 Ok(counts) => {
                     // What this kernel's items cost, for the next step that runs it.
                     let busy = counts.cpu_busy.as_secs_f64();
@@ -457,7 +566,9 @@ pub(crate) fn run_plan(
             (None, Err(e)) => Err(e.into()),
             (None, Ok(())) => Ok(()),
         }
-    })?;
+    });
+    restore_storage(storage, lent, ran.is_ok());
+    ran?;
     report.run_time = started.elapsed();
     report.workers = threads;
     if options.check {
@@ -468,6 +579,52 @@ pub(crate) fn run_plan(
         report.opencl_note = opencl.note.clone();
     }
     Ok(report)
+}
+
+/// Puts every buffer of `storage` in shared memory, for isolated workers: one that is not
+/// (a slice the caller lent, a heap buffer) is replaced by a shared copy. Returns what
+/// was replaced of the caller's, for [`restore_storage`].
+fn share_storage<'a>(storage: &mut [Storage<'a>]) -> Result<Vec<Option<Storage<'a>>>, RunError> {
+    let mut replaced = Vec::with_capacity(storage.len());
+    for (index, slot) in storage.iter_mut().enumerate() {
+        if let Storage::Owned(buffer) = slot {
+            if buffer.shared().is_some() {
+                replaced.push(None);
+                continue;
+            }
+        }
+        let bytes = slot.bytes();
+        let mut copy = Buffer::try_shared(bytes.len()).map_err(|_| RunError::OutOfMemory {
+            what: format!("the shared copy of the job's buffer {index}"),
+            bytes: bytes.len() as u64,
+        })?;
+        copy.as_bytes_mut().copy_from_slice(bytes);
+        replaced.push(match std::mem::replace(slot, Storage::Owned(copy)) {
+            Storage::Owned(_) => None,
+            lent => Some(lent),
+        });
+    }
+    Ok(replaced)
+}
+
+/// Gives back the caller's lent buffers that [`share_storage`] replaced; after a run
+/// that succeeded, the writable ones first get what the kernels wrote.
+fn restore_storage<'a>(
+    storage: &mut [Storage<'a>],
+    replaced: Vec<Option<Storage<'a>>>,
+    succeeded: bool,
+) {
+    for (slot, original) in storage.iter_mut().zip(replaced) {
+        let Some(mut original) = original else {
+            continue;
+        };
+        if let (true, Storage::Write(lent), Storage::Owned(copy)) =
+            (succeeded, &mut original, &*slot)
+        {
+            lent.copy_from_slice(copy.as_bytes());
+        }
+        *slot = original;
+    }
 }
 
 /// The OpenCL devices a job may use, opened once.
@@ -574,9 +731,15 @@ struct CpuTask {
     done: mpsc::Sender<Finished>,
 }
 
-/// The job's CPU worker threads, started once, one per CPU device.
-struct Pool {
-    workers: Vec<mpsc::Sender<CpuTask>>,
+/// The job's CPU devices, started once: worker threads of this process, or isolated
+/// worker processes ([`crate::isolated`]).
+enum Pool {
+    Threads(Vec<mpsc::Sender<CpuTask>>),
+    Processes {
+        workers: crate::isolated::Workers,
+        /// Each compiled kernel's index in the workers' set-up, by cache key.
+        kernels: HashMap<String, usize>,
+    },
 }
 
 impl Pool {
@@ -599,7 +762,113 @@ impl Pool {
                 })?;
             workers.push(tx);
         }
-        Ok(Pool { workers })
+        Ok(Pool::Threads(workers))
+    }
+
+    /// Whether this thread may run packets itself (never with isolated workers: the
+    /// kernels' code runs only in them).
+    fn runs_inline(&self) -> bool {
+        matches!(self, Pool::Threads(_))
+    }
+
+    /// Hands `packet` of `range`'s step to CPU device `device`.
+    fn dispatch(
+        &mut self,
+        range: &RangeRun<'_>,
+        device: DeviceId,
+        packet: Packet,
+        done: &mpsc::Sender<Finished>,
+    ) -> Result<(), RunError> {
+        let step = range.step;
+        match self {
+            Pool::Threads(senders) => senders[device.0 as usize]
+                .send(CpuTask {
+                    kernel: Arc::clone(step.kernel),
+                    block: Arc::clone(range.block),
+                    slots: Arc::clone(range.slots),
+                    device,
+                    packet,
+                    done: done.clone(),
+                })
+                .map_err(|_| RunError::WorkerLost),
+            Pool::Processes { workers, kernels } => {
+                let kernel = *kernels
+                    .get(step.kernel.cache_key())
+                    .ok_or(RunError::WorkerLost)?;
+                let mut scratch = 0usize;
+                let slots: Vec<crate::isolated::Slot> = range
+                    .block
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, &word)| {
+                        if let Some(&(_, _, len)) =
+                            range.slots.sums.iter().find(|(s, _, _)| *s == slot)
+                        {
+                            let offset = scratch;
+                            // 64-byte aligned accumulators, as the heap's are.
+                            scratch += len.div_ceil(64) * 64;
+                            return crate::isolated::Slot::Sum { offset, len };
+                        }
+                        match step.instance.buffers[slot] {
+                            Some(index) => crate::isolated::Slot::Buffer {
+                                index,
+                                offset: word.wrapping_sub(workers.base(index)),
+                            },
+                            None => crate::isolated::Slot::Scalar(word),
+                        }
+                    })
+                    .collect();
+                workers.send(device.0 as usize, kernel, device, packet, &slots);
+                Ok(())
+            }
+        }
+    }
+
+    /// The next finished packet, waiting for it.
+    fn next(&mut self, done_rx: &mpsc::Receiver<Finished>) -> Result<Finished, RunError> {
+        match self {
+            Pool::Threads(_) => recv_soon(done_rx).map_err(|_| RunError::WorkerLost),
+            Pool::Processes { workers, .. } => {
+                match workers.wait(&mut || done_rx.try_recv().ok()) {
+                    Ok(answer) => Ok(finished_of(answer)),
+                    Err(finished) => Ok(finished),
+                }
+            }
+        }
+    }
+
+    /// A finished packet if one is there.
+    fn try_next(
+        &mut self,
+        done_rx: &mpsc::Receiver<Finished>,
+    ) -> Result<Option<Finished>, RunError> {
+        if let Pool::Processes { workers, .. } = self {
+            if let Some(answer) = workers.try_answer() {
+                return Ok(Some(finished_of(answer)));
+            }
+        }
+        match done_rx.try_recv() {
+            Ok(finished) => Ok(Some(finished)),
+            Err(mpsc::TryRecvError::Disconnected) => Err(RunError::WorkerLost),
+            Err(mpsc::TryRecvError::Empty) => Ok(None),
+        }
+    }
+}
+
+/// An isolated worker's answer as the engine's packet result.
+fn finished_of(answer: crate::isolated::Answer) -> Finished {
+    use crate::isolated::WorkerFailure;
+    Finished {
+        device: answer.device,
+        packet: answer.packet,
+        compute_us: answer.compute.as_micros() as u64,
+        elapsed: answer.compute,
+        bus: None,
+        outcome: answer.outcome.map_err(|failure| match failure {
+            WorkerFailure::Panicked(code) => Failure::Panic(ir_packager::panic_reason(code)),
+            WorkerFailure::Ended(ending) => Failure::Crashed(ending),
+            WorkerFailure::TimedOut(timeout) => Failure::TimedOut(timeout),
+        }),
     }
 }
 
@@ -700,6 +969,10 @@ enum Failure {
     Memory(u64),
     /// An OpenCL device failed: it leaves the step and its packets go elsewhere.
     Device(DeviceError),
+    /// The packet's isolated worker ended: the job fails.
+    Crashed(sandbox::WorkerEnd),
+    /// The packet ran past the packet timeout; its worker was killed: the job fails.
+    TimedOut(std::time::Duration),
 }
 
 impl Failure {
@@ -718,6 +991,18 @@ impl Failure {
                 bytes,
             },
             Failure::Device(error) => RunError::OpenCl(Box::new(error)),
+            Failure::Crashed(ending) => RunError::KernelCrashed {
+                kernel: kernel.to_string(),
+                start: packet.start,
+                end: packet.end,
+                ending,
+            },
+            Failure::TimedOut(timeout) => RunError::PacketTimedOut {
+                kernel: kernel.to_string(),
+                start: packet.start,
+                end: packet.end,
+                timeout,
+            },
         }
     }
 }
@@ -812,7 +1097,7 @@ impl StepRun<'_> {
     fn run<'scope>(
         &self,
         scope: &'scope std::thread::Scope<'scope, '_>,
-        pool: &Pool,
+        pool: &mut Pool,
         opencl: &OpenClSide,
         storage: &mut [Storage<'_>],
         done_items: &mut u64,
@@ -959,7 +1244,7 @@ impl RangeRun<'_> {
     #[allow(clippy::too_many_arguments)] // the step's shared state, passed down once
     fn run(
         &self,
-        pool: &Pool,
+        pool: &mut Pool,
         done_tx: &mpsc::Sender<Finished>,
         done_rx: &mpsc::Receiver<Finished>,
         totals: &mut [Buffer],
@@ -1077,6 +1362,7 @@ impl RangeRun<'_> {
         // most of such a step's cost. A long step keeps this thread free to hand out
         // packets the moment a device finishes one.
         let run_inline = threads > 0
+            && pool.runs_inline()
             && step.cpu_rate.is_some_and(|rate| {
                 items as f64 / (rate * threads as f64) < SHORT_STEP.as_secs_f64()
             });
@@ -1092,24 +1378,11 @@ impl RangeRun<'_> {
                             ..packet
                         };
                         let d = device.0 as usize;
-                        let sent = if d == 0 && run_inline {
+                        if d == 0 && run_inline {
                             inline.push_back(packet);
-                            true
                         } else if d < threads {
-                            pool.workers[d]
-                                .send(CpuTask {
-                                    kernel: Arc::clone(step.kernel),
-                                    block: Arc::clone(self.block),
-                                    slots: Arc::clone(self.slots),
-                                    device,
-                                    packet,
-                                    done: done_tx.clone(),
-                                })
-                                .is_ok()
-                        } else {
-                            self.device_senders[d - threads].0.send(packet).is_ok()
-                        };
-                        if !sent {
+                            pool.dispatch(self, device, packet, done_tx)?;
+                        } else if self.device_senders[d - threads].0.send(packet).is_err() {
                             return Err(RunError::WorkerLost);
                         }
                     }
@@ -1152,14 +1425,13 @@ impl RangeRun<'_> {
             }
             // Results first (their devices get their next packet sooner), then this
             // thread's own packet, then wait.
-            let finished = match done_rx.try_recv() {
-                Ok(finished) => finished,
-                Err(mpsc::TryRecvError::Disconnected) => return Err(RunError::WorkerLost),
-                Err(mpsc::TryRecvError::Empty) => match inline.pop_front() {
+            let finished = match pool.try_next(done_rx)? {
+                Some(finished) => finished,
+                None => match inline.pop_front() {
                     Some(packet) => {
                         run_cpu_packet(step.kernel, DeviceId(0), packet, self.block, self.slots)
                     }
-                    None => recv_soon(done_rx).map_err(|_| RunError::WorkerLost)?,
+                    None => pool.next(done_rx)?,
                 },
             };
             match finished.outcome {
@@ -1192,9 +1464,6 @@ impl RangeRun<'_> {
                         },
                     );
                 }
-                Err(failure @ (Failure::Panic(_) | Failure::Memory(_))) => {
-                    return Err(failure.into_error(kernel_name, &finished.packet));
-                }
                 Err(Failure::Device(error)) => {
                     tracing::warn!("{error}; its packets go to the other devices");
                     pending.retain(|(d, _), _| *d != finished.device);
@@ -1206,6 +1475,7 @@ impl RangeRun<'_> {
                     );
                     last_device_error = Some(error);
                 }
+                Err(failure) => return Err(failure.into_error(kernel_name, &finished.packet)),
             }
         }
         if sched.is_done() {
@@ -1223,7 +1493,7 @@ impl RangeRun<'_> {
     /// this thread, range `t` on worker `t`; every range runs, then the step is done.
     fn run_static(
         &self,
-        pool: &Pool,
+        pool: &mut Pool,
         done_tx: &mpsc::Sender<Finished>,
         done_rx: &mpsc::Receiver<Finished>,
         counts: &mut StepCounts,
@@ -1239,28 +1509,23 @@ impl RangeRun<'_> {
             start: first + items * t / threads,
             end: first + items * (t + 1) / threads,
         };
-        for t in 1..threads {
-            let task = CpuTask {
-                kernel: Arc::clone(step.kernel),
-                block: Arc::clone(self.block),
-                slots: Arc::clone(self.slots),
-                device: DeviceId(t as u32),
-                packet: packet(t),
-                done: done_tx.clone(),
-            };
-            if pool.workers[t as usize].send(task).is_err() {
-                return Err(RunError::WorkerLost);
-            }
+        // Range 0 runs on this thread, unless kernels run only in isolated workers.
+        let here = u64::from(pool.runs_inline());
+        for t in here..threads {
+            pool.dispatch(self, DeviceId(t as u32), packet(t), done_tx)?;
         }
-        let mut results = vec![run_cpu_packet(
-            step.kernel,
-            DeviceId(0),
-            packet(0),
-            self.block,
-            self.slots,
-        )];
-        for _ in 1..threads {
-            results.push(recv_soon(done_rx).map_err(|_| RunError::WorkerLost)?);
+        let mut results = Vec::with_capacity(threads as usize);
+        if here == 1 {
+            results.push(run_cpu_packet(
+                step.kernel,
+                DeviceId(0),
+                packet(0),
+                self.block,
+                self.slots,
+            ));
+        }
+        for _ in here..threads {
+            results.push(pool.next(done_rx)?);
         }
         // The first failure by item order is the one reported.
         results.sort_by_key(|f| f.packet.start);

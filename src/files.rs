@@ -185,7 +185,7 @@ pub fn read_input(
         Some(len) => {
             let mut buffer = usize::try_from(len)
                 .ok()
-                .and_then(Buffer::try_zeroed)
+                .and_then(Buffer::try_zeroed_shared)
                 .ok_or_else(|| {
                     FileError(format!(
                         "cannot allocate {} for buffer `{name}`",

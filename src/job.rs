@@ -544,7 +544,7 @@ impl<'a> JobBuilder<'a> {
             crate::engine::check_memory(&[(format!("buffer `{name}`"), bytes)]).and_then(|()| {
                 usize::try_from(bytes)
                     .ok()
-                    .and_then(Buffer::try_zeroed)
+                    .and_then(Buffer::try_zeroed_shared)
                     .ok_or(RunError::OutOfMemory {
                         what: format!("buffer `{name}`"),
                         bytes,
@@ -618,6 +618,7 @@ pub struct Options {
     pub(crate) stack_size: Option<usize>,
     pub(crate) check: bool,
     pub(crate) packet_timeout: Option<std::time::Duration>,
+    pub(crate) isolation: Option<crate::isolated::WorkerProgram>,
 }
 
 impl Default for Options {
@@ -634,6 +635,7 @@ impl Default for Options {
             stack_size: None,
             check: false,
             packet_timeout: None,
+            isolation: None,
         }
     }
 }
@@ -651,6 +653,7 @@ impl std::fmt::Debug for Options {
             .field("stack_size", &self.stack_size)
             .field("check", &self.check)
             .field("packet_timeout", &self.packet_timeout)
+            .field("isolation", &self.isolation)
             .finish()
     }
 }
@@ -726,13 +729,48 @@ impl Options {
         self
     }
 
-    /// The longest one packet may run on this machine's CPU. A kernel running in this
-    /// process's threads cannot be stopped alone, so a packet that runs longer ends the
-    /// process: one line names the kernel and the items, the staged output files are
-    /// removed and the exit status is 1, as for a kernel that traps. Local runs only
-    /// (each node has its own `--packet-timeout`). Default: none.
+    /// The longest one packet may run on this machine's CPU. With isolated workers
+    /// ([`Options::isolated`]) the packet's worker is killed and the job fails naming the
+    /// kernel and the items ([`RunError::PacketTimedOut`](crate::RunError)); this process
+    /// lives on. In process, a kernel cannot be stopped alone, so a packet that runs
+    /// longer ends the process: one line names the kernel and the items, the staged
+    /// output files are removed and the exit status is 1, as for a kernel that traps.
+    /// Local runs only (each node has its own `--packet-timeout`). Default: none.
     pub fn packet_timeout(mut self, timeout: std::time::Duration) -> Options {
         self.packet_timeout = Some(timeout.max(std::time::Duration::from_millis(1)));
+        self
+    }
+
+    /// Runs this machine's CPU packets in isolated worker processes: `program` (the
+    /// `offload` executable) started as `offload __engine-worker`, one per CPU thread,
+    /// each sandboxed ([`sandbox`]'s CPU profile) after it loaded the job's kernel code,
+    /// over the job's buffers in shared memory (nothing is copied; buffers the caller
+    /// lent are copied in once and written back after success). A kernel that traps,
+    /// overflows its stack or makes a system call then fails the job with
+    /// [`RunError::KernelCrashed`](crate::RunError) and this process lives on; the next
+    /// job gets fresh workers. `offload run` always runs this way (`--in-process` opts
+    /// out). Default for the Rust API: in process, because the library cannot know where
+    /// an `offload` executable of its own version is, and a program's own compiled-in
+    /// kernels are as trusted as the program. Check mode and OpenCL devices run in this
+    /// process either way. Local runs only.
+    pub fn isolated(mut self, program: impl Into<std::path::PathBuf>) -> Options {
+        self.isolation = Some(crate::isolated::WorkerProgram {
+            program: program.into(),
+            args: Vec::new(),
+        });
+        self
+    }
+
+    /// Test builds only: misbehaviour the isolated workers inject (`offload run
+    /// --worker-fault`, see the node's `fault` module); ignored in process.
+    #[doc(hidden)]
+    pub fn worker_faults(mut self, faults: &[String]) -> Options {
+        if let Some(program) = &mut self.isolation {
+            program.args = faults
+                .iter()
+                .flat_map(|f| ["--fault".to_string(), f.clone()])
+                .collect();
+        }
         self
     }
 
@@ -756,6 +794,8 @@ pub struct Report {
     pub packets: u64,
     /// Worker threads on this machine (0 for a cluster run).
     pub threads: usize,
+    /// Of those, how many ran as isolated worker processes ([`Options::isolated`]).
+    pub isolated_workers: usize,
     /// Workers that committed packets: threads here, or nodes of a cluster.
     pub workers: usize,
     /// Where the first kernel's machine code came from (this machine's runs).

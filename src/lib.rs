@@ -42,7 +42,9 @@ mod check;
 mod crash;
 mod engine;
 pub mod files;
+mod isolated;
 pub mod job;
+mod shared;
 pub mod tune;
 
 pub use api::{
@@ -59,6 +61,7 @@ pub use ir_packager::{
     FormatError, Given, KernelKind, KernelSpec, Layout, Manifest, ManifestError, Package,
     PackageError, PackageHash, ScalarType, ScalarValue, Shape,
 };
+pub use isolated::{serve_worker, WorkerStartError};
 pub use job::{ArgValue, ClusterReport, Job, JobBuilder, JobError, Options, Report};
 pub use node_jit::{
     c_prototype, describe_bytes, memory_limit, CodeOrigin, Config, Engine, HostTarget, JitError,

@@ -209,7 +209,7 @@ impl Faults {
     }
 
     /// In a worker, just before a packet's kernel runs: makes the forbidden call, if told.
-    pub(crate) fn before_kernel(&self) {
+    pub fn before_kernel(&self) {
         #[cfg(feature = "fault-injection")]
         if let Some(call) = self.enabled.forbidden_call {
             tracing::warn!("fault injection: the worker calls {}", call.name());

@@ -284,8 +284,10 @@ enum Serves {
 /// Closes every descriptor but stdin, stdout, stderr, the report pipe and the memfds that
 /// hold loaded kernel code, so that a kernel can reach nothing else (the sandbox cannot
 /// tell one descriptor from another). Descriptors of other kinds would be ours only by
-/// accident (inherited from the node's parent); nothing in the worker owns them.
-fn close_stray_descriptors() {
+/// accident (inherited from the node's parent); nothing in the worker owns them. The
+/// local engine's workers close theirs the same way (their buffers are memfds too),
+/// keeping their report pipe (`keep`), which is not at [`REPORT_FD`].
+pub fn close_stray_descriptors(keep: &[i32]) {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -293,7 +295,7 @@ fn close_stray_descriptors() {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     for fd in listed {
-        if fd <= REPORT_FD {
+        if fd <= REPORT_FD || keep.contains(&fd) {
             continue;
         }
         let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
@@ -410,7 +412,7 @@ impl State {
     /// from then on the worker serves only `serves`. On failure the worker serves nothing
     /// (it answers the error and exits).
     fn enter_sandbox(&mut self, node: u32, serves: Serves) -> Result<(), String> {
-        close_stray_descriptors();
+        close_stray_descriptors(&[]);
         let config = match self.runner {
             Runner::Jit { .. } => sandbox::Config::cpu(),
             Runner::OpenCl { .. } => sandbox::Config::opencl(),

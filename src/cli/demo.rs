@@ -95,12 +95,16 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         ArgValue::Buffer(
             usize::try_from(counts_bytes)
                 .ok()
-                .and_then(Buffer::try_zeroed)
+                .and_then(Buffer::try_zeroed_shared)
                 .context("cannot allocate the image's iteration counts: out of memory")?,
         ),
     ];
     let mut job = Job::kernel(std::sync::Arc::new(package), "mandelbrot", items, values)?;
-    let report = Cluster::from_engine(engine).run(&mut job, &Options::default())?;
+    // In isolated workers, as `offload run` runs kernels.
+    let options = Options::default().isolated(
+        std::env::current_exe().context("cannot find the offload program to run workers")?,
+    );
+    let report = Cluster::from_engine(engine).run(&mut job, &options)?;
     if let Some(origin) = &report.code_origin {
         println!(
             "kernel: {} in {}",

@@ -70,6 +70,17 @@ enum Command {
     /// Internal: the kernel worker process a node runs packets in.
     #[command(name = "__worker", hide = true)]
     Worker(cluster::WorkerArgs),
+    /// Internal: the isolated kernel worker process local runs execute packets in.
+    #[command(name = "__engine-worker", hide = true)]
+    EngineWorker(EngineWorkerArgs),
+}
+
+/// The hidden `offload __engine-worker` (started by the local engine, set up on stdin).
+#[derive(clap::Args)]
+pub struct EngineWorkerArgs {
+    /// Test builds only: misbehave on purpose (see the node's `fault` module).
+    #[arg(long, value_name = "FAULT", hide = true)]
+    fault: Vec<String>,
 }
 
 fn parse_opt_level(text: &str) -> Result<OptLevel, String> {
@@ -92,7 +103,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A kernel that traps on this machine is named, with its items, before the process
     // ends, and no staged output is left behind.
-    offload::report_kernel_crashes();
+    // (Not in an engine worker: its sandbox reports how it ended, and its parent says it.)
+    if !matches!(cli.command, Command::EngineWorker(_)) {
+        offload::report_kernel_crashes();
+    }
     let filter = log_filter(matches!(cli.command, Command::Node(_)), cli.verbose);
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -116,6 +130,9 @@ pub fn main() -> ExitCode {
         Command::Nodes(args) => cluster::nodes(args),
         Command::Status(args) => cluster::status(&cli, args),
         Command::Worker(args) => cluster::worker(&cli, args),
+        Command::EngineWorker(args) => {
+            offload::serve_worker(&args.fault).map_err(anyhow::Error::msg)
+        }
         Command::Compare(args) => opencl::compare(args),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Tune(args) => tune::tune(&cli, args),

@@ -61,6 +61,15 @@ pub struct RunArgs {
     /// each node's own --packet-timeout applies.
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_seconds)]
     packet_timeout: Option<f64>,
+    /// Run kernels in this process's threads instead of isolated, sandboxed worker
+    /// processes: a trapping kernel then ends offload itself (still reported), and
+    /// nothing confines what a kernel does.
+    #[arg(long)]
+    in_process: bool,
+    /// Test builds only: misbehaviour the isolated workers inject (see the node's
+    /// `fault` module).
+    #[arg(long, value_name = "FAULT", hide = true)]
+    worker_fault: Vec<String>,
     /// Which devices run packets: the CPU, the OpenCL devices, or both (auto). [default:
     /// cpu on this machine; with --cluster, every device the nodes serve]
     #[arg(long, value_enum)]
@@ -261,7 +270,7 @@ fn bind(
                     let bytes = bytes.unwrap_or(0);
                     let buffer = usize::try_from(bytes)
                         .ok()
-                        .and_then(Buffer::try_zeroed)
+                        .and_then(Buffer::try_zeroed_shared)
                         .with_context(|| {
                             format!(
                                 "cannot allocate {} for buffer `{}`: out of memory",
@@ -512,6 +521,13 @@ fn execute(
     if let Some(seconds) = args.packet_timeout {
         options = options.packet_timeout(std::time::Duration::from_secs_f64(seconds));
     }
+    // Kernels from package files run in isolated, sandboxed workers: this program.
+    cluster_node::fault::Faults::parse(&args.worker_fault).map_err(anyhow::Error::msg)?;
+    if !args.in_process {
+        let program = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find the offload program to run workers: {e}"))?;
+        options = options.isolated(program).worker_faults(&args.worker_fault);
+    }
     let result = if args.cluster.cluster {
         let cluster_bar = Arc::new(super::cluster::ClusterBar::new());
         let cluster = super::cluster::connect(cli, &args.cluster, &cluster_bar)?;
@@ -538,7 +554,8 @@ fn execute(
         bar.finish_and_clear();
     }
     let report = result.map_err(|e| {
-        anyhow::Error::new(e).context("the run failed; no output or --inout file was changed")
+        let what = e.to_string();
+        anyhow::Error::new(e).context(format!("{what}; no output or --inout file was changed"))
     })?;
     let place = match &report.cluster {
         Some(cluster) => {
@@ -559,6 +576,9 @@ fn execute(
             )
         }
         None if args.check => "1 thread in check mode (every item alone, fenced)".to_string(),
+        None if report.isolated_workers > 0 => {
+            plural(report.isolated_workers as u64, "isolated worker")
+        }
         None => plural(report.threads as u64, "thread"),
     };
     Ok((report, place))

@@ -1,7 +1,10 @@
 //! A kernel that traps on this machine (divides by zero, writes through a wild pointer,
 //! executes a trap, overflows its stack) fails `offload run` with one line naming the
 //! kernel, the items and the signal in words, exit status 1 rather than death by signal,
-//! and every `--inout` file as it was, no staged file left beside it.
+//! and every `--inout` file as it was, no staged file left beside it: in the isolated
+//! workers `offload run` uses, and in process (`--in-process`), where the crash report
+//! ends the process. The Rust API's isolated runs live on after such a job and run the
+//! next one.
 
 use std::path::Path;
 
@@ -9,12 +12,18 @@ use crate::common::{offload, package, read_le, repo_path, write_le};
 
 /// Runs `kernel` of the traps package over 100 items, item 57 trapping, on an `--inout`
 /// file; checks the report, the exit status and that nothing on disk changed.
-fn traps_cleanly(dir: &Path, pkg: &Path, kernel: &str, signal: &str) {
+fn traps_cleanly(dir: &Path, pkg: &Path, kernel: &str, signal: &str, in_process: bool) {
     let y = dir.join(format!("{kernel}.bin"));
     let before: Vec<i32> = vec![7; 100];
     write_le(&y, &before);
+    let mode = if in_process {
+        "--in-process"
+    } else {
+        "--threads=2"
+    };
     let out = offload([
         "run".as_ref(),
+        mode.as_ref(),
         pkg.as_os_str(),
         "--kernel".as_ref(),
         kernel.as_ref(),
@@ -69,10 +78,18 @@ fn traps_package(dir: &Path) -> std::path::PathBuf {
 fn kernels_that_trap_are_named_with_their_items_and_nothing_on_disk_changes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pkg = traps_package(dir.path());
-    traps_cleanly(dir.path(), &pkg, "divide", "SIGFPE");
-    traps_cleanly(dir.path(), &pkg, "wild_write", "SIGSEGV");
-    traps_cleanly(dir.path(), &pkg, "trap", "SIGILL");
-    traps_cleanly(dir.path(), &pkg, "overflow", "SIGSEGV");
+    for in_process in [false, true] {
+        traps_cleanly(dir.path(), &pkg, "divide", "SIGFPE", in_process);
+        traps_cleanly(dir.path(), &pkg, "wild_write", "SIGSEGV", in_process);
+        traps_cleanly(dir.path(), &pkg, "trap", "SIGILL", in_process);
+        // An isolated worker's sandbox tells an overflow from other faults.
+        let overflow = if in_process {
+            "SIGSEGV"
+        } else {
+            "stack overflow"
+        };
+        traps_cleanly(dir.path(), &pkg, "overflow", overflow, in_process);
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod deploy;
 mod examples;
 mod fleet;
 mod gpu_check;
+mod isolation;
 mod layering;
 mod macros;
 mod programs;

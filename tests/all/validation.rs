@@ -687,7 +687,9 @@ fn worker_threads_the_system_will_not_give_are_an_error_not_a_panic() {
         .arg(format!("x={}", x.display()))
         .arg("--out")
         .arg(format!("y={}", dir.join("y.bin").display()))
-        .args(["--threads", "4000"]);
+        // Threads of this process (isolated workers are processes of their own, each
+        // with its own address space).
+        .args(["--threads", "4000", "--in-process"]);
     // 4000 threads' stacks do not fit in 3 GiB of address space.
     // SAFETY: setrlimit is async-signal-safe; it runs between fork and exec.
     unsafe {

@@ -1,0 +1,743 @@
+//! Isolated kernel workers for local runs: the CPU packets of a job run in worker
+//! processes (`offload __engine-worker`), one per CPU device, not in the caller's
+//! threads, so a kernel that traps, overflows its stack, hangs or makes a system call
+//! ends its worker and fails the job with a sentence, and the caller lives on.
+//!
+//! The job's buffers are anonymous files ([`crate::Buffer::try_shared`]) mapped by the
+//! coordinator and by every worker: kernels read and write them in place, nothing is
+//! copied. Each worker also maps its **mailbox**, a page the coordinator writes one
+//! packet request into (kernel, items, the argument slots: scalars, buffer offsets and
+//! `sum` accumulators in the mailbox's own scratch space) and the worker answers in,
+//! and a **control** page shared by all, whose completion counter the coordinator sleeps
+//! on. Both sides spin on their word for up to [`SPIN`] before sleeping on it (a futex):
+//! waking a sleeper costs tens of µs on a virtual machine, as much as a short packet.
+//!
+//! A worker gets its set-up (descriptors, the kernels' cached code, the stack size) as
+//! one JSON line on stdin, loads the code the coordinator compiled (verified against its
+//! key and digest: [`node_jit::load_cache_entry`]), maps the buffers, closes every other
+//! descriptor, applies the CPU sandbox profile ([`sandbox::apply`]) and answers `ready`;
+//! then it only runs packets. A worker that dies is seen by the coordinator's wait
+//! (it checks the processes whenever it wakes without an answer) and reported with
+//! [`sandbox::WorkerEnd`]'s words; a packet that runs past its timeout has its worker
+//! killed. The workers of a job end with it (and with the thread that started them).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ir_packager::KernelSpec;
+use scheduler::{DeviceId, Packet};
+use serde::{Deserialize, Serialize};
+
+use crate::buffer::Buffer;
+use crate::shared::{futex_wait, futex_wake, SharedMemory};
+
+// The mailbox: one page of request and answer, then the scratch for `sum` accumulators.
+/// u32: the sequence number of the last request posted; the worker sleeps on it.
+const POSTED: usize = 0;
+/// u32: 1 while the worker sleeps on `POSTED`.
+const WORKER_ASLEEP: usize = 4;
+/// u32: the sequence number of the last request answered.
+const FINISHED: usize = 8;
+/// u32: 0 the packet ran, 1 the kernel panicked (code in `PANIC_CODE`).
+const STATUS: usize = 12;
+/// u32: the kernel's index in the set-up, or [`STOP`].
+const KERNEL: usize = 16;
+/// u32: how many argument slots follow.
+const SLOT_COUNT: usize = 20;
+/// u32: the kernel's panic code.
+const PANIC_CODE: usize = 24;
+/// u64: first item, end of items, the kernel's time in ns.
+const START: usize = 32;
+const END: usize = 40;
+const COMPUTE_NS: usize = 48;
+/// The argument slots: kind (u32), buffer index (u32), value (u64), length (u64).
+const SLOT_TABLE: usize = 64;
+const SLOT_BYTES: usize = 24;
+const HEADER: usize = 4096;
+/// The most arguments a kernel may have to run in a worker.
+pub(crate) const MAX_SLOTS: usize = (HEADER - SLOT_TABLE) / SLOT_BYTES;
+/// A request's kernel index that ends the worker.
+const STOP: u32 = u32::MAX;
+
+const SLOT_SCALAR: u32 = 0;
+const SLOT_BUFFER: u32 = 1;
+const SLOT_SUM: u32 = 2;
+
+// The control page.
+/// u32: answers given by all workers; the coordinator sleeps on it.
+const COMPLETIONS: usize = 0;
+/// u32: 1 while the coordinator sleeps on `COMPLETIONS`.
+const COORDINATOR_ASLEEP: usize = 4;
+const CONTROL_LEN: usize = 64;
+
+/// How long either side polls its word before sleeping on it.
+const SPIN: Duration = Duration::from_micros(1000);
+
+/// How long the coordinator sleeps without an answer before it looks at the worker
+/// processes (a dead worker answers nothing).
+const CHECK_EVERY: Duration = Duration::from_millis(5);
+
+/// What the engine passes to a worker for one argument slot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Slot {
+    /// A scalar's bits.
+    Scalar(u64),
+    /// `offset` bytes into job buffer `index`.
+    Buffer { index: usize, offset: u64 },
+    /// A zeroed `sum` accumulator of `len` bytes at `offset` in the scratch space.
+    Sum { offset: usize, len: usize },
+}
+
+/// A kernel's code as a worker loads it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerKernel {
+    /// The code cache entry ([`node_jit::CompiledKernel::library_path`]).
+    pub library: PathBuf,
+    /// Its key.
+    pub key: String,
+    /// The kernel's manifest entry.
+    pub spec: KernelSpec,
+}
+
+/// A job buffer as a worker maps it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct SetupBuffer {
+    fd: RawFd,
+    len: u64,
+}
+
+/// The set-up line a worker reads.
+#[derive(Debug, Serialize, Deserialize)]
+struct Setup {
+    /// offload's version: a worker of another version refuses the set-up.
+    version: String,
+    parent: u32,
+    report_fd: RawFd,
+    control_fd: RawFd,
+    mailbox_fd: RawFd,
+    mailbox_len: u64,
+    stack: u64,
+    buffers: Vec<SetupBuffer>,
+    kernels: Vec<WorkerKernel>,
+}
+
+/// How the engine's workers are started.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerProgram {
+    /// The `offload` executable.
+    pub program: PathBuf,
+    /// Extra arguments after `__engine-worker` (test builds: `--fault ...`).
+    pub args: Vec<String>,
+}
+
+/// Why a worker's packet did not finish.
+#[derive(Debug)]
+pub(crate) enum WorkerFailure {
+    /// The kernel panicked with this code.
+    Panicked(i32),
+    /// The worker process ended (a trap, a forbidden call, a stack overflow, a kill).
+    Ended(sandbox::WorkerEnd),
+    /// The packet ran longer than this; its worker was killed.
+    TimedOut(Duration),
+}
+
+/// A worker's answer.
+pub(crate) struct Answer {
+    pub device: DeviceId,
+    pub packet: Packet,
+    /// The kernel's time in the worker.
+    pub compute: Duration,
+    /// The packet's `sum` partials (in slot order), or why it failed.
+    pub outcome: Result<Vec<Buffer>, WorkerFailure>,
+}
+
+/// Why workers could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerStartError {
+    /// The OS refused something (memory, a pipe, a process).
+    #[error("cannot start the kernel worker `{program}`: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS's reason.
+        source: std::io::Error,
+    },
+    /// A worker said why it cannot serve, or ended before it was ready.
+    #[error("the kernel worker could not start: {0} (--in-process, or a Rust job without `Options::isolated`, runs kernels in this process's threads, unconfined)")]
+    Refused(String),
+    /// The kernel has more arguments than a worker's mailbox takes.
+    #[error("kernel `{kernel}` has {args} parameters; a kernel worker takes at most {max} (run it with --in-process)")]
+    TooManyArguments {
+        /// The kernel.
+        kernel: String,
+        /// Its parameter count.
+        args: usize,
+        /// The most a mailbox holds.
+        max: usize,
+    },
+}
+
+/// One worker process.
+struct Process {
+    child: Child,
+    // Held open: the worker needs nothing more from it, and its end means nothing.
+    _stdin: ChildStdin,
+    report: Option<OwnedFd>,
+    mailbox: SharedMemory,
+    sequence: u32,
+    busy: Option<InFlight>,
+    /// How the process ended, once it has.
+    ended: Option<sandbox::WorkerEnd>,
+}
+
+struct InFlight {
+    device: DeviceId,
+    packet: Packet,
+    since: Instant,
+    sums: Vec<(usize, usize)>,
+}
+
+/// A job's worker processes, one per CPU device.
+pub(crate) struct Workers {
+    processes: Vec<Process>,
+    control: SharedMemory,
+    /// The coordinator's address of each job buffer.
+    bases: Vec<u64>,
+    timeout: Option<Duration>,
+}
+
+impl Workers {
+    /// Starts `count` workers for a job whose buffers are `buffers` (all shared) and
+    /// whose kernels are `kernels`, each with `scratch` bytes for `sum` accumulators
+    /// and threads of `stack` bytes; waits until every one is sandboxed and ready.
+    pub(crate) fn start(
+        program: &WorkerProgram,
+        count: usize,
+        buffers: &[&SharedMemory],
+        kernels: &[WorkerKernel],
+        scratch: usize,
+        stack: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Workers, WorkerStartError> {
+        for kernel in kernels {
+            if kernel.spec.args.len() > MAX_SLOTS {
+                return Err(WorkerStartError::TooManyArguments {
+                    kernel: kernel.spec.name.clone(),
+                    args: kernel.spec.args.len(),
+                    max: MAX_SLOTS,
+                });
+            }
+        }
+        let spawn_error = |source| WorkerStartError::Spawn {
+            program: program.program.display().to_string(),
+            source,
+        };
+        let control = SharedMemory::create(c"offload-control", CONTROL_LEN).map_err(spawn_error)?;
+        let mut processes = Vec::with_capacity(count);
+        let mut stdouts = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mailbox =
+                SharedMemory::create(c"offload-mailbox", HEADER + scratch).map_err(spawn_error)?;
+            let (report, writer) = sandbox::report_pipe().map_err(spawn_error)?;
+            let setup = Setup {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                parent: std::process::id(),
+                report_fd: writer.as_raw_fd(),
+                control_fd: control.fd().as_raw_fd(),
+                mailbox_fd: mailbox.fd().as_raw_fd(),
+                mailbox_len: mailbox.len() as u64,
+                stack: stack as u64,
+                buffers: buffers
+                    .iter()
+                    .map(|b| SetupBuffer {
+                        fd: b.fd().as_raw_fd(),
+                        len: b.len() as u64,
+                    })
+                    .collect(),
+                kernels: kernels.to_vec(),
+            };
+            let mut keep: Vec<RawFd> = setup.buffers.iter().map(|b| b.fd).collect();
+            keep.extend([setup.control_fd, setup.mailbox_fd]);
+            let mut command = Command::new(&program.program);
+            command
+                .arg("__engine-worker")
+                .args(&program.args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            let report_fd = setup.report_fd;
+            // SAFETY: the hooks make only async-signal-safe calls (prctl, getppid, fcntl,
+            // _exit) on descriptors that stay open until `spawn` returns, and allocate
+            // nothing (`keep` is moved in whole).
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                command.pre_exec(sandbox::die_with_parent_hook());
+                command.pre_exec(sandbox::report_fd_hook(report_fd, report_fd));
+                command.pre_exec(move || {
+                    for &fd in &keep {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+            let mut child = command.spawn().map_err(spawn_error)?;
+            drop(writer);
+            let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WorkerStartError::Refused("its pipes are missing".into()));
+            };
+            let line = serde_json::to_string(&setup)
+                .map_err(|e| WorkerStartError::Refused(format!("cannot encode its set-up: {e}")))?;
+            // A worker that died at once shows as a broken pipe here, and as its end below.
+            let _ = stdin
+                .write_all(line.as_bytes())
+                .and_then(|()| stdin.write_all(b"\n"))
+                .and_then(|()| stdin.flush());
+            stdouts.push(stdout);
+            processes.push(Process {
+                child,
+                _stdin: stdin,
+                report: Some(report),
+                mailbox,
+                sequence: 0,
+                busy: None,
+                ended: None,
+            });
+        }
+        let mut workers = Workers {
+            processes,
+            control,
+            bases: buffers.iter().map(|b| b.as_ptr() as u64).collect(),
+            timeout,
+        };
+        // All start at once; then each says it is ready, or why not.
+        for (index, stdout) in stdouts.into_iter().enumerate() {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let line = line.trim_end();
+            if line == "ready" {
+                continue;
+            }
+            let reason = match line.strip_prefix("error: ") {
+                Some(reason) => reason.to_string(),
+                None => {
+                    let end = workers.processes[index].collect();
+                    format!("it {end} before it was ready")
+                }
+            };
+            return Err(WorkerStartError::Refused(reason));
+        }
+        Ok(workers)
+    }
+
+    /// How many workers there are.
+    pub(crate) fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Posts `packet` of kernel `kernel` (its index in the set-up) to worker `worker`,
+    /// which must be idle.
+    pub(crate) fn send(
+        &mut self,
+        worker: usize,
+        kernel: usize,
+        device: DeviceId,
+        packet: Packet,
+        slots: &[Slot],
+    ) {
+        let process = &mut self.processes[worker];
+        let mailbox = &process.mailbox;
+        debug_assert!(process.busy.is_none() && slots.len() <= MAX_SLOTS);
+        let mut sums = Vec::new();
+        for (k, slot) in slots.iter().enumerate() {
+            let at = SLOT_TABLE + k * SLOT_BYTES;
+            let (kind, index, value, len) = match *slot {
+                Slot::Scalar(bits) => (SLOT_SCALAR, 0, bits, 0),
+                Slot::Buffer { index, offset } => (SLOT_BUFFER, index as u32, offset, 0),
+                Slot::Sum { offset, len } => {
+                    sums.push((offset, len));
+                    (SLOT_SUM, 0, offset as u64, len as u64)
+                }
+            };
+            mailbox.word(at).store(kind, Ordering::Relaxed);
+            mailbox.word(at + 4).store(index, Ordering::Relaxed);
+            mailbox.word64(at + 8).store(value, Ordering::Relaxed);
+            mailbox.word64(at + 16).store(len, Ordering::Relaxed);
+        }
+        mailbox.word(KERNEL).store(kernel as u32, Ordering::Relaxed);
+        mailbox
+            .word(SLOT_COUNT)
+            .store(slots.len() as u32, Ordering::Relaxed);
+        mailbox.word64(START).store(packet.start, Ordering::Relaxed);
+        mailbox.word64(END).store(packet.end, Ordering::Relaxed);
+        process.sequence = process.sequence.wrapping_add(1);
+        post(mailbox, process.sequence);
+        process.busy = Some(InFlight {
+            device,
+            packet,
+            since: Instant::now(),
+            sums,
+        });
+    }
+
+    /// The coordinator's address of job buffer `index` (offsets in [`Slot::Buffer`]
+    /// count from it).
+    pub(crate) fn base(&self, index: usize) -> u64 {
+        self.bases[index]
+    }
+
+    /// An answer if one is there, without waiting.
+    pub(crate) fn try_answer(&mut self) -> Option<Answer> {
+        self.processes
+            .iter_mut()
+            .find_map(|process| process.take_answer())
+    }
+
+    /// Waits for the next answer, or the end of a busy worker (`None`: nothing is
+    /// busy). `also` is polled on each round: another source of answers (the OpenCL
+    /// devices' channel) the caller waits on at the same time; its value is returned
+    /// as `Err(value)`.
+    pub(crate) fn wait<T>(&mut self, also: &mut dyn FnMut() -> Option<T>) -> Result<Answer, T>
+    where
+        T: Sized,
+    {
+        let started = Instant::now();
+        loop {
+            let seen = self.control.word(COMPLETIONS).load(Ordering::SeqCst);
+            if let Some(answer) = self.try_answer() {
+                return Ok(answer);
+            }
+            if let Some(other) = also() {
+                return Err(other);
+            }
+            if started.elapsed() < SPIN {
+                yield_now();
+                continue;
+            }
+            let asleep = self.control.word(COORDINATOR_ASLEEP);
+            asleep.store(1, Ordering::SeqCst);
+            if self.control.word(COMPLETIONS).load(Ordering::SeqCst) == seen {
+                futex_wait(self.control.word(COMPLETIONS), seen, CHECK_EVERY);
+            }
+            asleep.store(0, Ordering::SeqCst);
+            if let Some(answer) = self.check_processes() {
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// Looks for a busy worker that died or ran past the timeout; its packet's answer.
+    fn check_processes(&mut self) -> Option<Answer> {
+        let timeout = self.timeout;
+        for process in &mut self.processes {
+            if process.busy.is_none() {
+                continue;
+            }
+            // An answer that came in meanwhile wins over the process's end.
+            if let Some(answer) = process.take_answer() {
+                return Some(answer);
+            }
+            let since = process.busy.as_ref()?.since;
+            let overdue = timeout.filter(|t| since.elapsed() > *t);
+            if overdue.is_none() && !matches!(process.child.try_wait(), Ok(Some(_)) | Err(_)) {
+                continue;
+            }
+            let in_flight = process.busy.take()?;
+            let outcome = match overdue {
+                Some(timeout) => {
+                    let _ = process.child.kill();
+                    process.collect();
+                    WorkerFailure::TimedOut(timeout)
+                }
+                None => WorkerFailure::Ended(process.collect()),
+            };
+            return Some(Answer {
+                device: in_flight.device,
+                packet: in_flight.packet,
+                compute: in_flight.since.elapsed(),
+                outcome: Err(outcome),
+            });
+        }
+        None
+    }
+}
+
+impl Process {
+    /// The answer to this worker's packet, if it has given it.
+    fn take_answer(&mut self) -> Option<Answer> {
+        let in_flight = self.busy.as_ref()?;
+        let mailbox = &self.mailbox;
+        if mailbox.word(FINISHED).load(Ordering::Acquire) != self.sequence {
+            return None;
+        }
+        let compute = Duration::from_nanos(mailbox.word64(COMPUTE_NS).load(Ordering::Relaxed));
+        let outcome = match mailbox.word(STATUS).load(Ordering::Relaxed) {
+            0 => Ok(in_flight
+                .sums
+                .iter()
+                .map(|&(offset, len)| {
+                    Buffer::from_bytes(&mailbox.bytes()[HEADER + offset..HEADER + offset + len])
+                })
+                .collect()),
+            _ => Err(WorkerFailure::Panicked(
+                mailbox.word(PANIC_CODE).load(Ordering::Relaxed) as i32,
+            )),
+        };
+        let in_flight = self.busy.take()?;
+        Some(Answer {
+            device: in_flight.device,
+            packet: in_flight.packet,
+            compute,
+            outcome,
+        })
+    }
+
+    /// Waits for the process to end (it has, or was killed) and says how it did.
+    fn collect(&mut self) -> sandbox::WorkerEnd {
+        if let Some(end) = &self.ended {
+            return end.clone();
+        }
+        let end = match self.child.wait() {
+            Ok(status) => sandbox::WorkerEnd::from_status(
+                status,
+                sandbox::Fault::first_in(&sandbox::read_report(self.report.take())),
+            ),
+            Err(_) => sandbox::WorkerEnd::Exited(-1),
+        };
+        self.ended = Some(end.clone());
+        end
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            if process.ended.is_none() {
+                process.mailbox.word(KERNEL).store(STOP, Ordering::Relaxed);
+                process.sequence = process.sequence.wrapping_add(1);
+                post(&process.mailbox, process.sequence);
+                // Killed too: a worker inside a kernel never reads the request.
+                let _ = process.child.kill();
+                process.collect();
+            }
+        }
+    }
+}
+
+/// Publishes request `sequence` and wakes the worker if it sleeps.
+fn post(mailbox: &SharedMemory, sequence: u32) {
+    mailbox.word(POSTED).store(sequence, Ordering::SeqCst);
+    if mailbox.word(WORKER_ASLEEP).load(Ordering::SeqCst) != 0 {
+        futex_wake(mailbox.word(POSTED));
+    }
+}
+
+/// The worker process: `offload __engine-worker`. Reads its set-up from stdin, gets
+/// ready, then runs packets until told to stop; returns only on a set-up error (which it
+/// has answered on stdout).
+pub fn serve_worker(faults: &[String]) -> Result<(), String> {
+    let mut stdout = std::io::stdout();
+    match prepare(faults) {
+        Ok(ready) => {
+            let _ = stdout.write_all(b"ready\n").and_then(|()| stdout.flush());
+            ready.serve()
+        }
+        Err(reason) => {
+            let _ = writeln!(stdout, "error: {reason}").and_then(|()| stdout.flush());
+            Err(reason)
+        }
+    }
+}
+
+/// A worker, set up and sandboxed.
+struct Ready {
+    mailbox: SharedMemory,
+    control: SharedMemory,
+    buffers: Vec<SharedMemory>,
+    kernels: Vec<node_jit::CompiledKernel>,
+    stack: usize,
+    faults: cluster_node::fault::Faults,
+}
+
+fn prepare(faults: &[String]) -> Result<Ready, String> {
+    let faults = cluster_node::fault::Faults::parse(faults)?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the set-up: {e}"))?;
+    let setup: Setup =
+        serde_json::from_str(&line).map_err(|e| format!("a malformed set-up: {e}"))?;
+    if setup.version != env!("CARGO_PKG_VERSION") {
+        return Err(format!(
+            "the worker program is offload {}, the job's is {}",
+            env!("CARGO_PKG_VERSION"),
+            setup.version
+        ));
+    }
+    // SAFETY (all three): descriptors the coordinator left open for this process,
+    // named in the set-up; each is taken once.
+    let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let map = |fd: RawFd, len: u64, what: &str| {
+        SharedMemory::map(take(fd), len as usize).map_err(|e| format!("cannot map {what}: {e}"))
+    };
+    let mailbox = map(setup.mailbox_fd, setup.mailbox_len, "the mailbox")?;
+    let control = map(setup.control_fd, CONTROL_LEN as u64, "the control page")?;
+    let buffers = setup
+        .buffers
+        .iter()
+        .map(|b| map(b.fd, b.len, "a job buffer"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let kernels = setup
+        .kernels
+        .into_iter()
+        .map(|k| node_jit::load_cache_entry(&k.library, k.spec, &k.key).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    cluster_node::worker::close_stray_descriptors(&[setup.report_fd]);
+    let report = sandbox::apply(
+        &sandbox::Config::cpu()
+            .expected_parent(setup.parent)
+            .report_fd(setup.report_fd),
+    )
+    .map_err(|e| format!("cannot apply the sandbox: {e}"))?;
+    tracing::debug!("engine worker {}: {report}", std::process::id());
+    Ok(Ready {
+        mailbox,
+        control,
+        buffers,
+        kernels,
+        stack: usize::try_from(setup.stack).unwrap_or(usize::MAX),
+        faults,
+    })
+}
+
+impl Ready {
+    /// Runs packets on a thread with the job's stack size until told to stop, then ends
+    /// the process at once (destructors would make calls the sandbox forbids).
+    fn serve(self) -> ! {
+        let stack = self.stack;
+        let runner = sandbox::spawn_with_stack("offload-kernel", stack, move || self.run());
+        let code = match runner.map(|thread| thread.join()) {
+            Ok(Ok(())) => 0,
+            _ => 1,
+        };
+        // SAFETY: ends this process; everything it holds dies with it.
+        unsafe { libc::_exit(code) }
+    }
+
+    fn run(&self) {
+        let mailbox = &self.mailbox;
+        let mut last = 0u32;
+        let mut block: Vec<u64> = Vec::with_capacity(MAX_SLOTS);
+        loop {
+            let sequence = wait_for_request(mailbox, last);
+            last = sequence;
+            let kernel = mailbox.word(KERNEL).load(Ordering::Relaxed);
+            if kernel == STOP {
+                return;
+            }
+            let Some(code) = self.kernels.get(kernel as usize) else {
+                return;
+            };
+            block.clear();
+            let slots = mailbox.word(SLOT_COUNT).load(Ordering::Relaxed) as usize;
+            for k in 0..slots.min(MAX_SLOTS) {
+                let at = SLOT_TABLE + k * SLOT_BYTES;
+                let value = mailbox.word64(at + 8).load(Ordering::Relaxed);
+                block.push(match mailbox.word(at).load(Ordering::Relaxed) {
+                    SLOT_BUFFER => {
+                        let index = mailbox.word(at + 4).load(Ordering::Relaxed) as usize;
+                        match self.buffers.get(index) {
+                            Some(buffer) => buffer.as_ptr() as u64 + value,
+                            None => return,
+                        }
+                    }
+                    SLOT_SUM => {
+                        let len = mailbox.word64(at + 16).load(Ordering::Relaxed) as usize;
+                        let offset = HEADER + value as usize;
+                        let Some(end) = offset.checked_add(len).filter(|&e| e <= mailbox.len())
+                        else {
+                            return;
+                        };
+                        // SAFETY: in the scratch space of our own mapping (checked), which
+                        // the coordinator reads only after the answer.
+                        unsafe {
+                            std::ptr::write_bytes(mailbox.as_ptr().add(offset), 0, end - offset)
+                        };
+                        mailbox.as_ptr() as u64 + offset as u64
+                    }
+                    _ => value,
+                });
+            }
+            let start = mailbox.word64(START).load(Ordering::Relaxed);
+            let end = mailbox.word64(END).load(Ordering::Relaxed);
+            self.faults.before_kernel();
+            let started = Instant::now();
+            // SAFETY: the coordinator checked the step's buffers against the manifest and
+            // gives concurrent packets disjoint items; the buffers are mapped for the
+            // whole job, `sum` accumulators are this packet's alone.
+            let outcome = if block.len() == code.spec().args.len() {
+                unsafe { code.run_packet(start, end, &block) }
+            } else {
+                return;
+            };
+            let elapsed = started.elapsed();
+            mailbox
+                .word64(COMPUTE_NS)
+                .store(elapsed.as_nanos() as u64, Ordering::Relaxed);
+            match outcome {
+                Ok(()) => mailbox.word(STATUS).store(0, Ordering::Relaxed),
+                Err(panic) => {
+                    mailbox.word(STATUS).store(1, Ordering::Relaxed);
+                    mailbox
+                        .word(PANIC_CODE)
+                        .store(panic.code as u32, Ordering::Relaxed);
+                }
+            }
+            mailbox.word(FINISHED).store(sequence, Ordering::Release);
+            let completions = self.control.word(COMPLETIONS);
+            completions.fetch_add(1, Ordering::SeqCst);
+            if self.control.word(COORDINATOR_ASLEEP).load(Ordering::SeqCst) != 0 {
+                futex_wake(completions);
+            }
+        }
+    }
+}
+
+/// Waits until the mailbox holds a request after `last`; returns its sequence number.
+fn wait_for_request(mailbox: &SharedMemory, last: u32) -> u32 {
+    let posted = mailbox.word(POSTED);
+    let started = Instant::now();
+    loop {
+        let now = posted.load(Ordering::Acquire);
+        if now != last {
+            return now;
+        }
+        if started.elapsed() < SPIN {
+            yield_now();
+            continue;
+        }
+        let asleep = mailbox.word(WORKER_ASLEEP);
+        asleep.store(1, Ordering::SeqCst);
+        if posted.load(Ordering::SeqCst) == last {
+            futex_wait(posted, last, Duration::from_secs(1));
+        }
+        asleep.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Gives the CPU to another runnable thread while polling: a job has as many workers as
+/// cores, so a poller that kept its core would hold up the worker or coordinator that
+/// has work (the sandbox allows `sched_yield`).
+fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}

@@ -1,0 +1,330 @@
+//! Isolated local workers (`Options::isolated`, what `offload run` always uses): a kernel
+//! that traps, hangs or makes a system call fails its job with a sentence and the
+//! calling process lives on to run the next job; buffers the caller lent are written back
+//! only after success; results equal an in-process run's, `sum` totals bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use offload::job::Step;
+use offload::{Cluster, Config, Engine, Job, Options, Package, RunError};
+
+use crate::common::{offload, package, read_le, repo_path, test_cache_dir, write_le};
+
+const BIN: &str = env!("CARGO_BIN_EXE_offload");
+
+fn traps(dir: &Path) -> PathBuf {
+    package(
+        &repo_path("tests/kernels/traps.c"),
+        &repo_path("tests/kernels/traps.toml"),
+        dir,
+        "traps",
+    )
+}
+
+fn local() -> Cluster {
+    Cluster::from_engine(
+        Engine::new(Config::default().cache_dir(test_cache_dir())).expect("engine"),
+    )
+}
+
+/// Runs `kernel` of the traps package over 100 items on `y`, item `at` trapping.
+fn run_traps(
+    cluster: &Cluster,
+    package: &Arc<Package>,
+    kernel: &str,
+    at: u64,
+    y: &mut [i32],
+    options: &Options,
+) -> Result<offload::Report, RunError> {
+    let mut job = Job::builder(Arc::clone(package))
+        .scalar("at", at)
+        .buffer("y", y)
+        .step(Step::new(kernel, "100").value("at", "at").buffer("y", "y"))
+        .build()
+        .expect("job");
+    match cluster.run(&mut job, options) {
+        Ok(report) => Ok(report),
+        Err(offload::LaunchError::Run(error)) => Err(error),
+        Err(other) => panic!("not a run error: {other}"),
+    }
+}
+
+#[test]
+fn a_job_whose_kernel_traps_fails_in_words_and_the_same_process_runs_the_next_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let package = Arc::new(Package::read(&traps(dir.path())).expect("package"));
+    let cluster = local();
+    let options = Options::default().threads(2).isolated(BIN);
+    for (kernel, words) in [
+        ("divide", "SIGFPE"),
+        ("wild_write", "SIGSEGV"),
+        ("trap", "SIGILL"),
+        ("overflow", "stack overflow"),
+    ] {
+        let mut y = vec![7i32; 100];
+        let error =
+            run_traps(&cluster, &package, kernel, 57, &mut y, &options).expect_err("item 57 traps");
+        let message = error.to_string();
+        assert!(
+            matches!(error, RunError::KernelCrashed { start, end, .. } if start <= 57 && 57 < end),
+            "{kernel}: {message}"
+        );
+        assert!(
+            message.contains(&format!("kernel `{kernel}` crashed on items "))
+                && message.contains(words),
+            "{kernel}: {message}"
+        );
+        // The lent buffer is the caller's as it was: the kernels wrote a copy.
+        assert_eq!(
+            y,
+            vec![7; 100],
+            "{kernel}: a failed job changed the lent buffer"
+        );
+        // This process lives on, and the next job gets fresh workers.
+        let report = run_traps(&cluster, &package, kernel, 1000, &mut y, &options)
+            .unwrap_or_else(|e| panic!("{kernel}: the next job: {e}"));
+        assert_eq!(report.isolated_workers, 2, "{kernel}");
+        assert_eq!(
+            y,
+            (0..100).collect::<Vec<i32>>(),
+            "{kernel}: results written back"
+        );
+    }
+}
+
+#[test]
+fn a_hung_kernel_is_stopped_at_the_packet_timeout_and_the_process_lives_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let package = Arc::new(Package::read(&traps(dir.path())).expect("package"));
+    let cluster = local();
+    let options = Options::default()
+        .threads(1)
+        .isolated(BIN)
+        .packet_timeout(Duration::from_millis(300));
+    let mut y = vec![5i32; 100];
+    // `spin` never ends for an odd `at + 1`.
+    let error =
+        run_traps(&cluster, &package, "spin", 8, &mut y, &options).expect_err("the packet hangs");
+    assert!(matches!(error, RunError::PacketTimedOut { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("kernel `spin` ran longer than the packet timeout (0.3 s) on items "),
+        "{error}"
+    );
+    assert_eq!(y, vec![5; 100]);
+    run_traps(&cluster, &package, "divide", 1000, &mut y, &options).expect("the next job");
+    assert_eq!(y, (0..100).collect::<Vec<i32>>());
+}
+
+#[test]
+fn a_kernel_that_makes_a_system_call_is_named_with_the_call_and_its_items() {
+    let test = "a_kernel_that_makes_a_system_call_is_named_with_the_call_and_its_items";
+    if !crate::sandbox::sandbox_here(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pkg = traps(dir.path());
+    let y = dir.path().join("y.bin");
+    let before = vec![3i32; 100];
+    write_le(&y, &before);
+    for call in ["openat", "socket", "execve"] {
+        // The test-only fault makes the worker call it, raw, before each packet's kernel
+        // (a C kernel cannot reach a system call: the packager refuses them).
+        let out = offload([
+            "run".as_ref(),
+            pkg.as_os_str(),
+            "--kernel".as_ref(),
+            "divide".as_ref(),
+            "--items".as_ref(),
+            "100".as_ref(),
+            "--arg".as_ref(),
+            "at=1000".as_ref(),
+            "--worker-fault".as_ref(),
+            format!("forbidden-call={call}").as_ref(),
+            "--inout".as_ref(),
+            format!("y={}", y.display()).as_ref(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{call}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "kernel `divide` made a forbidden system call ({call}) on items "
+            )) && stderr.contains("no output or --inout file was changed"),
+            "{call}: {stderr}"
+        );
+        assert_eq!(
+            read_le::<i32>(&y),
+            before,
+            "{call}: the --inout file changed"
+        );
+    }
+    crate::common::assert_no_staged_files(dir.path(), "a forbidden call");
+    // In process nothing confines the kernel: the same call runs and so does the job
+    // (which is why `offload run` isolates).
+    let out = offload([
+        "run".as_ref(),
+        pkg.as_os_str(),
+        "--kernel".as_ref(),
+        "divide".as_ref(),
+        "--items".as_ref(),
+        "100".as_ref(),
+        "--arg".as_ref(),
+        "at=1000".as_ref(),
+        "--in-process".as_ref(),
+        "--inout".as_ref(),
+        format!("y={}", y.display()).as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_le::<i32>(&y), (0..100).collect::<Vec<i32>>());
+}
+
+#[test]
+fn isolated_results_equal_in_process_ones_and_sums_match_bit_for_bit() {
+    let manifest = offload::Manifest::parse(
+        &std::fs::read_to_string(repo_path("examples/dot/manifest.toml")).expect("manifest"),
+    )
+    .expect("manifest");
+    let package = Arc::new(
+        offload::package_source(&repo_path("examples/dot/kernel.rs"), &manifest).expect("package"),
+    );
+    let n = 100_003usize;
+    // Values whose float sum depends on the order of additions.
+    let x: Vec<f64> = (0..n).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+    let y: Vec<f64> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f64 * 1e-3 + 1e7)
+        .collect();
+    let cluster = local();
+    let mut totals = Vec::new();
+    for options in [
+        Options::default().threads(2),
+        Options::default().threads(2).isolated(BIN),
+        Options::default().threads(1).isolated(BIN),
+    ] {
+        let mut acc = [0.0f64];
+        let mut job = Job::builder(Arc::clone(&package))
+            .input("x", &x)
+            .input("y", &y)
+            .buffer("acc", &mut acc)
+            .step(
+                Step::new("dot", n.to_string().as_str())
+                    .buffer("x", "x")
+                    .buffer("y", "y")
+                    .buffer("acc", "acc"),
+            )
+            .build()
+            .expect("job");
+        let report = cluster.run(&mut job, &options).expect("run");
+        drop(job);
+        totals.push((report.isolated_workers, acc[0].to_bits()));
+    }
+    assert_eq!(
+        totals.iter().map(|t| t.0).collect::<Vec<_>>(),
+        vec![0, 2, 1]
+    );
+    assert_eq!(totals[0].1, totals[1].1, "{totals:?}");
+    assert_eq!(totals[0].1, totals[2].1, "{totals:?}");
+    let exact: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+    assert!((f64::from_bits(totals[0].1) - exact).abs() < 1e-3 * exact.abs());
+}
+
+/// The engine workers (`offload __engine-worker`) among the children of `pid`.
+fn engine_workers(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__engine-worker"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_workers_of_a_run_die_with_it_even_when_it_is_killed_outright() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pkg = traps(dir.path());
+    let y = dir.path().join("y.bin");
+    write_le(&y, &[5i32; 4]);
+    // `spin` never ends: both workers spin until something stops them.
+    let mut run = crate::common::die_with_test(&mut std::process::Command::new(BIN))
+        .env("OFFLOAD_CACHE_DIR", test_cache_dir())
+        .arg("run")
+        .arg(&pkg)
+        .args([
+            "--kernel",
+            "spin",
+            "--items",
+            "4",
+            "--arg",
+            "at=8",
+            "--threads",
+            "2",
+        ])
+        .arg("--inout")
+        .arg(format!("y={}", y.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start offload run");
+    let mut workers = Vec::new();
+    let started = crate::common::wait_until(Duration::from_secs(60), || {
+        workers = engine_workers(run.id());
+        workers.len() == 2
+    });
+    assert!(started, "the run did not start two engine workers");
+    // SIGKILL: no handler of the run's can do anything; the workers must still end.
+    run.kill().expect("kill the run");
+    let _ = run.wait();
+    assert!(
+        crate::common::wait_for_exits(&workers, Duration::from_secs(10)),
+        "engine workers {workers:?} outlived their run"
+    );
+    assert_eq!(
+        read_le::<i32>(&y),
+        vec![5; 4],
+        "a killed run changed its --inout file"
+    );
+}
+
+#[test]
+fn a_worker_program_that_cannot_start_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let package = Arc::new(Package::read(&traps(dir.path())).expect("package"));
+    let cluster = local();
+    let mut y = vec![1i32; 100];
+    let missing = dir.path().join("no-such-offload");
+    let options = Options::default().threads(2).isolated(&missing);
+    let error = run_traps(&cluster, &package, "divide", 1000, &mut y, &options)
+        .expect_err("no worker program");
+    assert!(
+        error.to_string().contains(&format!(
+            "cannot start the kernel worker `{}`",
+            missing.display()
+        )),
+        "{error}"
+    );
+    // A program that is not offload's worker ends before it is ready.
+    let options = Options::default().threads(1).isolated("/bin/true");
+    let error =
+        run_traps(&cluster, &package, "divide", 1000, &mut y, &options).expect_err("not a worker");
+    assert!(
+        error
+            .to_string()
+            .contains("the kernel worker could not start"),
+        "{error}"
+    );
+    assert_eq!(y, vec![1; 100]);
+}
