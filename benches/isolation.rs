@@ -1,18 +1,18 @@
 //! `isolation`: local runs in isolated worker processes (`Options::isolated`, what `offload
 //! run` uses) against the same jobs in process, side by side in one process.
 //!
-//! - Example kernels through the Rust API, on every core, buffers in shared memory (as
-//!   `offload run` allocates them): saxpy (memory-bound, 2^24 f32), mandelbrot
-//!   (compute-bound, 2048 × 1536, 512 iterations), dot (a `sum` buffer, 2^24 f64).
-//! - The example programs, read with `Job::from_program_file`: jacobi-2d (1300², 100
-//!   time steps = 200 sweeps) and floyd-warshall (N = 1000: 2000 steps).
-//! - Per packet: saxpy over 20,000 items in packets of one item on one worker, wall time
-//!   per packet in each mode.
+//! - `offload run` of example kernels on every core, whole process (files read and
+//!   written): saxpy (memory-bound, 2^24 f32), mandelbrot (compute-bound, 2048 × 1536,
+//!   512 iterations), dot (a `sum` buffer, 2^24 f64);
+//! - `offload run` of the example programs: jacobi-2d (1300², 100 time steps = 200
+//!   sweeps) and floyd-warshall (N = 1000: 2000 steps);
+//! - per packet: saxpy over 20,000 items in packets of one item on one worker through the
+//!   Rust API, wall time per packet in each mode.
 //!
 //! Rounds alternate the two modes (which goes first rotates); the figure is the median
 //! over rounds of in-process time / isolated time, i.e. isolated items/s relative to in
-//! process (issue 13's goal: ≥ 0.97), after one untimed run of each (workers start per
-//! job: their start is inside every isolated time).
+//! process (issue 13's goal: ≥ 0.97), after one untimed run of each whose outputs must
+//! agree. The workers' start (a few ms) is inside every isolated time.
 //!
 //! Run: `cargo bench --bench isolation`. `OFFLOAD_BENCH_ROUNDS` (default 9).
 
@@ -20,7 +20,7 @@
 #[allow(dead_code)]
 mod examples;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,37 +30,41 @@ use offload::{ArgValue, Buffer, Cluster, Config, Engine, Job, Options, ScalarVal
 
 const OFFLOAD: &str = env!("CARGO_BIN_EXE_offload");
 
-/// A shared buffer holding `values` as little-endian bytes.
-fn shared<T: Copy>(values: &[T], to_bytes: impl Fn(T) -> Vec<u8>) -> Result<Buffer> {
-    let bytes: Vec<u8> = values.iter().flat_map(|&v| to_bytes(v)).collect();
-    let mut buffer = Buffer::try_zeroed_shared(bytes.len()).context("memory")?;
-    buffer.as_bytes_mut().copy_from_slice(&bytes);
-    Ok(buffer)
-}
-
-/// One job to time: how to make it and what its results look like (to check both modes
-/// agree).
+/// One `offload run` to time in both modes: its arguments, the file to restore before
+/// each run (an `--inout` input: `(pristine copy, file)`) and the outputs both modes must
+/// agree on.
 struct Case {
     name: &'static str,
-    make: Box<dyn Fn() -> Result<Job<'static>>>,
+    args: Vec<String>,
+    restore: Option<(PathBuf, PathBuf)>,
+    outputs: Vec<PathBuf>,
 }
 
-fn run(cluster: &Cluster, case: &Case, options: &Options) -> Result<(Duration, Vec<Vec<u8>>)> {
-    let mut job = (case.make)()?;
+/// Runs `case` (isolated, or `--in-process`) and returns its wall time and outputs.
+fn run(case: &Case, in_process: bool) -> Result<(Duration, Vec<Vec<u8>>)> {
+    if let Some((pristine, file)) = &case.restore {
+        std::fs::copy(pristine, file)?;
+    }
+    let mut command = Command::new(OFFLOAD);
+    command.args(&case.args);
+    if in_process {
+        command.arg("--in-process");
+    }
     let started = Instant::now();
-    cluster
-        .run(&mut job, options)
-        .with_context(|| case.name.to_string())?;
+    let out = command.output().context("cannot start offload")?;
     let took = started.elapsed();
-    let results = job
-        .into_values()
-        .into_iter()
-        .filter_map(|v| match v {
-            ArgValue::Buffer(b) => Some(b.as_bytes().to_vec()),
-            ArgValue::Scalar(_) => None,
-        })
-        .collect();
-    Ok((took, results))
+    ensure!(
+        out.status.success(),
+        "{}: {}",
+        case.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outputs = case
+        .outputs
+        .iter()
+        .map(std::fs::read)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok((took, outputs))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -68,15 +72,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Median over `rounds` of in-process / isolated wall time, and both medians (s).
-fn compare(
-    cluster: &Cluster,
-    case: &Case,
-    inproc: &Options,
-    isolated: &Options,
-    rounds: usize,
-) -> Result<(f64, f64, f64)> {
-    let (_, a) = run(cluster, case, inproc)?;
-    let (_, b) = run(cluster, case, isolated)?;
+fn compare(case: &Case, rounds: usize) -> Result<(f64, f64, f64)> {
+    let (_, a) = run(case, true)?;
+    let (_, b) = run(case, false)?;
     ensure!(
         a == b,
         "{}: isolated results differ from in-process ones",
@@ -85,17 +83,40 @@ fn compare(
     let (mut ratios, mut ins, mut isos) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let (i, o) = if round % 2 == 0 {
-            let i = run(cluster, case, inproc)?.0;
-            (i, run(cluster, case, isolated)?.0)
+            let i = run(case, true)?.0;
+            (i, run(case, false)?.0)
         } else {
-            let o = run(cluster, case, isolated)?.0;
-            (run(cluster, case, inproc)?.0, o)
+            let o = run(case, false)?.0;
+            (run(case, true)?.0, o)
         };
         ratios.push(i.as_secs_f64() / o.as_secs_f64());
         ins.push(i.as_secs_f64());
         isos.push(o.as_secs_f64());
     }
     Ok((median(ratios), median(ins), median(isos)))
+}
+
+/// Writes `values` as raw little-endian data.
+fn write_file<T: Copy>(path: &Path, values: &[T], to_bytes: impl Fn(T) -> Vec<u8>) -> Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|&v| to_bytes(v)).collect();
+    Ok(std::fs::write(path, bytes)?)
+}
+
+/// `offload package` of example `name`'s `kernel.rs` into `work/NAME.okp`.
+fn package_rust(name: &str, work: &Path) -> Result<String> {
+    let dir = examples::example_dir(name);
+    let pkg = work.join(format!("{name}.okp"));
+    let status = Command::new(OFFLOAD)
+        .arg("package")
+        .arg(dir.join("kernel.rs"))
+        .arg("--manifest")
+        .arg(dir.join("manifest.toml"))
+        .arg("-o")
+        .arg(&pkg)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    ensure!(status.success(), "packaging {name} failed");
+    Ok(pkg.display().to_string())
 }
 
 /// `offload package DIR/kernel.c` into `work`, and the program file beside it.
@@ -121,77 +142,67 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(9)
         .max(1);
-    let engine = Engine::new(Config::default())?;
-    let host = engine.host().clone();
-    let cluster = Cluster::from_engine(engine);
+    let host = Engine::new(Config::default())?.host().clone();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let inproc = Options::default().threads(threads);
-    let isolated = Options::default().threads(threads).isolated(OFFLOAD);
-
-    let saxpy = Arc::new(examples::package("saxpy")?);
-    let mandelbrot = Arc::new(examples::package("mandelbrot")?);
-    let dot = Arc::new(examples::package("dot")?);
-    let n = 1usize << 24;
-    let mut cases: Vec<Case> = Vec::new();
-    {
-        let package = Arc::clone(&saxpy);
-        cases.push(Case {
-            name: "saxpy",
-            make: Box::new(move || {
-                let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
-                let y = vec![1.0f32; n];
-                let args = vec![
-                    ArgValue::Scalar(ScalarValue::F32(2.0)),
-                    ArgValue::Buffer(shared(&x, |v| v.to_le_bytes().to_vec())?),
-                    ArgValue::Buffer(shared(&y, |v| v.to_le_bytes().to_vec())?),
-                ];
-                Ok(Job::kernel(Arc::clone(&package), "saxpy", n as u64, args)?)
-            }),
-        });
-    }
-    {
-        let package = Arc::clone(&mandelbrot);
-        let (width, height) = (2048u32, 1536u32);
-        cases.push(Case {
-            name: "mandelbrot",
-            make: Box::new(move || {
-                let items = u64::from(width) * u64::from(height);
-                let args = vec![
-                    ArgValue::Scalar(ScalarValue::U32(width)),
-                    ArgValue::Scalar(ScalarValue::U32(512)),
-                    ArgValue::Scalar(ScalarValue::F64(-2.2)),
-                    ArgValue::Scalar(ScalarValue::F64(-1.2)),
-                    ArgValue::Scalar(ScalarValue::F64(3.2 / f64::from(width))),
-                    ArgValue::Buffer(
-                        Buffer::try_zeroed_shared(items as usize * 4).context("memory")?,
-                    ),
-                ];
-                Ok(Job::kernel(
-                    Arc::clone(&package),
-                    "mandelbrot",
-                    items,
-                    args,
-                )?)
-            }),
-        });
-    }
-    {
-        let package = Arc::clone(&dot);
-        cases.push(Case {
-            name: "dot",
-            make: Box::new(move || {
-                let x: Vec<f64> = (0..n).map(|i| 1.0 / (i as f64 + 1.0)).collect();
-                let args = vec![
-                    ArgValue::Buffer(shared(&x, |v| v.to_le_bytes().to_vec())?),
-                    ArgValue::Buffer(shared(&x, |v| v.to_le_bytes().to_vec())?),
-                    ArgValue::Buffer(Buffer::try_zeroed_shared(8).context("memory")?),
-                ];
-                Ok(Job::kernel(Arc::clone(&package), "dot", n as u64, args)?)
-            }),
-        });
-    }
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("isolation-bench");
     let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let at = |name: &str| work.join(name).display().to_string();
+    let n = 1usize << 24;
+    let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    write_file(&work.join("x.bin"), &x, |v| v.to_le_bytes().to_vec())?;
+    write_file(&work.join("y0.bin"), &vec![1.0f32; n], |v| {
+        v.to_le_bytes().to_vec()
+    })?;
+    let d: Vec<f64> = (0..n).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+    write_file(&work.join("d.bin"), &d, |v| v.to_le_bytes().to_vec())?;
+    let (width, height) = (2048u32, 1536u32);
+    let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut cases = vec![
+        Case {
+            name: "saxpy",
+            args: [
+                strings(&["run", &package_rust("saxpy", &work)?, "--kernel", "saxpy"]),
+                strings(&["--items", &n.to_string(), "--arg", "a=2.0"]),
+                strings(&["--in", &format!("x={}", at("x.bin"))]),
+                strings(&["--inout", &format!("y={}", at("y.bin"))]),
+            ]
+            .concat(),
+            restore: Some((work.join("y0.bin"), work.join("y.bin"))),
+            outputs: vec![work.join("y.bin")],
+        },
+        Case {
+            name: "mandelbrot",
+            args: [
+                strings(&["run", &package_rust("mandelbrot", &work)?]),
+                strings(&["--kernel", "mandelbrot"]),
+                strings(&[
+                    "--items",
+                    &(u64::from(width) * u64::from(height)).to_string(),
+                ]),
+                strings(&["--arg", &format!("width={width}"), "--arg", "max_iter=512"]),
+                strings(&["--arg", "x0=-2.2", "--arg", "y0=-1.2"]),
+                strings(&["--arg", &format!("step={}", 3.2 / f64::from(width))]),
+                strings(&["--out", &format!("iters={}", at("iters.bin"))]),
+            ]
+            .concat(),
+            restore: None,
+            outputs: vec![work.join("iters.bin")],
+        },
+        Case {
+            name: "dot",
+            args: [
+                strings(&["run", &package_rust("dot", &work)?, "--kernel", "dot"]),
+                strings(&["--items", &n.to_string()]),
+                strings(&["--in", &format!("x={}", at("d.bin"))]),
+                strings(&["--in", &format!("y={}", at("d.bin"))]),
+                strings(&["--sum", &format!("acc={}", at("acc.bin"))]),
+            ]
+            .concat(),
+            restore: None,
+            outputs: vec![work.join("acc.bin")],
+        },
+    ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let jacobi = program(
         &root.join("examples/jacobi"),
@@ -199,24 +210,28 @@ fn main() -> Result<()> {
         &work.join("jacobi"),
     )?;
     let floyd = program(&root.join("examples/floyd"), "floyd", &work.join("floyd"))?;
-    for (name, file, args) in [
-        ("jacobi-2d", jacobi, vec![("n", 1300u64), ("tsteps", 100)]),
-        ("floyd-warshall", floyd, vec![("n", 1000u64)]),
-    ] {
-        cases.push(Case {
-            name,
-            make: Box::new(move || {
-                let given: Vec<(String, offload::job::Number)> = args
-                    .iter()
-                    .map(|&(k, v)| (k.to_string(), offload::job::Number::Int(i128::from(v))))
-                    .collect();
-                Ok(Job::from_program_file_with(&file, &given)?)
-            }),
-        });
-    }
+    cases.push(Case {
+        name: "jacobi-2d",
+        args: strings(&[
+            "run",
+            &jacobi.display().to_string(),
+            "--arg",
+            "n=1300",
+            "--arg",
+            "tsteps=100",
+        ]),
+        restore: None,
+        outputs: vec![work.join("jacobi/grid.bin")],
+    });
+    cases.push(Case {
+        name: "floyd-warshall",
+        args: strings(&["run", &floyd.display().to_string(), "--arg", "n=1000"]),
+        restore: None,
+        outputs: vec![work.join("floyd/paths.bin")],
+    });
 
     println!(
-        "isolation: {}\nwall time, median of {rounds} alternating rounds, {threads} workers",
+        "isolation: {}\nwhole-process wall time of `offload run`, median of {rounds} alternating rounds, {threads} workers",
         examples::describe_machine(&host)
     );
     println!(
@@ -224,34 +239,49 @@ fn main() -> Result<()> {
         "job", "in process s", "isolated s", "isolated items/s rel."
     );
     for case in &cases {
-        let (ratio, i, o) = compare(&cluster, case, &inproc, &isolated, rounds)?;
+        let (ratio, i, o) = compare(case, rounds)?;
         println!("{:<16} {i:>14.4} {o:>14.4} {ratio:>22.3}", case.name);
     }
+    per_packet(rounds)
+}
 
-    // Per packet: one worker, packets of one item.
+/// Per packet: saxpy over 20,000 items in packets of one item on one worker, through the
+/// Rust API in this process (no process start in the figure), both modes alternating.
+fn per_packet(rounds: usize) -> Result<()> {
+    let cluster = Cluster::from_engine(Engine::new(Config::default())?);
+    let saxpy = Arc::new(examples::package("saxpy")?);
     let items = 20_000u64;
-    let tiny = Case {
-        name: "per packet",
-        make: Box::new(move || {
-            let v = vec![1.0f32; items as usize];
-            let args = vec![
-                ArgValue::Scalar(ScalarValue::F32(2.0)),
-                ArgValue::Buffer(shared(&v, |x| x.to_le_bytes().to_vec())?),
-                ArgValue::Buffer(shared(&v, |x| x.to_le_bytes().to_vec())?),
-            ];
-            Ok(Job::kernel(Arc::clone(&saxpy), "saxpy", items, args)?)
-        }),
+    let job = || -> Result<Job<'static>> {
+        let v = vec![1.0f32; items as usize];
+        let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let mut x = Buffer::try_zeroed_shared(bytes.len()).context("memory")?;
+        x.as_bytes_mut().copy_from_slice(&bytes);
+        let y = x.clone();
+        let args = vec![
+            ArgValue::Scalar(ScalarValue::F32(2.0)),
+            ArgValue::Buffer(x),
+            ArgValue::Buffer(y),
+        ];
+        Ok(Job::kernel(Arc::clone(&saxpy), "saxpy", items, args)?)
     };
-    let one = |o: Options| o.threads(1).packet_items(1);
-    let (_, i, o) = compare(
-        &cluster,
-        &tiny,
-        &one(Options::default()),
-        &one(Options::default().isolated(OFFLOAD)),
-        rounds,
-    )?;
+    let inproc = Options::default().threads(1).packet_items(1);
+    let isolated = inproc.clone().isolated(OFFLOAD);
+    let time = |options: &Options| -> Result<f64> {
+        let mut job = job()?;
+        let started = Instant::now();
+        cluster.run(&mut job, options)?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    time(&inproc)?;
+    time(&isolated)?;
+    let (mut ins, mut isos) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ins.push(time(&inproc)?);
+        isos.push(time(&isolated)?);
+    }
+    let (i, o) = (median(ins), median(isos));
     println!(
-        "{:<16} {:>11.2} µs {:>11.2} µs {:>19.2} µs more",
+        "{:<16} {:>11.2} µs {:>11.2} µs {:>19.2} µs more (one worker, 20,000 packets of 1 item; API, worker start included)",
         "per packet",
         i / items as f64 * 1e6,
         o / items as f64 * 1e6,

@@ -132,6 +132,41 @@ pub enum Expected {
     },
 }
 
+/// Fills `buffer` from `reader`. A shared buffer is filled through its file (`sendfile`
+/// from the input into the memfd), not through this process's mapping: the kernel then
+/// runs in a worker process that maps the pages itself, and pages this process never
+/// touches cost it no page faults (about 1.4 µs per 4 KiB page here).
+fn fill(buffer: &mut Buffer, reader: &mut std::io::Take<File>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if let Some(shared) = buffer.shared() {
+        let (to, from) = (shared.fd().as_raw_fd(), reader.get_ref().as_raw_fd());
+        let mut left = buffer.len();
+        while left > 0 {
+            // SAFETY: sendfile between two descriptors we hold; both offsets are the files'
+            // own (the memfd's starts at 0, the input's where nothing was read yet).
+            let sent = unsafe { libc::sendfile(to, from, std::ptr::null_mut(), left) };
+            match sent {
+                n if n > 0 => left -= n as usize,
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                _ => {
+                    let error = std::io::Error::last_os_error();
+                    if left == buffer.len() && error.raw_os_error() == Some(libc::EINVAL) {
+                        // A file sendfile cannot read: through the mapping.
+                        break;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        if left == 0 {
+            // What `take` would have counted: the caller reads on to find a longer file.
+            reader.set_limit(reader.limit().saturating_sub(buffer.len() as u64));
+            return Ok(());
+        }
+    }
+    reader.read_exact(buffer.as_bytes_mut())
+}
+
 /// Reads buffer `name` from `path`, never reading more than `expected` allows: a
 /// device or an endless pipe is cut off, not read until memory runs out. `spec` is the
 /// argument as the manifest spells it, for messages.
@@ -192,7 +227,7 @@ pub fn read_input(
                         describe_bytes(len)
                     ))
                 })?;
-            reader.read_exact(buffer.as_bytes_mut()).map_err(context)?;
+            fill(&mut buffer, &mut reader).map_err(context)?;
             // A file that grew since it was measured holds more than it should.
             let mut extra = [0u8; 1];
             let more = reader.read(&mut extra).map_err(context)? as u64;

@@ -209,7 +209,15 @@ pub(crate) struct Workers {
     /// The coordinator's address of each job buffer.
     bases: Vec<u64>,
     timeout: Option<Duration>,
+    /// This machine's cores.
+    cores: usize,
+    /// A moving average of the packets' compute times.
+    typical: Duration,
 }
+
+/// Packets shorter than this (on average) are waited for by polling even when every
+/// core has a busy worker.
+const SHORT_PACKET: Duration = Duration::from_micros(100);
 
 impl Workers {
     /// Starts `count` workers for a job whose buffers are `buffers` (all shared) and
@@ -317,6 +325,8 @@ impl Workers {
             control,
             bases: buffers.iter().map(|b| b.as_ptr() as u64).collect(),
             timeout,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            typical: Duration::ZERO,
         };
         // All start at once; then each says it is ready, or why not.
         for (index, stdout) in stdouts.into_iter().enumerate() {
@@ -396,9 +406,12 @@ impl Workers {
 
     /// An answer if one is there, without waiting.
     pub(crate) fn try_answer(&mut self) -> Option<Answer> {
-        self.processes
+        let answer = self
+            .processes
             .iter_mut()
-            .find_map(|process| process.take_answer())
+            .find_map(|process| process.take_answer())?;
+        self.typical = (self.typical * 7 + answer.compute) / 8;
+        Some(answer)
     }
 
     /// Waits for the next answer, or the end of a busy worker (`None`: nothing is
@@ -418,7 +431,12 @@ impl Workers {
             if let Some(other) = also() {
                 return Err(other);
             }
-            if started.elapsed() < SPIN {
+            // Poll while a core is free, or while packets are short: with a worker busy
+            // on every core, this thread's polling takes a core's time from one of them,
+            // which a long packet can spare less than the tens of µs a wake-up costs.
+            let busy = self.processes.iter().filter(|p| p.busy.is_some()).count();
+            let poll = busy < self.cores || self.typical < SHORT_PACKET;
+            if poll && started.elapsed() < SPIN {
                 yield_now();
                 continue;
             }
@@ -587,7 +605,8 @@ fn prepare(faults: &[String]) -> Result<Ready, String> {
     // named in the set-up; each is taken once.
     let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
     let map = |fd: RawFd, len: u64, what: &str| {
-        SharedMemory::map(take(fd), len as usize).map_err(|e| format!("cannot map {what}: {e}"))
+        SharedMemory::map(take(fd), len as usize, true)
+            .map_err(|e| format!("cannot map {what}: {e}"))
     };
     let mailbox = map(setup.mailbox_fd, setup.mailbox_len, "the mailbox")?;
     let control = map(setup.control_fd, CONTROL_LEN as u64, "the control page")?;
