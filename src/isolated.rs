@@ -605,8 +605,7 @@ fn prepare(faults: &[String]) -> Result<Ready, String> {
     // named in the set-up; each is taken once.
     let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
     let map = |fd: RawFd, len: u64, what: &str| {
-        SharedMemory::map(take(fd), len as usize, true)
-            .map_err(|e| format!("cannot map {what}: {e}"))
+        SharedMemory::map(take(fd), len as usize).map_err(|e| format!("cannot map {what}: {e}"))
     };
     let mailbox = map(setup.mailbox_fd, setup.mailbox_len, "the mailbox")?;
     let control = map(setup.control_fd, CONTROL_LEN as u64, "the control page")?;

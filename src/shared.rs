@@ -39,13 +39,14 @@ impl SharedMemory {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        SharedMemory::map(fd, len, false)
+        SharedMemory::map(fd, len)
     }
 
     /// Maps `len` bytes of the file `fd` (a worker's side of [`SharedMemory::create`]).
-    /// `populate` maps every page that exists at once (one call instead of a page fault
-    /// per page the kernel touches later: a process mapping a filled buffer).
-    pub(crate) fn map(fd: OwnedFd, len: usize, populate: bool) -> io::Result<SharedMemory> {
+    /// Pages are mapped as they are touched: a worker faults in only what its packets
+    /// use (mapping every page up front, `MAP_POPULATE`, made each worker pay for all of
+    /// them: saxpy over 128 MB ran at half the speed).
+    pub(crate) fn map(fd: OwnedFd, len: usize) -> io::Result<SharedMemory> {
         // An empty file still gets a page: a mapping cannot be empty, and its address is
         // what a kernel is given for an empty buffer.
         let mapped = len.max(1);
@@ -55,7 +56,7 @@ impl SharedMemory {
                 std::ptr::null_mut(),
                 mapped,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 },
+                libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
             )
@@ -158,7 +159,7 @@ mod tests {
         let mut first = SharedMemory::create(c"test", 10_000).expect("memfd");
         first.bytes_mut()[9_999] = 7;
         let fd = first.fd().try_clone_to_owned().expect("dup");
-        let second = SharedMemory::map(fd, 10_000, true).expect("map");
+        let second = SharedMemory::map(fd, 10_000).expect("map");
         assert_eq!(second.bytes()[9_999], 7);
         second.word(8).store(5, Ordering::SeqCst);
         assert_eq!(first.word(8).load(Ordering::SeqCst), 5);

@@ -70,17 +70,29 @@ enum Command {
     /// Internal: the kernel worker process a node runs packets in.
     #[command(name = "__worker", hide = true)]
     Worker(cluster::WorkerArgs),
-    /// Internal: the isolated kernel worker process local runs execute packets in.
-    #[command(name = "__engine-worker", hide = true)]
-    EngineWorker(EngineWorkerArgs),
 }
 
-/// The hidden `offload __engine-worker` (started by the local engine, set up on stdin).
-#[derive(clap::Args)]
-pub struct EngineWorkerArgs {
-    /// Test builds only: misbehave on purpose (see the node's `fault` module).
-    #[arg(long, value_name = "FAULT", hide = true)]
-    fault: Vec<String>,
+/// The hidden `offload __engine-worker [--fault FAULT]...`: the isolated kernel worker
+/// local runs execute packets in (set up on stdin by the engine; `--fault` exists in test
+/// builds only, see the node's `fault` module).
+fn engine_worker(mut args: impl Iterator<Item = String>) -> ExitCode {
+    let mut faults = Vec::new();
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--fault", Some(fault)) => faults.push(fault),
+            _ => {
+                eprintln!("error: offload __engine-worker takes only --fault FAULT (it is started by offload run)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match offload::serve_worker(&faults) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("error: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn parse_opt_level(text: &str) -> Result<OptLevel, String> {
@@ -100,13 +112,16 @@ impl Cli {
 
 /// Parses arguments, runs the command and turns any error into one message.
 pub fn main() -> ExitCode {
+    // The engine's workers start for every local run: they skip the command line's
+    // parser (a third of their start-up) and the log set-up.
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some("__engine-worker") {
+        return engine_worker(args);
+    }
     let cli = Cli::parse();
     // A kernel that traps on this machine is named, with its items, before the process
     // ends, and no staged output is left behind.
-    // (Not in an engine worker: its sandbox reports how it ended, and its parent says it.)
-    if !matches!(cli.command, Command::EngineWorker(_)) {
-        offload::report_kernel_crashes();
-    }
+    offload::report_kernel_crashes();
     let filter = log_filter(matches!(cli.command, Command::Node(_)), cli.verbose);
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -130,9 +145,6 @@ pub fn main() -> ExitCode {
         Command::Nodes(args) => cluster::nodes(args),
         Command::Status(args) => cluster::status(&cli, args),
         Command::Worker(args) => cluster::worker(&cli, args),
-        Command::EngineWorker(args) => {
-            offload::serve_worker(&args.fault).map_err(anyhow::Error::msg)
-        }
         Command::Compare(args) => opencl::compare(args),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Tune(args) => tune::tune(&cli, args),
