@@ -17,7 +17,7 @@
 //! Run: `cargo bench --bench isolation`. `OFFLOAD_BENCH_ROUNDS` (default 9).
 
 #[path = "support/examples.rs"]
-#[allow(dead_code)]
+#[allow(dead_code)] // shared with the JIT benches, which use all of it
 mod examples;
 
 use std::path::{Path, PathBuf};
@@ -106,34 +106,13 @@ fn write_file<T: Copy>(path: &Path, values: &[T], to_bytes: impl Fn(T) -> Vec<u8
 fn package_rust(name: &str, work: &Path) -> Result<String> {
     let dir = examples::example_dir(name);
     let pkg = work.join(format!("{name}.okp"));
-    let status = Command::new(OFFLOAD)
-        .arg("package")
-        .arg(dir.join("kernel.rs"))
-        .arg("--manifest")
-        .arg(dir.join("manifest.toml"))
-        .arg("-o")
-        .arg(&pkg)
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    ensure!(status.success(), "packaging {name} failed");
+    examples::offload_package(
+        OFFLOAD,
+        &dir.join("kernel.rs"),
+        &dir.join("manifest.toml"),
+        &pkg,
+    )?;
     Ok(pkg.display().to_string())
-}
-
-/// `offload package DIR/kernel.c` into `work`, and the program file beside it.
-fn program(dir: &Path, name: &str, work: &Path) -> Result<std::path::PathBuf> {
-    std::fs::create_dir_all(work)?;
-    let status = Command::new(OFFLOAD)
-        .arg("package")
-        .arg(dir.join("kernel.c"))
-        .arg("--manifest")
-        .arg(dir.join("manifest.toml"))
-        .arg("-o")
-        .arg(work.join(format!("{name}.okp")))
-        .status()?;
-    ensure!(status.success(), "packaging {name} failed");
-    let file = work.join("program.toml");
-    std::fs::copy(dir.join("program.toml"), &file)?;
-    Ok(file)
 }
 
 fn main() -> Result<()> {
@@ -204,12 +183,11 @@ fn main() -> Result<()> {
         },
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let jacobi = program(
-        &root.join("examples/jacobi"),
-        "jacobi",
-        &work.join("jacobi"),
-    )?;
-    let floyd = program(&root.join("examples/floyd"), "floyd", &work.join("floyd"))?;
+    let program = |dir: &str, name: &str| {
+        examples::prepare_program(OFFLOAD, &root.join(dir), name, &work.join(name))
+    };
+    let jacobi = program("examples/jacobi", "jacobi")?;
+    let floyd = program("examples/floyd", "floyd")?;
     cases.push(Case {
         name: "jacobi-2d",
         args: strings(&[

@@ -43,6 +43,7 @@ mod cpu_measurement;
 #[path = "support/cpu_time.rs"]
 mod cpu_time;
 #[path = "support/examples.rs"]
+#[allow(dead_code)] // shared with the program benches (which package programs)
 mod examples;
 
 // Only the input generators are used here; the reference implementations serve the

@@ -20,6 +20,10 @@
 //! Run: `cargo bench --bench programs` (release build of `offload`). Knobs:
 //! `OFFLOAD_BENCH_ROUNDS` (default 5), `OFFLOAD_BENCH_SCALE=small` for quick sizes.
 
+#[path = "support/examples.rs"]
+#[allow(dead_code)] // shared with the JIT benches, which use all of it
+mod examples;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -139,23 +143,8 @@ fn repo(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// Packages `dir/kernel.c` with its manifest into `work/NAME.okp` and copies the
-/// program beside it; returns the program's path.
 fn prepare_program(dir: &Path, name: &str, work: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(work)?;
-    let status = Command::new(OFFLOAD)
-        .arg("package")
-        .arg(dir.join("kernel.c"))
-        .arg("--manifest")
-        .arg(dir.join("manifest.toml"))
-        .arg("-o")
-        .arg(work.join(format!("{name}.okp")))
-        .status()
-        .context("cannot start offload")?;
-    ensure!(status.success(), "packaging {name} failed");
-    let program = work.join("program.toml");
-    std::fs::copy(dir.join("program.toml"), &program)?;
-    Ok(program)
+    examples::prepare_program(OFFLOAD, dir, name, work)
 }
 
 fn gcc(source: &str, work: &Path, name: &str) -> Result<PathBuf> {

@@ -92,6 +92,42 @@ pub fn package(name: &str) -> Result<Package> {
         .with_context(|| format!("cannot package {}", source.display()))
 }
 
+/// `offload package SOURCE --manifest MANIFEST -o PKG` with the `offload` at `offload`.
+pub fn offload_package(offload: &str, source: &Path, manifest: &Path, pkg: &Path) -> Result<()> {
+    let out = Command::new(offload)
+        .arg("package")
+        .arg(source)
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("-o")
+        .arg(pkg)
+        .output()
+        .context("cannot start offload")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "offload package {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A program of `examples/` or `benches/programs/` as the benches run it: `DIR/kernel.c`
+/// packaged into `work/NAME.okp` and `DIR/program.toml` copied beside it; returns the
+/// copy's path.
+pub fn prepare_program(offload: &str, dir: &Path, name: &str, work: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(work)?;
+    offload_package(
+        offload,
+        &dir.join("kernel.c"),
+        &dir.join("manifest.toml"),
+        &work.join(format!("{name}.okp")),
+    )?;
+    let program = work.join("program.toml");
+    std::fs::copy(dir.join("program.toml"), &program)?;
+    Ok(program)
+}
+
 /// One paragraph naming the machine: the CPU as `/proc/cpuinfo` names it (model name,
 /// vendor, family, model, stepping) and its core count, LLVM's name for the CPU the JIT
 /// compiles for and its vector features (saying so when that is an emulated CPU), the

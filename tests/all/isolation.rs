@@ -23,6 +23,13 @@ fn traps(dir: &Path) -> PathBuf {
     )
 }
 
+/// A folder with the traps package, the package read, and this machine as a cluster.
+fn traps_on_this_machine() -> (tempfile::TempDir, Arc<Package>, Cluster) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let package = Arc::new(Package::read(&traps(dir.path())).expect("package"));
+    (dir, package, local())
+}
+
 fn local() -> Cluster {
     Cluster::from_engine(
         Engine::new(Config::default().cache_dir(test_cache_dir())).expect("engine"),
@@ -53,9 +60,7 @@ fn run_traps(
 
 #[test]
 fn a_job_whose_kernel_traps_fails_in_words_and_the_same_process_runs_the_next_one() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let package = Arc::new(Package::read(&traps(dir.path())).expect("package"));
-    let cluster = local();
+    let (_dir, package, cluster) = traps_on_this_machine();
     let options = Options::default().threads(2).isolated(BIN);
     for (kernel, words) in [
         ("divide", "SIGFPE"),
@@ -96,9 +101,7 @@ fn a_job_whose_kernel_traps_fails_in_words_and_the_same_process_runs_the_next_on
 
 #[test]
 fn a_hung_kernel_is_stopped_at_the_packet_timeout_and_the_process_lives_on() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let package = Arc::new(Package::read(&traps(dir.path())).expect("package"));
-    let cluster = local();
+    let (_dir, package, cluster) = traps_on_this_machine();
     let options = Options::default()
         .threads(1)
         .isolated(BIN)
@@ -130,23 +133,24 @@ fn a_kernel_that_makes_a_system_call_is_named_with_the_call_and_its_items() {
     let y = dir.path().join("y.bin");
     let before = vec![3i32; 100];
     write_le(&y, &before);
+    // `divide` over 100 items, none trapping, with `flags` added.
+    let divide = |flags: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec!["run".into(), pkg.clone().into()];
+        args.extend(
+            ["--kernel", "divide", "--items", "100", "--arg", "at=1000"]
+                .iter()
+                .chain(flags)
+                .map(Into::into),
+        );
+        args.push("--inout".into());
+        args.push(format!("y={}", y.display()).into());
+        offload(&args)
+    };
     for call in ["openat", "socket", "execve"] {
         // The test-only fault makes the worker call it, raw, before each packet's kernel
         // (a C kernel cannot reach a system call: the packager refuses them).
-        let out = offload([
-            "run".as_ref(),
-            pkg.as_os_str(),
-            "--kernel".as_ref(),
-            "divide".as_ref(),
-            "--items".as_ref(),
-            "100".as_ref(),
-            "--arg".as_ref(),
-            "at=1000".as_ref(),
-            "--worker-fault".as_ref(),
-            format!("forbidden-call={call}").as_ref(),
-            "--inout".as_ref(),
-            format!("y={}", y.display()).as_ref(),
-        ]);
+        let fault = format!("forbidden-call={call}");
+        let out = divide(&["--worker-fault", &fault]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{call}: {stderr}");
         assert!(
@@ -164,19 +168,7 @@ fn a_kernel_that_makes_a_system_call_is_named_with_the_call_and_its_items() {
     crate::common::assert_no_staged_files(dir.path(), "a forbidden call");
     // In process nothing confines the kernel: the same call runs and so does the job
     // (which is why `offload run` isolates).
-    let out = offload([
-        "run".as_ref(),
-        pkg.as_os_str(),
-        "--kernel".as_ref(),
-        "divide".as_ref(),
-        "--items".as_ref(),
-        "100".as_ref(),
-        "--arg".as_ref(),
-        "at=1000".as_ref(),
-        "--in-process".as_ref(),
-        "--inout".as_ref(),
-        format!("y={}", y.display()).as_ref(),
-    ]);
+    let out = divide(&["--in-process"]);
     assert!(
         out.status.success(),
         "{}",
@@ -301,9 +293,7 @@ fn the_workers_of_a_run_die_with_it_even_when_it_is_killed_outright() {
 
 #[test]
 fn a_worker_program_that_cannot_start_is_an_error_naming_it() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let package = Arc::new(Package::read(&traps(dir.path())).expect("package"));
-    let cluster = local();
+    let (dir, package, cluster) = traps_on_this_machine();
     let mut y = vec![1i32; 100];
     let missing = dir.path().join("no-such-offload");
     let options = Options::default().threads(2).isolated(&missing);
