@@ -21,10 +21,9 @@
 //! [`sandbox::WorkerEnd`]'s words; a packet that runs past its timeout has its worker
 //! killed. The workers of a job end with it (and with the thread that started them).
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -103,27 +102,26 @@ pub(crate) struct WorkerKernel {
     pub spec: KernelSpec,
 }
 
-/// A job buffer as a worker maps it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct SetupBuffer {
-    fd: RawFd,
-    len: u64,
-}
-
-/// The set-up line a worker reads.
+/// The set-up a worker receives: this message, then the descriptors it names, passed over
+/// its socket (its report pipe's write end, the control page, the mailbox, then one per
+/// job buffer, in that order).
 #[derive(Debug, Serialize, Deserialize)]
 struct Setup {
     /// offload's version: a worker of another version refuses the set-up.
     version: String,
     parent: u32,
-    report_fd: RawFd,
-    control_fd: RawFd,
-    mailbox_fd: RawFd,
     mailbox_len: u64,
     stack: u64,
-    buffers: Vec<SetupBuffer>,
+    /// Each job buffer's length, in the order of the descriptors.
+    buffers: Vec<u64>,
     kernels: Vec<WorkerKernel>,
 }
+
+/// The most descriptors one message carries (the kernel's limit is 253).
+const FDS_PER_MESSAGE: usize = 250;
+
+/// The longest set-up message a worker takes.
+const MAX_SETUP: usize = 1 << 20;
 
 /// How the engine's workers are started.
 #[derive(Clone, Debug)]
@@ -186,7 +184,7 @@ pub enum WorkerStartError {
 struct Process {
     child: Child,
     // Held open: the worker needs nothing more from it, and its end means nothing.
-    _stdin: ChildStdin,
+    _socket: OwnedFd,
     report: Option<OwnedFd>,
     mailbox: SharedMemory,
     sequence: u32,
@@ -247,73 +245,42 @@ impl Workers {
         };
         let control = SharedMemory::create(c"offload-control", CONTROL_LEN).map_err(spawn_error)?;
         let mut processes = Vec::with_capacity(count);
-        let mut stdouts = Vec::with_capacity(count);
         for _ in 0..count {
             let mailbox =
                 SharedMemory::create(c"offload-mailbox", HEADER + scratch).map_err(spawn_error)?;
-            let (report, writer) = sandbox::report_pipe().map_err(spawn_error)?;
+            let mut descriptors = vec![control.fd().as_raw_fd(), mailbox.fd().as_raw_fd()];
+            descriptors.extend(buffers.iter().map(|b| b.fd().as_raw_fd()));
             let setup = Setup {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 parent: std::process::id(),
-                report_fd: writer.as_raw_fd(),
-                control_fd: control.fd().as_raw_fd(),
-                mailbox_fd: mailbox.fd().as_raw_fd(),
                 mailbox_len: mailbox.len() as u64,
                 stack: stack as u64,
-                buffers: buffers
-                    .iter()
-                    .map(|b| SetupBuffer {
-                        fd: b.fd().as_raw_fd(),
-                        len: b.len() as u64,
-                    })
-                    .collect(),
+                buffers: buffers.iter().map(|b| b.len() as u64).collect(),
                 kernels: kernels.to_vec(),
             };
-            let mut keep: Vec<RawFd> = setup.buffers.iter().map(|b| b.fd).collect();
-            keep.extend([setup.control_fd, setup.mailbox_fd]);
-            let mut command = Command::new(&program.program);
-            command
-                .arg("__engine-worker")
-                .args(&program.args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            let report_fd = setup.report_fd;
-            // SAFETY: the hooks make only async-signal-safe calls (prctl, getppid, fcntl,
-            // _exit) on descriptors that stay open until `spawn` returns, and allocate
-            // nothing (`keep` is moved in whole).
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                command.pre_exec(sandbox::die_with_parent_hook());
-                command.pre_exec(sandbox::report_fd_hook(report_fd, report_fd));
-                command.pre_exec(move || {
-                    for &fd in &keep {
-                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
+            // A spare started ahead ([`warm_up`]) that has died since takes a set-up
+            // badly: a fresh worker gets it instead.
+            let worker = match take_spare(program) {
+                Some(mut spare) => match spare.set_up(&setup, &descriptors) {
+                    Ok(()) => spare,
+                    Err(_) => {
+                        spare.discard();
+                        let mut fresh = Spawned::start(program).map_err(spawn_error)?;
+                        fresh.set_up(&setup, &descriptors).map_err(spawn_error)?;
+                        fresh
                     }
-                    Ok(())
-                });
-            }
-            let mut child = command.spawn().map_err(spawn_error)?;
-            drop(writer);
-            let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(WorkerStartError::Refused("its pipes are missing".into()));
+                },
+                None => {
+                    let mut fresh = Spawned::start(program).map_err(spawn_error)?;
+                    // A worker that died at once shows as its end below.
+                    let _ = fresh.set_up(&setup, &descriptors);
+                    fresh
+                }
             };
-            let line = serde_json::to_string(&setup)
-                .map_err(|e| WorkerStartError::Refused(format!("cannot encode its set-up: {e}")))?;
-            // A worker that died at once shows as a broken pipe here, and as its end below.
-            let _ = stdin
-                .write_all(line.as_bytes())
-                .and_then(|()| stdin.write_all(b"\n"))
-                .and_then(|()| stdin.flush());
-            stdouts.push(stdout);
             processes.push(Process {
-                child,
-                _stdin: stdin,
-                report: Some(report),
+                child: worker.child,
+                _socket: worker.socket,
+                report: Some(worker.report),
                 mailbox,
                 sequence: 0,
                 busy: None,
@@ -328,22 +295,24 @@ impl Workers {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             typical: Duration::ZERO,
         };
-        // All start at once; then each says it is ready, or why not.
-        for (index, stdout) in stdouts.into_iter().enumerate() {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let line = line.trim_end();
-            if line == "ready" {
-                continue;
-            }
-            let reason = match line.strip_prefix("error: ") {
-                Some(reason) => reason.to_string(),
-                None => {
-                    let end = workers.processes[index].collect();
-                    format!("it {end} before it was ready")
+        // All were set up at once; now each says it is ready, or why not.
+        for index in 0..workers.processes.len() {
+            let answer = receive_message(workers.processes[index]._socket.as_raw_fd(), 4096)
+                .map(|(bytes, _)| String::from_utf8_lossy(&bytes).trim_end().to_string());
+            match answer {
+                Ok(line) if line == "ready" => continue,
+                Ok(line) if line.starts_with("error: ") => {
+                    return Err(WorkerStartError::Refused(
+                        line["error: ".len()..].to_string(),
+                    ))
                 }
-            };
-            return Err(WorkerStartError::Refused(reason));
+                _ => {
+                    let end = workers.processes[index].collect();
+                    return Err(WorkerStartError::Refused(format!(
+                        "it {end} before it was ready"
+                    )));
+                }
+            }
         }
         Ok(workers)
     }
@@ -488,6 +457,204 @@ impl Workers {
     }
 }
 
+/// A worker process started, not yet set up: its socket (its stdin) and report pipe.
+struct Spawned {
+    program: WorkerProgram,
+    /// The thread that started it: the worker dies with that thread.
+    thread: std::thread::ThreadId,
+    child: Child,
+    socket: OwnedFd,
+    report: OwnedFd,
+    /// The report pipe's write end, until the set-up hands it to the worker.
+    writer: Option<OwnedFd>,
+}
+
+impl Spawned {
+    /// Starts `offload __engine-worker` with a socket as stdin. Nothing runs between
+    /// fork and exec (so the standard library can use `posix_spawn`, several times faster
+    /// than fork here): the worker asks to die with the thread that started it itself, and
+    /// one whose parent is gone before it asked reads the end of its socket and exits.
+    fn start(program: &WorkerProgram) -> std::io::Result<Spawned> {
+        let mut pair = [0; 2];
+        // SAFETY: socketpair writes two descriptors into `pair`.
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are fresh and ours.
+        let (ours, theirs) =
+            unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        let (report, writer) = sandbox::report_pipe()?;
+        let child = Command::new(&program.program)
+            .arg("__engine-worker")
+            .args(&program.args)
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        Ok(Spawned {
+            program: program.clone(),
+            thread: std::thread::current().id(),
+            child,
+            socket: ours,
+            report,
+            writer: Some(writer),
+        })
+    }
+
+    /// Sends the set-up and its descriptors (the report pipe's write end first).
+    fn set_up(&mut self, setup: &Setup, descriptors: &[RawFd]) -> std::io::Result<()> {
+        let line = serde_json::to_vec(setup).map_err(std::io::Error::other)?;
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("set up twice"))?;
+        let all: Vec<RawFd> = std::iter::once(writer.as_raw_fd())
+            .chain(descriptors.iter().copied())
+            .collect();
+        let socket = self.socket.as_raw_fd();
+        let mut chunks = all.chunks(FDS_PER_MESSAGE);
+        send_message(socket, &line, chunks.next().unwrap_or(&[]))?;
+        for chunk in chunks {
+            send_message(socket, b"fds", chunk)?;
+        }
+        // The worker holds it now.
+        self.writer = None;
+        Ok(())
+    }
+
+    /// Ends a worker that will not be used.
+    fn discard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Workers started ahead of their job ([`warm_up`]).
+static SPARES: std::sync::Mutex<Vec<Spawned>> = std::sync::Mutex::new(Vec::new());
+
+/// A spare of `program` started by this thread (one started by another thread may be
+/// dying with it); spares that have ended are collected first.
+fn take_spare(program: &WorkerProgram) -> Option<Spawned> {
+    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    spares.retain_mut(|s| matches!(s.child.try_wait(), Ok(None)));
+    let here = std::thread::current().id();
+    let at = spares.iter().position(|s| {
+        s.thread == here && s.program.program == program.program && s.program.args == program.args
+    })?;
+    Some(spares.swap_remove(at))
+}
+
+/// Starts `count` workers of `program` now, for the next isolated run in this process
+/// to take, so that their start (exec, the runtime, building the sandbox's filters)
+/// overlaps what the caller does meanwhile (reading the package and the inputs). They
+/// die with the thread that calls this, and only runs on that thread take them.
+/// Failures are left to the run to report.
+pub(crate) fn warm_up(program: &WorkerProgram, count: usize) {
+    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    spares.retain_mut(|s| matches!(s.child.try_wait(), Ok(None)));
+    for _ in 0..count {
+        match Spawned::start(program) {
+            Ok(spare) => spares.push(spare),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Sends `bytes` and the descriptors `fds` as one message on a `SOCK_SEQPACKET` socket.
+fn send_message(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let payload = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    // u64s: the control buffer must be aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: a zeroed msghdr is a valid empty one.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    if !fds.is_empty() {
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = space as _;
+        // SAFETY: the control buffer holds one header with room for `fds` (CMSG_SPACE).
+        unsafe {
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(header).cast::<RawFd>(),
+                fds.len(),
+            );
+        }
+    }
+    // SAFETY: the message points at live buffers; no SIGPIPE if the worker died.
+    let sent = unsafe { libc::sendmsg(socket, &message, libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if sent as usize != bytes.len() {
+        return Err(std::io::Error::other("a message was cut short"));
+    }
+    Ok(())
+}
+
+/// Receives one message of at most `max` bytes and the descriptors it carries (an empty
+/// message: the other side closed its end).
+fn receive_message(socket: RawFd, max: usize) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut bytes = vec![0u8; max];
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE((FDS_PER_MESSAGE * 4) as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: a zeroed msghdr is a valid empty one.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = space as _;
+    // SAFETY: the message points at live buffers of the lengths given.
+    let got = unsafe { libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC) };
+    if got < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the headers the kernel wrote into our control buffer, walked with the
+    // macros meant for it; each SCM_RIGHTS descriptor is new and ours.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                let data = libc::CMSG_DATA(header).cast::<RawFd>();
+                for k in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(k).read_unaligned()));
+                }
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    if message.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(std::io::Error::other("a message was too long"));
+    }
+    bytes.truncate(got as usize);
+    Ok((bytes, fds))
+}
+
 impl Process {
     /// The answer to this worker's packet, if it has given it.
     fn take_answer(&mut self) -> Option<Answer> {
@@ -562,14 +729,16 @@ fn post(mailbox: &SharedMemory, sequence: u32) {
 /// ready, then runs packets until told to stop; returns only on a set-up error (which it
 /// has answered on stdout).
 pub fn serve_worker(faults: &[String]) -> Result<(), String> {
-    let mut stdout = std::io::stdout();
+    let answer = |text: &str| {
+        let _ = send_message(0, text.as_bytes(), &[]);
+    };
     match prepare(faults) {
         Ok(ready) => {
-            let _ = stdout.write_all(b"ready\n").and_then(|()| stdout.flush());
+            answer("ready");
             ready.serve()
         }
         Err(reason) => {
-            let _ = writeln!(stdout, "error: {reason}").and_then(|()| stdout.flush());
+            answer(&format!("error: {reason}"));
             Err(reason)
         }
     }
@@ -587,13 +756,26 @@ struct Ready {
 
 fn prepare(faults: &[String]) -> Result<Ready, String> {
     let faults = cluster_node::fault::Faults::parse(faults)?;
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| format!("cannot read the set-up: {e}"))?;
+    // Death with the thread that started this process, asked first (see
+    // `Spawned::start`); the sandbox asks again and checks the parent.
+    // SAFETY: plain prctl and getppid calls on this process.
+    let parent = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        libc::getppid() as u32
+    };
+    // The sandbox's filters are built while the set-up is still on its way.
+    let sandbox = sandbox::prepare(&sandbox::Config::cpu().expected_parent(parent));
+    let (line, mut fds) = receive_message(0, MAX_SETUP).map_err(|e| {
+        format!("cannot read the set-up ({e}): offload __engine-worker is started by offload run")
+    })?;
     let setup: Setup =
-        serde_json::from_str(&line).map_err(|e| format!("a malformed set-up: {e}"))?;
+        serde_json::from_slice(&line).map_err(|e| format!("a malformed set-up: {e}"))?;
     if setup.version != env!("CARGO_PKG_VERSION") {
         return Err(format!(
             "the worker program is offload {}, the job's is {}",
@@ -601,31 +783,50 @@ fn prepare(faults: &[String]) -> Result<Ready, String> {
             setup.version
         ));
     }
-    // SAFETY (all three): descriptors the coordinator left open for this process,
-    // named in the set-up; each is taken once.
-    let take = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
-    let map = |fd: RawFd, len: u64, what: &str| {
-        SharedMemory::map(take(fd), len as usize).map_err(|e| format!("cannot map {what}: {e}"))
+    let wanted = setup.buffers.len() + 3;
+    while fds.len() < wanted {
+        let (_, more) =
+            receive_message(0, 16).map_err(|e| format!("cannot read the set-up: {e}"))?;
+        if more.is_empty() {
+            return Err(format!(
+                "the set-up came with {} of its {wanted} descriptors",
+                fds.len()
+            ));
+        }
+        fds.extend(more);
+    }
+    let mut fds = fds.into_iter();
+    let report = fds.next().ok_or("the set-up has no report pipe")?;
+    let mut map = |len: u64, what: &str| match fds.next() {
+        Some(fd) => {
+            SharedMemory::map(fd, len as usize).map_err(|e| format!("cannot map {what}: {e}"))
+        }
+        None => Err(format!("the set-up has no descriptor for {what}")),
     };
-    let mailbox = map(setup.mailbox_fd, setup.mailbox_len, "the mailbox")?;
-    let control = map(setup.control_fd, CONTROL_LEN as u64, "the control page")?;
+    let control = map(CONTROL_LEN as u64, "the control page")?;
+    let mailbox = map(setup.mailbox_len, "the mailbox")?;
     let buffers = setup
         .buffers
         .iter()
-        .map(|b| map(b.fd, b.len, "a job buffer"))
+        .map(|&len| map(len, "a job buffer"))
         .collect::<Result<Vec<_>, _>>()?;
     let kernels = setup
         .kernels
         .into_iter()
         .map(|k| node_jit::load_cache_entry(&k.library, k.spec, &k.key).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
-    cluster_node::worker::close_stray_descriptors(&[setup.report_fd]);
-    let report = sandbox::apply(
-        &sandbox::Config::cpu()
-            .expected_parent(setup.parent)
-            .report_fd(setup.report_fd),
-    )
-    .map_err(|e| format!("cannot apply the sandbox: {e}"))?;
+    // Kept open to the end: the sandbox's handlers write to it.
+    let report_fd = std::os::fd::IntoRawFd::into_raw_fd(report);
+    cluster_node::worker::close_stray_descriptors(&[report_fd]);
+    let report = sandbox
+        .and_then(|prepared| prepared.report_fd(report_fd).apply())
+        .map_err(|e| format!("cannot apply the sandbox: {e}"))?;
+    if parent != setup.parent {
+        return Err(format!(
+            "started by process {parent}, set up by {}",
+            setup.parent
+        ));
+    }
     tracing::debug!("engine worker {}: {report}", std::process::id());
     Ok(Ready {
         mailbox,

@@ -774,6 +774,19 @@ impl Options {
         self
     }
 
+    /// With [`Options::isolated`], starts `count` worker processes now, for the next
+    /// run in this process with the same program to take, so that their start (about a
+    /// millisecond each: exec, the runtime, building the sandbox's filters) overlaps
+    /// whatever the caller does before the run (reading its package and inputs); a run
+    /// that needs more starts the rest itself. Only runs on the calling thread take them,
+    /// and they die with it (spares a run does not take live until then). Without
+    /// isolation: nothing.
+    pub fn warm_up(&self, count: usize) {
+        if let Some(program) = &self.isolation {
+            crate::isolated::warm_up(program, count);
+        }
+    }
+
     /// The OpenCL devices to use, opened once and shared between runs so that built
     /// programs stay cached (local runs only). Default: discovered when needed.
     pub fn opencl(mut self, opencl: Arc<OpenCl>) -> Options {

@@ -437,6 +437,29 @@ impl fmt::Display for Report {
 /// best effort (the report says what the kernel enforced); seccomp is required unless left
 /// out, since [`support`] lets a node refuse to serve where it is missing.
 pub fn apply(config: &Config) -> Result<Report, SandboxError> {
+    prepare(config)?.apply()
+}
+
+/// The sandbox of `config` with its filters built, not yet applied: [`apply`] in two
+/// parts, so a worker can build the filters (the costly part: support probing and
+/// compiling the allow-list) while it still waits for its work, and apply them once its
+/// kernel code is loaded. Prepare in the process that applies: the filters name its pid.
+pub struct Prepared {
+    config: Config,
+    programs: Option<(Vec<seccompiler::BpfProgram>, usize)>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("config", &self.config)
+            .field("filters", &self.programs.as_ref().map(|p| p.0.len()))
+            .finish()
+    }
+}
+
+/// Checks `config` and builds its filters for this process (see [`Prepared`]).
+pub fn prepare(config: &Config) -> Result<Prepared, SandboxError> {
     let arch = Arch::host().ok_or(SandboxError::UnsupportedArch(std::env::consts::ARCH))?;
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
@@ -456,88 +479,107 @@ pub fn apply(config: &Config) -> Result<Report, SandboxError> {
     } else {
         None
     };
-    let other_threads = process::other_threads()?;
-    let descriptors = process::open_descriptors()?;
-    if config.landlock && other_threads > 0 && !config.allow_existing_threads {
-        if let Some(abi) = files::kernel_abi().filter(|abi| *abi < LANDLOCK_ALL_THREADS_ABI) {
-            return Err(SandboxError::OtherThreads {
-                others: other_threads,
-                abi,
-            });
-        }
-    }
-    // The bounds of this thread's stack come from /proc/self/maps for the main thread:
-    // read them while files can still be opened.
-    let stack_known = signals::remember_stack_of_this_thread().is_ok();
-
-    let parent = process::die_with_parent(config.expected_parent)?;
-    let process_group = process::own_process_group()?;
-    process::limit(libc::RLIMIT_CORE, 0, "turn core dumps off (RLIMIT_CORE)")?;
-    let open_files_limit = process::limit(
-        libc::RLIMIT_NOFILE,
-        config.open_files,
-        "limit open files (RLIMIT_NOFILE)",
-    )?;
-    let address_space_limit = match config.address_space {
-        Some(bytes) => Some(process::limit(
-            libc::RLIMIT_AS,
-            bytes,
-            "limit the address space (RLIMIT_AS)",
-        )?),
-        None => None,
-    };
-    let process_limit = match config.processes {
-        Some(count) => Some(process::limit(
-            libc::RLIMIT_NPROC,
-            count,
-            "limit processes (RLIMIT_NPROC)",
-        )?),
-        None => None,
-    };
-    signals::install(config.report_fd).map_err(|source| SandboxError::Os {
-        what: "install the sandbox's signal handlers",
-        source,
-    })?;
-    // SAFETY: plain prctl calls on this process.
-    let no_new_privs = unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(SandboxError::Os {
-                what: "set no_new_privs",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
-    };
-    let landlock = if config.landlock {
-        Some(files::restrict(&config.readable, &config.devices)?)
-    } else {
-        None
-    };
-    let seccomp = match programs {
-        Some((programs, allowed)) => {
-            for program in &programs {
-                seccompiler::apply_filter_all_threads(program)
-                    .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-            }
-            Some(SeccompOutcome {
-                allowed,
-                all_threads: true,
-            })
-        }
-        None => None,
-    };
-    Ok(Report {
-        profile: config.profile,
-        parent,
-        process_group,
-        no_new_privs,
-        address_space_limit,
-        open_files_limit,
-        process_limit,
-        other_threads,
-        descriptors,
-        stack_known,
-        landlock,
-        seccomp,
+    Ok(Prepared {
+        config: config.clone(),
+        programs,
     })
+}
+
+impl Prepared {
+    /// The descriptor fault records go to (see [`Config::report_fd`]), when it is known
+    /// only after [`prepare`].
+    pub fn report_fd(mut self, fd: RawFd) -> Prepared {
+        self.config = self.config.report_fd(fd);
+        self
+    }
+
+    /// Applies the sandbox, as [`apply`] does.
+    pub fn apply(self) -> Result<Report, SandboxError> {
+        let Prepared { config, programs } = self;
+        let config = &config;
+        let other_threads = process::other_threads()?;
+        let descriptors = process::open_descriptors()?;
+        if config.landlock && other_threads > 0 && !config.allow_existing_threads {
+            if let Some(abi) = files::kernel_abi().filter(|abi| *abi < LANDLOCK_ALL_THREADS_ABI) {
+                return Err(SandboxError::OtherThreads {
+                    others: other_threads,
+                    abi,
+                });
+            }
+        }
+        // The bounds of this thread's stack come from /proc/self/maps for the main thread:
+        // read them while files can still be opened.
+        let stack_known = signals::remember_stack_of_this_thread().is_ok();
+
+        let parent = process::die_with_parent(config.expected_parent)?;
+        let process_group = process::own_process_group()?;
+        process::limit(libc::RLIMIT_CORE, 0, "turn core dumps off (RLIMIT_CORE)")?;
+        let open_files_limit = process::limit(
+            libc::RLIMIT_NOFILE,
+            config.open_files,
+            "limit open files (RLIMIT_NOFILE)",
+        )?;
+        let address_space_limit = match config.address_space {
+            Some(bytes) => Some(process::limit(
+                libc::RLIMIT_AS,
+                bytes,
+                "limit the address space (RLIMIT_AS)",
+            )?),
+            None => None,
+        };
+        let process_limit = match config.processes {
+            Some(count) => Some(process::limit(
+                libc::RLIMIT_NPROC,
+                count,
+                "limit processes (RLIMIT_NPROC)",
+            )?),
+            None => None,
+        };
+        signals::install(config.report_fd).map_err(|source| SandboxError::Os {
+            what: "install the sandbox's signal handlers",
+            source,
+        })?;
+        // SAFETY: plain prctl calls on this process.
+        let no_new_privs = unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(SandboxError::Os {
+                    what: "set no_new_privs",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
+        };
+        let landlock = if config.landlock {
+            Some(files::restrict(&config.readable, &config.devices)?)
+        } else {
+            None
+        };
+        let seccomp = match programs {
+            Some((programs, allowed)) => {
+                for program in &programs {
+                    seccompiler::apply_filter_all_threads(program)
+                        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+                }
+                Some(SeccompOutcome {
+                    allowed,
+                    all_threads: true,
+                })
+            }
+            None => None,
+        };
+        Ok(Report {
+            profile: config.profile,
+            parent,
+            process_group,
+            no_new_privs,
+            address_space_limit,
+            open_files_limit,
+            process_limit,
+            other_threads,
+            descriptors,
+            stack_known,
+            landlock,
+            seccomp,
+        })
+    }
 }

@@ -398,11 +398,37 @@ fn scalar_overrides(overrides: &[String]) -> anyhow::Result<Vec<(String, Number)
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     // Ctrl-C ends the run (every worker with it) and says that nothing was written.
     offload::end_runs_cleanly_on_interrupt();
+    // The workers start while the package and the inputs are read.
+    let cpu_here = !args.cluster.cluster
+        && !args.check
+        && !matches!(args.device, Some(super::opencl::DeviceFlag::Opencl));
+    if cpu_here {
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // A one-kernel run never has more workers than items.
+        let items = args
+            .items
+            .map_or(threads, |n| n.clamp(1, threads as u64) as usize);
+        with_workers(Options::default(), args)?.warm_up(threads.min(items));
+    }
     if is_program(&args.target) {
         run_program(cli, args)
     } else {
         run_kernel(cli, args)
     }
+}
+
+/// `options` with this run's isolated workers: kernels from package files run in
+/// sandboxed worker processes of this program, unless `--in-process`.
+fn with_workers(options: Options, args: &RunArgs) -> anyhow::Result<Options> {
+    cluster_node::fault::Faults::parse(&args.worker_fault).map_err(anyhow::Error::msg)?;
+    if args.in_process {
+        return Ok(options);
+    }
+    let program = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find the offload program to run workers: {e}"))?;
+    Ok(options.isolated(program).worker_faults(&args.worker_fault))
 }
 
 /// `offload run program.toml`.
@@ -521,13 +547,7 @@ fn execute(
     if let Some(seconds) = args.packet_timeout {
         options = options.packet_timeout(std::time::Duration::from_secs_f64(seconds));
     }
-    // Kernels from package files run in isolated, sandboxed workers: this program.
-    cluster_node::fault::Faults::parse(&args.worker_fault).map_err(anyhow::Error::msg)?;
-    if !args.in_process {
-        let program = std::env::current_exe()
-            .map_err(|e| anyhow::anyhow!("cannot find the offload program to run workers: {e}"))?;
-        options = options.isolated(program).worker_faults(&args.worker_fault);
-    }
+    options = with_workers(options, args)?;
     let result = if args.cluster.cluster {
         let cluster_bar = Arc::new(super::cluster::ClusterBar::new());
         let cluster = super::cluster::connect(cli, &args.cluster, &cluster_bar)?;

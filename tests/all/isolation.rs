@@ -318,3 +318,32 @@ fn a_worker_program_that_cannot_start_is_an_error_naming_it() {
     );
     assert_eq!(y, vec![1; 100]);
 }
+
+#[test]
+fn workers_started_ahead_serve_runs_on_their_thread_and_other_threads_start_their_own() {
+    let (_dir, package, cluster) = traps_on_this_machine();
+    let options = Options::default().threads(2).isolated(BIN);
+    // Spares started by a thread that ends die with it; a run elsewhere starts its own.
+    std::thread::scope(|s| {
+        s.spawn(|| options.warm_up(2));
+    });
+    let mut y = vec![0i32; 100];
+    let report = run_traps(&cluster, &package, "divide", 1000, &mut y, &options)
+        .expect("a run after the spares' thread ended");
+    assert_eq!(report.isolated_workers, 2);
+    assert_eq!(y, (0..100).collect::<Vec<i32>>());
+    // Spares of this thread are taken (more than asked for are started fresh), and the
+    // run is the same.
+    options.warm_up(1);
+    let mut y = vec![0i32; 100];
+    run_traps(&cluster, &package, "divide", 1000, &mut y, &options).expect("a warmed run");
+    assert_eq!(y, (0..100).collect::<Vec<i32>>());
+    let error =
+        run_traps(&cluster, &package, "wild_write", 3, &mut y, &options).expect_err("item 3 traps");
+    assert!(
+        error
+            .to_string()
+            .contains("kernel `wild_write` crashed on items "),
+        "{error}"
+    );
+}
