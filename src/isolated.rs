@@ -12,12 +12,14 @@
 //! on. Both sides spin on their word for up to [`SPIN`] before sleeping on it (a futex):
 //! waking a sleeper costs tens of µs on a virtual machine, as much as a short packet.
 //!
-//! A worker gets its set-up (descriptors, the kernels' cached code, the stack size) as
-//! one JSON line on stdin, loads the code the coordinator compiled (verified against its
-//! key and digest: [`node_jit::load_cache_entry`]), maps the buffers, closes every other
-//! descriptor, applies the CPU sandbox profile ([`sandbox::apply`]) and answers `ready`;
-//! then it only runs packets. A worker that dies is seen by the coordinator's wait
-//! (it checks the processes whenever it wakes without an answer) and reported with
+//! A worker is started with a socket as stdin, possibly ahead of its job ([`warm_up`]),
+//! builds the sandbox's filters while it waits, and gets its set-up there: one JSON
+//! message (versions must match), then its descriptors (`SCM_RIGHTS`). It loads the
+//! code the coordinator compiled (verified against its key and digest:
+//! [`node_jit::load_cache_entry`]), maps the buffers, closes every other descriptor,
+//! applies the CPU sandbox profile ([`sandbox`]) and answers `ready`; then it only runs
+//! packets. A worker that dies is seen by the coordinator's wait (it checks the
+//! processes whenever it wakes without an answer) and reported with
 //! [`sandbox::WorkerEnd`]'s words; a packet that runs past its timeout has its worker
 //! killed. The workers of a job end with it (and with the thread that started them).
 
@@ -72,6 +74,9 @@ const COMPLETIONS: usize = 0;
 /// u32: 1 while the coordinator sleeps on `COMPLETIONS`.
 const COORDINATOR_ASLEEP: usize = 4;
 const CONTROL_LEN: usize = 64;
+
+/// How long a worker may take to load its kernels and sandbox itself.
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// How long either side polls its word before sleeping on it.
 const SPIN: Duration = Duration::from_micros(1000);
@@ -295,9 +300,25 @@ impl Workers {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             typical: Duration::ZERO,
         };
-        // All were set up at once; now each says it is ready, or why not.
+        // All were set up at once; now each says it is ready, or why not (within
+        // READY_WITHIN: a worker that hangs before it is ready must not hang the run).
         for index in 0..workers.processes.len() {
-            let answer = receive_message(workers.processes[index]._socket.as_raw_fd(), 4096)
+            let socket = workers.processes[index]._socket.as_raw_fd();
+            let within = libc::timeval {
+                tv_sec: READY_WITHIN.as_secs() as libc::time_t,
+                tv_usec: 0,
+            };
+            // SAFETY: setsockopt on our socket with a valid timeval.
+            unsafe {
+                libc::setsockopt(
+                    socket,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&within as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            let answer = receive_message(socket, 4096)
                 .map(|(bytes, _)| String::from_utf8_lossy(&bytes).trim_end().to_string());
             match answer {
                 Ok(line) if line == "ready" => continue,
@@ -305,6 +326,13 @@ impl Workers {
                     return Err(WorkerStartError::Refused(
                         line["error: ".len()..].to_string(),
                     ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let _ = workers.processes[index].child.kill();
+                    return Err(WorkerStartError::Refused(format!(
+                        "it was not ready within {} s",
+                        READY_WITHIN.as_secs()
+                    )));
                 }
                 _ => {
                     let end = workers.processes[index].collect();
