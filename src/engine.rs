@@ -459,7 +459,7 @@ pub(crate) fn run_plan(
             })?),
             None => None,
         };
-    let started = Instant::now();
+    let mut started = Instant::now();
     let mut done_items = 0u64;
     let mut learned: HashMap<(usize, String), f64> = HashMap::new();
     let storage = &mut job.storage;
@@ -499,6 +499,8 @@ pub(crate) fn run_plan(
             Pool::Processes { workers, .. } => workers.len(),
             Pool::Threads(_) => 0,
         };
+        // The run's time counts from here: starting the workers is set-up, as compiling is.
+        started = Instant::now();
         let mut failure: Option<RunError> = None;
         let mut index = 0usize;
         let walk = plan.for_each(&manifests, &mut |instance| {

@@ -374,6 +374,9 @@ pub struct TuneOptions {
     pub cores: usize,
     /// Scalar values to use instead of the synthesized ones.
     pub scalars: Vec<(String, ScalarValue)>,
+    /// Measure in isolated workers of this `offload` program ([`Options::isolated`]), as
+    /// `offload run` executes kernels; `None`: in process.
+    pub isolation: Option<std::path::PathBuf>,
 }
 
 impl TuneOptions {
@@ -386,6 +389,7 @@ impl TuneOptions {
             budget: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             scalars: Vec::new(),
+            isolation: None,
         }
     }
 }
@@ -511,7 +515,10 @@ fn measure(
     options: &TuneOptions,
 ) -> Result<f64, TuneError> {
     let engine = engines.get(settings.opt_level);
-    let local = settings.apply(Options::default());
+    let mut local = settings.apply(Options::default());
+    if let Some(program) = &options.isolation {
+        local = local.isolated(program);
+    }
     let fail = |source: RunError| TuneError::Run {
         kernel: kernel.to_string(),
         settings: settings.to_string(),
