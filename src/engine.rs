@@ -820,8 +820,11 @@ impl Pool {
                         }
                     })
                     .collect();
-                workers.send(device.0 as usize, kernel, device, packet, &slots);
-                Ok(())
+                if workers.send(device.0 as usize, kernel, device, packet, &slots) {
+                    Ok(())
+                } else {
+                    Err(RunError::WorkerLost)
+                }
             }
         }
     }

@@ -188,8 +188,8 @@ pub enum WorkerStartError {
 /// One worker process.
 struct Process {
     child: Child,
-    // Held open: the worker needs nothing more from it, and its end means nothing.
-    _socket: OwnedFd,
+    /// The set-up socket: the worker answers `ready` on it, then it only stays open.
+    socket: OwnedFd,
     report: Option<OwnedFd>,
     mailbox: SharedMemory,
     sequence: u32,
@@ -249,11 +249,19 @@ impl Workers {
             source,
         };
         let control = SharedMemory::create(c"offload-control", CONTROL_LEN).map_err(spawn_error)?;
-        let mut processes = Vec::with_capacity(count);
+        // Made first: if starting one worker fails, dropping this ends those started.
+        let mut workers = Workers {
+            processes: Vec::with_capacity(count),
+            control,
+            bases: buffers.iter().map(|b| b.as_ptr() as u64).collect(),
+            timeout,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            typical: Duration::ZERO,
+        };
         for _ in 0..count {
             let mailbox =
                 SharedMemory::create(c"offload-mailbox", HEADER + scratch).map_err(spawn_error)?;
-            let mut descriptors = vec![control.fd().as_raw_fd(), mailbox.fd().as_raw_fd()];
+            let mut descriptors = vec![workers.control.fd().as_raw_fd(), mailbox.fd().as_raw_fd()];
             descriptors.extend(buffers.iter().map(|b| b.fd().as_raw_fd()));
             let setup = Setup {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -282,9 +290,9 @@ impl Workers {
                     fresh
                 }
             };
-            processes.push(Process {
+            workers.processes.push(Process {
                 child: worker.child,
-                _socket: worker.socket,
+                socket: worker.socket,
                 report: Some(worker.report),
                 mailbox,
                 sequence: 0,
@@ -292,18 +300,10 @@ impl Workers {
                 ended: None,
             });
         }
-        let mut workers = Workers {
-            processes,
-            control,
-            bases: buffers.iter().map(|b| b.as_ptr() as u64).collect(),
-            timeout,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            typical: Duration::ZERO,
-        };
         // All were set up at once; now each says it is ready, or why not (within
         // READY_WITHIN: a worker that hangs before it is ready must not hang the run).
         for index in 0..workers.processes.len() {
-            let socket = workers.processes[index]._socket.as_raw_fd();
+            let socket = workers.processes[index].socket.as_raw_fd();
             let within = libc::timeval {
                 tv_sec: READY_WITHIN.as_secs() as libc::time_t,
                 tv_usec: 0,
@@ -350,8 +350,10 @@ impl Workers {
         self.processes.len()
     }
 
-    /// Posts `packet` of kernel `kernel` (its index in the set-up) to worker `worker`,
-    /// which must be idle.
+    /// Posts `packet` of kernel `kernel` (its index in the set-up) to worker `worker`.
+    /// A worker takes one packet at a time (the scheduler gives a local CPU device one
+    /// slot): `false`, and nothing posted, if it is busy or the request does not fit.
+    #[must_use]
     pub(crate) fn send(
         &mut self,
         worker: usize,
@@ -359,10 +361,14 @@ impl Workers {
         device: DeviceId,
         packet: Packet,
         slots: &[Slot],
-    ) {
-        let process = &mut self.processes[worker];
+    ) -> bool {
+        let Some(process) = self.processes.get_mut(worker) else {
+            return false;
+        };
+        if process.busy.is_some() || slots.len() > MAX_SLOTS {
+            return false;
+        }
         let mailbox = &process.mailbox;
-        debug_assert!(process.busy.is_none() && slots.len() <= MAX_SLOTS);
         let mut sums = Vec::new();
         for (k, slot) in slots.iter().enumerate() {
             let at = SLOT_TABLE + k * SLOT_BYTES;
@@ -393,6 +399,7 @@ impl Workers {
             since: Instant::now(),
             sums,
         });
+        true
     }
 
     /// The coordinator's address of job buffer `index` (offsets in [`Slot::Buffer`]
