@@ -995,3 +995,56 @@ fn yield_now() {
     // SAFETY: sched_yield has no preconditions.
     unsafe { libc::sched_yield() };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two descriptors into `fds`.
+        let made = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(made, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: fresh descriptors, ours.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_message_carries_its_bytes_and_descriptors_and_a_closed_peer_reads_as_empty() {
+        let (a, b) = pair();
+        let files: Vec<SharedMemory> = (0..3)
+            .map(|n| SharedMemory::create(c"test", 4096 * (n + 1)).expect("memfd"))
+            .collect();
+        let fds: Vec<RawFd> = files.iter().map(|f| f.fd().as_raw_fd()).collect();
+        send_message(a.as_raw_fd(), b"{\"set\":\"up\"}", &fds).expect("send");
+        let (bytes, received) = receive_message(b.as_raw_fd(), 1024).expect("receive");
+        assert_eq!(bytes, b"{\"set\":\"up\"}");
+        assert_eq!(received.len(), 3);
+        for (file, fd) in files.iter().zip(received) {
+            let sent = std::fs::File::from(file.fd().try_clone_to_owned().expect("dup"));
+            let got = std::fs::File::from(fd);
+            assert_eq!(
+                sent.metadata().expect("stat").ino(),
+                got.metadata().expect("stat").ino()
+            );
+        }
+        drop(a);
+        let (bytes, received) = receive_message(b.as_raw_fd(), 1024).expect("end");
+        assert!(bytes.is_empty() && received.is_empty());
+    }
+
+    #[test]
+    fn a_message_longer_than_the_reader_takes_is_an_error_not_a_cut() {
+        let (a, b) = pair();
+        send_message(a.as_raw_fd(), &[7u8; 100], &[]).expect("send");
+        assert!(receive_message(b.as_raw_fd(), 10).is_err());
+    }
+}
