@@ -116,7 +116,11 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         "run: {} in {} on {}, {} ({:.1} Mpixel/s)",
         plural(items, "pixel"),
         plural(report.packets, "packet"),
-        plural(report.threads as u64, "thread"),
+        if report.isolated_workers > 0 {
+            plural(report.isolated_workers as u64, "isolated worker")
+        } else {
+            plural(report.threads as u64, "thread")
+        },
         describe_duration(report.run_time),
         items as f64 / report.run_time.as_secs_f64().max(1e-9) / 1e6
     );
