@@ -116,11 +116,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         "run: {} in {} on {}, {} ({:.1} Mpixel/s)",
         plural(items, "pixel"),
         plural(report.packets, "packet"),
-        if report.isolated_workers > 0 {
-            plural(report.isolated_workers as u64, "isolated worker")
-        } else {
-            plural(report.threads as u64, "thread")
-        },
+        super::describe_workers(&report),
         describe_duration(report.run_time),
         items as f64 / report.run_time.as_secs_f64().max(1e-9) / 1e6
     );

@@ -204,6 +204,15 @@ fn chain(error: &anyhow::Error) -> String {
     text
 }
 
+/// Where a local run's CPU packets ran: `2 isolated workers` or `2 threads`.
+pub fn describe_workers(report: &offload::Report) -> String {
+    if report.isolated_workers > 0 {
+        plural(report.isolated_workers as u64, "isolated worker")
+    } else {
+        plural(report.threads as u64, "thread")
+    }
+}
+
 /// Parses a count of threads, workers or cores: a whole number from 1 to 4096 (0 is
 /// refused, not silently turned into 1).
 pub fn parse_count(text: &str) -> Result<usize, String> {

@@ -596,10 +596,7 @@ fn execute(
             )
         }
         None if args.check => "1 thread in check mode (every item alone, fenced)".to_string(),
-        None if report.isolated_workers > 0 => {
-            plural(report.isolated_workers as u64, "isolated worker")
-        }
-        None => plural(report.threads as u64, "thread"),
+        None => super::describe_workers(&report),
     };
     Ok((report, place))
 }
@@ -634,7 +631,7 @@ fn print_report(cli: &Cli, report: &Report, kernel: Option<&str>) {
     eprintln!(
         "device: cpu {} ({})",
         offload::HostTarget::detect(),
-        plural(report.threads as u64, "thread")
+        super::describe_workers(report)
     );
     for device in &report.opencl_devices {
         eprintln!("device: opencl {device}");
