@@ -347,3 +347,40 @@ fn workers_started_ahead_serve_runs_on_their_thread_and_other_threads_start_thei
         "{error}"
     );
 }
+
+#[test]
+fn a_job_of_more_buffers_than_one_message_carries_reaches_every_worker() {
+    let (_dir, package, cluster) = traps_on_this_machine();
+    // 300 buffers: their descriptors travel in two messages (250 at most in one).
+    let mut builder = Job::builder(Arc::clone(&package)).scalar("at", 1000u64);
+    for b in 0..300 {
+        builder = builder.zeros(&format!("b{b}"), offload::ScalarType::I32, 100);
+    }
+    let mut job = builder
+        .step(
+            Step::new("divide", "100")
+                .value("at", "at")
+                .buffer("y", "b0"),
+        )
+        .step(
+            Step::new("trap", "100")
+                .value("at", "at")
+                .buffer("y", "b299"),
+        )
+        .build()
+        .expect("job");
+    let report = cluster
+        .run(&mut job, &Options::default().threads(2).isolated(BIN))
+        .expect("run");
+    assert_eq!(report.isolated_workers, 2);
+    let values = |name: &str| -> Vec<i32> {
+        job.buffer(name)
+            .expect("buffer")
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    assert_eq!(values("b0"), (0..100).collect::<Vec<i32>>());
+    assert_eq!(values("b299"), (0..100).collect::<Vec<i32>>());
+    assert_eq!(values("b150"), vec![0; 100]);
+}
