@@ -418,10 +418,11 @@ impl Workers {
         Some(answer)
     }
 
-    /// Waits for the next answer, or the end of a busy worker (`None`: nothing is
-    /// busy). `also` is polled on each round: another source of answers (the OpenCL
-    /// devices' channel) the caller waits on at the same time; its value is returned
-    /// as `Err(value)`.
+    /// Waits for the next answer: a worker's, the end of a busy worker, a packet past
+    /// the timeout, or `also`'s. `also` is polled on each round: another source of
+    /// answers (the OpenCL devices' channel) the caller waits on at the same time; its
+    /// value is returned as `Err(value)`. The caller waits only while something is
+    /// outstanding.
     pub(crate) fn wait<T>(&mut self, also: &mut dyn FnMut() -> Option<T>) -> Result<Answer, T>
     where
         T: Sized,
@@ -431,6 +432,13 @@ impl Workers {
             let seen = self.control.word(COMPLETIONS).load(Ordering::SeqCst);
             if let Some(answer) = self.try_answer() {
                 return Ok(answer);
+            }
+            // A hung packet is stopped at its timeout even while other workers keep
+            // answering (the deaths of workers are looked for when nothing comes).
+            if self.timeout.is_some() {
+                if let Some(answer) = self.check_processes(false) {
+                    return Ok(answer);
+                }
             }
             if let Some(other) = also() {
                 return Err(other);
@@ -450,14 +458,15 @@ impl Workers {
                 futex_wait(self.control.word(COMPLETIONS), seen, CHECK_EVERY);
             }
             asleep.store(0, Ordering::SeqCst);
-            if let Some(answer) = self.check_processes() {
+            if let Some(answer) = self.check_processes(true) {
                 return Ok(answer);
             }
         }
     }
 
-    /// Looks for a busy worker that died or ran past the timeout; its packet's answer.
-    fn check_processes(&mut self) -> Option<Answer> {
+    /// Looks for a busy worker that ran past the timeout or (with `deaths`) died; its
+    /// packet's answer.
+    fn check_processes(&mut self, deaths: bool) -> Option<Answer> {
         let timeout = self.timeout;
         for process in &mut self.processes {
             if process.busy.is_none() {
@@ -469,7 +478,9 @@ impl Workers {
             }
             let since = process.busy.as_ref()?.since;
             let overdue = timeout.filter(|t| since.elapsed() > *t);
-            if overdue.is_none() && !matches!(process.child.try_wait(), Ok(Some(_)) | Err(_)) {
+            if overdue.is_none()
+                && (!deaths || !matches!(process.child.try_wait(), Ok(Some(_)) | Err(_)))
+            {
                 continue;
             }
             let in_flight = process.busy.take()?;
