@@ -24,6 +24,7 @@
 //! killed. The workers of a job end with it (and with the thread that started them).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -539,6 +540,8 @@ impl Spawned {
             unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
         let (report, writer) = sandbox::report_pipe()?;
         let child = Command::new(&program.program)
+            // `ps` shows `offload __engine-worker` whatever path started it.
+            .arg0("offload")
             .arg("__engine-worker")
             .args(&program.args)
             .stdin(Stdio::from(theirs))
@@ -803,8 +806,10 @@ struct Ready {
 fn prepare(faults: &[String]) -> Result<Ready, String> {
     let faults = cluster_node::fault::Faults::parse(faults)?;
     // Death with the thread that started this process, asked first (see
-    // `Spawned::start`); the sandbox asks again and checks the parent.
-    // SAFETY: plain prctl and getppid calls on this process.
+    // `Spawned::start`); the sandbox asks again and checks the parent. The process's
+    // name (`top`, `ps -o comm`) says what it is, not `exe` of `/proc/self/exe`.
+    // SAFETY: plain prctl and getppid calls on this process; the name is NUL-terminated
+    // and at most 16 bytes.
     let parent = unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -813,6 +818,8 @@ fn prepare(faults: &[String]) -> Result<Ready, String> {
             0,
             0,
         );
+        let name = c"offload-worker".as_ptr() as libc::c_ulong;
+        libc::prctl(libc::PR_SET_NAME, name, 0, 0, 0);
         libc::getppid() as u32
     };
     // The sandbox's filters are built while the set-up is still on its way.

@@ -1582,6 +1582,8 @@ impl Worker {
         let (report, report_writer) = sandbox::report_pipe().map_err(spawn_error)?;
         let mut command = Command::new(&self.program);
         command
+            // `ps` shows `offload __worker ...` whatever path started it (/proc/self/exe).
+            .arg0("offload")
             .args(&self.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

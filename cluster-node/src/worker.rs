@@ -183,6 +183,21 @@ fn lower_priority() {
 
 /// Prints a panic's message only: std's default hook may walk the stack and open the
 /// executable to name it, which the sandbox forbids.
+/// Names the process `offload-worker` (`top`, `ps -o comm`): started through
+/// `/proc/self/exe`, it would be called `exe`.
+fn name_this_process() {
+    // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"offload-worker".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+}
+
 fn quiet_panics() {
     std::panic::set_hook(Box::new(|info| eprintln!("offload worker: {info}")));
 }
@@ -195,6 +210,7 @@ pub fn serve(
     tuning: TuningLookup,
 ) -> Result<(), WorkerError> {
     quiet_panics();
+    name_this_process();
     if options.nice {
         lower_priority();
     }
@@ -212,6 +228,7 @@ pub fn serve(
 /// number its devices). The node starts it with [`sandbox::OPENCL_WORKER_ENV`] set.
 pub fn serve_opencl(index: usize, options: &WorkerOptions) -> Result<(), WorkerError> {
     quiet_panics();
+    name_this_process();
     if options.nice {
         lower_priority();
     }

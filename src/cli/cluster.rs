@@ -387,8 +387,7 @@ fn worker_command(
     cache_dir: Option<&Path>,
     nice: bool,
 ) -> anyhow::Result<(PathBuf, Vec<OsString>)> {
-    let program =
-        std::env::current_exe().context("cannot find the offload executable for workers")?;
+    let program = super::offload_program()?;
     let mut args: Vec<OsString> = Vec::new();
     if let Some(dir) = cache_dir {
         args.push("--cache-dir".into());

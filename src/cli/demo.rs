@@ -101,9 +101,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     ];
     let mut job = Job::kernel(std::sync::Arc::new(package), "mandelbrot", items, values)?;
     // In isolated workers, as `offload run` runs kernels.
-    let options = Options::default().isolated(
-        std::env::current_exe().context("cannot find the offload program to run workers")?,
-    );
+    let options = Options::default().isolated(super::offload_program()?);
     let report = Cluster::from_engine(engine).run(&mut job, &options)?;
     if let Some(origin) = &report.code_origin {
         println!(

@@ -204,6 +204,19 @@ fn chain(error: &anyhow::Error) -> String {
     text
 }
 
+/// The program workers are started from: this very executable, through `/proc/self/exe`
+/// (so a worker is this version of offload even if the file was replaced or removed since
+/// this process started, as a package upgrade does under a running node), else the path
+/// it was started from.
+pub fn offload_program() -> anyhow::Result<std::path::PathBuf> {
+    let this = std::path::Path::new("/proc/self/exe");
+    if this.exists() {
+        return Ok(this.to_path_buf());
+    }
+    std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find the offload program to run workers: {e}"))
+}
+
 /// Where a local run's CPU packets ran: `2 isolated workers` or `2 threads`.
 pub fn describe_workers(report: &offload::Report) -> String {
     if report.isolated_workers > 0 {

@@ -426,9 +426,9 @@ fn with_workers(options: Options, args: &RunArgs) -> anyhow::Result<Options> {
     if args.in_process {
         return Ok(options);
     }
-    let program = std::env::current_exe()
-        .map_err(|e| anyhow::anyhow!("cannot find the offload program to run workers: {e}"))?;
-    Ok(options.isolated(program).worker_faults(&args.worker_fault))
+    Ok(options
+        .isolated(super::offload_program()?)
+        .worker_faults(&args.worker_fault))
 }
 
 /// `offload run program.toml`.

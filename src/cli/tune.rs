@@ -227,10 +227,7 @@ pub fn tune(cli: &Cli, args: &TuneArgs) -> anyhow::Result<()> {
         options.budget = args.budget.map(Duration::from_secs_f64);
         options.scalars = scalars;
         // Measured as `offload run` executes kernels: in isolated workers.
-        options.isolation =
-            Some(std::env::current_exe().map_err(|e| {
-                anyhow::anyhow!("cannot find the offload program to run workers: {e}")
-            })?);
+        options.isolation = Some(super::offload_program()?);
         let verbose = cli.verbose > 0;
         let mut log = |line: &str| {
             if verbose {
