@@ -217,10 +217,13 @@ pub fn offload_program() -> anyhow::Result<std::path::PathBuf> {
         .map_err(|e| anyhow::anyhow!("cannot find the offload program to run workers: {e}"))
 }
 
-/// Where a local run's CPU packets ran: `2 isolated workers` or `2 threads`.
+/// Where a local run's packets ran: `2 isolated workers`, `2 threads`, or the OpenCL
+/// devices when no CPU thread ran any.
 pub fn describe_workers(report: &offload::Report) -> String {
     if report.isolated_workers > 0 {
         plural(report.isolated_workers as u64, "isolated worker")
+    } else if report.threads == 0 && !report.opencl_devices.is_empty() {
+        format!("OpenCL ({})", report.opencl_devices.join(", "))
     } else {
         plural(report.threads as u64, "thread")
     }
