@@ -753,15 +753,18 @@ impl Process {
 
 impl Drop for Workers {
     fn drop(&mut self) {
+        // Every worker is told to stop and killed first, then all are collected: a
+        // worker's exit unmaps the job's buffers, which takes a while for large ones, and
+        // they do it at the same time.
+        for process in self.processes.iter_mut().filter(|p| p.ended.is_none()) {
+            process.mailbox.word(KERNEL).store(STOP, Ordering::Relaxed);
+            process.sequence = process.sequence.wrapping_add(1);
+            post(&process.mailbox, process.sequence);
+            // Killed too: a worker inside a kernel never reads the request.
+            let _ = process.child.kill();
+        }
         for process in &mut self.processes {
-            if process.ended.is_none() {
-                process.mailbox.word(KERNEL).store(STOP, Ordering::Relaxed);
-                process.sequence = process.sequence.wrapping_add(1);
-                post(&process.mailbox, process.sequence);
-                // Killed too: a worker inside a kernel never reads the request.
-                let _ = process.child.kill();
-                process.collect();
-            }
+            process.collect();
         }
     }
 }
