@@ -1,10 +1,12 @@
-//! The local node's engine: runs a job's checked plan on this machine's CPU threads and
-//! OpenCL devices.
+//! The local node's engine: runs a job's checked plan on this machine's CPU and OpenCL
+//! devices.
 //!
 //! The plan ([`Plan`], from the kernel model) has checked every step run before the
-//! engine starts. The engine compiles each kernel once, starts one pool of worker threads
-//! for the whole job, and runs the steps one after another with a barrier between them:
-//! the scheduler core cuts each step into packets and places them on the threads (and,
+//! engine starts. The engine compiles each kernel once, starts one pool of CPU workers
+//! for the whole job (isolated worker processes over shared memory with
+//! [`Options::isolated`], see [`crate::isolated`]; else threads of this process), and
+//! runs the steps one after another with a barrier between them: the scheduler core cuts
+//! each step into packets and places them on the CPU workers (and,
 //! with [`DeviceChoice::OpenCl`]/[`DeviceChoice::Auto`], the OpenCL devices, prepared per
 //! step). Buffers stay where they are: kernels work on the job's memory directly, packets
 //! of a step write disjoint slices, and `sum` partials are private per packet and added
