@@ -10,7 +10,7 @@
 //! results.
 //!
 //! Operation: the node answers [`Request::Status`] (`offload status`), counts what it
-//! does in [`crate::metrics`] (served over HTTP with [`NodeConfig::metrics`]), reads its
+//! does in the `metrics` module (served over HTTP with [`NodeConfig::metrics`]), reads its
 //! revocation list again every second and on SIGHUP (a changed list applies to the next
 //! handshake, and connections of members it revokes are closed), and drains on SIGTERM
 //! or SIGINT: running packets finish, new ones are answered paused, then it exits (a
@@ -118,7 +118,7 @@ impl NodeConfig {
     }
 
     /// Serve the node's metrics in the Prometheus text format on this TCP address
-    /// (`GET /metrics`, see [`crate::metrics`]); the node prints
+    /// (`GET /metrics`, see the `metrics` module); the node prints
     /// `metrics on http://ADDR/metrics` once it listens. Default: none.
     pub fn metrics(mut self, addr: Option<SocketAddr>) -> Self {
         self.metrics = addr;

@@ -203,7 +203,7 @@ fn function_name(f: FunctionValue<'_>) -> String {
 }
 
 /// Checks a module against its manifest. Used on packages arriving from elsewhere; the
-/// packager calls it as part of [`canonicalize`].
+/// packager calls it as part of `canonicalize`.
 pub fn validate_module(module: &Module<'_>, manifest: &Manifest) -> Result<(), ValidationError> {
     module
         .verify()

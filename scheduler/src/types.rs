@@ -8,7 +8,7 @@ use std::fmt;
 pub struct DeviceId(pub u32);
 
 /// A node (machine) identifier. Devices of one node share one network link, and
-/// [`JobSpec::redundancy`] places the copies of a packet on *different* nodes.
+/// [`JobSpec::redundancy`](crate::JobSpec::redundancy) places the copies of a packet on *different* nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct NodeId(pub u32);
 

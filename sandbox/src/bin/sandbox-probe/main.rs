@@ -4,7 +4,7 @@
 //! - `sandbox-probe worker [options]` prepares like a kernel worker (optionally loads a
 //!   native kernel from a shared object through a sealed memfd, or an OpenCL kernel),
 //!   applies the sandbox, prints `ready <report>`, then serves one command per line on
-//!   stdin (see [`serve`]) and answers on stdout, as a worker serves packets.
+//!   stdin (see [`commands::serve`]) and answers on stdout, as a worker serves packets.
 //! - `sandbox-probe orphan` checks that a sandboxed worker dies with its parent: it
 //!   starts a parent that starts a worker and exits, adopts the orphan (child subreaper)
 //!   and prints how it ended.
