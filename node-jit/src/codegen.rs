@@ -7,7 +7,7 @@ use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{FileType, TargetMachine};
-use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FunctionValue};
+use inkwell::values::{BasicMetadataValueEnum, BasicValue, BasicValueEnum, FunctionValue};
 use inkwell::AddressSpace;
 use ir_packager::{ArgKind, KernelKind, KernelSpec, Package, ScalarType, PANIC_SYMBOL};
 
@@ -20,6 +20,13 @@ pub const ENTRY_SYMBOL: &str = "__offload_entry";
 
 /// Name of the global holding the host's panic handler, `void (*)(i32)`.
 pub const PANIC_HOOK_SYMBOL: &str = "__offload_panic_hook";
+
+/// A byte the JIT's libraries export: 0 when the optimized kernel no longer reads
+/// [`PANIC_HOOK_SYMBOL`] anywhere, so it cannot call the unwinding handler (every panic
+/// path goes through it, and a kernel calls no other code that unwinds); the runner
+/// then calls the entry without catching (see `CompiledKernel::run_packet`). Libraries
+/// without the symbol (older cache entries) are treated as able to panic.
+pub const CAN_PANIC_SYMBOL: &str = "__offload_can_panic";
 
 /// Compiles `kernel` of `package` for `target` into a relocatable object whose only
 /// export is [`ENTRY_SYMBOL`] (plus [`PANIC_HOOK_SYMBOL`]).
@@ -194,7 +201,23 @@ fn optimized_entry_module<'ctx>(
 ) -> Result<(Module<'ctx>, TargetMachine), JitError> {
     let (module, machine) = prepared_entry_module(ctx, package, kernel, target, opt, tuning)?;
     optimize(&module, &machine, opt, tuning)?;
+    mark_can_panic(ctx, &module);
     Ok((module, machine))
+}
+
+/// Exports [`CAN_PANIC_SYMBOL`] for the optimized `module`: whether any code is left
+/// that reads the panic hook. Checked on the module that is emitted, after every pass:
+/// inlining may have moved the hook's load out of `offload_panic` into the kernel, so
+/// the global's uses are what count, not whether the function remains.
+fn mark_can_panic<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>) {
+    let can_panic = module
+        .get_global(PANIC_HOOK_SYMBOL)
+        .is_none_or(|hook| hook.as_pointer_value().get_first_use().is_some());
+    let byte = ctx.i8_type();
+    let flag = module.add_global(byte, None, CAN_PANIC_SYMBOL);
+    flag.set_initializer(&byte.const_int(u64::from(can_panic), false));
+    flag.set_constant(true);
+    flag.set_linkage(Linkage::External);
 }
 
 /// The module as the optimizer receives it: loaded, retargeted, with the panic hook,
