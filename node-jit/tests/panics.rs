@@ -5,14 +5,13 @@
 use ir_packager::Manifest;
 use node_jit::{Config, Engine};
 
-/// `out[i] = i * 2`; `checked` panics (code 7) for items at or past `n`, and `folded`
-/// has the same test on a condition the optimizer proves false.
-const KERNELS: &str = r#"
-declare void @offload_panic(i32)
-
-define void @checked(i64 %i, i64 %n, ptr %out) {
-  %ok = icmp ult i64 %i, %n
-  br i1 %ok, label %store, label %fail
+/// `out[i] = i * 2`, panicking (code 7) when `fails` (computed by `test`) holds.
+fn kernel(name: &str, test: &str) -> String {
+    format!(
+        r#"
+define void @{name}(i64 %i, i64 %n, ptr %out) {{
+  {test}
+  br i1 %fails, label %fail, label %store
 fail:
   call void @offload_panic(i32 7)
   unreachable
@@ -21,28 +20,30 @@ store:
   %dst = getelementptr inbounds i64, ptr %out, i64 %i
   store i64 %v, ptr %dst, align 8
   ret void
+}}
+"#
+    )
 }
 
-define void @folded(i64 %i, i64 %n, ptr %out) {
-  %wrapped = add nuw i64 %i, 1
-  %never = icmp eq i64 %wrapped, 0
-  br i1 %never, label %fail, label %store
-fail:
-  call void @offload_panic(i32 7)
-  unreachable
-store:
-  %v = mul i64 %i, 2
-  %dst = getelementptr inbounds i64, ptr %out, i64 %i
-  store i64 %v, ptr %dst, align 8
-  ret void
+/// `checked` panics for items at or past `n`; `folded` tests a condition the optimizer
+/// proves false (`i + 1` cannot wrap to 0 under `nuw`).
+fn kernels() -> String {
+    [
+        "declare void @offload_panic(i32)".to_string(),
+        kernel("checked", "%fails = icmp uge i64 %i, %n"),
+        kernel(
+            "folded",
+            "%wrapped = add nuw i64 %i, 1\n  %fails = icmp eq i64 %wrapped, 0",
+        ),
+    ]
+    .join("\n")
 }
-"#;
 
 #[test]
 fn a_kernel_without_a_panic_path_left_is_run_without_catching_and_one_with_is_caught() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let source = dir.path().join("kernels.ll");
-    std::fs::write(&source, KERNELS).expect("write the kernels");
+    std::fs::write(&source, kernels()).expect("write the kernels");
     let manifest = Manifest::parse(
         "[[kernel]]\nname = \"checked\"\nkind = \"item\"\nargs = [\"n: u64\", \"out: out u64[1]\"]\n\
          [[kernel]]\nname = \"folded\"\nkind = \"item\"\nargs = [\"n: u64\", \"out: out u64[1]\"]\n",
