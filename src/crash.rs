@@ -629,20 +629,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_are_built_without_allocating_and_cut_at_their_size() {
-        let mut line = Line::default();
-        line.push(b"items ");
-        line.number(0);
-        line.push(b"..");
-        line.number(u64::MAX);
-        assert_eq!(line.as_bytes(), b"items 0..18446744073709551615");
-        for _ in 0..100 {
-            line.push(b"0123456789");
-        }
-        assert_eq!(line.as_bytes().len(), 512);
-    }
-
-    #[test]
     fn a_thread_notes_the_packet_it_runs_until_the_guard_drops() {
         let name = String::from("saxpy");
         {

@@ -259,19 +259,22 @@ impl Workers {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             typical: Duration::ZERO,
         };
+        // The same set-up for every worker: made and encoded once.
+        let setup = Setup {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            parent: std::process::id(),
+            mailbox_len: (HEADER + scratch) as u64,
+            stack: stack as u64,
+            buffers: buffers.iter().map(|b| b.len() as u64).collect(),
+            kernels: kernels.to_vec(),
+        };
+        let setup =
+            serde_json::to_vec(&setup).map_err(|e| spawn_error(std::io::Error::other(e)))?;
         for _ in 0..count {
             let mailbox =
                 SharedMemory::create(c"offload-mailbox", HEADER + scratch).map_err(spawn_error)?;
             let mut descriptors = vec![workers.control.fd().as_raw_fd(), mailbox.fd().as_raw_fd()];
             descriptors.extend(buffers.iter().map(|b| b.fd().as_raw_fd()));
-            let setup = Setup {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                parent: std::process::id(),
-                mailbox_len: mailbox.len() as u64,
-                stack: stack as u64,
-                buffers: buffers.iter().map(|b| b.len() as u64).collect(),
-                kernels: kernels.to_vec(),
-            };
             // A spare started ahead ([`warm_up`]) that has died since takes a set-up
             // badly: a fresh worker gets it instead.
             let worker = match take_spare(program) {
@@ -558,9 +561,8 @@ impl Spawned {
         })
     }
 
-    /// Sends the set-up and its descriptors (the report pipe's write end first).
-    fn set_up(&mut self, setup: &Setup, descriptors: &[RawFd]) -> std::io::Result<()> {
-        let line = serde_json::to_vec(setup).map_err(std::io::Error::other)?;
+    /// Sends the encoded set-up and its descriptors (the report pipe's write end first).
+    fn set_up(&mut self, line: &[u8], descriptors: &[RawFd]) -> std::io::Result<()> {
         let writer = self
             .writer
             .as_ref()
@@ -570,7 +572,7 @@ impl Spawned {
             .collect();
         let socket = self.socket.as_raw_fd();
         let mut chunks = all.chunks(FDS_PER_MESSAGE);
-        send_message(socket, &line, chunks.next().unwrap_or(&[]))?;
+        send_message(socket, line, chunks.next().unwrap_or(&[]))?;
         for chunk in chunks {
             send_message(socket, b"fds", chunk)?;
         }
