@@ -37,6 +37,32 @@ pub struct StagedOutput {
     _on_crash: crate::crash::CleanupGuard,
 }
 
+/// Holds back SIGINT and SIGTERM on this thread until dropped (a pending one is then
+/// delivered): what the interrupt handler must see happen together, happens together.
+struct HeldInterrupts(libc::sigset_t);
+
+impl HeldInterrupts {
+    fn hold() -> HeldInterrupts {
+        // SAFETY: sigset operations on local sets; pthread_sigmask on this thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous);
+            HeldInterrupts(previous)
+        }
+    }
+}
+
+impl Drop for HeldInterrupts {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask `hold` saved.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 impl StagedOutput {
     /// Stages an output for `path`; `what` names it in messages (`buffer `y``).
     pub fn new(path: &Path, what: &str) -> Result<StagedOutput, FileError> {
@@ -54,6 +80,8 @@ impl StagedOutput {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // Ctrl-C between making the file and registering it for removal would leave it.
+        let _held = HeldInterrupts::hold();
         let temp = tempfile::Builder::new()
             .prefix(".offload-")
             .suffix(".tmp")
