@@ -79,6 +79,10 @@ impl fmt::Display for Profile {
 /// one generic function per kernel, at the worker's warm-up run before [`apply`].
 pub const OPENCL_WORKER_ENV: &[(&str, &str)] = &[("POCL_WORK_GROUP_SPECIALIZATION", "0")];
 
+/// How many descriptor numbers the open-files limit leaves free above the highest one open
+/// when the sandbox is applied (see [`Config::max_open_files`]).
+pub const SANDBOX_SPARE_DESCRIPTORS: u64 = 16;
+
 /// How to sandbox a worker: a profile and its settings. Build one with [`Config::cpu`] or
 /// [`Config::opencl`]; every setter says its default.
 #[derive(Clone, Debug)]
@@ -173,7 +177,10 @@ impl Config {
     }
 
     /// Limits descriptor numbers to below `count` (`RLIMIT_NOFILE`; descriptors already
-    /// open above stay usable). Default: 64.
+    /// open above stay usable). Default: 64. A worker that holds more descriptors when the
+    /// sandbox is applied (one per shared buffer, say) gets a limit
+    /// [`SANDBOX_SPARE_DESCRIPTORS`] above its highest one instead: the sandbox itself
+    /// needs a few new descriptors (Landlock's ruleset and rules) after the limit is set.
     pub fn max_open_files(mut self, count: u64) -> Config {
         self.open_files = count;
         self
@@ -514,9 +521,12 @@ impl Prepared {
         let parent = process::die_with_parent(config.expected_parent)?;
         let process_group = process::own_process_group()?;
         process::limit(libc::RLIMIT_CORE, 0, "turn core dumps off (RLIMIT_CORE)")?;
+        let highest_open = descriptors.last().map_or(0, |&fd| fd.max(0) as u64 + 1);
         let open_files_limit = process::limit(
             libc::RLIMIT_NOFILE,
-            config.open_files,
+            config
+                .open_files
+                .max(highest_open + SANDBOX_SPARE_DESCRIPTORS),
             "limit open files (RLIMIT_NOFILE)",
         )?;
         let address_space_limit = match config.address_space {

@@ -18,6 +18,22 @@ fn limit(pid: i32, name: &str) -> (String, String) {
     (soft, hard)
 }
 
+/// The open-files limit the sandbox should set for a worker whose report line is `ready`:
+/// 64, or more where descriptors are open near or above it (inherited ones count too).
+fn expected_open_files_limit(ready: &str) -> u64 {
+    let listed = ready
+        .split("descriptors open: ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no open descriptors in {ready}"));
+    let highest: u64 = listed
+        .split(", ")
+        .map(|fd| fd.parse::<u64>().expect("a descriptor number"))
+        .max()
+        .expect("some descriptor is open");
+    64.max(highest + 1 + sandbox::SANDBOX_SPARE_DESCRIPTORS)
+}
+
 fn status_field(pid: i32, name: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     status
@@ -37,11 +53,18 @@ fn limits_group_and_privileges_are_set_before_the_first_packet() {
     let mut probe = Probe::start(&["--address-space", &gib.to_string(), "--processes", "4096"]);
     let ready = probe.expect_ready().to_string();
     assert!(ready.contains("address space 1024 MiB"), "{ready}");
-    assert!(ready.contains("descriptors below 64"), "{ready}");
+    let open_files = expected_open_files_limit(&ready).to_string();
+    assert!(
+        ready.contains(&format!("descriptors below {open_files}")),
+        "{ready}"
+    );
     let pid = probe.pid();
     let bytes = gib.to_string();
     assert_eq!(limit(pid, "Max address space"), (bytes.clone(), bytes));
-    assert_eq!(limit(pid, "Max open files"), ("64".into(), "64".into()));
+    assert_eq!(
+        limit(pid, "Max open files"),
+        (open_files.clone(), open_files)
+    );
     assert_eq!(limit(pid, "Max core file size"), ("0".into(), "0".into()));
     assert_eq!(limit(pid, "Max processes"), ("4096".into(), "4096".into()));
     assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
@@ -74,5 +97,25 @@ fn the_default_limits_leave_the_address_space_alone() {
         limit(probe.pid(), "Max core file size"),
         ("0".into(), "0".into())
     );
+    assert_eq!(probe.end().end, WorkerEnd::Exited(0));
+}
+
+#[test]
+fn a_worker_holding_more_descriptors_than_the_limit_still_gets_its_sandbox() {
+    if !sandbox_available() {
+        return;
+    }
+    // 300 descriptors, as a worker holds 300 shared buffers: Landlock's ruleset needs a
+    // new one after the limit is set, so the limit goes above them, not to 64.
+    let mut probe = Probe::start(&["--hold-descriptors", "300"]);
+    let ready = probe.expect_ready().to_string();
+    let expected = expected_open_files_limit(&ready);
+    assert!(expected > 300, "{ready}");
+    let expected = expected.to_string();
+    assert_eq!(
+        limit(probe.pid(), "Max open files"),
+        (expected.clone(), expected)
+    );
+    assert_eq!(probe.ask("echo held"), "echo held");
     assert_eq!(probe.end().end, WorkerEnd::Exited(0));
 }

@@ -25,6 +25,9 @@ struct WorkerOptions {
     thread_before: bool,
     kernel: Option<String>,
     opencl: bool,
+    /// Descriptors to hold open when the sandbox is applied, as a worker holds its
+    /// shared buffers.
+    held_descriptors: u64,
 }
 
 fn parse_worker(args: &[String]) -> Result<WorkerOptions, String> {
@@ -34,6 +37,7 @@ fn parse_worker(args: &[String]) -> Result<WorkerOptions, String> {
         thread_before: false,
         kernel: None,
         opencl: false,
+        held_descriptors: 0,
     };
     let mut args = args.iter();
     let number = |value: Option<&String>, flag: &str| -> Result<u64, String> {
@@ -77,6 +81,7 @@ fn parse_worker(args: &[String]) -> Result<WorkerOptions, String> {
                 options.config = options.config.allow_syscall(name);
             }
             "--thread-before" => options.thread_before = true,
+            "--hold-descriptors" => options.held_descriptors = number(args.next(), arg)?,
             "--kernel" => {
                 options.kernel = Some(args.next().ok_or("--kernel needs a path")?.clone())
             }
@@ -120,6 +125,19 @@ fn worker(options: WorkerOptions) -> Result<(), String> {
             }
         }
         state.opencl = Some(opencl::Runner::open_and_warm_up()?);
+    }
+    let mut held = Vec::new();
+    for _ in 0..options.held_descriptors {
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor of stdin, owned here.
+        let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(format!(
+                "cannot hold a descriptor: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: fresh and ours.
+        held.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     if options.thread_before {
         // A thread that runs (and stays) before the sandbox is applied.
