@@ -19,7 +19,9 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use ir_packager::kernel_model::program::{Init, Instance, Number, Plan, Program, ProgramError};
+use ir_packager::kernel_model::program::{
+    BufferDecl, Init, Instance, Number, Plan, Program, ProgramError,
+};
 use ir_packager::{ArgLayout, Layout, Package, ScalarType};
 use node_jit::{CompileReport, CompiledKernel, Engine, JitError};
 use opencl_backend::{DeviceError, LowerError, OpenCl, PacketTiming, PreparedKernel};
@@ -92,6 +94,10 @@ pub enum RunError {
     /// A worker thread died.
     #[error("a worker thread stopped unexpectedly")]
     WorkerLost,
+    /// The engine's own bookkeeping disagrees with itself (a bug of offload, not of the
+    /// job).
+    #[error("internal error of offload: {0}; please report it")]
+    Internal(&'static str),
     /// Worker threads could not be started.
     #[error("cannot start {requested} worker threads (only {started} started): {source}; ask for fewer with --threads")]
     Threads {
@@ -466,7 +472,7 @@ pub(crate) fn run_plan(
     let mut learned: HashMap<(usize, String), f64> = HashMap::new();
     let storage = &mut job.storage;
     let lent = match isolation {
-        Some(_) => share_storage(storage)?,
+        Some(_) => share_storage(storage, &job.program.buffers)?,
         None => Vec::new(),
     };
     let ran = std::thread::scope(|scope| -> Result<(), RunError> {
@@ -480,7 +486,9 @@ pub(crate) fn run_plan(
                         _ => None,
                     })
                     .collect::<Option<_>>()
-                    .ok_or(RunError::WorkerLost)?;
+                    .ok_or(RunError::Internal(
+                        "a job buffer was not moved into shared memory for the isolated workers",
+                    ))?;
                 let workers = crate::isolated::Workers::start(
                     program,
                     threads,
@@ -586,9 +594,13 @@ pub(crate) fn run_plan(
 }
 
 /// Puts every buffer of `storage` in shared memory, for isolated workers: one that is not
-/// (a slice the caller lent, a heap buffer) is replaced by a shared copy. Returns what
+/// (a slice the caller lent, a heap buffer) is replaced by a shared copy (`buffers`, the
+/// program's declarations in the same order, name it if memory runs out). Returns what
 /// was replaced of the caller's, for [`restore_storage`].
-fn share_storage<'a>(storage: &mut [Storage<'a>]) -> Result<Vec<Option<Storage<'a>>>, RunError> {
+fn share_storage<'a>(
+    storage: &mut [Storage<'a>],
+    buffers: &[BufferDecl],
+) -> Result<Vec<Option<Storage<'a>>>, RunError> {
     let mut replaced = Vec::with_capacity(storage.len());
     for (index, slot) in storage.iter_mut().enumerate() {
         if let Storage::Owned(buffer) = slot {
@@ -599,7 +611,10 @@ fn share_storage<'a>(storage: &mut [Storage<'a>]) -> Result<Vec<Option<Storage<'
         }
         let bytes = slot.bytes();
         let mut copy = Buffer::try_shared(bytes.len()).map_err(|_| RunError::OutOfMemory {
-            what: format!("the shared copy of the job's buffer {index}"),
+            what: match buffers.get(index) {
+                Some(buffer) => format!("the shared copy of buffer `{}`", buffer.name),
+                None => format!("the shared copy of the job's buffer {index}"),
+            },
             bytes: bytes.len() as u64,
         })?;
         copy.as_bytes_mut().copy_from_slice(bytes);
@@ -737,6 +752,14 @@ struct CpuTask {
 
 /// The job's CPU devices, started once: worker threads of this process, or isolated
 /// worker processes ([`crate::isolated`]).
+/// A step's request to isolated workers, the same for each of its packets.
+struct WorkerRequest {
+    /// The kernel's index in the workers' set-up.
+    kernel: usize,
+    /// The argument slots.
+    slots: Vec<crate::isolated::Slot>,
+}
+
 enum Pool {
     Threads(Vec<mpsc::Sender<CpuTask>>),
     Processes {
@@ -795,40 +818,65 @@ impl Pool {
                     done: done.clone(),
                 })
                 .map_err(|_| RunError::WorkerLost),
-            Pool::Processes { workers, kernels } => {
-                let kernel = *kernels
-                    .get(step.kernel.cache_key())
-                    .ok_or(RunError::WorkerLost)?;
-                let mut scratch = 0usize;
-                let slots: Vec<crate::isolated::Slot> = range
-                    .block
-                    .iter()
-                    .enumerate()
-                    .map(|(slot, &word)| {
-                        if let Some(&(_, _, len)) =
-                            range.slots.sums.iter().find(|(s, _, _)| *s == slot)
-                        {
-                            let offset = scratch;
-                            // 64-byte aligned accumulators, as the heap's are.
-                            scratch += len.div_ceil(64) * 64;
-                            return crate::isolated::Slot::Sum { offset, len };
-                        }
-                        match step.instance.buffers[slot] {
-                            Some(index) => crate::isolated::Slot::Buffer {
-                                index,
-                                offset: word.wrapping_sub(workers.base(index)),
-                            },
-                            None => crate::isolated::Slot::Scalar(word),
-                        }
-                    })
-                    .collect();
-                if workers.send(device.0 as usize, kernel, device, packet, &slots) {
+            Pool::Processes { workers, .. } => {
+                let request = range.worker_request.ok_or(RunError::Internal(
+                    "a step meant for isolated workers was not prepared for them",
+                ))?;
+                if workers.send(
+                    device.0 as usize,
+                    request.kernel,
+                    device,
+                    packet,
+                    &request.slots,
+                ) {
                     Ok(())
                 } else {
-                    Err(RunError::WorkerLost)
+                    Err(RunError::Internal(
+                        "a packet went to an isolated worker that was busy or never started",
+                    ))
                 }
             }
         }
+    }
+
+    /// What isolated workers are sent for every packet of `step` (the kernel's index in
+    /// their set-up and the argument slots), made once per step: only the items change
+    /// from packet to packet. `None` for worker threads.
+    fn worker_request(
+        &self,
+        step: &StepRun<'_>,
+        block: &[u64],
+        sums: &[SumSlot],
+    ) -> Result<Option<WorkerRequest>, RunError> {
+        let Pool::Processes { workers, kernels } = self else {
+            return Ok(None);
+        };
+        let kernel = *kernels
+            .get(step.kernel.cache_key())
+            .ok_or(RunError::Internal(
+                "a step's kernel is not among the isolated workers' kernels",
+            ))?;
+        let mut scratch = 0usize;
+        let slots = block
+            .iter()
+            .enumerate()
+            .map(|(slot, &word)| {
+                if let Some(&(_, _, len)) = sums.iter().find(|(s, _, _)| *s == slot) {
+                    let offset = scratch;
+                    // 64-byte aligned accumulators, as the heap's are.
+                    scratch += len.div_ceil(64) * 64;
+                    return crate::isolated::Slot::Sum { offset, len };
+                }
+                match step.instance.buffers[slot] {
+                    Some(index) => crate::isolated::Slot::Buffer {
+                        index,
+                        offset: word.wrapping_sub(workers.base(index)),
+                    },
+                    None => crate::isolated::Slot::Scalar(word),
+                }
+            })
+            .collect();
+        Ok(Some(WorkerRequest { kernel, slots }))
     }
 
     /// The next finished packet, waiting for it.
@@ -1167,11 +1215,13 @@ impl StepRun<'_> {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let worker_request = pool.worker_request(self, &block, &slots.sums)?;
         for range in &self.ranges {
             let ctx = RangeRun {
                 step: self,
                 block: &block,
                 slots: &slots,
+                worker_request: worker_request.as_ref(),
                 range: range.clone(),
                 device_senders: &device_senders,
             };
@@ -1243,6 +1293,8 @@ struct RangeRun<'a> {
     step: &'a StepRun<'a>,
     block: &'a Arc<Vec<u64>>,
     slots: &'a Arc<PacketSlots>,
+    /// What isolated workers get for each packet (`None` with worker threads).
+    worker_request: Option<&'a WorkerRequest>,
     range: Range<u64>,
     device_senders: &'a [(mpsc::Sender<Packet>, String, bool)],
 }
