@@ -126,6 +126,15 @@ pub enum RunError {
         /// How much.
         bytes: u64,
     },
+    /// The process may open no more files, and a buffer needs one (shared memory for
+    /// the isolated workers is an anonymous file).
+    #[error("cannot put {what} in shared memory for the kernel workers: {advice}")]
+    OutOfDescriptors {
+        /// The buffer.
+        what: String,
+        /// What to do ([`crate::files::out_of_descriptors_advice`]).
+        advice: String,
+    },
     /// `--device opencl` on a machine without a usable OpenCL device.
     #[error("no OpenCL device is available: {note}")]
     NoOpenClDevice {
@@ -610,12 +619,22 @@ fn share_storage<'a>(
             }
         }
         let bytes = slot.bytes();
-        let mut copy = Buffer::try_shared(bytes.len()).map_err(|_| RunError::OutOfMemory {
-            what: match buffers.get(index) {
-                Some(buffer) => format!("the shared copy of buffer `{}`", buffer.name),
-                None => format!("the shared copy of the job's buffer {index}"),
-            },
-            bytes: bytes.len() as u64,
+        let what = match buffers.get(index) {
+            Some(buffer) => format!("buffer `{}`", buffer.name),
+            None => format!("the job's buffer {index}"),
+        };
+        let mut copy = Buffer::try_shared(bytes.len()).map_err(|e| {
+            if crate::files::is_out_of_descriptors(&e) {
+                RunError::OutOfDescriptors {
+                    what,
+                    advice: crate::files::out_of_descriptors_advice(),
+                }
+            } else {
+                RunError::OutOfMemory {
+                    what: format!("the shared copy of {what}"),
+                    bytes: bytes.len() as u64,
+                }
+            }
         })?;
         copy.as_bytes_mut().copy_from_slice(bytes);
         replaced.push(match std::mem::replace(slot, Storage::Owned(copy)) {

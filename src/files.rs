@@ -63,6 +63,35 @@ impl Drop for HeldInterrupts {
     }
 }
 
+/// Whether `error` is the process (`EMFILE`) or the system (`ENFILE`) out of descriptors.
+/// An error that hides its OS cause (tempfile wraps it with the path) is told by trying
+/// to open a descriptor now.
+pub(crate) fn is_out_of_descriptors(error: &std::io::Error) -> bool {
+    let out = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    match error.raw_os_error() {
+        Some(_) => out(error),
+        None => std::fs::File::open("/").err().is_some_and(|e| out(&e)),
+    }
+}
+
+/// What to do when [`is_out_of_descriptors`]: every buffer of a local run holds one.
+pub(crate) fn out_of_descriptors_advice() -> String {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `limit`, ours.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if known {
+        format!(
+            "this process has as many files open as it may ({}; each buffer of a local run holds one); raise the limit (`ulimit -n`, LimitNOFILE=) or use fewer buffers",
+            limit.rlim_cur
+        )
+    } else {
+        "this process has as many files open as it may (each buffer of a local run holds one); raise the limit (`ulimit -n`) or use fewer buffers".to_string()
+    }
+}
+
 impl StagedOutput {
     /// Stages an output for `path`; `what` names it in messages (`buffer `y``).
     pub fn new(path: &Path, what: &str) -> Result<StagedOutput, FileError> {
@@ -90,6 +119,9 @@ impl StagedOutput {
                 let why = match e.kind() {
                     std::io::ErrorKind::NotFound => "does not exist".to_string(),
                     std::io::ErrorKind::PermissionDenied => "is not writable".to_string(),
+                    _ if is_out_of_descriptors(&e) => {
+                        format!("cannot take a new file: {}", out_of_descriptors_advice())
+                    }
                     kind => format!("cannot take a new file ({kind})"),
                 };
                 FileError(format!(

@@ -787,10 +787,12 @@ pub fn serve_worker(faults: &[String]) -> Result<(), String> {
         let _ = send_message(0, text.as_bytes(), &[]);
     };
     match prepare(faults) {
-        Ok(ready) => {
+        Ok(Some(ready)) => {
             answer("ready");
             ready.serve()
         }
+        // A spare the run did not need: it ends without a word.
+        Ok(None) => Ok(()),
         Err(reason) => {
             answer(&format!("error: {reason}"));
             Err(reason)
@@ -808,7 +810,9 @@ struct Ready {
     faults: cluster_node::fault::Faults,
 }
 
-fn prepare(faults: &[String]) -> Result<Ready, String> {
+/// Gets the worker ready, or `None` when the coordinator went away before sending a
+/// set-up (a spare started ahead for a run that ended first).
+fn prepare(faults: &[String]) -> Result<Option<Ready>, String> {
     let faults = cluster_node::fault::Faults::parse(faults)?;
     // Death with the thread that started this process, asked first (see
     // `Spawned::start`); the sandbox asks again and checks the parent. The process's
@@ -832,6 +836,9 @@ fn prepare(faults: &[String]) -> Result<Ready, String> {
     let (line, mut fds) = receive_message(0, MAX_SETUP).map_err(|e| {
         format!("cannot read the set-up ({e}): offload __engine-worker is started by offload run")
     })?;
+    if line.is_empty() && fds.is_empty() {
+        return Ok(None);
+    }
     let setup: Setup =
         serde_json::from_slice(&line).map_err(|e| format!("a malformed set-up: {e}"))?;
     if setup.version != env!("CARGO_PKG_VERSION") {
@@ -886,14 +893,14 @@ fn prepare(faults: &[String]) -> Result<Ready, String> {
         ));
     }
     tracing::debug!("engine worker {}: {report}", std::process::id());
-    Ok(Ready {
+    Ok(Some(Ready {
         mailbox,
         control,
         buffers,
         kernels,
         stack: usize::try_from(setup.stack).unwrap_or(usize::MAX),
         faults,
-    })
+    }))
 }
 
 impl Ready {

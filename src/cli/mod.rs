@@ -75,6 +75,27 @@ enum Command {
 /// The hidden `offload __engine-worker [--fault FAULT]...`: the isolated kernel worker
 /// local runs execute packets in (set up on stdin by the engine; `--fault` exists in test
 /// builds only, see the node's `fault` module).
+/// Raises this process's soft limit of open files to its hard limit (the usual 1024
+/// soft limit is a default for programs that use `select`, which offload does not):
+/// every buffer of a local run is an anonymous file, one descriptor each, passed to the
+/// workers, so a program of more than about a thousand buffers would not run. Worker
+/// processes inherit the limit; their sandbox then lowers it to what they hold.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write `limit`, ours.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            // Failing leaves the limit as it was: a job that needs more says so then.
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn engine_worker(mut args: impl Iterator<Item = String>) -> ExitCode {
     let mut faults = Vec::new();
     while let Some(arg) = args.next() {
@@ -112,6 +133,7 @@ impl Cli {
 
 /// Parses arguments, runs the command and turns any error into one message.
 pub fn main() -> ExitCode {
+    raise_open_files_limit();
     // The engine's workers start for every local run: they skip the command line's
     // parser (a third of their start-up) and the log set-up.
     let mut args = std::env::args();

@@ -384,3 +384,99 @@ fn a_job_of_more_buffers_than_one_message_carries_reaches_every_worker() {
     assert_eq!(values("b299"), (0..100).collect::<Vec<i32>>());
     assert_eq!(values("b150"), vec![0; 100]);
 }
+
+/// A program of `buffers` zero-filled buffers (pairs written by the jacobi example's
+/// `init`), its package beside it, and its output file.
+fn program_of_many_buffers(buffers: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    package(
+        &repo_path("examples/jacobi/kernel.c"),
+        &repo_path("examples/jacobi/manifest.toml"),
+        dir.path(),
+        "jacobi",
+    );
+    let mut text = String::from("package = \"jacobi.okp\"\n[scalars]\nn = 4\n[buffers]\n");
+    for b in 0..buffers {
+        text += &format!("b{b} = {{ type = \"f64\", zeros = \"n*n\" }}\n");
+    }
+    for b in (0..buffers).step_by(2) {
+        text += &format!(
+            "[[step]]\nkernel = \"init\"\nitems = \"n\"\nargs = {{ n = \"n\", a = \"b{b}\", b = \"b{}\" }}\n",
+            b + 1
+        );
+    }
+    text += "[outputs]\nb0 = \"out.bin\"\n";
+    let program = dir.path().join("program.toml");
+    std::fs::write(&program, text).expect("write the program");
+    (dir, program)
+}
+
+/// `offload run PROGRAM` with its open-files limit set to `soft` and `hard` first.
+fn run_with_open_files_limit(program: &Path, soft: u64, hard: u64) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(BIN);
+    command
+        .env("OFFLOAD_CACHE_DIR", test_cache_dir())
+        .arg("run")
+        .arg(program);
+    // SAFETY: setrlimit is async-signal-safe; it lowers this child's own limit.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.output().expect("start offload run")
+}
+
+#[test]
+fn a_program_of_more_buffers_than_the_usual_soft_limit_runs_and_one_beyond_the_hard_limit_says_so()
+{
+    // 1,200 buffers, one descriptor each: above the usual soft limit of 1,024, which
+    // offload raises to the hard limit.
+    let (dir, program) = program_of_many_buffers(1200);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `limit`.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    // This process's hard limit where it is high enough (raising it needs root).
+    let hard = if limit.rlim_max >= 2048 {
+        limit.rlim_max
+    } else {
+        4096
+    };
+    let out = run_with_open_files_limit(&program, 1024, hard);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grid: Vec<f64> = read_le(&dir.path().join("out.bin"));
+    assert_eq!(grid.len(), 16);
+    std::fs::remove_file(dir.path().join("out.bin")).expect("remove the output");
+
+    // Where the hard limit is 1,024 too, the run is refused in words, and the workers
+    // started ahead for it end without a word of their own.
+    let out = run_with_open_files_limit(&program, 1024, 1024);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("as many files open as it may (1024")
+            && stderr.contains("ulimit -n")
+            && stderr.contains("nothing was run"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("out.bin").exists());
+}
