@@ -99,7 +99,7 @@ pub enum RunError {
     #[error("internal error of offload: {0}; please report it")]
     Internal(&'static str),
     /// Worker threads could not be started.
-    #[error("cannot start {requested} worker threads (only {started} started): {source}; ask for fewer with --threads")]
+    #[error("cannot start {requested} worker threads (only {started} started): {source}; ask for fewer with --threads, or for a smaller --stack-size")]
     Threads {
         /// Threads asked for.
         requested: usize,
@@ -426,6 +426,14 @@ pub(crate) fn run_plan(
         .map(|(what, bytes)| (what, bytes.saturating_mul(devices as u64)))
         .collect();
     check_memory(&scaled)?;
+    // A stack is reserved whole for each worker thread (and pages come as they are
+    // used): one larger than the machine's memory cannot be had.
+    if let Some(bytes) = options.stack_size {
+        check_memory(&[(
+            "the stack of each worker thread (--stack-size)".to_string(),
+            bytes as u64,
+        )])?;
+    }
     let tuning = options.tuning.clone().unwrap_or_default();
     let mut compiled: HashMap<(usize, String), Arc<CompiledKernel>> = HashMap::new();
     let mut report = Report {

@@ -787,10 +787,7 @@ pub fn serve_worker(faults: &[String]) -> Result<(), String> {
         let _ = send_message(0, text.as_bytes(), &[]);
     };
     match prepare(faults) {
-        Ok(Some(ready)) => {
-            answer("ready");
-            ready.serve()
-        }
+        Ok(Some(ready)) => ready.serve(&answer),
         // A spare the run did not need: it ends without a word.
         Ok(None) => Ok(()),
         Err(reason) => {
@@ -904,14 +901,26 @@ fn prepare(faults: &[String]) -> Result<Option<Ready>, String> {
 }
 
 impl Ready {
-    /// Runs packets on a thread with the job's stack size until told to stop, then ends
-    /// the process at once (destructors would make calls the sandbox forbids).
-    fn serve(self) -> ! {
+    /// Starts the thread that runs packets with the job's stack size, answers `ready`
+    /// (or why the thread cannot start), serves until told to stop, then ends the
+    /// process at once (destructors would make calls the sandbox forbids).
+    fn serve(self, answer: &dyn Fn(&str)) -> Result<(), String> {
         let stack = self.stack;
-        let runner = sandbox::spawn_with_stack("offload-kernel", stack, move || self.run());
-        let code = match runner.map(|thread| thread.join()) {
-            Ok(Ok(())) => 0,
-            _ => 1,
+        let runner = match sandbox::spawn_with_stack("offload-kernel", stack, move || self.run()) {
+            Ok(runner) => runner,
+            Err(e) => {
+                let reason = format!(
+                    "cannot start the thread that runs kernels with a stack of {}: {e}",
+                    node_jit::describe_bytes(stack as u64)
+                );
+                answer(&format!("error: {reason}"));
+                return Err(reason);
+            }
+        };
+        answer("ready");
+        let code = match runner.join() {
+            Ok(()) => 0,
+            Err(_) => 1,
         };
         // SAFETY: ends this process; everything it holds dies with it.
         unsafe { libc::_exit(code) }

@@ -626,6 +626,34 @@ fn sizes_no_machine_can_hold_are_refused_before_anything_is_allocated() {
         ],
         &["at most 2147483647 pixels"],
     );
+    // A stack per worker thread of 1 PiB, isolated and in process.
+    let (inout, out) = (format!("x={x}"), format!("y={y}"));
+    for mode in [None, Some("--in-process")] {
+        let mut args = vec![
+            "run",
+            &pkg,
+            "--kernel",
+            "halve",
+            "--items",
+            "16",
+            "--arg",
+            "n=16",
+            "--inout",
+            &inout,
+            "--out",
+            &out,
+            "--stack-size",
+            "1024T",
+        ];
+        args.extend(mode);
+        refused(
+            &args,
+            &[
+                "the stack of each worker thread (--stack-size)",
+                "more than this machine can hold",
+            ],
+        );
+    }
 }
 
 #[test]
