@@ -510,8 +510,33 @@ extern "C" fn on_interrupt(signal: libc::c_int) {
     }
 }
 
+/// Threads between making a staged file and listing it for removal (they hold SIGINT and
+/// SIGTERM back meanwhile, see `files::HeldInterrupts`): a signal delivered to another
+/// thread in that window waits for them, so the file is on the list when it is read.
+pub(crate) static STAGING: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits, up to a second, for every thread that is listing a staged file
+/// (async-signal-safe: an atomic load, clock_gettime and sched_yield).
+fn wait_for_staging() {
+    let now = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into `t`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        t.tv_sec * 1_000_000_000 + t.tv_nsec
+    };
+    let until = now() + 1_000_000_000;
+    while STAGING.load(Ordering::Acquire) > 0 && now() < until {
+        // SAFETY: no preconditions.
+        unsafe { libc::sched_yield() };
+    }
+}
+
 /// Unlinks every staged file on the clean-up list (async-signal-safe).
 fn remove_staged() {
+    wait_for_staging();
     for slot in &CLEANUP {
         let path = slot.load(Ordering::Acquire);
         if !path.is_null() {

@@ -38,7 +38,9 @@ pub struct StagedOutput {
 }
 
 /// Holds back SIGINT and SIGTERM on this thread until dropped (a pending one is then
-/// delivered): what the interrupt handler must see happen together, happens together.
+/// delivered), and counts the thread in `crash::STAGING`, so a signal another thread
+/// takes meanwhile waits for it: what the interrupt handler must see happen together,
+/// happens together.
 struct HeldInterrupts(libc::sigset_t);
 
 impl HeldInterrupts {
@@ -51,6 +53,8 @@ impl HeldInterrupts {
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous);
+            // After blocking: the handler never waits on the thread it interrupts.
+            crate::crash::STAGING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             HeldInterrupts(previous)
         }
     }
@@ -58,6 +62,7 @@ impl HeldInterrupts {
 
 impl Drop for HeldInterrupts {
     fn drop(&mut self) {
+        crate::crash::STAGING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         // SAFETY: restores the mask `hold` saved.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
     }
