@@ -416,7 +416,7 @@ pub(crate) fn run_plan(
     } else {
         options
             .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .unwrap_or_else(node_jit::available_threads)
             .clamp(1, largest.clamp(1, 4096) as usize)
     };
     // The per-device sum copies of the largest step, with every device at work.

@@ -256,7 +256,7 @@ impl Workers {
             control,
             bases: buffers.iter().map(|b| b.as_ptr() as u64).collect(),
             timeout,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores: node_jit::available_threads(),
             typical: Duration::ZERO,
         };
         // The same set-up for every worker: made and encoded once.

@@ -387,7 +387,7 @@ impl TuneOptions {
             repeats: 3,
             quick: false,
             budget: None,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores: node_jit::available_threads(),
             scalars: Vec::new(),
             isolation: None,
         }

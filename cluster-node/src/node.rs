@@ -89,7 +89,7 @@ impl NodeConfig {
             name: credentials.name(),
             listen,
             credentials,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores: node_jit::available_threads(),
             idle_only: None,
             max_bandwidth: None,
             packet_timeout: Duration::from_secs(300),

@@ -318,6 +318,14 @@ impl fmt::Display for HostTarget {
     }
 }
 
+/// The threads this process may run at once (`std::thread::available_parallelism`:
+/// the CPUs it may run on, lowered by its cgroup's CPU quota; 1 when unknown), read once:
+/// each read opens several files of `/proc` and `/sys`, and a run asks more than once.
+pub fn available_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// The most memory this process can use, in bytes: physical memory plus swap, lowered by
 /// the process's address-space and data limits and its cgroup's memory limit. `None` when
 /// none of them can be read. Allocations are checked against it before they are made, so

@@ -53,7 +53,7 @@ pub use codegen::{
     c_prototype, compile_phases, link_needs, listing, CompilePhases, LinkNeeds, ListingKind,
     CAN_PANIC_SYMBOL, ENTRY_SYMBOL, PANIC_HOOK_SYMBOL,
 };
-pub use host::{describe_bytes, memory_limit, CpuIdentity, HostTarget};
+pub use host::{available_threads, describe_bytes, memory_limit, CpuIdentity, HostTarget};
 
 /// Errors of compiling and loading kernels.
 #[derive(Debug, thiserror::Error)]

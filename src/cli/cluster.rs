@@ -446,13 +446,11 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
     let cache_dir = cli.cache_dir.clone().or(settings.cache_dir.clone());
     let (program, worker_args) =
         worker_command(cli, cache_dir.as_deref(), !settings.normal_priority)?;
-    let cores = settings
-        .cores
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = settings.cores.unwrap_or_else(node_jit::available_threads);
     let idle = settings.idle_only.then(|| {
-        settings.idle_threshold.unwrap_or_else(|| {
-            (std::thread::available_parallelism().map_or(1, |n| n.get()) as f64 / 2.0).max(1.0)
-        })
+        settings
+            .idle_threshold
+            .unwrap_or_else(|| (node_jit::available_threads() as f64 / 2.0).max(1.0))
     });
     let insecure_name = (settings.credentials.is_none() && settings.name.is_none()).then(host_name);
     let mut config = NodeConfig::new(settings.listen, credentials, program, worker_args)

@@ -53,7 +53,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     // Found missing or read-only before the render, not after.
     let output = StagedOutput::new(&args.output, "the image")?;
     let engine = cli.engine()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = node_jit::available_threads();
     println!(
         "offload demo: Mandelbrot {}x{}, {} iterations max",
         args.width, args.height, args.max_iter

@@ -320,7 +320,7 @@ pub fn describe_duration(duration: std::time::Duration) -> String {
 fn devices(cli: &Cli) -> anyhow::Result<()> {
     let engine = cli.engine()?;
     let host = engine.host();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = node_jit::available_threads();
     println!("cpu: {host}");
     if let Some(identity) = node_jit::CpuIdentity::of_this_machine() {
         println!("  model: {identity}");

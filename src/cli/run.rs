@@ -355,7 +355,7 @@ fn describe_rate(per_second: f64) -> String {
 /// Threads a local run uses: the threads asked for, or every core.
 fn local_threads(args: &RunArgs) -> usize {
     args.threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(node_jit::available_threads)
         .clamp(1, 4096)
 }
 
@@ -403,9 +403,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         && !args.check
         && !matches!(args.device, Some(super::opencl::DeviceFlag::Opencl));
     if cpu_here {
-        let threads = args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = args.threads.unwrap_or_else(node_jit::available_threads);
         // A one-kernel run never has more workers than items.
         let items = args
             .items
