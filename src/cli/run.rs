@@ -297,11 +297,23 @@ fn progress_reporter() -> (
     let bar: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
     let shared = Arc::clone(&bar);
     let started = Instant::now();
+    // The engine reports after every packet: off a terminal nothing is drawn, and on one
+    // the bar is updated at most every 50 ms (the lock and the message cost as much as a
+    // short packet).
+    let drawn = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let last_update_ms = std::sync::atomic::AtomicU64::new(0);
     let report = move |done: u64, items: u64| {
-        let elapsed = started.elapsed();
-        if elapsed < Duration::from_millis(300) {
+        if !drawn {
             return;
         }
+        let elapsed = started.elapsed();
+        let now_ms = elapsed.as_millis() as u64;
+        let last = last_update_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if elapsed < Duration::from_millis(300) || (last > 0 && now_ms < last + 50 && done < items)
+        {
+            return;
+        }
+        last_update_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
         let mut slot = shared.lock().unwrap_or_else(|p| p.into_inner());
         let bar = slot.get_or_insert_with(|| {
             let bar = ProgressBar::with_draw_target(Some(items), ProgressDrawTarget::stderr());
