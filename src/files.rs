@@ -97,13 +97,47 @@ pub(crate) fn out_of_descriptors_advice() -> String {
     }
 }
 
+/// Where writing `path` lands: the path with its folders and symbolic links resolved,
+/// also when the file does not exist yet or is a link to a file that does not (so two
+/// names of one file are told to be one). Unresolvable parts are kept as written.
+fn resolve_destination(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    // A chain of links, followed as the kernel would (it gives up after 40).
+    for _ in 0..40 {
+        if let Ok(resolved) = std::fs::canonicalize(&path) {
+            return resolved;
+        }
+        match std::fs::read_link(&path) {
+            Ok(target) => {
+                path = match path.parent() {
+                    Some(folder) if target.is_relative() => folder.join(target),
+                    _ => target,
+                };
+            }
+            Err(_) => break,
+        }
+    }
+    // A file to be made: its folder resolved, its name as given.
+    match (path.parent(), path.file_name()) {
+        (Some(folder), Some(name)) => {
+            let folder = if folder.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                folder
+            };
+            match std::fs::canonicalize(folder) {
+                Ok(folder) => folder.join(name),
+                Err(_) => path,
+            }
+        }
+        _ => path,
+    }
+}
+
 impl StagedOutput {
     /// Stages an output for `path`; `what` names it in messages (`buffer `y``).
     pub fn new(path: &Path, what: &str) -> Result<StagedOutput, FileError> {
-        let destination = match std::fs::canonicalize(path) {
-            Ok(resolved) => resolved,
-            Err(_) => path.to_path_buf(),
-        };
+        let destination = resolve_destination(path);
         if destination.is_dir() {
             fail!(
                 "cannot write {what} to {}: it is a directory",

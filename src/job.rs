@@ -444,14 +444,24 @@ impl<'a> Job<'a> {
                     path: PathBuf::from(file),
                     reason: format!("there is no buffer `{buffer}` to write to it"),
                 })?;
-            let output = StagedOutput::new(&self.base.join(file), &format!("buffer `{buffer}`"))?;
-            if staged
+            let path = self.base.join(file);
+            let output = StagedOutput::new(&path, &format!("buffer `{buffer}`"))?;
+            if let Some((other, _)) = staged
                 .iter()
-                .any(|(_, o)| o.destination() == output.destination())
+                .find(|(_, o)| o.destination() == output.destination())
             {
                 return Err(JobError::File {
-                    path: self.base.join(file),
-                    reason: "two outputs would be written to this file".into(),
+                    // As written in the program or on the command line.
+                    path: if self.base == Path::new(".") {
+                        PathBuf::from(file)
+                    } else {
+                        path
+                    },
+                    reason: format!(
+                        "buffer `{}` is written to this file too ({}): two outputs cannot share a file",
+                        self.program.buffers[*other].name,
+                        output.destination().display()
+                    ),
                 });
             }
             staged.push((index, output));

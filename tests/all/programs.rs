@@ -285,6 +285,27 @@ fn every_misuse_of_a_program_is_refused_before_anything_runs() {
         ),
         &["init", "`a`", "f32"],
     );
+    // Two outputs to one file: by the same name, and through a link (also one whose
+    // target does not exist yet), which would have let the second replace the first.
+    std::os::unix::fs::symlink("out.bin", example.path("link.bin")).expect("symlink");
+    let buffers = "[buffers]\na = { type = \"f64\", zeros = \"n*n\" }\nb = { type = \"f64\", zeros = \"n*n\" }\n\
+                   [[step]]\nkernel = \"init\"\nitems = \"n\"\nargs = { n = \"n\", a = \"a\", b = \"b\" }\n";
+    for second in ["out.bin", "./out.bin", "link.bin"] {
+        refused_program(
+            &example,
+            &format!("{head}b = \"{second}\"\n{buffers}"),
+            &[
+                second,
+                "buffer `a` is written to this file too",
+                "two outputs cannot share a file",
+            ],
+        );
+        assert!(!example.path("out.bin").exists());
+    }
+    assert!(std::fs::symlink_metadata(example.path("link.bin"))
+        .expect("the link")
+        .file_type()
+        .is_symlink());
 }
 
 #[test]
