@@ -424,7 +424,12 @@ pub fn node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
     }
     let faults = cluster_node::fault::Faults::parse(&args.fault).map_err(anyhow::Error::msg)?;
     let mut credentials = match (&settings.credentials, args.insecure) {
-        (Some(dir), _) => Credentials::load(dir)?,
+        (Some(dir), _) => Credentials::load(dir).with_context(|| {
+            format!(
+                "cannot load the node's credentials from {} (made by `offload cluster add-node`)",
+                dir.display()
+            )
+        })?,
         (None, true) => {
             if !settings.listen.ip().is_loopback() {
                 bail!(

@@ -785,6 +785,49 @@ fn a_client_without_cluster_credentials_is_refused_and_runs_nothing() {
 }
 
 #[test]
+fn a_node_or_client_without_credentials_names_the_folder_and_how_to_make_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let mut node = Command::new(BIN);
+    node.args([
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--credentials",
+    ])
+    .arg(&empty);
+    let output = run_bounded(node, Duration::from_secs(30));
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("cannot load the node's credentials from")
+            && said.contains("offload cluster add-node")
+            && said.contains("ca.pem"),
+        "{said}"
+    );
+    let job = Mandel::new(dir.path(), 16, 16, 10);
+    let mut client = Command::new(BIN);
+    client.args(job.run_args(&dir.path().join("out.bin")));
+    client.args([
+        "--cluster",
+        "--no-discovery",
+        "--peer",
+        "127.0.0.1:9",
+        "--credentials",
+    ]);
+    client.arg(&empty);
+    let output = run_bounded(client, Duration::from_secs(30));
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("cannot load cluster credentials from") && said.contains("ca.pem"),
+        "{said}"
+    );
+}
+
+#[test]
 fn a_crashing_kernel_fails_its_job_and_leaves_the_node_serving() {
     let cluster = Cluster::new(1);
     let pkg = package(
