@@ -377,6 +377,9 @@ pub struct TuneOptions {
     /// Measure in isolated workers of this `offload` program ([`Options::isolated`]), as
     /// `offload run` executes kernels; `None`: in process.
     pub isolation: Option<std::path::PathBuf>,
+    /// The longest one packet of a measured run may take ([`Options::packet_timeout`]):
+    /// a kernel that hangs then fails the tuning instead of holding it. Default: none.
+    pub packet_timeout: Option<Duration>,
 }
 
 impl TuneOptions {
@@ -390,6 +393,7 @@ impl TuneOptions {
             cores: node_jit::available_threads(),
             scalars: Vec::new(),
             isolation: None,
+            packet_timeout: None,
         }
     }
 }
@@ -518,6 +522,9 @@ fn measure(
     let mut local = settings.apply(Options::default());
     if let Some(program) = &options.isolation {
         local = local.isolated(program);
+    }
+    if let Some(timeout) = options.packet_timeout {
+        local = local.packet_timeout(timeout);
     }
     let fail = |source: RunError| TuneError::Run {
         kernel: kernel.to_string(),

@@ -39,6 +39,11 @@ pub struct TuneArgs {
     /// item count for integers].
     #[arg(long = "arg", value_name = "NAME=VALUE")]
     scalars: Vec<String>,
+    /// The longest one packet of a timing run may take, in seconds: a hung kernel then
+    /// ends the tuning naming it and its items, as `offload run --packet-timeout` does
+    /// [default: no limit].
+    #[arg(long, value_name = "SECONDS", value_parser = super::parse_seconds)]
+    packet_timeout: Option<f64>,
 }
 
 /// Scalar arguments by name.
@@ -225,6 +230,7 @@ pub fn tune(cli: &Cli, args: &TuneArgs) -> anyhow::Result<()> {
         options.repeats = if args.quick { 1 } else { args.repeats };
         options.quick = args.quick;
         options.budget = args.budget.map(Duration::from_secs_f64);
+        options.packet_timeout = args.packet_timeout.map(Duration::from_secs_f64);
         options.scalars = scalars;
         // Measured as `offload run` executes kernels: in isolated workers.
         options.isolation = Some(super::offload_program()?);

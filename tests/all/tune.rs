@@ -198,3 +198,44 @@ fn profile_key_covers_cpu_llvm_and_package() {
             .is_none());
     }
 }
+
+#[test]
+fn a_kernel_that_hangs_stops_the_tuning_at_the_packet_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let traps = package(
+        &repo_path("tests/kernels/traps.c"),
+        &repo_path("tests/kernels/traps.toml"),
+        dir.path(),
+        "traps",
+    );
+    let cache = dir.path().join("cache");
+    // `spin` never ends on an item when `at` + 1 is odd.
+    let out = crate::common::run_bounded(
+        {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_offload"));
+            command
+                .arg("--cache-dir")
+                .arg(&cache)
+                .arg("tune")
+                .arg(&traps)
+                .args(["--kernel", "spin", "--items", "100", "--arg", "at=4"])
+                .args(["--quick", "--packet-timeout", "0.5"]);
+            command
+        },
+        std::time::Duration::from_secs(120),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("kernel `spin` failed while tuning")
+            && err.contains("ran longer than the packet timeout (0.5 s)"),
+        "{err}"
+    );
+    assert!(
+        !cache.join("tune").exists()
+            || std::fs::read_dir(cache.join("tune"))
+                .expect("tune dir")
+                .next()
+                .is_none()
+    );
+}
