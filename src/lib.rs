@@ -39,6 +39,7 @@
 pub mod api;
 pub mod buffer;
 mod check;
+pub mod compiler;
 mod crash;
 mod engine;
 pub mod files;
@@ -52,6 +53,7 @@ pub use api::{
     Kernel, KernelArg, LaunchError, Scalar,
 };
 pub use buffer::Buffer;
+pub use compiler::{serve_compile_object, CompilerProcess};
 pub use crash::{end_runs_cleanly_on_interrupt, report_kernel_crashes};
 pub use engine::{check_memory, sum_workspace, RunError};
 pub use ir_packager::kernel_model::program::{Program, ProgramError};

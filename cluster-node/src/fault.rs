@@ -21,6 +21,9 @@
 //!   its workers (`offload __worker --fault forbidden-call=CALL`);
 //! - `no-sandbox-support`: the node believes this kernel has neither seccomp nor Landlock
 //!   (as on a kernel built without them), so it refuses to serve unless `--unsandboxed`.
+//! - `compiler-abort`: the helper process that compiles kernels for `offload run`
+//!   (`offload __compile-object`, given it by `offload run --worker-fault
+//!   compiler-abort`) aborts before compiling, as LLVM failing on hostile bitcode would.
 
 /// The faults a node was told to inject (none outside test builds).
 #[derive(Debug, Clone, Default)]
@@ -41,6 +44,7 @@ struct Enabled {
     owner_busy_until: Option<std::path::PathBuf>,
     forbidden_call: Option<ForbiddenCall>,
     no_sandbox_support: bool,
+    compiler_abort: bool,
 }
 
 /// The system calls `forbidden-call=` can make.
@@ -136,6 +140,7 @@ impl Faults {
                     "stop-on-packet" => enabled.stop_on_packet = true,
                     "owner-busy" => enabled.owner_busy = true,
                     "no-sandbox-support" => enabled.no_sandbox_support = true,
+                    "compiler-abort" => enabled.compiler_abort = true,
                     "forbidden-call=openat" => enabled.forbidden_call = Some(ForbiddenCall::Openat),
                     "forbidden-call=socket" => enabled.forbidden_call = Some(ForbiddenCall::Socket),
                     "forbidden-call=execve" => enabled.forbidden_call = Some(ForbiddenCall::Execve),
@@ -206,6 +211,15 @@ impl Faults {
             return vec!["--fault".into(), format!("forbidden-call={}", call.name())];
         }
         Vec::new()
+    }
+
+    /// In the compiler helper, before it compiles: aborts (SIGABRT), if told
+    /// (`compiler-abort`), as LLVM failing an assertion on hostile bitcode would.
+    pub fn before_compile(&self) {
+        #[cfg(feature = "fault-injection")]
+        if self.enabled.compiler_abort {
+            std::process::abort();
+        }
     }
 
     /// In a worker, just before a packet's kernel runs: makes the forbidden call, if told.

@@ -100,6 +100,10 @@ pub enum JitError {
         /// What is wrong with it and how to fix it.
         reason: String,
     },
+    /// The process that compiles kernels for this one ([`ObjectCompiler`]) failed or
+    /// crashed; the message says how.
+    #[error("{0}")]
+    Compiler(String),
     /// The cache directory is unusable.
     #[error("code cache {path}: {source}")]
     Cache {
@@ -195,8 +199,58 @@ pub struct Tuning {
     pub pipeline: Option<Pipeline>,
 }
 
+/// What turns a kernel into an object file on a cache miss: LLVM's front half of a
+/// compile (parse the bitcode, optimize for `target`, emit), without linking. The engine
+/// does it in its own process unless [`Config::object_compiler`] hands it elsewhere,
+/// e.g. to a helper process, so that LLVM failing on hostile bitcode ends the helper,
+/// not the caller. [`compile_entry_object`] is what an implementation runs.
+pub trait ObjectCompiler: Send + Sync {
+    /// The relocatable object of `kernel` of `package`, as [`compile_entry_object`]
+    /// makes it.
+    fn compile_object(
+        &self,
+        package: &Package,
+        kernel: &str,
+        target: &HostTarget,
+        opt: OptLevel,
+        tuning: &Tuning,
+    ) -> Result<KernelObject, JitError>;
+}
+
+/// A compiled kernel before linking: the relocatable object and what linking it needs
+/// ([`link_needs`], read where LLVM is loaded anyway, so that linking needs none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelObject {
+    /// The object file's bytes.
+    pub bytes: Vec<u8>,
+    /// The libraries it calls into.
+    pub needs: LinkNeeds,
+}
+
+/// The object file of `kernel` of `package` for `target` (the entry wrapper, optimized
+/// and emitted), as a cache miss compiles it before linking: what an [`ObjectCompiler`]
+/// runs wherever it runs.
+pub fn compile_entry_object(
+    package: &Package,
+    kernel: &str,
+    target: &HostTarget,
+    opt: OptLevel,
+    tuning: &Tuning,
+) -> Result<KernelObject, JitError> {
+    let spec = package
+        .manifest()
+        .kernel(kernel)
+        .ok_or_else(|| JitError::NoSuchKernel {
+            kernel: kernel.to_string(),
+            available: package.manifest().kernel_names(),
+        })?;
+    let bytes = codegen::compile_entry_object(package, spec, target, opt, tuning)?;
+    let needs = codegen::link_needs(&bytes);
+    Ok(KernelObject { bytes, needs })
+}
+
 /// Engine settings. Every setter documents its default.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     opt_level: OptLevel,
     cache_dir: Option<PathBuf>,
@@ -205,6 +259,22 @@ pub struct Config {
     memory_cache_entries: usize,
     linker: Option<PathBuf>,
     target: Option<HostTarget>,
+    object_compiler: Option<Arc<dyn ObjectCompiler>>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("opt_level", &self.opt_level)
+            .field("cache_dir", &self.cache_dir)
+            .field("disk_cache", &self.disk_cache)
+            .field("disk_cache_bytes", &self.disk_cache_bytes)
+            .field("memory_cache_entries", &self.memory_cache_entries)
+            .field("linker", &self.linker)
+            .field("target", &self.target)
+            .field("object_compiler", &self.object_compiler.is_some())
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -217,6 +287,7 @@ impl Default for Config {
             memory_cache_entries: 256,
             linker: std::env::var_os("CC").map(PathBuf::from),
             target: None,
+            object_compiler: None,
         }
     }
 }
@@ -285,6 +356,13 @@ impl Config {
     /// The optimization level kernels are compiled at.
     pub fn level(&self) -> OptLevel {
         self.opt_level
+    }
+
+    /// Compiles kernels on a cache miss with `compiler` (see [`ObjectCompiler`]) instead
+    /// of in this process; linking, caching and loading stay here. Default: in process.
+    pub fn object_compiler(mut self, compiler: Arc<dyn ObjectCompiler>) -> Config {
+        self.object_compiler = Some(compiler);
+        self
     }
 
     /// The CPU to generate code for. Default: this machine's ([`HostTarget::detect`]).
@@ -667,13 +745,22 @@ impl Engine {
         let (library, origin) = match found {
             Some(library) => (library, CodeOrigin::DiskCache),
             None => {
-                let object = codegen::compile_entry_object(
-                    package,
-                    &spec,
-                    &self.inner.host,
-                    self.inner.config.opt_level,
-                    tuning,
-                )?;
+                let object = match &self.inner.config.object_compiler {
+                    Some(compiler) => compiler.compile_object(
+                        package,
+                        kernel,
+                        &self.inner.host,
+                        self.inner.config.opt_level,
+                        tuning,
+                    )?,
+                    None => compile_entry_object(
+                        package,
+                        kernel,
+                        &self.inner.host,
+                        self.inner.config.opt_level,
+                        tuning,
+                    )?,
+                };
                 let library = self.link_library(&object, cache.dir())?;
                 cache.store(&key, &library)?;
                 (library, CodeOrigin::Compiled)
@@ -695,7 +782,9 @@ impl Engine {
 
     /// Links `object` into a shared library in a temporary folder under `dir` and
     /// returns the library's bytes.
-    fn link_library(&self, object: &[u8], dir: &Path) -> Result<Vec<u8>, JitError> {
+    fn link_library(&self, object: &KernelObject, dir: &Path) -> Result<Vec<u8>, JitError> {
+        let needs = object.needs;
+        let object = &object.bytes[..];
         let cache_err = |path: &Path| {
             let path = path.display().to_string();
             move |source| JitError::Cache { path, source }
@@ -723,7 +812,6 @@ impl Engine {
         };
         command.arg("-o").arg(&staged).arg(&object_path);
         // Only what the object calls: reading libm and libgcc is half of a small link.
-        let needs = codegen::link_needs(object);
         if needs.libm {
             command.arg("-lm");
         }

@@ -52,7 +52,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     ])?;
     // Found missing or read-only before the render, not after.
     let output = StagedOutput::new(&args.output, "the image")?;
-    let engine = cli.engine()?;
+    let engine = cli.isolated_engine(&[])?;
     let cores = node_jit::available_threads();
     println!(
         "offload demo: Mandelbrot {}x{}, {} iterations max",

@@ -129,6 +129,20 @@ impl Cli {
         }
         Ok(Engine::new(config)?)
     }
+
+    /// [`Cli::engine`] for runs with isolated workers: a kernel not in the code cache is
+    /// compiled by a helper process (`offload __compile-object`, passed the test-build
+    /// faults `faults`), so that LLVM failing on a package ends the helper, not offload.
+    fn isolated_engine(&self, faults: &[String]) -> anyhow::Result<Engine> {
+        let mut config = Config::default().opt_level(self.opt_level);
+        if let Some(dir) = &self.cache_dir {
+            config = config.cache_dir(dir);
+        }
+        let helper = offload::CompilerProcess::new(offload_program()?, faults);
+        Ok(Engine::new(
+            config.object_compiler(std::sync::Arc::new(helper)),
+        )?)
+    }
 }
 
 /// Parses arguments, runs the command and turns any error into one message.
@@ -137,8 +151,10 @@ pub fn main() -> ExitCode {
     // The engine's workers start for every local run: they skip the command line's
     // parser (a third of their start-up) and the log set-up.
     let mut args = std::env::args();
-    if args.nth(1).as_deref() == Some("__engine-worker") {
-        return engine_worker(args);
+    match args.nth(1).as_deref() {
+        Some("__engine-worker") => return engine_worker(args),
+        Some("__compile-object") => return offload::serve_compile_object(args),
+        _ => {}
     }
     let cli = Cli::parse();
     // A kernel that traps on this machine is named, with its items, before the process

@@ -568,7 +568,11 @@ fn execute(
         cluster_bar.finish();
         ran
     } else {
-        let mut engine = cli.engine()?;
+        let mut engine = if args.in_process {
+            cli.engine()?
+        } else {
+            cli.isolated_engine(&args.worker_fault)?
+        };
         if let Some((package, kernel)) = tuned {
             if let Some(settings) = super::tune::lookup(&engine, package, kernel) {
                 if cli.verbose > 0 {

@@ -121,7 +121,7 @@ fn reference_package(reference: &Reference) -> anyhow::Result<Package> {
 }
 
 pub fn tune(cli: &Cli, args: &TuneArgs) -> anyhow::Result<()> {
-    let engine = cli.engine()?;
+    let engine = cli.isolated_engine(&[])?;
     let cache_root = engine
         .config()
         .cache_root()

@@ -480,3 +480,82 @@ fn a_program_of_more_buffers_than_the_usual_soft_limit_runs_and_one_beyond_the_h
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!dir.path().join("out.bin").exists());
 }
+
+#[test]
+fn llvm_failing_in_the_compiler_process_fails_the_run_in_words_and_offload_lives_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pkg = crate::common::saxpy_package(dir.path());
+    let (x, y) = (dir.path().join("x.bin"), dir.path().join("y.bin"));
+    write_le(&x, &[1.0f32; 64]);
+    write_le(&y, &[2.0f32; 64]);
+    // A cache of its own: the kernel is compiled, not found.
+    let cache = dir.path().join("cache");
+    let run = |faults: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec!["--cache-dir".into(), cache.clone().into()];
+        args.extend(
+            [
+                "run", "", "--kernel", "saxpy", "--items", "64", "--arg", "a=0.5",
+            ]
+            .iter()
+            .map(|a| a.into()),
+        );
+        args[3] = pkg.clone().into();
+        args.push(format!("--in=x={}", x.display()).into());
+        args.push(format!("--inout=y={}", y.display()).into());
+        for fault in faults {
+            args.push(format!("--worker-fault={fault}").into());
+        }
+        offload(args)
+    };
+    // The helper aborts, as LLVM failing an assertion does.
+    let out = run(&["compiler-abort"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the compiler process for kernel `saxpy` crashed: SIGABRT")
+            && stderr.contains("no output or --inout file was changed"),
+        "{stderr}"
+    );
+    assert_eq!(read_le::<f32>(&y), vec![2.0f32; 64]);
+    crate::common::assert_no_staged_files(dir.path(), "after the compiler crashed");
+    // Nothing half-made was cached: the next run compiles and runs.
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_le::<f32>(&y), vec![2.5f32; 64]);
+
+    // Through the Rust API, with the same helper: the error, and the process goes on.
+    let package = Arc::new(Package::read(&pkg).expect("package"));
+    let engine = Engine::new(
+        Config::default()
+            .cache_dir(dir.path().join("api-cache"))
+            .object_compiler(Arc::new(offload::CompilerProcess::new(
+                BIN,
+                &["compiler-abort".to_string()],
+            ))),
+    )
+    .expect("engine");
+    let mut job = Job::kernel(
+        package,
+        "saxpy",
+        64,
+        vec![
+            offload::ArgValue::Scalar(offload::ScalarValue::F32(0.5)),
+            offload::ArgValue::Buffer(offload::Buffer::from_bytes(&[0u8; 256])),
+            offload::ArgValue::Buffer(offload::Buffer::from_bytes(&[0u8; 256])),
+        ],
+    )
+    .expect("job");
+    let error = Cluster::from_engine(engine)
+        .run(&mut job, &Options::default())
+        .expect_err("the compiler crashed");
+    assert!(
+        error
+            .to_string()
+            .contains("the compiler process for kernel `saxpy` crashed: SIGABRT"),
+        "{error}"
+    );
+}
