@@ -237,16 +237,21 @@ pub fn compile_entry_object(
     opt: OptLevel,
     tuning: &Tuning,
 ) -> Result<KernelObject, JitError> {
-    let spec = package
+    let spec = kernel_spec(package, kernel)?;
+    let bytes = codegen::compile_entry_object(package, spec, target, opt, tuning)?;
+    let needs = codegen::link_needs(&bytes);
+    Ok(KernelObject { bytes, needs })
+}
+
+/// The manifest entry of `kernel`, or the error that lists the package's kernels.
+fn kernel_spec<'p>(package: &'p Package, kernel: &str) -> Result<&'p KernelSpec, JitError> {
+    package
         .manifest()
         .kernel(kernel)
         .ok_or_else(|| JitError::NoSuchKernel {
             kernel: kernel.to_string(),
             available: package.manifest().kernel_names(),
-        })?;
-    let bytes = codegen::compile_entry_object(package, spec, target, opt, tuning)?;
-    let needs = codegen::link_needs(&bytes);
-    Ok(KernelObject { bytes, needs })
+        })
 }
 
 /// Engine settings. Every setter documents its default.
@@ -706,14 +711,7 @@ impl Engine {
         tuning: &Tuning,
     ) -> Result<CompileReport, JitError> {
         let started = Instant::now();
-        let spec = package
-            .manifest()
-            .kernel(kernel)
-            .ok_or_else(|| JitError::NoSuchKernel {
-                kernel: kernel.to_string(),
-                available: package.manifest().kernel_names(),
-            })?
-            .clone();
+        let spec = kernel_spec(package, kernel)?.clone();
         let key = self.cache_key(package, kernel, tuning);
         // One lock for lookup and compile: two threads asking for the same kernel must
         // not both compile it, and compiles are rare.
