@@ -8,10 +8,14 @@
 //! code cache and loading stay in the caller ([`node_jit::ObjectCompiler`]), which thus
 //! never loads libLLVM. It dies with the thread that started it.
 //!
-//! The helper is not sandboxed: LLVM reads its own libraries as it loads, and it runs
-//! nothing of the kernel (the kernel's code runs only in the sandboxed workers).
+//! The helper loads LLVM and reads its request first, then closes every other descriptor
+//! and applies the kernel workers' CPU sandbox profile ([`sandbox::Config::cpu`], plus
+//! `sysinfo`, which LLVM asks for the machine's memory) before LLVM reads the bitcode:
+//! code taken over through an LLVM bug can open no file, start no process and reach no
+//! network; it can only answer on stdout.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
@@ -19,6 +23,9 @@ use ir_packager::Package;
 use node_jit::{
     HostTarget, JitError, KernelObject, LinkNeeds, ObjectCompiler, OptLevel, Pipeline, Tuning,
 };
+
+/// The helper's descriptor for the sandbox's fault records (as a node worker's).
+const REPORT_FD: i32 = cluster_node::worker::REPORT_FD;
 
 /// Compiles kernel objects in `offload __compile-object` processes of one program.
 #[derive(Clone, Debug)]
@@ -103,12 +110,20 @@ impl ObjectCompiler for CompilerProcess {
         for fault in &self.faults {
             command.arg(format!("--fault={fault}"));
         }
+        let cannot_start =
+            |e: std::io::Error| failed(format!("cannot start ({}: {e})", self.program.display()));
+        // The sandbox reports a forbidden call by name on this pipe, as a worker's does.
+        let (report, writer) = sandbox::report_pipe().map_err(cannot_start)?;
+        let hook = sandbox::report_fd_hook(writer.as_raw_fd(), REPORT_FD);
+        // SAFETY: the hook only calls dup2/fcntl on a descriptor open until spawn returns.
+        unsafe { std::os::unix::process::CommandExt::pre_exec(&mut command, hook) };
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| failed(format!("cannot start ({}: {e})", self.program.display())))?;
+            .map_err(cannot_start)?;
+        drop(writer);
         // The package goes in on a thread of its own: a helper that fails early stops
         // reading, and its output must still be read meanwhile.
         let mut stdin = child.stdin.take();
@@ -137,7 +152,8 @@ impl ObjectCompiler for CompilerProcess {
         }
         let said = String::from_utf8_lossy(&output.stderr);
         let said = said.trim().trim_start_matches("error: ");
-        let end = sandbox::WorkerEnd::from_status(output.status, None);
+        let fault = sandbox::Fault::first_in(&sandbox::read_report(Some(report)));
+        let end = sandbox::WorkerEnd::from_status(output.status, fault);
         match end {
             // The helper's own error (LLVM refused the module, a bad request).
             sandbox::WorkerEnd::Exited(1) if !said.is_empty() => {
@@ -269,6 +285,12 @@ fn parse_request(
     })
 }
 
+/// Closes every descriptor but stdin, stdout, stderr and the report pipe (the sandbox
+/// keeps what is open).
+fn close_stray_descriptors() {
+    cluster_node::worker::close_stray_descriptors(&[REPORT_FD]);
+}
+
 fn compile_request(args: impl Iterator<Item = String>) -> Result<KernelObject, String> {
     let request = parse_request(args, HostTarget::detect())?;
     let faults = cluster_node::fault::Faults::parse(&request.faults)?;
@@ -277,6 +299,16 @@ fn compile_request(args: impl Iterator<Item = String>) -> Result<KernelObject, S
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the package: {e}"))?;
     let package = Package::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    // LLVM is loaded and set up (above, for the host's target): from here on the helper
+    // needs no file and no new process, so it compiles confined as a kernel worker is.
+    close_stray_descriptors();
+    // LLVM asks `sysinfo` for the machine's memory (the CPU profile has no reason to).
+    sandbox::apply(
+        &sandbox::Config::cpu()
+            .allow_syscall("sysinfo")
+            .report_fd(REPORT_FD),
+    )
+    .map_err(|e| format!("cannot apply the compiler's sandbox: {e}"))?;
     faults.before_compile();
     node_jit::compile_entry_object(
         &package,

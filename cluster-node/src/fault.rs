@@ -23,7 +23,8 @@
 //!   (as on a kernel built without them), so it refuses to serve unless `--unsandboxed`.
 //! - `compiler-abort`: the helper process that compiles kernels for `offload run`
 //!   (`offload __compile-object`, given it by `offload run --worker-fault
-//!   compiler-abort`) aborts before compiling, as LLVM failing on hostile bitcode would.
+//!   compiler-abort`) aborts before compiling, as LLVM failing on hostile bitcode would;
+//!   `compiler-forbidden-call`: it opens a file instead, after its sandbox is applied.
 
 /// The faults a node was told to inject (none outside test builds).
 #[derive(Debug, Clone, Default)]
@@ -45,6 +46,7 @@ struct Enabled {
     forbidden_call: Option<ForbiddenCall>,
     no_sandbox_support: bool,
     compiler_abort: bool,
+    compiler_forbidden_call: bool,
 }
 
 /// The system calls `forbidden-call=` can make.
@@ -141,6 +143,7 @@ impl Faults {
                     "owner-busy" => enabled.owner_busy = true,
                     "no-sandbox-support" => enabled.no_sandbox_support = true,
                     "compiler-abort" => enabled.compiler_abort = true,
+                    "compiler-forbidden-call" => enabled.compiler_forbidden_call = true,
                     "forbidden-call=openat" => enabled.forbidden_call = Some(ForbiddenCall::Openat),
                     "forbidden-call=socket" => enabled.forbidden_call = Some(ForbiddenCall::Socket),
                     "forbidden-call=execve" => enabled.forbidden_call = Some(ForbiddenCall::Execve),
@@ -213,12 +216,19 @@ impl Faults {
         Vec::new()
     }
 
-    /// In the compiler helper, before it compiles: aborts (SIGABRT), if told
-    /// (`compiler-abort`), as LLVM failing an assertion on hostile bitcode would.
+    /// In the compiler helper, before it compiles (after its sandbox is applied): aborts
+    /// (SIGABRT), if told (`compiler-abort`), as LLVM failing an assertion on hostile
+    /// bitcode would; or opens a file (`compiler-forbidden-call`), as code taken over
+    /// through an LLVM bug would.
     pub fn before_compile(&self) {
         #[cfg(feature = "fault-injection")]
-        if self.enabled.compiler_abort {
-            std::process::abort();
+        {
+            if self.enabled.compiler_abort {
+                std::process::abort();
+            }
+            if self.enabled.compiler_forbidden_call {
+                ForbiddenCall::Openat.make();
+            }
         }
     }
 

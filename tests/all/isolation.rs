@@ -518,6 +518,22 @@ fn llvm_failing_in_the_compiler_process_fails_the_run_in_words_and_offload_lives
     );
     assert_eq!(read_le::<f32>(&y), vec![2.0f32; 64]);
     crate::common::assert_no_staged_files(dir.path(), "after the compiler crashed");
+    // The helper compiles in the kernel workers' sandbox: code that took it over
+    // through LLVM and opened a file is killed, and the call is named.
+    if crate::sandbox::sandbox_here(
+        "llvm_failing_in_the_compiler_process_fails_the_run_in_words_and_offload_lives_on",
+    ) {
+        let out = run(&["compiler-forbidden-call"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(
+                "the compiler process for kernel `saxpy` crashed: a forbidden system call (openat)"
+            ),
+            "{stderr}"
+        );
+        assert_eq!(read_le::<f32>(&y), vec![2.0f32; 64]);
+    }
     // Nothing half-made was cached: the next run compiles and runs.
     let out = run(&[]);
     assert!(
