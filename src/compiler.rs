@@ -128,12 +128,22 @@ impl ObjectCompiler for CompilerProcess {
         // reading, and its output must still be read meanwhile.
         let mut stdin = child.stdin.take();
         let bytes = package.as_bytes().to_vec();
-        let feeder = std::thread::spawn(move || {
-            if let Some(stdin) = stdin.as_mut() {
-                // A helper that ended early closed its end: its exit says why.
-                let _ = stdin.write_all(&bytes);
+        let feeder = std::thread::Builder::new()
+            .name("offload-compile-feed".into())
+            .spawn(move || {
+                if let Some(stdin) = stdin.as_mut() {
+                    // A helper that ended early closed its end: its exit says why.
+                    let _ = stdin.write_all(&bytes);
+                }
+            });
+        let feeder = match feeder {
+            Ok(feeder) => feeder,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!("cannot be fed the package ({e})")));
             }
-        });
+        };
         let output = child
             .wait_with_output()
             .map_err(|e| failed(format!("cannot be waited for ({e})")))?;
