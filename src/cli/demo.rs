@@ -52,7 +52,9 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     ])?;
     // Found missing or read-only before the render, not after.
     let output = StagedOutput::new(&args.output, "the image")?;
-    let engine = cli.isolated_engine(&[])?;
+    // The demo's kernel is offload's own source, packaged by this process (LLVM is loaded
+    // already): it compiles here, without the helper that package files get.
+    let engine = cli.engine()?;
     let cores = node_jit::available_threads();
     println!(
         "offload demo: Mandelbrot {}x{}, {} iterations max",
