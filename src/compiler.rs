@@ -237,7 +237,7 @@ fn parse_request(
         "off" => Ok(false),
         _ => Err(format!("{flag} takes on or off, not `{value}`")),
     };
-    let mut args = args.peekable();
+    let mut args = args;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) => (flag.to_string(), Some(value.to_string())),

@@ -87,14 +87,14 @@ pub(crate) fn out_of_descriptors_advice() -> String {
     };
     // SAFETY: getrlimit writes into `limit`, ours.
     let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if known {
-        format!(
-            "this process has as many files open as it may ({}; each buffer of a local run holds one); raise the limit (`ulimit -n`, LimitNOFILE=) or use fewer buffers",
-            limit.rlim_cur
-        )
+    let how_many = if known {
+        format!("{}; ", limit.rlim_cur)
     } else {
-        "this process has as many files open as it may (each buffer of a local run holds one); raise the limit (`ulimit -n`) or use fewer buffers".to_string()
-    }
+        String::new()
+    };
+    format!(
+        "this process has as many files open as it may ({how_many}each buffer of a local run holds one); raise the limit (`ulimit -n`, LimitNOFILE=) or use fewer buffers"
+    )
 }
 
 /// Where writing `path` lands: the path with its folders and symbolic links resolved,

@@ -299,7 +299,10 @@ pub(crate) fn compile_kernels_object(
 }
 
 /// The manifest entry of `kernel`, or the error naming the package's kernels.
-fn kernel_spec<'p>(package: &'p Package, kernel: &str) -> Result<&'p KernelSpec, JitError> {
+pub(crate) fn kernel_spec<'p>(
+    package: &'p Package,
+    kernel: &str,
+) -> Result<&'p KernelSpec, JitError> {
     package
         .manifest()
         .kernel(kernel)

@@ -217,6 +217,22 @@ pub trait ObjectCompiler: Send + Sync {
     ) -> Result<KernelObject, JitError>;
 }
 
+/// The default [`ObjectCompiler`]: LLVM in this process.
+struct InProcess;
+
+impl ObjectCompiler for InProcess {
+    fn compile_object(
+        &self,
+        package: &Package,
+        kernel: &str,
+        target: &HostTarget,
+        opt: OptLevel,
+        tuning: &Tuning,
+    ) -> Result<KernelObject, JitError> {
+        compile_entry_object(package, kernel, target, opt, tuning)
+    }
+}
+
 /// A compiled kernel before linking: the relocatable object and what linking it needs
 /// ([`link_needs`], read where LLVM is loaded anyway, so that linking needs none).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,21 +253,10 @@ pub fn compile_entry_object(
     opt: OptLevel,
     tuning: &Tuning,
 ) -> Result<KernelObject, JitError> {
-    let spec = kernel_spec(package, kernel)?;
+    let spec = codegen::kernel_spec(package, kernel)?;
     let bytes = codegen::compile_entry_object(package, spec, target, opt, tuning)?;
     let needs = codegen::link_needs(&bytes);
     Ok(KernelObject { bytes, needs })
-}
-
-/// The manifest entry of `kernel`, or the error that lists the package's kernels.
-fn kernel_spec<'p>(package: &'p Package, kernel: &str) -> Result<&'p KernelSpec, JitError> {
-    package
-        .manifest()
-        .kernel(kernel)
-        .ok_or_else(|| JitError::NoSuchKernel {
-            kernel: kernel.to_string(),
-            available: package.manifest().kernel_names(),
-        })
 }
 
 /// Engine settings. Every setter documents its default.
@@ -711,7 +716,7 @@ impl Engine {
         tuning: &Tuning,
     ) -> Result<CompileReport, JitError> {
         let started = Instant::now();
-        let spec = kernel_spec(package, kernel)?.clone();
+        let spec = codegen::kernel_spec(package, kernel)?.clone();
         let key = self.cache_key(package, kernel, tuning);
         // One lock for lookup and compile: two threads asking for the same kernel must
         // not both compile it, and compiles are rare.
@@ -743,22 +748,17 @@ impl Engine {
         let (library, origin) = match found {
             Some(library) => (library, CodeOrigin::DiskCache),
             None => {
-                let object = match &self.inner.config.object_compiler {
-                    Some(compiler) => compiler.compile_object(
-                        package,
-                        kernel,
-                        &self.inner.host,
-                        self.inner.config.opt_level,
-                        tuning,
-                    )?,
-                    None => compile_entry_object(
-                        package,
-                        kernel,
-                        &self.inner.host,
-                        self.inner.config.opt_level,
-                        tuning,
-                    )?,
+                let compiler: &dyn ObjectCompiler = match &self.inner.config.object_compiler {
+                    Some(compiler) => compiler.as_ref(),
+                    None => &InProcess,
                 };
+                let object = compiler.compile_object(
+                    package,
+                    kernel,
+                    &self.inner.host,
+                    self.inner.config.opt_level,
+                    tuning,
+                )?;
                 let library = self.link_library(&object, cache.dir())?;
                 cache.store(&key, &library)?;
                 (library, CodeOrigin::Compiled)

@@ -123,24 +123,26 @@ fn parse_opt_level(text: &str) -> Result<OptLevel, String> {
 
 impl Cli {
     fn engine(&self) -> anyhow::Result<Engine> {
-        let mut config = Config::default().opt_level(self.opt_level);
-        if let Some(dir) = &self.cache_dir {
-            config = config.cache_dir(dir);
+        Ok(Engine::new(self.engine_config())?)
+    }
+
+    /// The engine settings the global flags give (optimization level, cache directory).
+    fn engine_config(&self) -> Config {
+        let config = Config::default().opt_level(self.opt_level);
+        match &self.cache_dir {
+            Some(dir) => config.cache_dir(dir),
+            None => config,
         }
-        Ok(Engine::new(config)?)
     }
 
     /// [`Cli::engine`] for runs with isolated workers: a kernel not in the code cache is
     /// compiled by a helper process (`offload __compile-object`, passed the test-build
     /// faults `faults`), so that LLVM failing on a package ends the helper, not offload.
     fn isolated_engine(&self, faults: &[String]) -> anyhow::Result<Engine> {
-        let mut config = Config::default().opt_level(self.opt_level);
-        if let Some(dir) = &self.cache_dir {
-            config = config.cache_dir(dir);
-        }
         let helper = offload::CompilerProcess::new(offload_program()?, faults);
         Ok(Engine::new(
-            config.object_compiler(std::sync::Arc::new(helper)),
+            self.engine_config()
+                .object_compiler(std::sync::Arc::new(helper)),
         )?)
     }
 }
