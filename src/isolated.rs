@@ -130,7 +130,7 @@ const FDS_PER_MESSAGE: usize = 250;
 const MAX_SETUP: usize = 1 << 20;
 
 /// How the engine's workers are started.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct WorkerProgram {
     /// The `offload` executable.
     pub program: PathBuf,
@@ -519,6 +519,47 @@ struct Spawned {
     writer: Option<OwnedFd>,
 }
 
+/// Workers this process has started, for [`spread`]'s round.
+static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Moves a worker just started to a core of its own, taking this process's allowed
+/// cores in turn from the one after the core this thread runs on. A child starts on its
+/// parent's core, and on a virtual machine the scheduler tends to leave it there while
+/// another core idles (an idle virtual CPU reads as preempted, so wake-ups avoid it):
+/// the worker's start (1.5 ms) and the run's own work then take turns on one core.
+/// The worker is pinned for an instant only, so that the move happens, and then given
+/// back every allowed core; where affinity cannot be set nothing changes.
+fn spread(pid: u32) {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity/sched_setaffinity and
+    // sched_getcpu only read or write the sets they are given.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return;
+        }
+        let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &allowed))
+            .collect();
+        if cores.len() < 2 {
+            return;
+        }
+        let here = libc::sched_getcpu();
+        let at = cores
+            .iter()
+            .position(|&cpu| cpu as libc::c_int == here)
+            .unwrap_or(0);
+        let turn = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let target = cores[(at + 1 + turn) % cores.len()];
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(target, &mut one);
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let pid = pid as libc::pid_t;
+        if libc::sched_setaffinity(pid, size, &one) == 0 {
+            libc::sched_setaffinity(pid, size, &allowed);
+        }
+    }
+}
+
 impl Spawned {
     /// Starts `offload __engine-worker` with a socket as stdin. Nothing runs between
     /// fork and exec (so the standard library can use `posix_spawn`, several times faster
@@ -551,6 +592,7 @@ impl Spawned {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
+        spread(child.id());
         Ok(Spawned {
             program: program.clone(),
             thread: std::thread::current().id(),
@@ -597,21 +639,26 @@ fn take_spare(program: &WorkerProgram) -> Option<Spawned> {
     let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
     spares.retain_mut(|s| matches!(s.child.try_wait(), Ok(None)));
     let here = std::thread::current().id();
-    let at = spares.iter().position(|s| {
-        s.thread == here && s.program.program == program.program && s.program.args == program.args
-    })?;
+    let at = spares
+        .iter()
+        .position(|s| s.thread == here && s.program == *program)?;
     Some(spares.swap_remove(at))
 }
 
-/// Starts `count` workers of `program` now, for the next isolated run in this process
-/// to take, so that their start (exec, the runtime, building the sandbox's filters)
-/// overlaps what the caller does meanwhile (reading the package and the inputs). They
-/// die with the thread that calls this, and only runs on that thread take them.
-/// Failures are left to the run to report.
+/// Starts workers of `program` now until this thread has `count` spares of it, for the
+/// next isolated run in this process to take, so that their start (exec, the runtime,
+/// building the sandbox's filters) overlaps what the caller does meanwhile (reading the
+/// package and the inputs). They die with the thread that calls this, and only runs on
+/// that thread take them. Failures are left to the run to report.
 pub(crate) fn warm_up(program: &WorkerProgram, count: usize) {
     let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
     spares.retain_mut(|s| matches!(s.child.try_wait(), Ok(None)));
-    for _ in 0..count {
+    let here = std::thread::current().id();
+    let ready = spares
+        .iter()
+        .filter(|s| s.thread == here && s.program == *program)
+        .count();
+    for _ in ready..count {
         match Spawned::start(program) {
             Ok(spare) => spares.push(spare),
             Err(_) => break,
@@ -755,19 +802,42 @@ impl Process {
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        // Every worker is told to stop and killed first, then all are collected: a
-        // worker's exit unmaps the job's buffers, which takes a while for large ones, and
-        // they do it at the same time.
+        // Every worker is told to stop and killed first: a killed process runs no more
+        // of its code, so the job is over for it.
+        let mut dying = Vec::new();
         for process in self.processes.iter_mut().filter(|p| p.ended.is_none()) {
             process.mailbox.word(KERNEL).store(STOP, Ordering::Relaxed);
             process.sequence = process.sequence.wrapping_add(1);
             post(&process.mailbox, process.sequence);
             // Killed too: a worker inside a kernel never reads the request.
             let _ = process.child.kill();
+            dying.push(process.child.id());
         }
-        for process in &mut self.processes {
-            process.collect();
+        reap_in_background(dying);
+    }
+}
+
+/// Waits for the killed worker processes `pids` on a thread of their own. Their exit
+/// unmaps the job's buffers, which takes a while (0.3-1 ms even for a small job on a
+/// virtual machine, more for large buffers): the job's outputs are committed meanwhile
+/// instead of after it. Where no thread can be started they are waited for here.
+fn reap_in_background(pids: Vec<u32>) {
+    if pids.is_empty() {
+        return;
+    }
+    let wait_all = |pids: &[u32]| {
+        for &pid in pids {
+            // SAFETY: waitpid on a child of ours that nothing else waits for (its
+            // `Child` handle is dropped unwaited with the `Workers`).
+            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
         }
+    };
+    let on_thread = pids.clone();
+    let started = std::thread::Builder::new()
+        .name("offload-reaper".into())
+        .spawn(move || wait_all(&on_thread));
+    if started.is_err() {
+        wait_all(&pids);
     }
 }
 

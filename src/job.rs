@@ -784,8 +784,9 @@ impl Options {
         self
     }
 
-    /// With [`Options::isolated`], starts `count` worker processes now, for the next
-    /// run in this process with the same program to take, so that their start (about a
+    /// With [`Options::isolated`], starts worker processes now until `count` wait
+    /// (spares started earlier count), for the next run in this process with the same
+    /// program to take, so that their start (about a
     /// millisecond each: exec, the runtime, building the sandbox's filters) overlaps
     /// whatever the caller does before the run (reading its package and inputs); a run
     /// that needs more starts the rest itself. Only runs on the calling thread take them,

@@ -575,3 +575,37 @@ fn llvm_failing_in_the_compiler_process_fails_the_run_in_words_and_offload_lives
         "{error}"
     );
 }
+
+#[test]
+fn a_run_refused_before_it_starts_says_only_why_though_its_first_worker_started_early() {
+    // `offload run` starts its first worker before parsing its command line; a run
+    // that ends at once (a wrong argument, a package that is not there) says only that,
+    // and the worker ends without a word.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.okp");
+    for (args, expected, code) in [
+        (
+            vec!["--kernel", "k", "--items", "many"],
+            "invalid value 'many' for '--items <ITEMS>'",
+            2,
+        ),
+        (vec!["--kernel", "k", "--items", "4"], "missing.okp", 1),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .env("OFFLOAD_CACHE_DIR", test_cache_dir())
+            .arg("run")
+            .arg(&missing)
+            .args(&args)
+            .output()
+            .expect("run offload");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        let errors = stderr.lines().filter(|l| l.starts_with("error")).count();
+        assert_eq!(
+            errors, 1,
+            "{args:?}: one error, nothing from the worker: {stderr}"
+        );
+        assert!(!stderr.contains("set-up"), "{args:?}: {stderr}");
+    }
+}
